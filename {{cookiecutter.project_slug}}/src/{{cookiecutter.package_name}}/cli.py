@@ -1,0 +1,74 @@
+"""Command line: `python -m {{ cookiecutter.package_name }} ask "prompt"` (or the `{{ cookiecutter.project_slug }}` command).
+
+Exit codes: 0 answered, 1 the gateway call failed, 2 bad usage or configuration, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from openai.types.chat import ChatCompletionMessageParam
+
+from .chat import CallInfo, ChatService
+from .client import create_client
+from .errors import GatewayError
+from .logs import configure_logging
+from .settings import load_settings_or_exit
+
+EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="{{ cookiecutter.project_slug }}", description={{ cookiecutter.description | tojson }}
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    ask = commands.add_parser("ask", help="send one prompt and print the answer")
+    ask.add_argument("prompt", help="the message to send")
+    ask.add_argument("--model", help="model to use instead of ALLTKN_MODEL")
+    ask.add_argument("--no-stream", action="store_true", help="wait for the whole answer")
+    ask.add_argument("--user", help="end user the call is made for (logged)")
+    ask.add_argument("--task", help="kind of task, e.g. summarise (logged)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not args.prompt.strip():
+        print("error: the prompt is empty; pass the text to send", file=sys.stderr)
+        return 2
+    settings = load_settings_or_exit()
+    configure_logging(settings.log_level, secrets=[settings.api_key.get_secret_value()])
+    service = ChatService(create_client(settings), settings.model)
+    call = CallInfo(user=args.user, task=args.task)
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": args.prompt}]
+    try:
+        if args.no_stream:
+            print(service.complete(messages, model=args.model, call=call).content)
+        else:
+            _print_stream(service, messages, args.model, call)
+    except GatewayError as error:
+        print(
+            f"error[{error.category.value}]: {error.message} (hint: {error.hint})", file=sys.stderr
+        )
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0
+
+
+def _print_stream(
+    service: ChatService,
+    messages: list[ChatCompletionMessageParam],
+    model: str | None,
+    call: CallInfo,
+) -> None:
+    with service.open_stream(messages, model=model, call=call) as stream:
+        for delta in stream:
+            sys.stdout.write(delta)
+            sys.stdout.flush()
+    sys.stdout.write("\n")

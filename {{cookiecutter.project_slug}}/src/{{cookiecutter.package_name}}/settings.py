@@ -1,0 +1,112 @@
+"""Settings, read once at start from the environment (and a local `.env` in development).
+
+This is the only place the API key is read. It is held as a `SecretStr`, so `repr`, `str`
+and model dumps show `**********` instead of the key.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+API_KEY_ENV = {{ cookiecutter.api_key_env_var | tojson }}
+DEFAULT_BASE_URL = {{ cookiecutter.alltkn_base_url | tojson }}
+DEFAULT_MODEL = {{ cookiecutter.default_model | tojson }}
+ENV_NAMES = {
+    "api_key": API_KEY_ENV,
+    "base_url": "ALLTKN_BASE_URL",
+    "model": "ALLTKN_MODEL",
+    "timeout_s": "ALLTKN_TIMEOUT_S",
+    "max_retries": "ALLTKN_MAX_RETRIES",
+    "log_level": "LOG_LEVEL",
+}
+# Values people paste from docs instead of a real key; refused at start.
+_PLACEHOLDER_MARKERS = ("<", ">", "your", "changeme", "xxxx", "placeholder", "example", "...")
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
+class ConfigError(Exception):
+    """A setting is missing or invalid; the message is one line and never holds the key."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
+    )
+
+    api_key: SecretStr = Field(validation_alias=ENV_NAMES["api_key"])
+    base_url: str = Field(DEFAULT_BASE_URL, validation_alias=ENV_NAMES["base_url"])
+    model: str = Field(DEFAULT_MODEL, validation_alias=ENV_NAMES["model"])
+    timeout_s: float = Field(60.0, gt=0, le=3600, validation_alias=ENV_NAMES["timeout_s"])
+    max_retries: int = Field(1, ge=0, le=10, validation_alias=ENV_NAMES["max_retries"])
+    log_level: LogLevel = Field("INFO", validation_alias=ENV_NAMES["log_level"])
+
+    @field_validator("api_key")
+    @classmethod
+    def _refuse_placeholder_key(cls, value: SecretStr) -> SecretStr:
+        if is_placeholder_key(value.get_secret_value()):
+            raise ValueError("is empty or a placeholder, not a real key")
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_base_url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("must start with https:// (the gateway's /api/v1 root)")
+        if value.endswith("/chat/completions"):
+            raise ValueError("must be the /api/v1 root, without /chat/completions")
+        return value
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _check_model(cls, value: object) -> object:
+        if isinstance(value, str) and (not value.strip() or value != value.strip()):
+            raise ValueError("must be a model name without surrounding spaces")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+
+def is_placeholder_key(value: str) -> bool:
+    lowered = value.strip().lower()
+    return len(lowered) < 8 or any(marker in lowered for marker in _PLACEHOLDER_MARKERS)
+
+
+def load_settings() -> Settings:
+    """Build the settings or raise `ConfigError` with one line naming the variable to fix."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors(include_input=False, include_url=False):
+        name = str(error["loc"][0]) if error["loc"] else "settings"
+        env_name = ENV_NAMES.get(name, name)
+        reason = "is not set" if error["type"] == "missing" else error["msg"].removeprefix(
+            "Value error, "
+        )
+        problems.append(f"{env_name} {reason}")
+    return (
+        "; ".join(problems)
+        + ". Set it in the environment or in .env (see .env.example)."
+    )
+
+
+def load_settings_or_exit() -> Settings:
+    """For entry points: print the one-line problem and exit 2 instead of a traceback."""
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

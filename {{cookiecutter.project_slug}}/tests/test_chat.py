@@ -1,0 +1,153 @@
+"""The chat service against a real (fake) gateway: answers, streams, headers, logs, cleanup."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from {{ cookiecutter.package_name }}.chat import AsyncChatService, CallInfo, ChatService, Usage
+from {{ cookiecutter.package_name }}.client import create_async_client, create_client
+from {{ cookiecutter.package_name }}.settings import load_settings
+
+from .conftest import SENTINEL_KEY
+from .fake_gateway import FakeGateway
+
+HELLO = [{"role": "user", "content": "say hello please"}]
+ANSWER = "Hello from the fake gateway."
+
+pytestmark = pytest.mark.usefixtures("gateway_env")
+
+
+def _service() -> ChatService:
+    settings = load_settings()
+    return ChatService(create_client(settings), settings.model)
+
+
+def test_complete_returns_answer_model_usage_and_ids(gateway: FakeGateway) -> None:
+    result = _service().complete(HELLO, call=CallInfo(request_id="req-123"))
+
+    assert result.content == ANSWER
+    assert result.model == "gpt-4o-mini"
+    assert result.usage == Usage(prompt_tokens=3, completion_tokens=6, total_tokens=9)
+    assert result.request_id == "req-123"
+    assert result.upstream_request_id
+
+
+def test_upstream_request_carries_key_request_id_and_client_name(gateway: FakeGateway) -> None:
+    _service().complete(HELLO, call=CallInfo(request_id="req-abc"))
+
+    (sent,) = gateway.requests_for("gpt-4o-mini")
+    assert sent.headers["authorization"] == f"Bearer {SENTINEL_KEY}"
+    assert sent.headers["x-request-id"] == "req-abc"
+    assert sent.headers["x-client-name"].startswith("{{ cookiecutter.project_slug }}/")
+    assert sent.path == "/api/v1/chat/completions"
+
+
+def test_stream_yields_deltas_and_usage_from_the_final_chunk(gateway: FakeGateway) -> None:
+    with _service().open_stream(HELLO) as stream:
+        deltas = list(stream)
+        result = stream.result()
+
+    assert "".join(deltas) == ANSWER
+    assert len(deltas) == 6
+    assert result.usage == Usage(prompt_tokens=3, completion_tokens=6, total_tokens=9)
+    (sent,) = gateway.requests_for("gpt-4o-mini")
+    assert sent.body["stream_options"] == {"include_usage": True}
+
+
+def test_stream_deltas_arrive_before_the_gateway_finishes(gateway: FakeGateway) -> None:
+    started = time.monotonic()
+    with _service().open_stream(HELLO, model="fake-slow") as stream:
+        first = next(iter(stream))
+        first_after = time.monotonic() - started
+    assert first == "tok0 "
+    # fake-slow needs 2 s for all ten deltas; the first must not wait for the rest.
+    assert first_after < 1.0
+
+
+def test_leaving_a_stream_early_closes_it_upstream(
+    gateway: FakeGateway, upstream_calls: Callable[[], list[dict[str, Any]]]
+) -> None:
+    with _service().open_stream(HELLO, model="fake-slow") as stream:
+        for _ in stream:
+            break
+
+    assert gateway.wait_for(lambda: gateway.aborted_streams == 1, timeout=2)
+    assert upstream_calls()[-1]["status"] == "client_disconnect"
+
+
+def test_each_call_is_logged_once_with_support_fields(
+    gateway: FakeGateway, upstream_calls: Callable[[], list[dict[str, Any]]]
+) -> None:
+    service = _service()
+    with service.open_stream(HELLO, call=CallInfo(request_id="r-1", user="u-7", task="greet")) as s:
+        list(s)
+
+    (entry,) = upstream_calls()
+    assert entry["event"] == "upstream_call"
+    assert entry["status"] == "ok"
+    assert entry["stream"] is True
+    assert (entry["model"], entry["user"], entry["task"]) == ("gpt-4o-mini", "u-7", "greet")
+    assert entry["request_id"] == "r-1"
+    assert entry["upstream_request_id"]
+    assert (entry["prompt_tokens"], entry["completion_tokens"]) == (3, 6)
+    assert entry["ttft_ms"] is not None
+    assert entry["duration_ms"] >= entry["ttft_ms"]
+    assert entry["category"] is None
+    assert entry["error"] is None
+
+
+def test_a_failed_call_logs_category_and_gateway_text(
+    gateway: FakeGateway, upstream_calls: Callable[[], list[dict[str, Any]]]
+) -> None:
+    with pytest.raises(Exception, match="insufficient balance"):
+        _service().complete(HELLO, model="fake-error-quota")
+
+    (entry,) = upstream_calls()
+    assert entry["status"] == "error"
+    assert entry["category"] == "quota"
+    assert "用户额度不足" in entry["error"]
+    assert entry["upstream_request_id"]
+
+
+def _async_service() -> AsyncChatService:
+    settings = load_settings()
+    return AsyncChatService(create_async_client(settings), settings.model)
+
+
+def test_async_complete_and_stream(gateway: FakeGateway) -> None:
+    async def run() -> tuple[str, list[str]]:
+        service = _async_service()
+        answer = (await service.complete(HELLO)).content
+        async with await service.open_stream(HELLO) as stream:
+            deltas = [delta async for delta in stream]
+        return answer, deltas
+
+    answer, deltas = asyncio.run(run())
+    assert answer == ANSWER
+    assert "".join(deltas) == ANSWER
+
+
+def test_async_stream_closed_on_cancellation_aborts_upstream(
+    gateway: FakeGateway, upstream_calls: Callable[[], list[dict[str, Any]]]
+) -> None:
+    async def consume(service: AsyncChatService, got_first: asyncio.Event) -> None:
+        async with await service.open_stream(HELLO, model="fake-slow") as stream:
+            async for _ in stream:
+                got_first.set()
+
+    async def run() -> None:
+        got_first = asyncio.Event()
+        task = asyncio.create_task(consume(_async_service(), got_first))
+        await asyncio.wait_for(got_first.wait(), timeout=2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(run())
+    assert gateway.wait_for(lambda: gateway.aborted_streams == 1, timeout=2)
+    assert upstream_calls()[-1]["status"] == "client_disconnect"

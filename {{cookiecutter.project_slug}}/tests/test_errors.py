@@ -1,0 +1,130 @@
+"""Every gateway failure maps to one category, with the gateway's own words kept for logs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from {{ cookiecutter.package_name }}.chat import ChatService
+from {{ cookiecutter.package_name }}.client import create_client
+from {{ cookiecutter.package_name }}.errors import Category, GatewayError
+from {{ cookiecutter.package_name }}.settings import Settings, load_settings
+
+from .conftest import SENTINEL_KEY
+from .fake_gateway import FakeGateway
+
+HELLO = [{"role": "user", "content": "hello"}]
+
+
+def _service(**overrides: Any) -> ChatService:
+    settings = load_settings().model_copy(update=overrides)
+    return ChatService(create_client(settings), settings.model)
+
+
+def _failure(service: ChatService, model: str, *, stream: bool = False) -> GatewayError:
+    with pytest.raises(GatewayError) as caught:
+        if stream:
+            with service.open_stream(HELLO, model=model) as chat_stream:
+                list(chat_stream)
+        else:
+            service.complete(HELLO, model=model)
+    return caught.value
+
+
+@pytest.mark.usefixtures("gateway_env")
+@pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
+@pytest.mark.parametrize(
+    ("model", "category", "gateway_words"),
+    [
+        pytest.param("fake-error-401", Category.AUTH, "无效的令牌", id="401-auth"),
+        pytest.param("fake-error-quota", Category.QUOTA, "用户额度不足", id="403-insufficient-quota"),
+        pytest.param("fake-error-402", Category.QUOTA, "", id="402-quota"),
+        pytest.param("fake-error-403", Category.PERMISSION, "无权", id="403-permission"),
+        pytest.param("fake-error-404-model", Category.MODEL_NOT_FOUND, "does not exist", id="404-model"),
+        pytest.param("fake-error-503-model", Category.MODEL_NOT_FOUND, "无可用渠道", id="503-no-channel"),
+        pytest.param("fake-error-400", Category.INVALID_REQUEST, "", id="400-invalid"),
+        pytest.param("fake-error-429", Category.RATE_LIMITED, "", id="429-rate-limited"),
+        pytest.param("fake-error-500", Category.UPSTREAM_UNAVAILABLE, "", id="500-unavailable"),
+        pytest.param("fake-error-502", Category.UPSTREAM_UNAVAILABLE, "502", id="502-html-page"),
+        pytest.param("fake-timeout", Category.TIMEOUT, "", id="timeout"),
+    ],
+)
+def test_failure_before_any_output_maps_to_its_category(
+    gateway: FakeGateway, model: str, category: Category, gateway_words: str, stream: bool
+) -> None:
+    service = _service(timeout_s=0.5) if model == "fake-timeout" else _service()
+
+    error = _failure(service, model, stream=stream)
+
+    assert error.category is category
+    assert gateway_words in error.upstream_message
+    assert error.message and error.hint
+    assert SENTINEL_KEY not in f"{error} {error.hint} {error.upstream_message}"
+
+
+@pytest.mark.usefixtures("gateway_env")
+def test_gateway_request_id_is_kept(gateway: FakeGateway) -> None:
+    error = _failure(_service(), "fake-error-quota")
+    assert error.upstream_request_id
+    assert f"(request id: {error.upstream_request_id})" in error.upstream_message
+
+
+@pytest.mark.usefixtures("gateway_env")
+def test_rate_limit_keeps_retry_after(gateway: FakeGateway) -> None:
+    assert _failure(_service(), "fake-error-429").retry_after == "7"
+
+
+@pytest.mark.usefixtures("gateway_env")
+def test_wrong_base_path_is_bad_base_url(gateway: FakeGateway) -> None:
+    wrong = gateway.base_url.replace("/api/v1", "/v2")
+    error = _failure(_service(base_url=wrong), "gpt-4o-mini")
+    assert error.category is Category.BAD_BASE_URL
+    assert "Invalid URL (POST /v2/chat/completions)" in error.upstream_message
+
+
+@pytest.mark.usefixtures("gateway_env")
+def test_wrong_key_is_auth(gateway: FakeGateway) -> None:
+    settings: Settings = load_settings()
+    other = settings.model_copy(update={"api_key": type(settings.api_key)("sk-" + "0" * 48)})
+    error = _failure(ChatService(create_client(other), other.model), "gpt-4o-mini")
+    assert error.category is Category.AUTH
+
+
+@pytest.mark.usefixtures("gateway_env")
+def test_unreachable_gateway_is_connection() -> None:
+    error = _failure(_service(base_url="http://127.0.0.1:9/api/v1"), "gpt-4o-mini")
+    assert error.category is Category.CONNECTION
+
+
+@pytest.mark.usefixtures("gateway_env")
+@pytest.mark.parametrize(
+    ("model", "words"),
+    [
+        pytest.param("fake-stream-cut", "", id="cut-connection"),
+        pytest.param("fake-stream-error", "上游负载已饱和", id="in-stream-error-event"),
+        pytest.param("fake-stream-no-finish", "finish_reason", id="no-finish-reason"),
+    ],
+)
+def test_failure_after_streaming_began_is_stream_interrupted(
+    gateway: FakeGateway, model: str, words: str
+) -> None:
+    service = _service()
+    received: list[str] = []
+    with pytest.raises(GatewayError) as caught, service.open_stream(HELLO, model=model) as stream:
+        received.extend(stream)
+    assert caught.value.category is Category.STREAM_INTERRUPTED
+    assert words in caught.value.upstream_message
+    assert received, "deltas sent before the failure still reach the caller"
+
+
+@pytest.mark.usefixtures("gateway_env")
+def test_no_channel_503_is_not_retried(gateway: FakeGateway) -> None:
+    _failure(_service(max_retries=2), "fake-error-503-model")
+    assert len(gateway.requests_for("fake-error-503-model")) == 1
+
+
+@pytest.mark.usefixtures("gateway_env")
+def test_other_5xx_is_retried_as_configured(gateway: FakeGateway) -> None:
+    _failure(_service(max_retries=1), "fake-error-500")
+    assert len(gateway.requests_for("fake-error-500")) == 2
