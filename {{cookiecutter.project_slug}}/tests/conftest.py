@@ -18,7 +18,9 @@ from {{ cookiecutter.package_name }}.settings import API_KEY_ENV
 
 from .fake_gateway import FakeGateway
 
-SENTINEL_KEY = "sk-" + "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(48))
+SENTINEL_KEY = "sk-" + "".join(
+    secrets.choice(string.ascii_letters + string.digits) for _ in range(48)
+)
 
 
 @pytest.fixture(scope="session")

@@ -22,13 +22,17 @@ def _service(**overrides: Any) -> ChatService:
     return ChatService(create_client(settings), settings.model)
 
 
+def _call(service: ChatService, model: str, *, stream: bool) -> None:
+    if stream:
+        with service.open_stream(HELLO, model=model) as chat_stream:
+            list(chat_stream)
+    else:
+        service.complete(HELLO, model=model)
+
+
 def _failure(service: ChatService, model: str, *, stream: bool = False) -> GatewayError:
     with pytest.raises(GatewayError) as caught:
-        if stream:
-            with service.open_stream(HELLO, model=model) as chat_stream:
-                list(chat_stream)
-        else:
-            service.complete(HELLO, model=model)
+        _call(service, model, stream=stream)
     return caught.value
 
 
@@ -38,11 +42,17 @@ def _failure(service: ChatService, model: str, *, stream: bool = False) -> Gatew
     ("model", "category", "gateway_words"),
     [
         pytest.param("fake-error-401", Category.AUTH, "无效的令牌", id="401-auth"),
-        pytest.param("fake-error-quota", Category.QUOTA, "用户额度不足", id="403-insufficient-quota"),
+        pytest.param(
+            "fake-error-quota", Category.QUOTA, "用户额度不足", id="403-insufficient-quota"
+        ),
         pytest.param("fake-error-402", Category.QUOTA, "", id="402-quota"),
         pytest.param("fake-error-403", Category.PERMISSION, "无权", id="403-permission"),
-        pytest.param("fake-error-404-model", Category.MODEL_NOT_FOUND, "does not exist", id="404-model"),
-        pytest.param("fake-error-503-model", Category.MODEL_NOT_FOUND, "无可用渠道", id="503-no-channel"),
+        pytest.param(
+            "fake-error-404-model", Category.MODEL_NOT_FOUND, "does not exist", id="404-model"
+        ),
+        pytest.param(
+            "fake-error-503-model", Category.MODEL_NOT_FOUND, "无可用渠道", id="503-no-channel"
+        ),
         pytest.param("fake-error-400", Category.INVALID_REQUEST, "", id="400-invalid"),
         pytest.param("fake-error-429", Category.RATE_LIMITED, "", id="429-rate-limited"),
         pytest.param("fake-error-500", Category.UPSTREAM_UNAVAILABLE, "", id="500-unavailable"),
@@ -59,7 +69,8 @@ def test_failure_before_any_output_maps_to_its_category(
 
     assert error.category is category
     assert gateway_words in error.upstream_message
-    assert error.message and error.hint
+    assert error.message
+    assert error.hint
     assert SENTINEL_KEY not in f"{error} {error.hint} {error.upstream_message}"
 
 

@@ -26,11 +26,18 @@ def test_defaults_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_the_key_never_shows_in_repr_str_or_dumps() -> None:
     settings = load_settings()
-    for shown in (repr(settings), str(settings), settings.model_dump_json(), str(settings.model_dump())):
+    for shown in (
+        repr(settings),
+        str(settings),
+        settings.model_dump_json(),
+        str(settings.model_dump()),
+    ):
         assert SENTINEL_KEY not in shown
 
 
-def test_a_local_env_file_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: pytest.TempPathFactory) -> None:
+def test_a_local_env_file_is_read(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: pytest.TempPathFactory
+) -> None:
     monkeypatch.delenv("ALLTKN_MODEL")
     (tmp_path / ".env").write_text("ALLTKN_MODEL=model-from-dotenv\n")  # type: ignore[operator]
     monkeypatch.chdir(tmp_path)  # type: ignore[arg-type]
@@ -43,8 +50,15 @@ def test_a_local_env_file_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: pyt
         pytest.param(API_KEY_ENV, None, f"{API_KEY_ENV} is not set", id="key-missing"),
         pytest.param(API_KEY_ENV, "", f"{API_KEY_ENV} is empty or a placeholder", id="key-empty"),
         pytest.param(API_KEY_ENV, "<your-alltkn-api-key>", "placeholder", id="key-placeholder"),
-        pytest.param("ALLTKN_BASE_URL", "ftp://gateway/api/v1", "ALLTKN_BASE_URL must start", id="url-scheme"),
-        pytest.param("ALLTKN_BASE_URL", "https://x/api/v1/chat/completions", "without /chat/completions", id="url-endpoint"),
+        pytest.param(
+            "ALLTKN_BASE_URL", "ftp://gateway/api/v1", "ALLTKN_BASE_URL must start", id="url-scheme"
+        ),
+        pytest.param(
+            "ALLTKN_BASE_URL",
+            "https://x/api/v1/chat/completions",
+            "without /chat/completions",
+            id="url-endpoint",
+        ),
         pytest.param("ALLTKN_TIMEOUT_S", "soon", "ALLTKN_TIMEOUT_S", id="timeout-not-number"),
         pytest.param("ALLTKN_TIMEOUT_S", "0", "ALLTKN_TIMEOUT_S", id="timeout-zero"),
         pytest.param("ALLTKN_MAX_RETRIES", "-1", "ALLTKN_MAX_RETRIES", id="retries-negative"),

@@ -2,7 +2,8 @@
 
 import os
 
-bind = os.environ.get("BIND", "0.0.0.0:8000")  # noqa: S104 - inside a container
+# All interfaces: inside a container the port is only reachable as published.
+bind = os.environ.get("BIND", "0.0.0.0:8000")
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 # Threaded workers: each stream holds a thread, not a whole process, and the sync worker's
 # request timeout (which would cut long streams) does not apply to them.

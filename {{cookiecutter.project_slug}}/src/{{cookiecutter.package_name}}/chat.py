@@ -118,9 +118,7 @@ class _CallState:
         if self.finish_reason is None:
             # The gateway said [DONE] (or just hung up) without saying why it stopped.
             raise self.fail(
-                GatewayError(
-                    Category.STREAM_INTERRUPTED, "stream ended without a finish_reason"
-                )
+                GatewayError(Category.STREAM_INTERRUPTED, "stream ended without a finish_reason")
             )
         self.log("ok")
 

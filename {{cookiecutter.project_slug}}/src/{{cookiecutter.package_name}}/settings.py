@@ -93,14 +93,13 @@ def _describe(exc: ValidationError) -> str:
     for error in exc.errors(include_input=False, include_url=False):
         name = str(error["loc"][0]) if error["loc"] else "settings"
         env_name = ENV_NAMES.get(name, name)
-        reason = "is not set" if error["type"] == "missing" else error["msg"].removeprefix(
-            "Value error, "
+        reason = (
+            "is not set"
+            if error["type"] == "missing"
+            else error["msg"].removeprefix("Value error, ")
         )
         problems.append(f"{env_name} {reason}")
-    return (
-        "; ".join(problems)
-        + ". Set it in the environment or in .env (see .env.example)."
-    )
+    return "; ".join(problems) + ". Set it in the environment or in .env (see .env.example)."
 
 
 def load_settings_or_exit() -> Settings:

@@ -23,9 +23,9 @@ from .http_contract import (
     bad_body,
     describe_errors,
     error_body,
-    error_headers,
     request_id_from,
     result_body,
+    retry_headers,
     status_for,
 )
 from .logs import configure_logging
@@ -81,10 +81,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.exception_handler(GatewayError)
     async def gateway_failed(request: Request, exc: GatewayError) -> JSONResponse:
-        request_id = request.state.request_id
-        return JSONResponse(
-            error_body(exc, request_id), status_for(exc), headers=error_headers(exc, request_id)
-        )
+        body = error_body(exc, request.state.request_id)
+        return JSONResponse(body, status_for(exc), headers=retry_headers(exc))
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -23,9 +23,9 @@ from .http_contract import (
     bad_body,
     describe_errors,
     error_body,
-    error_headers,
     request_id_from,
     result_body,
+    retry_headers,
     status_for,
 )
 from .logs import configure_logging
@@ -49,8 +49,7 @@ def create_app(settings: Settings) -> Flask:
 
     @app.errorhandler(GatewayError)
     def gateway_failed(error: GatewayError) -> tuple[Response, int, dict[str, str]]:
-        headers = error_headers(error, g.request_id)
-        return jsonify(error_body(error, g.request_id)), status_for(error), headers
+        return jsonify(error_body(error, g.request_id)), status_for(error), retry_headers(error)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

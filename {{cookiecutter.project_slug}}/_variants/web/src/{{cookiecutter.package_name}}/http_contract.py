@@ -107,11 +107,9 @@ def bad_body(message: str, request_id: str) -> dict[str, Any]:
     }
 
 
-def error_headers(error: GatewayError, request_id: str) -> dict[str, str]:
-    headers = {REQUEST_ID_HEADER: request_id}
-    if error.retry_after:
-        headers["Retry-After"] = error.retry_after
-    return headers
+def retry_headers(error: GatewayError) -> dict[str, str]:
+    """Pass the gateway's Retry-After on, so clients back off as long as it asked."""
+    return {"Retry-After": error.retry_after} if error.retry_after else {}
 
 
 def usage_body(usage: Usage | None) -> dict[str, int] | None:

@@ -1,0 +1,395 @@
+"""The HTTP contract, tested against the real server process on loopback, as clients see it.
+
+Streaming and disconnects only behave for real over a socket, so nothing here uses an
+in-process test client.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+
+from {{ cookiecutter.package_name }}.settings import API_KEY_ENV
+
+from .conftest import SENTINEL_KEY
+from .fake_gateway import FakeGateway
+from .server import server_command
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+ANSWER = "Hello from the fake gateway."
+
+
+class Server:
+    def __init__(self, process: subprocess.Popen[bytes], url: str, log: Path) -> None:
+        self.process = process
+        self.url = url
+        self.log = log
+        self.seen: list[str] = []  # every response head and body, for the key-leak check
+
+    def post(self, path: str, body: Any, **kwargs: Any) -> httpx2.Response:
+        response = httpx2.post(self.url + path, json=body, timeout=10, **kwargs)
+        self.remember(response, response.text)
+        return response
+
+    def remember(self, response: httpx2.Response, body: str) -> None:
+        self.seen.append(f"{response.status_code} {dict(response.headers)} {body}")
+
+    def call_logs(self) -> list[dict[str, Any]]:
+        entries = []
+        for line in self.log.read_text(encoding="utf-8").splitlines():
+            if line.startswith("{") and '"upstream_call"' in line:
+                entries.append(json.loads(line))
+        return entries
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _server_env(gateway: FakeGateway, **overrides: str) -> dict[str, str]:
+    env = {
+        **os.environ,
+        API_KEY_ENV: SENTINEL_KEY,
+        "ALLTKN_BASE_URL": gateway.base_url,
+        "ALLTKN_MODEL": "gpt-4o-mini",
+        "ALLTKN_TIMEOUT_S": "1",
+        "ALLTKN_MAX_RETRIES": "0",
+        "OPENAI_API_KEY": "decoy-openai-key-value",
+        "OPENAI_BASE_URL": "http://127.0.0.1:9/never-used",
+    }
+    env.update(overrides)
+    return env
+
+
+@pytest.fixture(scope="module")
+def server(gateway: FakeGateway, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    port = _free_port()
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            server_command(port),
+            cwd=PROJECT_ROOT,
+            env=_server_env(gateway),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    running = Server(process, f"http://127.0.0.1:{port}", log)
+    try:
+        _wait_until_healthy(running)
+        yield running
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    assert SENTINEL_KEY not in log.read_text(encoding="utf-8")
+
+
+def _wait_until_healthy(server: Server) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            pytest.fail(f"server exited at start:\n{server.log.read_text()}")
+        try:
+            if httpx2.get(server.url + "/healthz", timeout=1).status_code == 200:
+                return
+        except httpx2.TransportError:
+            time.sleep(0.1)
+    pytest.fail(f"server did not answer /healthz:\n{server.log.read_text()}")
+
+
+def _events(text: str) -> list[tuple[str, dict[str, Any]]]:
+    """Parse an SSE body into (event name, data) pairs; unnamed events are "message"."""
+    events = []
+    for block in text.strip().split("\n\n"):
+        name, data = "message", ""
+        for line in block.splitlines():
+            if line.startswith("event: "):
+                name = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                data = line.removeprefix("data: ")
+        events.append((name, json.loads(data)))
+    return events
+
+
+# -- plain requests ------------------------------------------------------------------------
+
+
+def test_healthz_answers_without_calling_the_gateway(server: Server, gateway: FakeGateway) -> None:
+    response = httpx2.get(server.url + "/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+    assert response.headers["x-request-id"]
+    assert gateway.requests == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param({"prompt": "say hello please"}, id="prompt"),
+        pytest.param(
+            {
+                "messages": [
+                    {"role": "system", "content": "be brief"},
+                    {"role": "user", "content": "hi"},
+                ]
+            },
+            id="messages",
+        ),
+    ],
+)
+def test_chat_returns_the_answer(
+    server: Server, gateway: FakeGateway, body: dict[str, Any]
+) -> None:
+    response = server.post("/v1/chat", body)
+
+    assert response.status_code == 200, response.text
+    payload = response.json()
+    assert payload["content"] == ANSWER
+    assert payload["model"] == "gpt-4o-mini"
+    assert payload["usage"]["completion_tokens"] == 6
+    assert payload["request_id"] == response.headers["x-request-id"]
+    (sent,) = gateway.requests_for("gpt-4o-mini")
+    assert sent.headers["authorization"] == f"Bearer {SENTINEL_KEY}"
+
+
+def test_request_id_is_reused_echoed_sent_upstream_and_logged(
+    server: Server, gateway: FakeGateway
+) -> None:
+    body = {"prompt": "hi", "model": "gpt-4o", "user": "u-42", "task": "greeting"}
+    response = server.post("/v1/chat", body, headers={"X-Request-ID": "trace-abc.123"})
+
+    assert response.headers["x-request-id"] == "trace-abc.123"
+    assert response.json()["request_id"] == "trace-abc.123"
+    assert gateway.requests_for("gpt-4o")[0].headers["x-request-id"] == "trace-abc.123"
+    entry = next(e for e in server.call_logs() if e["request_id"] == "trace-abc.123")
+    assert (entry["model"], entry["user"], entry["task"], entry["status"]) == (
+        "gpt-4o",
+        "u-42",
+        "greeting",
+        "ok",
+    )
+
+
+def test_an_invalid_request_id_is_replaced(server: Server) -> None:
+    response = server.post(
+        "/v1/chat", {"prompt": "hi"}, headers={"X-Request-ID": "bad id\twith spaces"}
+    )
+    assert response.headers["x-request-id"] not in ("", "bad id\twith spaces")
+
+
+@pytest.mark.parametrize("path", ["/v1/chat", "/v1/chat/stream"])
+@pytest.mark.parametrize(
+    ("body", "status", "names"),
+    [
+        pytest.param(b"{not json", 400, "JSON", id="not-json"),
+        pytest.param({}, 422, "messages", id="empty-object"),
+        pytest.param(
+            {"prompt": "a", "messages": [{"role": "user", "content": "b"}]},
+            422,
+            "not both",
+            id="both",
+        ),
+        pytest.param({"prompt": "   "}, 422, "blank", id="blank-prompt"),
+        pytest.param({"messages": []}, 422, "messages", id="no-messages"),
+        pytest.param({"messages": [{"role": "robot", "content": "x"}]}, 422, "role", id="bad-role"),
+        pytest.param({"messages": [{"role": "user"}]}, 422, "content", id="no-content"),
+        pytest.param({"prompt": "x", "model": "two words"}, 422, "model", id="bad-model-name"),
+        pytest.param({"prompt": "x", "temperature": 3}, 422, "temperature", id="unknown-field"),
+        pytest.param([1, 2], 422, "", id="not-an-object"),
+    ],
+)
+def test_bad_bodies_are_refused_before_any_gateway_call(
+    server: Server, gateway: FakeGateway, path: str, body: Any, status: int, names: str
+) -> None:
+    if isinstance(body, bytes):
+        response = httpx2.post(
+            server.url + path, content=body, headers={"Content-Type": "application/json"}
+        )
+    else:
+        response = server.post(path, body)
+
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["category"] == "invalid_request"
+    assert names in error["message"]
+    assert "\n" not in error["message"]
+    assert error["hint"]
+    assert error["request_id"] == response.headers["x-request-id"]
+    assert gateway.requests == []
+
+
+@pytest.mark.parametrize(
+    ("model", "status", "category"),
+    [
+        pytest.param("fake-error-401", 502, "auth", id="auth"),
+        pytest.param("fake-error-quota", 502, "quota", id="quota"),
+        pytest.param("fake-error-403", 502, "permission", id="permission"),
+        pytest.param("fake-error-404-model", 502, "model_not_found", id="model-404"),
+        pytest.param("fake-error-503-model", 502, "model_not_found", id="model-503"),
+        pytest.param("fake-error-400", 400, "invalid_request", id="invalid-upstream"),
+        pytest.param("fake-error-429", 429, "rate_limited", id="rate-limited"),
+        pytest.param("fake-error-500", 502, "upstream_unavailable", id="unavailable"),
+        pytest.param("fake-timeout", 504, "timeout", id="timeout"),
+    ],
+)
+@pytest.mark.parametrize("path", ["/v1/chat", "/v1/chat/stream"])
+def test_gateway_failures_map_to_status_and_category(
+    server: Server, path: str, model: str, status: int, category: str
+) -> None:
+    response = server.post(path, {"prompt": "hi", "model": model})
+
+    assert response.status_code == status
+    assert response.headers["content-type"].startswith("application/json")
+    error = response.json()["error"]
+    assert error["category"] == category
+    assert error["message"]
+    assert error["hint"]
+    assert "Traceback" not in response.text
+    assert "用户额度不足" not in response.text  # the gateway's own words stay in the logs
+    if category == "rate_limited":
+        assert response.headers["retry-after"] == "7"
+
+
+def test_gateway_text_and_request_id_are_logged(server: Server) -> None:
+    response = server.post("/v1/chat", {"prompt": "hi", "model": "fake-error-quota"})
+    request_id = response.headers["x-request-id"]
+
+    entry = next(e for e in server.call_logs() if e["request_id"] == request_id)
+    assert entry["status"] == "error"
+    assert entry["category"] == "quota"
+    assert "用户额度不足" in entry["error"]
+    assert entry["upstream_request_id"]
+
+
+# -- streams -------------------------------------------------------------------------------
+
+
+def test_stream_sends_deltas_then_done_with_anti_buffering_headers(server: Server) -> None:
+    response = server.post("/v1/chat/stream", {"prompt": "say hello please"})
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert response.headers["cache-control"] == "no-cache"
+    assert response.headers["x-accel-buffering"] == "no"
+    request_id = response.headers["x-request-id"]
+    events = _events(response.text)
+    deltas = [data["delta"] for name, data in events if name == "message"]
+    assert "".join(deltas) == ANSWER
+    assert len(deltas) == 6
+    assert events[-1] == (
+        "done",
+        {
+            "model": "gpt-4o-mini",
+            "usage": {"prompt_tokens": 3, "completion_tokens": 6, "total_tokens": 9},
+            "request_id": request_id,
+        },
+    )
+
+
+def test_stream_deltas_reach_the_client_before_the_gateway_finishes(server: Server) -> None:
+    started = time.monotonic()
+    with httpx2.stream(
+        "POST",
+        server.url + "/v1/chat/stream",
+        json={"prompt": "hi", "model": "fake-slow"},
+        timeout=10,
+    ) as response:
+        first_line = next(response.iter_lines())
+        first_after = time.monotonic() - started
+    assert first_line == 'data: {"delta":"tok0 "}'
+    # fake-slow needs 2 s for its ten deltas; a buffered relay would hold the first until then.
+    assert first_after < 1.0
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        pytest.param("fake-stream-cut", id="cut"),
+        pytest.param("fake-stream-error", id="error-event"),
+    ],
+)
+def test_a_failure_after_the_stream_began_becomes_an_error_event(
+    server: Server, model: str
+) -> None:
+    response = server.post("/v1/chat/stream", {"prompt": "hi", "model": model})
+
+    assert response.status_code == 200
+    events = _events(response.text)
+    assert events[0][0] == "message"
+    name, data = events[-1]
+    assert name == "error"
+    assert data["error"]["category"] == "stream_interrupted"
+    assert data["error"]["request_id"] == response.headers["x-request-id"]
+    assert all(name != "done" for name, _ in events)
+
+
+def test_a_client_that_hangs_up_stops_the_upstream_stream(
+    server: Server, gateway: FakeGateway
+) -> None:
+    with httpx2.stream(
+        "POST",
+        server.url + "/v1/chat/stream",
+        json={"prompt": "hi", "model": "fake-slow"},
+        headers={"X-Request-ID": "hang-up-1"},
+        timeout=10,
+    ) as response:
+        next(response.iter_lines())
+    # The relay notices at its next write (fake-slow sends every 0.2 s), then closes upstream.
+    assert gateway.wait_for(lambda: gateway.aborted_streams == 1, timeout=3)
+    assert gateway.wait_for(
+        lambda: any(e["request_id"] == "hang-up-1" for e in server.call_logs()), timeout=3
+    )
+    entry = next(e for e in server.call_logs() if e["request_id"] == "hang-up-1")
+    assert entry["status"] == "client_disconnect"
+
+
+def test_the_key_appears_in_no_response(server: Server) -> None:
+    server.post("/v1/chat/stream", {"prompt": "hi"})
+    server.post("/v1/chat", {"prompt": "hi", "model": "fake-error-401"})
+    assert server.seen
+    assert all(SENTINEL_KEY not in seen for seen in server.seen)
+    assert all(SENTINEL_KEY[-12:] not in seen for seen in server.seen)
+
+
+# -- start-up ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        pytest.param(API_KEY_ENV, None, id="key-missing"),
+        pytest.param(API_KEY_ENV, "<your-alltkn-api-key>", id="key-placeholder"),
+    ],
+)
+def test_the_server_refuses_to_start_without_a_real_key(
+    gateway: FakeGateway, name: str, value: str | None
+) -> None:
+    env = _server_env(gateway)
+    if value is None:
+        env.pop(name)
+    else:
+        env[name] = value
+    done = subprocess.run(
+        server_command(_free_port()),
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    problem = [line for line in done.stderr.splitlines() if name in line]
+    assert len(problem) == 1
+    assert ".env.example" in problem[0]
