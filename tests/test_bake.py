@@ -1,0 +1,155 @@
+"""Bake every variant and check what a team gets: the right files, fully rendered, lint-clean."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+TEMPLATE_DIR = Path(__file__).resolve().parents[1]
+PROJECT_TEMPLATE = TEMPLATE_DIR / "{{cookiecutter.project_slug}}"
+VARIANTS_DIR = PROJECT_TEMPLATE / "_variants"
+FRAMEWORKS = ["fastapi", "flask", "script"]
+JINJA_LEFTOVER = re.compile(r"\{\{|\{%|\{#|cookiecutter\.")
+
+
+def _layers_for(framework: str) -> list[str]:
+    """The post-gen hook's own table of variant layers (hooks are tested as plain modules)."""
+    sys.path.insert(0, str(TEMPLATE_DIR / "hooks"))
+    try:
+        import post_gen_project
+    finally:
+        sys.path.pop(0)
+    return list(post_gen_project.layers_for(framework))
+
+
+def expected_files(package_name: str, framework: str) -> set[str]:
+    """Every file the project template holds for these options, as paths in the baked project."""
+    sources = [p for p in PROJECT_TEMPLATE.rglob("*") if p.is_file() and VARIANTS_DIR not in p.parents]
+    expected = {p.relative_to(PROJECT_TEMPLATE).as_posix() for p in sources}
+    for layer in _layers_for(framework):
+        layer_dir = VARIANTS_DIR / layer
+        expected |= {p.relative_to(layer_dir).as_posix() for p in layer_dir.rglob("*") if p.is_file()}
+    return {
+        path.replace("{{cookiecutter.package_name}}", package_name)
+        for path in expected
+        if "__pycache__" not in path and not path.endswith(".pyc")
+    }
+
+
+def baked_files(project: Path) -> set[str]:
+    return {p.relative_to(project).as_posix() for p in project.rglob("*") if p.is_file()}
+
+
+def bake(cookies: Any, **answers: str) -> Path:
+    result = cookies.bake(extra_context=answers)
+    assert result.exit_code == 0, result.exception
+    assert result.exception is None
+    return Path(str(result.project_path))
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_each_variant_has_exactly_its_files(cookies: Any, framework: str) -> None:
+    project = bake(cookies, framework=framework)
+
+    assert project.name == "alltkn-service"
+    assert baked_files(project) == expected_files("alltkn_service", framework)
+    assert not (project / "_variants").exists()
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_nothing_is_left_unrendered(cookies: Any, framework: str) -> None:
+    project = bake(cookies, framework=framework)
+
+    leftovers = [
+        f"{path.relative_to(project)}:{number}: {line.strip()}"
+        for path in sorted(project.rglob("*"))
+        if path.is_file()
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if JINJA_LEFTOVER.search(line)
+    ]
+    assert leftovers == []
+
+
+CUSTOM = {
+    "project_name": 'Ops "Copilot" \\ Desk',
+    "project_slug": "ops-copilot",
+    "package_name": "ops_copilot",
+    "description": 'Answers "ops" questions \\ fast; 中文 too',
+    "default_model": "deepseek-chat",
+    "alltkn_base_url": "https://gateway.internal.example/api/v1",
+    "api_key_env_var": "OPS_GATEWAY_KEY",
+    "key_owner": "Platform team (Alice)",
+    "log_access": "SRE on-call",
+    "billing_group": "ops-budget",
+    "python_version": "3.10",
+}
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_answers_reach_the_project_intact(cookies: Any, framework: str) -> None:
+    project = bake(cookies, framework=framework, **CUSTOM)
+    package = project / "src" / "ops_copilot"
+
+    pyproject = tomllib.loads((project / "pyproject.toml").read_text(encoding="utf-8"))
+    assert pyproject["project"]["name"] == "ops-copilot"
+    assert pyproject["project"]["description"] == CUSTOM["description"]
+    assert pyproject["project"]["scripts"] == {"ops-copilot": "ops_copilot.cli:main"}
+    for module in package.glob("*.py"):
+        compile(module.read_text(encoding="utf-8"), str(module), "exec")
+    settings = (package / "settings.py").read_text(encoding="utf-8")
+    assert 'API_KEY_ENV = "OPS_GATEWAY_KEY"' in settings
+    assert 'DEFAULT_MODEL = "deepseek-chat"' in settings
+    assert 'DEFAULT_BASE_URL = "https://gateway.internal.example/api/v1"' in settings
+    env_example = (project / ".env.example").read_text(encoding="utf-8").splitlines()
+    assert "OPS_GATEWAY_KEY=" in env_example  # present and empty
+    checklist = (project / "docs" / "CHECKLIST.md").read_text(encoding="utf-8")
+    for answer in ("Platform team (Alice)", "SRE on-call", "ops-budget", "Python 3.10"):
+        assert answer in checklist
+    assert (project / ".python-version").read_text().strip() == "3.10"
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_dependencies_match_the_framework(cookies: Any, framework: str) -> None:
+    project = bake(cookies, framework=framework)
+    pyproject = tomllib.loads((project / "pyproject.toml").read_text(encoding="utf-8"))
+    names = {re.split(r"[<>=\[ ]", dep)[0].lower() for dep in pyproject["project"]["dependencies"]}
+
+    assert {"openai", "pydantic-settings"} <= names
+    assert ("fastapi" in names) == (framework == "fastapi")
+    assert ("uvicorn" in names) == (framework == "fastapi")
+    assert ("flask" in names) == (framework == "flask")
+    assert ("gunicorn" in names) == (framework == "flask")
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_env_files_are_ignored_but_the_example_is_not(cookies: Any, framework: str) -> None:
+    project = bake(cookies, framework=framework)
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+    for name in (".env", ".env.local", ".env.production"):
+        (project / name).write_text("X=1\n")
+
+    ignored = subprocess.run(
+        ["git", "check-ignore", ".env", ".env.local", ".env.production", ".env.example"],
+        cwd=project, capture_output=True, text=True, check=False,
+    ).stdout.split()
+    assert ignored == [".env", ".env.local", ".env.production"]
+
+
+@pytest.mark.parametrize(
+    "answers",
+    [pytest.param({"framework": fw}, id=fw) for fw in FRAMEWORKS]
+    + [pytest.param({"framework": "fastapi", **CUSTOM}, id="fastapi-custom-answers")],
+)
+def test_generated_code_passes_ruff(cookies: Any, answers: dict[str, str]) -> None:
+    project = bake(cookies, **answers)
+    for command in (["check", "."], ["format", "--check", "."]):
+        done = subprocess.run(
+            [sys.executable, "-m", "ruff", *command], cwd=project, capture_output=True, text=True, check=False
+        )
+        assert done.returncode == 0, done.stdout + done.stderr

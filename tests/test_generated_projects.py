@@ -1,0 +1,69 @@
+"""Slow tier: each variant installed with pip into a fresh virtualenv, its own checks run there.
+
+This is what a team does on day one (`pip install -e ".[dev]"`, `pytest`), on the Python version
+the team picked, so it proves the generated project installs and passes on its own.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+VARIANTS = [
+    pytest.param("fastapi", "3.12", id="fastapi-py3.12"),
+    pytest.param("flask", "3.10", id="flask-py3.10"),
+    pytest.param("script", "3.13", id="script-py3.13"),
+]
+
+
+def find_python(version: str) -> str | None:
+    """An interpreter for `version`: on PATH, or installed by pyenv (whose shims may refuse)."""
+    candidates = [shutil.which(f"python{version}")]
+    pyenv_root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
+    candidates += [str(p) for p in sorted(pyenv_root.glob(f"versions/{version}.*/bin/python{version}"))]
+    if sys.version.startswith(f"{version}."):
+        candidates.append(sys.executable)
+    for candidate in filter(None, candidates):
+        probe = subprocess.run([candidate, "--version"], capture_output=True, text=True, check=False)
+        if probe.returncode == 0 and probe.stdout.startswith(f"Python {version}."):
+            return candidate
+    return None
+
+
+def run(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
+    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=env, check=False)
+    assert done.returncode == 0, f"{' '.join(command)} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+@pytest.mark.parametrize(("framework", "python_version"), VARIANTS)
+def test_variant_installs_and_passes_its_own_checks(
+    cookies: Any, tmp_path: Path, framework: str, python_version: str
+) -> None:
+    python = find_python(python_version)
+    if python is None:
+        pytest.skip(f"Python {python_version} is not installed on this machine")
+    result = cookies.bake(extra_context={"framework": framework, "python_version": python_version})
+    assert result.exit_code == 0, result.exception
+    project = Path(str(result.project_path))
+    venv = tmp_path / "venv"
+    bin_dir = venv / "bin"
+
+    run([python, "-m", "venv", str(venv)], cwd=project)
+    run([str(bin_dir / "python"), "-m", "pip", "install", "-q", "-e", ".[dev]"], cwd=project)
+    # The tests must not depend on anything in the caller's environment.
+    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "HOME": str(tmp_path)}
+    output = run([str(bin_dir / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider"], project, env)
+    assert " passed" in output
+    assert "failed" not in output
+    assert "skipped" not in output
+    run([str(bin_dir / "python"), "-m", "mypy"], cwd=project, env=env)
+    run([str(bin_dir / "python"), "-m", "ruff", "check", "."], cwd=project, env=env)
