@@ -5,11 +5,16 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[1]
 PROJECT_TEMPLATE = TEMPLATE_DIR / "{{cookiecutter.project_slug}}"
@@ -18,23 +23,14 @@ FRAMEWORKS = ["fastapi", "flask", "script"]
 JINJA_LEFTOVER = re.compile(r"\{\{|\{%|\{#|cookiecutter\.")
 
 
-def _layers_for(framework: str) -> list[str]:
-    """The post-gen hook's own table of variant layers (hooks are tested as plain modules)."""
-    sys.path.insert(0, str(TEMPLATE_DIR / "hooks"))
-    try:
-        import post_gen_project
-    finally:
-        sys.path.pop(0)
-    return list(post_gen_project.layers_for(framework))
-
-
-def expected_files(package_name: str, framework: str) -> set[str]:
+def expected_files(post_gen: ModuleType, package_name: str, framework: str) -> set[str]:
     """Every file the project template holds for these options, as paths in the baked project."""
-    sources = [p for p in PROJECT_TEMPLATE.rglob("*") if p.is_file() and VARIANTS_DIR not in p.parents]
-    expected = {p.relative_to(PROJECT_TEMPLATE).as_posix() for p in sources}
-    for layer in _layers_for(framework):
+    shared = [p for p in PROJECT_TEMPLATE.rglob("*") if VARIANTS_DIR not in p.parents]
+    expected = {p.relative_to(PROJECT_TEMPLATE).as_posix() for p in shared if p.is_file()}
+    for layer in post_gen.layers_for(framework):
         layer_dir = VARIANTS_DIR / layer
-        expected |= {p.relative_to(layer_dir).as_posix() for p in layer_dir.rglob("*") if p.is_file()}
+        layer_files = [p for p in layer_dir.rglob("*") if p.is_file()]
+        expected |= {p.relative_to(layer_dir).as_posix() for p in layer_files}
     return {
         path.replace("{{cookiecutter.package_name}}", package_name)
         for path in expected
@@ -54,11 +50,13 @@ def bake(cookies: Any, **answers: str) -> Path:
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
-def test_each_variant_has_exactly_its_files(cookies: Any, framework: str) -> None:
+def test_each_variant_has_exactly_its_files(
+    cookies: Any, post_gen: ModuleType, framework: str
+) -> None:
     project = bake(cookies, framework=framework)
 
     assert project.name == "alltkn-service"
-    assert baked_files(project) == expected_files("alltkn_service", framework)
+    assert baked_files(project) == expected_files(post_gen, "alltkn_service", framework)
     assert not (project / "_variants").exists()
 
 
@@ -136,7 +134,10 @@ def test_env_files_are_ignored_but_the_example_is_not(cookies: Any, framework: s
 
     ignored = subprocess.run(
         ["git", "check-ignore", ".env", ".env.local", ".env.production", ".env.example"],
-        cwd=project, capture_output=True, text=True, check=False,
+        cwd=project,
+        capture_output=True,
+        text=True,
+        check=False,
     ).stdout.split()
     assert ignored == [".env", ".env.local", ".env.production"]
 
@@ -150,6 +151,10 @@ def test_generated_code_passes_ruff(cookies: Any, answers: dict[str, str]) -> No
     project = bake(cookies, **answers)
     for command in (["check", "."], ["format", "--check", "."]):
         done = subprocess.run(
-            [sys.executable, "-m", "ruff", *command], cwd=project, capture_output=True, text=True, check=False
+            [sys.executable, "-m", "ruff", *command],
+            cwd=project,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         assert done.returncode == 0, done.stdout + done.stderr

@@ -28,11 +28,14 @@ def find_python(version: str) -> str | None:
     """An interpreter for `version`: on PATH, or installed by pyenv (whose shims may refuse)."""
     candidates = [shutil.which(f"python{version}")]
     pyenv_root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
-    candidates += [str(p) for p in sorted(pyenv_root.glob(f"versions/{version}.*/bin/python{version}"))]
+    installed = sorted(pyenv_root.glob(f"versions/{version}.*/bin/python{version}"))
+    candidates += [str(path) for path in installed]
     if sys.version.startswith(f"{version}."):
         candidates.append(sys.executable)
     for candidate in filter(None, candidates):
-        probe = subprocess.run([candidate, "--version"], capture_output=True, text=True, check=False)
+        probe = subprocess.run(
+            [candidate, "--version"], capture_output=True, text=True, check=False
+        )
         if probe.returncode == 0 and probe.stdout.startswith(f"Python {version}."):
             return candidate
     return None
@@ -61,7 +64,9 @@ def test_variant_installs_and_passes_its_own_checks(
     run([str(bin_dir / "python"), "-m", "pip", "install", "-q", "-e", ".[dev]"], cwd=project)
     # The tests must not depend on anything in the caller's environment.
     env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "HOME": str(tmp_path)}
-    output = run([str(bin_dir / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider"], project, env)
+    output = run(
+        [str(bin_dir / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider"], project, env
+    )
     assert " passed" in output
     assert "failed" not in output
     assert "skipped" not in output

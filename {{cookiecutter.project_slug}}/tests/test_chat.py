@@ -67,6 +67,8 @@ def test_stream_deltas_arrive_before_the_gateway_finishes(gateway: FakeGateway) 
     assert first == "tok0 "
     # fake-slow needs 2 s for all ten deltas; the first must not wait for the rest.
     assert first_after < 1.0
+    # Leaving early aborts the rest; wait for it so no late abort is counted in the next test.
+    assert gateway.wait_for(lambda: gateway.aborted_streams == 1, timeout=2)
 
 
 def test_leaving_a_stream_early_closes_it_upstream(

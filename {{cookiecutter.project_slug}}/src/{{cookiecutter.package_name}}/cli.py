@@ -1,4 +1,4 @@
-"""Command line: `python -m {{ cookiecutter.package_name }} ask "prompt"` (or the `{{ cookiecutter.project_slug }}` command).
+"""Command line: `<slug> ask "prompt"`, or `python -m <package> ask "prompt"`.
 
 Exit codes: 0 answered, 1 the gateway call failed, 2 bad usage or configuration, 130 interrupted.
 """
@@ -8,11 +8,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from importlib import metadata
 
 from openai.types.chat import ChatCompletionMessageParam
 
 from .chat import CallInfo, ChatService
-from .client import create_client
+from .client import CLIENT_NAME, create_client
 from .errors import GatewayError
 from .logs import configure_logging
 from .settings import load_settings_or_exit
@@ -22,9 +23,7 @@ EXIT_INTERRUPTED = 130
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="{{ cookiecutter.project_slug }}", description={{ cookiecutter.description | tojson }}
-    )
+    parser = argparse.ArgumentParser(prog=CLIENT_NAME, description=_description())
     commands = parser.add_subparsers(dest="command", required=True)
     ask = commands.add_parser("ask", help="send one prompt and print the answer")
     ask.add_argument("prompt", help="the message to send")
@@ -33,6 +32,14 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--user", help="end user the call is made for (logged)")
     ask.add_argument("--task", help="kind of task, e.g. summarise (logged)")
     return parser
+
+
+def _description() -> str:
+    """The one-line description from pyproject.toml, so it is written in one place."""
+    try:
+        return metadata.metadata(CLIENT_NAME)["Summary"] or ""
+    except metadata.PackageNotFoundError:  # running from a source tree that is not installed
+        return ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -296,7 +296,9 @@ def test_stream_sends_deltas_then_done_with_anti_buffering_headers(server: Serve
     )
 
 
-def test_stream_deltas_reach_the_client_before_the_gateway_finishes(server: Server) -> None:
+def test_stream_deltas_reach_the_client_before_the_gateway_finishes(
+    server: Server, gateway: FakeGateway
+) -> None:
     started = time.monotonic()
     with httpx2.stream(
         "POST",
@@ -309,6 +311,8 @@ def test_stream_deltas_reach_the_client_before_the_gateway_finishes(server: Serv
     assert first_line == 'data: {"delta":"tok0 "}'
     # fake-slow needs 2 s for its ten deltas; a buffered relay would hold the first until then.
     assert first_after < 1.0
+    # Leaving early aborts the rest; wait for it so no late abort is counted in the next test.
+    assert gateway.wait_for(lambda: gateway.aborted_streams == 1, timeout=2)
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,6 @@
-"""FastAPI service: where HTTP requests enter. Run with `uvicorn {{ cookiecutter.package_name }}.app:app`.
+"""FastAPI service: where HTTP requests enter.
+
+Run: uvicorn {{ cookiecutter.package_name }}.app:app
 
 A thin layer: validation and the HTTP contract live in `http_contract`, the gateway call in
 `chat`, the error taxonomy in `errors`. One `AsyncOpenAI` client per process, made in the lifespan.
@@ -16,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__
 from .chat import AsyncChatService, AsyncChatStream, CallInfo
-from .client import create_async_client
+from .client import CLIENT_NAME, create_async_client
 from .errors import GatewayError
 from .http_contract import (
     ChatRequest,
@@ -69,7 +71,7 @@ def create_app(settings: Settings) -> FastAPI:
         yield
         await client.close()
 
-    app = FastAPI(title={{ cookiecutter.project_name | tojson }}, version=__version__, lifespan=lifespan)
+    app = FastAPI(title=CLIENT_NAME, version=__version__, lifespan=lifespan)
     app.add_middleware(RequestIdMiddleware)
 
     @app.exception_handler(RequestValidationError)

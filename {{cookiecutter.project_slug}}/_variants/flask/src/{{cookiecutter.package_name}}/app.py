@@ -1,4 +1,6 @@
-"""Flask service: where HTTP requests enter. Run with `gunicorn {{ cookiecutter.package_name }}.app:app`.
+"""Flask service: where HTTP requests enter.
+
+Run: gunicorn -c gunicorn.conf.py {{ cookiecutter.package_name }}.app:app
 
 A thin layer: validation and the HTTP contract live in `http_contract`, the gateway call in
 `chat`, the error taxonomy in `errors`. One `OpenAI` client per process, made in `create_app`.

@@ -1,0 +1,534 @@
+"""The hooks as plain modules: answer validation, variant assembly, post-gen secret scan."""
+
+from __future__ import annotations
+
+import ast
+import json
+import random
+import re
+import shutil
+import string
+import tempfile
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from conftest import HOOKS_DIR, SCANNER_PATH, cookiecutter_defaults, load_hook
+
+ERROR_LINE = re.compile(r"^error: [a-z_]+: [^\n]+\. [^\n]+$")
+_RNG = random.Random(2)  # test data, not crypto
+KEY = "sk-" + "".join(_RNG.choices(string.ascii_letters + string.digits, k=48))
+PASSWORD = "".join(_RNG.choices(string.ascii_letters + string.digits, k=14))
+
+
+# --- pre_gen_project: one check per variable -------------------------------------------------
+
+GOOD = [
+    pytest.param("project_name", "ALLTKN Service", id="name-default"),
+    pytest.param("project_name", 'Ops "Copilot" \\ Desk', id="name-with-quotes-backslash"),
+    pytest.param("project_slug", "alltkn-service", id="slug-default"),
+    pytest.param("project_slug", "svc2", id="slug-with-digit"),
+    pytest.param("project_slug", "a-b-c", id="slug-single-letter-words"),
+    pytest.param("package_name", "alltkn_service", id="package-default"),
+    pytest.param("package_name", "svc2", id="package-with-digit"),
+    pytest.param("package_name", "_internal_svc", id="package-leading-underscore"),
+    pytest.param("framework", "fastapi", id="framework-fastapi"),
+    pytest.param("framework", "flask", id="framework-flask"),
+    pytest.param("framework", "script", id="framework-script"),
+    pytest.param("python_version", "3.10", id="python-3.10"),
+    pytest.param("python_version", "3.13", id="python-3.13"),
+    pytest.param("alltkn_base_url", "https://api.alltkn.com/api/v1", id="url-default"),
+    pytest.param("alltkn_base_url", "http://127.0.0.1:8080/api/v1", id="url-local-http-port"),
+    pytest.param("alltkn_base_url", "https://gw.example.org/api/v1/", id="url-trailing-slash"),
+    pytest.param("api_key_env_var", "ALLTKN_API_KEY", id="env-default"),
+    pytest.param("api_key_env_var", "_TEAM2_ALLTKN_KEY", id="env-underscore-digit"),
+    pytest.param("default_model", "gpt-4o-mini", id="model-default"),
+    pytest.param("default_model", "openai/gpt-4o:beta", id="model-with-slash-colon"),
+]
+
+# (variable, value, a fragment of the fix that must be in the message)
+BAD = [
+    pytest.param("project_name", "", "human-readable name", id="name-empty"),
+    pytest.param("project_name", "   ", "human-readable name", id="name-whitespace-only"),
+    pytest.param("project_name", "Two\nlines", "single line", id="name-has-newline"),
+    pytest.param("project_slug", "My-Service", "e.g. 'my-service'", id="slug-has-uppercase"),
+    pytest.param("project_slug", "my service", "e.g. 'my-service'", id="slug-has-space"),
+    pytest.param("project_slug", "my_service", "e.g. 'my-service'", id="slug-has-underscore"),
+    pytest.param("project_slug", "2fast", "starting with a letter", id="slug-starts-with-digit"),
+    pytest.param("project_slug", "-svc", "starting with a letter", id="slug-leading-hyphen"),
+    pytest.param("project_slug", "svc-", "single hyphens", id="slug-trailing-hyphen"),
+    pytest.param("project_slug", "my--svc", "single hyphens", id="slug-double-hyphen"),
+    pytest.param("project_slug", "my.svc", "e.g. 'my-svc'", id="slug-has-dot"),
+    pytest.param("project_slug", "a/b", "e.g. 'a-b'", id="slug-has-slash"),
+    pytest.param("project_slug", "", "starting with a letter", id="slug-empty"),
+    pytest.param("package_name", "my-service", "e.g. 'my_service'", id="package-has-hyphen"),
+    pytest.param("package_name", "MyService", "e.g. 'myservice'", id="package-has-uppercase"),
+    pytest.param("package_name", "2fast", "starting with a letter", id="package-leading-digit"),
+    pytest.param("package_name", "café", "e.g. 'caf'", id="package-non-ascii"),
+    pytest.param("package_name", "", "starting with a letter", id="package-empty"),
+    pytest.param("package_name", "class", "'class_service'", id="package-is-keyword"),
+    pytest.param("package_name", "json", "'json_service'", id="package-is-stdlib-json"),
+    pytest.param("package_name", "logging", "'logging_service'", id="package-is-stdlib-logging"),
+    pytest.param("package_name", "openai", "'my_openai_service'", id="package-is-dep-openai"),
+    pytest.param("package_name", "fastapi", "'my_fastapi_service'", id="package-is-dep-fastapi"),
+    pytest.param("package_name", "pytest", "'my_pytest_service'", id="package-is-dep-pytest"),
+    pytest.param("framework", "django", "fastapi, flask, script", id="framework-unknown"),
+    pytest.param("framework", "FastAPI", "fastapi, flask, script", id="framework-wrong-case"),
+    pytest.param("python_version", "3.9", "3.10, 3.11, 3.12, 3.13", id="python-too-old"),
+    pytest.param("python_version", "3.14", "3.10, 3.11, 3.12, 3.13", id="python-too-new"),
+    pytest.param("python_version", "3.12.1", "3.10, 3.11, 3.12, 3.13", id="python-patch-level"),
+    pytest.param("alltkn_base_url", "", "/api/v1 root", id="url-empty"),
+    pytest.param("alltkn_base_url", "ftp://api.alltkn.com/api/v1", "/api/v1", id="url-ftp"),
+    pytest.param("alltkn_base_url", "api.alltkn.com/api/v1", "/api/v1", id="url-no-scheme"),
+    pytest.param("alltkn_base_url", "https:///api/v1", "/api/v1 root", id="url-no-host"),
+    pytest.param("alltkn_base_url", "https://h:99999/api/v1", "/api/v1", id="url-bad-port"),
+    pytest.param("alltkn_base_url", " https://h/api/v1", "/api/v1 root", id="url-whitespace"),
+    pytest.param(
+        "alltkn_base_url",
+        f"https://ops:{PASSWORD}@api.alltkn.com/api/v1",
+        "environment variable",
+        id="url-has-userinfo",
+    ),
+    pytest.param("alltkn_base_url", "https://h/api/v1?tenant=a", "Remove it", id="url-query"),
+    pytest.param("alltkn_base_url", "https://h/api/v1#top", "Remove it", id="url-fragment"),
+    pytest.param(
+        "alltkn_base_url",
+        "https://api.alltkn.com/api/v1/chat/completions",
+        "/api/v1 root",
+        id="url-chat-completions",
+    ),
+    pytest.param(
+        "alltkn_base_url",
+        "https://api.alltkn.com/api/v1/chat/completions/",
+        "/api/v1 root",
+        id="url-chat-completions-slash",
+    ),
+    pytest.param("api_key_env_var", "alltkn_api_key", "e.g. ALLTKN_API_KEY", id="env-lowercase"),
+    pytest.param("api_key_env_var", "1KEY", "e.g. ALLTKN_API_KEY", id="env-leading-digit"),
+    pytest.param("api_key_env_var", "ALLTKN-KEY", "e.g. ALLTKN_API_KEY", id="env-has-hyphen"),
+    pytest.param("api_key_env_var", "", "e.g. ALLTKN_API_KEY", id="env-empty"),
+    pytest.param("api_key_env_var", KEY, "never the key itself", id="env-is-pasted-key"),
+    *[
+        pytest.param("api_key_env_var", name, "dedicated name", id=f"env-reserved-{name}")
+        for name in (
+            "ALLTKN_BASE_URL",
+            "ALLTKN_MODEL",
+            "ALLTKN_TIMEOUT_S",
+            "ALLTKN_MAX_RETRIES",
+            "LOG_LEVEL",
+            "OPENAI_API_KEY",
+            "OPENAI_BASE_URL",
+        )
+    ],
+    pytest.param("default_model", "", "e.g. gpt-4o-mini", id="model-empty"),
+    pytest.param("default_model", "  ", "e.g. gpt-4o-mini", id="model-whitespace-only"),
+    pytest.param("default_model", " gpt-4o-mini", "Remove the spaces", id="model-leading-space"),
+    pytest.param("default_model", "gpt-4o-mini\n", "Remove the spaces", id="model-trailing-nl"),
+    pytest.param("default_model", "gpt 4o", "exactly as the gateway", id="model-inner-space"),
+    pytest.param("default_model", "gpt\t4o", "exactly as the gateway", id="model-inner-tab"),
+    pytest.param("default_model", "gpt\x004o", "exactly as the gateway", id="model-control-char"),
+]
+SECRET_VALUES = (KEY, PASSWORD)
+
+
+def check(pre_gen: ModuleType, variable: str) -> Any:
+    return getattr(pre_gen, f"check_{variable}")
+
+
+@pytest.mark.parametrize(("variable", "value"), GOOD)
+def test_good_answer_passes(pre_gen: ModuleType, variable: str, value: str) -> None:
+    assert check(pre_gen, variable)(value) == []
+
+
+@pytest.mark.parametrize(("variable", "value", "fix"), BAD)
+def test_bad_answer_gives_one_line_naming_variable_and_fix(
+    pre_gen: ModuleType, variable: str, value: str, fix: str
+) -> None:
+    lines = check(pre_gen, variable)(value)
+
+    assert lines, f"{value!r} was accepted"
+    for line in lines:
+        assert ERROR_LINE.match(line), line
+        assert line.startswith(f"error: {variable}: ")
+        for secret in SECRET_VALUES:
+            assert secret not in line
+    assert any(fix in line for line in lines), lines
+
+
+def test_base_url_with_credentials_is_never_echoed(pre_gen: ModuleType) -> None:
+    url = f"https://ops:{PASSWORD}@api.alltkn.com/api/v1/chat/completions?x=1"
+
+    lines = pre_gen.check_alltkn_base_url(url)
+
+    assert len(lines) == 3  # credentials, query, /chat/completions: one line each
+    assert not any(
+        "ops" in line or PASSWORD in line or "api.alltkn.com/api/v1/" in line for line in lines
+    )
+
+
+def test_defaults_are_valid(pre_gen: ModuleType) -> None:
+    assert pre_gen.validate(cookiecutter_defaults()) == []
+
+
+def test_every_problem_is_reported_in_variable_order(pre_gen: ModuleType) -> None:
+    answers = {
+        **cookiecutter_defaults(),
+        "project_slug": "Bad Slug",
+        "package_name": "json",
+        "api_key_env_var": "LOG_LEVEL",
+        "default_model": "",
+    }
+
+    lines = pre_gen.validate(answers)
+
+    assert [line.split(":")[1].strip() for line in lines] == [
+        "project_slug",
+        "package_name",
+        "api_key_env_var",
+        "default_model",
+    ]
+
+
+def test_main_prints_problems_to_stderr_and_returns_1(
+    pre_gen: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    answers = {**cookiecutter_defaults(), "framework": "django", "python_version": "2.7"}
+
+    assert pre_gen.main(answers) == 1
+
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.splitlines() == pre_gen.validate(answers)
+
+
+def test_main_returns_0_and_prints_nothing_for_good_answers(
+    pre_gen: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert pre_gen.main(cookiecutter_defaults()) == 0
+    assert capsys.readouterr() == ("", "")
+
+
+def test_main_survives_missing_and_non_string_answers(
+    pre_gen: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    answers: dict[str, object] = {"framework": ["fastapi"], "python_version": 3.12}
+
+    assert pre_gen.main(answers) == 1
+
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert all(ERROR_LINE.match(line) for line in err.splitlines())
+
+
+def test_pre_gen_main_turns_an_internal_error_into_one_line(
+    pre_gen: ModuleType, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def boom(answers: object) -> list[str]:
+        raise RuntimeError(KEY)
+
+    monkeypatch.setattr(pre_gen, "validate", boom)
+
+    assert pre_gen.main(cookiecutter_defaults()) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: pre_gen_project: internal error (RuntimeError)")
+    assert KEY not in err
+    assert len(err.splitlines()) == 1
+
+
+# --- both hooks: the answers arrive only as data ---------------------------------------------
+
+
+@pytest.mark.parametrize("hook", ["pre_gen_project", "post_gen_project"])
+def test_answers_are_rendered_only_as_json_data(hook: str) -> None:
+    from cookiecutter.environment import StrictEnvironment
+
+    source = (HOOKS_DIR / f"{hook}.py").read_text(encoding="utf-8")
+    tricky = "a ''' b \"\"\" c \\ d \\' e {{ f }} {% g %} \n h \u00e9 </script>"
+    answers = {**cookiecutter_defaults(), "description": tricky, "project_name": tricky + "\\"}
+
+    rendered = (
+        StrictEnvironment(context={"cookiecutter": answers})
+        .from_string(source)
+        .render(cookiecutter=answers)
+    )
+
+    assert len(re.findall(r"\{\{|\{%|\{#", source)) == 1  # the one tojson in __main__
+    calls = [
+        node
+        for node in ast.walk(ast.parse(rendered))
+        if isinstance(node, ast.Call) and ast.unparse(node.func) == "json.loads"
+    ]
+    assert len(calls) == 1
+    literal = calls[0].args[0]
+    assert isinstance(literal, ast.Constant)
+    assert json.loads(literal.value) == answers
+    assert rendered.count(tricky.splitlines()[0]) <= 1  # nowhere but inside the JSON
+
+
+@pytest.mark.parametrize("hook", ["pre_gen_project", "post_gen_project"])
+def test_rendered_copy_is_discarded_only_from_the_temp_dir(
+    hook: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = load_hook(hook)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    rendered = tmp_path / "tmpab12cd.py"
+    source = tmp_path / "hooks" / f"{hook}.py"
+    source.parent.mkdir()
+    rendered.write_text("answers", encoding="utf-8")
+    source.write_text("template", encoding="utf-8")
+
+    module.discard_rendered_copy(rendered)
+    module.discard_rendered_copy(source)
+
+    assert not rendered.exists()
+    assert source.exists()
+
+
+# --- post_gen_project: variant layers ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("framework", "layers"),
+    [
+        pytest.param("fastapi", ["web", "fastapi"], id="fastapi"),
+        pytest.param("flask", ["web", "flask"], id="flask"),
+        pytest.param("script", ["script"], id="script"),
+    ],
+)
+def test_layers_for(post_gen: ModuleType, framework: str, layers: list[str]) -> None:
+    assert post_gen.layers_for(framework) == layers
+
+
+def test_layers_for_unknown_framework_raises(post_gen: ModuleType) -> None:
+    with pytest.raises(ValueError, match="django"):
+        post_gen.layers_for("django")
+
+
+VARIANT_FILES = {
+    "web": ["src/pkg/sse.py", "tests/test_http_contract.py"],
+    "fastapi": ["src/pkg/app.py", "tests/server.py"],
+    "flask": ["src/pkg/app.py", "tests/server.py", "gunicorn.conf.py"],
+    "script": ["src/pkg/batch.py"],
+}
+BASE_FILES = ["pyproject.toml", "src/pkg/__init__.py", "tests/test_core.py"]
+
+
+def write_files(root: Path, files: dict[str, str]) -> None:
+    for relative, content in files.items():
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_text(content, encoding="utf-8")
+
+
+def make_variant_tree(root: Path) -> Path:
+    write_files(root, {name: "base" for name in BASE_FILES})
+    for layer, names in VARIANT_FILES.items():
+        write_files(root / "_variants" / layer, {name: layer for name in names})
+    return root
+
+
+def tree_files(root: Path) -> dict[str, str]:
+    return {
+        p.relative_to(root).as_posix(): p.read_text(encoding="utf-8")
+        for p in root.rglob("*")
+        if p.is_file()
+    }
+
+
+@pytest.mark.parametrize("framework", ["fastapi", "flask", "script"])
+def test_assemble_variant_moves_exactly_the_selected_layers(
+    post_gen: ModuleType, tmp_path: Path, framework: str
+) -> None:
+    project = make_variant_tree(tmp_path / "proj")
+    expected = {name: "base" for name in BASE_FILES}
+    for layer in post_gen.layers_for(framework):
+        expected.update({name: layer for name in VARIANT_FILES[layer]})
+
+    moved = post_gen.assemble_variant(project, framework)
+
+    assert tree_files(project) == expected
+    assert not (project / "_variants").exists()
+    assert sorted(p.relative_to(project).as_posix() for p in moved) == sorted(
+        set(expected) - set(BASE_FILES)
+    )
+
+
+def test_assemble_variant_refuses_to_overwrite_a_project_file(
+    post_gen: ModuleType, tmp_path: Path
+) -> None:
+    project = make_variant_tree(tmp_path / "proj")
+    write_files(project, {"src/pkg/app.py": "core"})
+    before = tree_files(project)
+
+    with pytest.raises(post_gen.VariantCollision, match=r"_variants/fastapi/src/pkg/app\.py"):
+        post_gen.assemble_variant(project, "fastapi")
+
+    assert tree_files(project) == before  # nothing moved, nothing deleted
+
+
+def test_assemble_variant_refuses_two_layers_with_the_same_file(
+    post_gen: ModuleType, tmp_path: Path
+) -> None:
+    project = make_variant_tree(tmp_path / "proj")
+    write_files(project / "_variants" / "web", {"src/pkg/app.py": "web"})
+
+    with pytest.raises(post_gen.VariantCollision, match=r"app\.py"):
+        post_gen.assemble_variant(project, "flask")
+
+
+def test_assemble_variant_without_variants_dir_is_a_no_op(
+    post_gen: ModuleType, tmp_path: Path
+) -> None:
+    project = tmp_path / "proj"
+    write_files(project, {name: "base" for name in BASE_FILES})
+
+    assert post_gen.assemble_variant(project, "script") == []
+    assert tree_files(project) == {name: "base" for name in BASE_FILES}
+
+
+# --- post_gen_project: secret scan and removal ----------------------------------------------
+
+
+@pytest.fixture
+def answers() -> dict[str, str]:
+    return {**cookiecutter_defaults(), "package_name": "pkg", "framework": "script"}
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A small generated-looking project with the real scanner, as the hook's cwd."""
+    root = make_variant_tree(tmp_path / "out" / "my-svc")
+    write_files(root, {".env.example": "ALLTKN_API_KEY=\n", "README.md": "# my-svc\n"})
+    shutil.copyfile(SCANNER_PATH, root / "src" / "pkg" / "secret_scan.py")
+    monkeypatch.chdir(root)
+    return root
+
+
+def test_run_on_a_clean_project_prints_next_steps(
+    post_gen: ModuleType, project: Path, answers: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert post_gen.run(answers, project, {}) == 0
+
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert 3 <= len(out.splitlines()) <= 4
+    for fragment in (
+        f"cd {project}",
+        "python -m venv .venv",
+        'pip install -e ".[dev]"',
+        "pytest",
+        "cp .env.example .env",
+        "ALLTKN_API_KEY",
+    ):
+        assert fragment in out
+    assert (project / "src" / "pkg" / "batch.py").is_file()
+    assert not (project / "_variants").exists()
+
+
+def test_run_removes_a_project_with_a_secret_and_reports_it_masked(
+    post_gen: ModuleType, project: Path, answers: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_files(project, {"README.md": f"# my-svc\n\n{KEY}\n"})
+    answers["description"] = KEY
+
+    assert post_gen.run(answers, project, {}) == 1
+
+    out, err = capsys.readouterr()
+    lines = err.splitlines()
+    masked = "****" + KEY[-4:]
+    assert lines[0] == f"error: secret found in generated file README.md:3 (api_key: {masked})"
+    assert "was removed" in lines[-1]
+    assert "description" in lines[-1]
+    assert "ALLTKN_API_KEY environment variable" in lines[-1]
+    assert KEY not in out + err
+    assert KEY[:-4] not in out + err
+    assert Path.cwd() == project.parent
+    assert list(project.iterdir()) == []  # left empty for cookiecutter's own cleanup
+
+
+def test_run_finds_the_key_env_var_value_anywhere(
+    post_gen: ModuleType, project: Path, answers: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    live = "".join(random.Random(3).choices(string.ascii_letters, k=24))
+    write_files(project, {"docs/billing.md": f"Billing group: {live}\n"})
+    answers["billing_group"] = live
+
+    assert post_gen.run(answers, project, {"ALLTKN_API_KEY": live}) == 1
+
+    err = capsys.readouterr().err
+    assert f"docs/billing.md:1 (env_value: ****{live[-4:]})" in err
+    assert "billing_group" in err
+    assert live not in err
+
+
+def test_short_key_env_var_values_are_not_used_as_literals(post_gen: ModuleType) -> None:
+    answers = {"api_key_env_var": "MY_KEY"}
+
+    assert post_gen.key_literals(answers, {"MY_KEY": "1234567"}) == []
+    assert post_gen.key_literals(answers, {"MY_KEY": "12345678"}) == ["12345678"]
+    assert post_gen.key_literals(answers, {}) == []
+
+
+def test_run_leaves_an_existing_git_checkout_in_place(
+    post_gen: ModuleType, project: Path, answers: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    (project / ".git").mkdir()
+    write_files(project, {"README.md": f"{KEY}\n"})
+
+    assert post_gen.run(answers, project, {}) == 1
+
+    err = capsys.readouterr().err
+    assert "NOT removed" in err
+    assert (project / "README.md").exists()
+
+
+def test_run_fails_closed_when_the_scanner_is_missing(
+    post_gen: ModuleType, project: Path, answers: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    (project / "src" / "pkg" / "secret_scan.py").unlink()
+
+    assert post_gen.run(answers, project, {}) == 1
+
+    err = capsys.readouterr().err
+    assert err.startswith("error: package_name: cannot load the generated secret scanner")
+    assert len(err.splitlines()) == 1
+
+
+def test_run_reports_a_variant_collision_as_one_line(
+    post_gen: ModuleType, project: Path, answers: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_files(project, {"src/pkg/batch.py": "core"})
+
+    assert post_gen.run(answers, project, {}) == 1
+
+    err = capsys.readouterr().err
+    assert err.startswith("error: framework: cannot assemble the script variant")
+    assert "template bug" in err
+    assert len(err.splitlines()) == 1
+
+
+def test_main_uses_cwd_and_environment(
+    post_gen: ModuleType,
+    project: Path,
+    answers: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("ALLTKN_API_KEY", "short")
+
+    assert post_gen.main(answers) == 0
+    assert "Next:" in capsys.readouterr().out
+
+
+def test_post_gen_main_turns_an_internal_error_into_one_line(
+    post_gen: ModuleType, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def boom(*args: object) -> int:
+        raise RuntimeError(KEY)
+
+    monkeypatch.setattr(post_gen, "run", boom)
+
+    assert post_gen.main({}) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: post_gen_project: internal error (RuntimeError)")
+    assert KEY not in err
