@@ -16,6 +16,8 @@ SIGINT/SIGTERM. Without ``--api-key`` any bearer token is accepted::
 Routes, under the base path ``/api/v1``:
 
 - ``GET  /api/v1/models``: a few ordinary model ids (gpt-4o-mini, gpt-4o, fake-slow).
+- ``GET  /_fake/stats``: ``{"aborted_streams", "completed_streams", "requests"}``, for
+  benchmarks that run the fake in another process.
 - ``POST /api/v1/chat/completions``: the OpenAI chat API, streaming or not. The answer is
   ``"".join(deltas)``; ``usage.prompt_tokens`` counts whitespace-separated words in the
   messages and ``completion_tokens`` is ``len(deltas)``. Non-streaming answers wait
@@ -46,6 +48,11 @@ Checks run in this order: route, bearer token (401), body (400 for malformed JSO
 ``fake-stream-error``      stream: 1 delta, then ``data: {"error": ...}`` and the end, no [DONE]
 ``fake-stream-no-finish``  stream: all deltas, then [DONE] without a finish_reason chunk
 ``fake-slow``              10 deltas ("tok0 " .. "tok9 ") 0.2 s apart, whatever the timings
+``fake-slow-start``        the usual answer, but the first token only after 1 s
+``fake-firehose``          40,000 deltas of 500 characters, as fast as the client reads them
+``fake-429-once``          429 ``rate_limit_exceeded`` with ``Retry-After: 1`` on the first request
+                           for each distinct ``messages``; later requests answer normally
+``fake-drop``              closes the connection without answering (stream or not)
 =========================  ===================================================================
 
 Without ``"stream": true`` the stream-only scenarios answer like an ordinary model.
@@ -93,9 +100,16 @@ MODELS: tuple[str, ...] = ("gpt-4o-mini", "gpt-4o", "fake-slow")
 _SLOW_MODEL = "fake-slow"
 _SLOW_DELTAS = tuple(f"tok{i} " for i in range(10))
 _SLOW_INTERVAL = 0.2
+_SLOW_START_MODEL = "fake-slow-start"
+_SLOW_START_SECONDS = 1.0
+_FIREHOSE_MODEL = "fake-firehose"
+_FIREHOSE_DELTAS = ("x" * 500,) * 40_000  # 20 MB, more than socket buffers hold
+STATS_PATH = "/_fake/stats"
 _TIMEOUT_MODEL = "fake-timeout"
 _CUT_AFTER_DELTAS = 2
 _RETRY_AFTER_SECONDS = "7"
+_RATE_LIMITED_ONCE_MODEL = "fake-429-once"
+_DROP_MODEL = "fake-drop"
 _CLIENT_GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
 
 _PROXY_ERROR_PAGE = (
@@ -173,6 +187,14 @@ _ERROR_SCENARIOS: dict[str, _GatewayError] = {
     ),
 }
 
+_RATE_LIMITED_ONCE = _GatewayError(
+    429,
+    "Rate limit reached for requests. Please try again in 1s.",
+    "rate_limit_error",
+    "rate_limit_exceeded",
+    headers=(("Retry-After", "1"),),
+)
+
 _STREAM_ERROR = {
     "message": "upstream error: 上游负载已饱和",
     "type": "upstream_error",
@@ -231,6 +253,7 @@ class FakeGateway:
         self.requests: list[RecordedRequest] = []
         self.aborted_streams = 0
         self.completed_streams = 0
+        self._answered_once: set[str] = set()
         self._port = port
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -307,17 +330,27 @@ class FakeGateway:
         return predicate()
 
     def reset(self) -> None:
-        """Forget recorded requests and zero the stream counters."""
+        """Forget recorded requests, zero the stream counters and re-arm the "once" scenarios."""
         with self._lock:
             self.requests.clear()
             self.aborted_streams = 0
             self.completed_streams = 0
+            self._answered_once.clear()
 
     # -- used by the request handler ---------------------------------------------------------
 
     def _record(self, request: RecordedRequest) -> None:
         with self._lock:
             self.requests.append(request)
+
+    def _first_time(self, model: str, messages: Any) -> bool:
+        """True the first time ``model`` is asked with these ``messages`` (since a reset)."""
+        key = json.dumps([model, messages], sort_keys=True)
+        with self._lock:
+            if key in self._answered_once:
+                return False
+            self._answered_once.add(key)
+            return True
 
     def _count_stream(self, *, aborted: bool) -> None:
         with self._lock:
@@ -348,6 +381,10 @@ class FakeGateway:
         model = _model_of(body) or ""
         if model == _SLOW_MODEL:
             deltas, first, interval = _SLOW_DELTAS, 0.0, _SLOW_INTERVAL
+        elif model == _FIREHOSE_MODEL:
+            deltas, first, interval = _FIREHOSE_DELTAS, 0.0, 0.0
+        elif model == _SLOW_START_MODEL:
+            deltas, first, interval = self.deltas, _SLOW_START_SECONDS, self.delta_interval
         else:
             deltas, first, interval = self.deltas, self.first_token_delay, self.delta_interval
         return _Reply(model, deltas, first, interval, _count_prompt_words(body["messages"]))
@@ -458,7 +495,9 @@ class _Handler(BaseHTTPRequestHandler):
                 body=body,
             )
         )
-        if (self.command, path) == ("GET", f"{BASE_PATH}/models"):
+        if (self.command, path) == ("GET", STATS_PATH):
+            self._stats()
+        elif (self.command, path) == ("GET", f"{BASE_PATH}/models"):
             self._models()
         elif (self.command, path) == ("POST", f"{BASE_PATH}/chat/completions"):
             self._chat(body)
@@ -480,6 +519,15 @@ class _Handler(BaseHTTPRequestHandler):
         message = f"Invalid URL ({self.command} {path})"
         error = {"message": message, "type": "invalid_request_error", "param": "", "code": ""}
         self._send_json(404, {"error": error})
+
+    def _stats(self) -> None:
+        gateway = self.server.gateway
+        stats = {
+            "aborted_streams": gateway.aborted_streams,
+            "completed_streams": gateway.completed_streams,
+            "requests": len(gateway.requests),
+        }
+        self._send_json(200, stats)
 
     def _models(self) -> None:
         if not self.server.gateway._authorized(self.headers.get("Authorization")):
@@ -503,6 +551,12 @@ class _Handler(BaseHTTPRequestHandler):
         scripted = _ERROR_SCENARIOS.get(model)
         if scripted is not None:
             self._send_error(scripted, model=model)
+            return
+        if model == _DROP_MODEL:
+            self._cut_connection()
+            return
+        if model == _RATE_LIMITED_ONCE_MODEL and gateway._first_time(model, body["messages"]):
+            self._send_error(_RATE_LIMITED_ONCE, model=model)
             return
         if model == "fake-error-502":
             self._send_bytes(502, _PROXY_ERROR_PAGE, "text/html")
@@ -729,6 +783,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--api-key", default=None, help="omit to accept any bearer token")
     parser.add_argument("--first-token-delay", type=float, default=0.0, metavar="S")
     parser.add_argument("--delta-interval", type=float, default=0.0, metavar="S")
+    parser.add_argument(
+        "--deltas", type=int, default=0, metavar="N", help="answer with N deltas (default: 6)"
+    )
     args = parser.parse_args(argv)
 
     stop = threading.Event()
@@ -742,6 +799,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         api_key=args.api_key,
         first_token_delay=args.first_token_delay,
         delta_interval=args.delta_interval,
+        deltas=tuple(f"w{i} " for i in range(args.deltas)) if args.deltas else DEFAULT_DELTAS,
         port=args.port,
     )
     with gateway:

@@ -1,6 +1,10 @@
 """gunicorn settings for `gunicorn {{ cookiecutter.package_name }}.app:app` (see README)."""
 
 import os
+import sys
+from typing import Any
+
+from gunicorn.glogging import Logger
 
 # All interfaces: inside a container the port is only reachable as published.
 bind = os.environ.get("BIND", "0.0.0.0:8000")
@@ -17,3 +21,21 @@ keepalive = 5
 # instead of workers failing to boot in a loop.
 preload_app = True
 accesslog = None
+
+
+class StreamLogger(Logger):
+    """gunicorn's logger, minus the traceback for a client dropped by the send timeout.
+
+    The app sets a socket timeout on streams (ALLTKN_SSE_SEND_TIMEOUT_S); when a client stops
+    reading, the blocked write times out, which gunicorn would report as a socket error with a
+    traceback. It is an expected outcome, logged as one line instead.
+    """
+
+    def exception(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        if isinstance(sys.exc_info()[1], TimeoutError):
+            self.warning("dropped a client that stopped reading (send timeout)")
+            return
+        super().exception(msg, *args, **kwargs)
+
+
+logger_class = StreamLogger

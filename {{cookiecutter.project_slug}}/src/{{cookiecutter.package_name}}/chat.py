@@ -237,8 +237,10 @@ class ChatStream:
         return self._state.result()
 
     def close(self) -> None:
-        self._upstream.close()
+        # Log first: closing the upstream makes a read in another thread fail, and that
+        # failure must not be logged as the gateway's fault.
         self._state.close()
+        self._upstream.close()
 
     def __enter__(self) -> ChatStream:
         return self
@@ -308,11 +310,11 @@ class AsyncChatStream:
         return self._state.result()
 
     async def aclose(self) -> None:
+        self._state.close()
         # Shielded: a client disconnect cancels the relaying task, and a cancelled close would
         # leave the upstream stream (and the gateway's billing) running.
         with anyio.CancelScope(shield=True):
             await self._upstream.close()
-        self._state.close()
 
     async def __aenter__(self) -> AsyncChatStream:
         return self

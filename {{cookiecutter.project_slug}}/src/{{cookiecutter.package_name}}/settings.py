@@ -22,6 +22,8 @@ ENV_NAMES = {
     "timeout_s": "ALLTKN_TIMEOUT_S",
     "max_retries": "ALLTKN_MAX_RETRIES",
     "log_level": "LOG_LEVEL",
+    "sse_keepalive_s": "ALLTKN_SSE_KEEPALIVE_S",
+    "sse_send_timeout_s": "ALLTKN_SSE_SEND_TIMEOUT_S",
 }
 # Values people paste from docs instead of a real key; refused at start.
 _PLACEHOLDER_MARKERS = ("<", ">", "your", "changeme", "xxxx", "placeholder", "example", "...")
@@ -44,6 +46,15 @@ class Settings(BaseSettings):
     timeout_s: float = Field(60.0, gt=0, le=3600, validation_alias=ENV_NAMES["timeout_s"])
     max_retries: int = Field(1, ge=0, le=10, validation_alias=ENV_NAMES["max_retries"])
     log_level: LogLevel = Field("INFO", validation_alias=ENV_NAMES["log_level"])
+    # Streaming endpoints: a comment line this often while the gateway is silent keeps proxies
+    # from timing the stream out and lets the server notice a client that left.
+    sse_keepalive_s: float = Field(
+        15.0, gt=0, le=300, validation_alias=ENV_NAMES["sse_keepalive_s"]
+    )
+    # A client that stops reading for this long is dropped, and its upstream stream closed.
+    sse_send_timeout_s: float = Field(
+        30.0, gt=0, le=3600, validation_alias=ENV_NAMES["sse_send_timeout_s"]
+    )
 
     @field_validator("api_key")
     @classmethod

@@ -6,13 +6,9 @@ in-process test client.
 
 from __future__ import annotations
 
-import json
-import os
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -22,103 +18,16 @@ from {{ cookiecutter.package_name }}.settings import API_KEY_ENV
 
 from .conftest import SENTINEL_KEY
 from .fake_gateway import FakeGateway
+from .live_server import PROJECT_ROOT, Server, free_port, parse_events, run_server, server_env
 from .server import server_command
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ANSWER = "Hello from the fake gateway."
-
-
-class Server:
-    def __init__(self, process: subprocess.Popen[bytes], url: str, log: Path) -> None:
-        self.process = process
-        self.url = url
-        self.log = log
-        self.seen: list[str] = []  # every response head and body, for the key-leak check
-
-    def post(self, path: str, body: Any, **kwargs: Any) -> httpx2.Response:
-        response = httpx2.post(self.url + path, json=body, timeout=10, **kwargs)
-        self.remember(response, response.text)
-        return response
-
-    def remember(self, response: httpx2.Response, body: str) -> None:
-        self.seen.append(f"{response.status_code} {dict(response.headers)} {body}")
-
-    def call_logs(self) -> list[dict[str, Any]]:
-        entries = []
-        for line in self.log.read_text(encoding="utf-8").splitlines():
-            if line.startswith("{") and '"upstream_call"' in line:
-                entries.append(json.loads(line))
-        return entries
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _server_env(gateway: FakeGateway, **overrides: str) -> dict[str, str]:
-    env = {
-        **os.environ,
-        API_KEY_ENV: SENTINEL_KEY,
-        "ALLTKN_BASE_URL": gateway.base_url,
-        "ALLTKN_MODEL": "gpt-4o-mini",
-        "ALLTKN_TIMEOUT_S": "1",
-        "ALLTKN_MAX_RETRIES": "0",
-        "OPENAI_API_KEY": "decoy-openai-key-value",
-        "OPENAI_BASE_URL": "http://127.0.0.1:9/never-used",
-    }
-    env.update(overrides)
-    return env
 
 
 @pytest.fixture(scope="module")
 def server(gateway: FakeGateway, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    port = _free_port()
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            server_command(port),
-            cwd=PROJECT_ROOT,
-            env=_server_env(gateway),
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    running = Server(process, f"http://127.0.0.1:{port}", log)
-    try:
-        _wait_until_healthy(running)
+    with run_server(gateway, tmp_path_factory.mktemp("server")) as running:
         yield running
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-    assert SENTINEL_KEY not in log.read_text(encoding="utf-8")
-
-
-def _wait_until_healthy(server: Server) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            pytest.fail(f"server exited at start:\n{server.log.read_text()}")
-        try:
-            if httpx2.get(server.url + "/healthz", timeout=1).status_code == 200:
-                return
-        except httpx2.TransportError:
-            time.sleep(0.1)
-    pytest.fail(f"server did not answer /healthz:\n{server.log.read_text()}")
-
-
-def _events(text: str) -> list[tuple[str, dict[str, Any]]]:
-    """Parse an SSE body into (event name, data) pairs; unnamed events are "message"."""
-    events = []
-    for block in text.strip().split("\n\n"):
-        name, data = "message", ""
-        for line in block.splitlines():
-            if line.startswith("event: "):
-                name = line.removeprefix("event: ")
-            elif line.startswith("data: "):
-                data = line.removeprefix("data: ")
-        events.append((name, json.loads(data)))
-    return events
 
 
 # -- plain requests ------------------------------------------------------------------------
@@ -171,7 +80,7 @@ def test_request_id_is_reused_echoed_sent_upstream_and_logged(
     assert response.headers["x-request-id"] == "trace-abc.123"
     assert response.json()["request_id"] == "trace-abc.123"
     assert gateway.requests_for("gpt-4o")[0].headers["x-request-id"] == "trace-abc.123"
-    entry = next(e for e in server.call_logs() if e["request_id"] == "trace-abc.123")
+    entry = server.call_log("trace-abc.123")
     assert (entry["model"], entry["user"], entry["task"], entry["status"]) == (
         "gpt-4o",
         "u-42",
@@ -264,7 +173,7 @@ def test_gateway_text_and_request_id_are_logged(server: Server) -> None:
     response = server.post("/v1/chat", {"prompt": "hi", "model": "fake-error-quota"})
     request_id = response.headers["x-request-id"]
 
-    entry = next(e for e in server.call_logs() if e["request_id"] == request_id)
+    entry = server.call_log(request_id)
     assert entry["status"] == "error"
     assert entry["category"] == "quota"
     assert "用户额度不足" in entry["error"]
@@ -282,7 +191,7 @@ def test_stream_sends_deltas_then_done_with_anti_buffering_headers(server: Serve
     assert response.headers["cache-control"] == "no-cache"
     assert response.headers["x-accel-buffering"] == "no"
     request_id = response.headers["x-request-id"]
-    events = _events(response.text)
+    events = parse_events(response.text)
     deltas = [data["delta"] for name, data in events if name == "message"]
     assert "".join(deltas) == ANSWER
     assert len(deltas) == 6
@@ -328,7 +237,7 @@ def test_a_failure_after_the_stream_began_becomes_an_error_event(
     response = server.post("/v1/chat/stream", {"prompt": "hi", "model": model})
 
     assert response.status_code == 200
-    events = _events(response.text)
+    events = parse_events(response.text)
     assert events[0][0] == "message"
     name, data = events[-1]
     assert name == "error"
@@ -350,10 +259,7 @@ def test_a_client_that_hangs_up_stops_the_upstream_stream(
         next(response.iter_lines())
     # The relay notices at its next write (fake-slow sends every 0.2 s), then closes upstream.
     assert gateway.wait_for(lambda: gateway.aborted_streams == 1, timeout=3)
-    assert gateway.wait_for(
-        lambda: any(e["request_id"] == "hang-up-1" for e in server.call_logs()), timeout=3
-    )
-    entry = next(e for e in server.call_logs() if e["request_id"] == "hang-up-1")
+    entry = server.call_log("hang-up-1")
     assert entry["status"] == "client_disconnect"
 
 
@@ -378,13 +284,13 @@ def test_the_key_appears_in_no_response(server: Server) -> None:
 def test_the_server_refuses_to_start_without_a_real_key(
     gateway: FakeGateway, name: str, value: str | None
 ) -> None:
-    env = _server_env(gateway)
+    env = server_env(gateway)
     if value is None:
         env.pop(name)
     else:
         env[name] = value
     done = subprocess.run(
-        server_command(_free_port()),
+        server_command(free_port()),
         cwd=PROJECT_ROOT,
         env=env,
         capture_output=True,

@@ -8,16 +8,17 @@ A thin layer: validation and the HTTP contract live in `http_contract`, the gate
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__
-from .chat import AsyncChatService, AsyncChatStream, CallInfo
+from .chat import AsyncChatService, CallInfo
 from .client import CLIENT_NAME, create_async_client
 from .errors import GatewayError
 from .http_contract import (
@@ -32,7 +33,7 @@ from .http_contract import (
 )
 from .logs import configure_logging
 from .settings import Settings, load_settings_or_exit
-from .sse import MEDIA_TYPE, STREAM_HEADERS, delta_event, done_event, error_event
+from .sse import MEDIA_TYPE, STREAM_HEADERS, relay
 
 
 class RequestIdMiddleware:
@@ -59,6 +60,33 @@ class RequestIdMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_id)
+
+
+class EventStreamResponse(StreamingResponse):
+    """An SSE response that gives up on a client that stops reading.
+
+    Without a send timeout a stalled client pins the upstream stream (and its billing) for as
+    long as the connection stays open. Leaving, for any reason, closes the event source, which
+    closes the upstream stream.
+    """
+
+    def __init__(self, events: AsyncGenerator[bytes, None], *, send_timeout_s: float) -> None:
+        super().__init__(events, media_type=MEDIA_TYPE, headers=STREAM_HEADERS)
+        self.events = events
+        self.send_timeout_s = send_timeout_s
+
+    async def stream_response(self, send: Send) -> None:
+        start = {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
+        try:
+            await send(start)
+            async for chunk in self.events:
+                with anyio.fail_after(self.send_timeout_s):
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except TimeoutError:
+            pass  # the client stopped reading; the server closes the connection
+        finally:
+            await self.events.aclose()
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -99,29 +127,15 @@ def create_app(settings: Settings) -> FastAPI:
         return JSONResponse(result_body(result))
 
     @app.post("/v1/chat/stream")
-    async def chat_stream(body: ChatRequest, request: Request) -> StreamingResponse:
+    async def chat_stream(body: ChatRequest, request: Request) -> EventStreamResponse:
         service: AsyncChatService = request.app.state.chat
         call = _call_info(body, request)
         # Opened before the response starts, so a refused call still gets a proper status.
         stream = await service.open_stream(body.to_messages(), model=body.model, call=call)
-        return StreamingResponse(
-            _relay(stream, call.request_id), media_type=MEDIA_TYPE, headers=STREAM_HEADERS
-        )
+        events = relay(stream, call.request_id, settings.sse_keepalive_s)
+        return EventStreamResponse(events, send_timeout_s=settings.sse_send_timeout_s)
 
     return app
-
-
-async def _relay(stream: AsyncChatStream, request_id: str) -> AsyncIterator[bytes]:
-    # Leaving this `async with` (also by cancellation when the client hangs up) closes the
-    # upstream stream, so the gateway stops generating for nobody.
-    async with stream:
-        try:
-            async for delta in stream:
-                yield delta_event(delta)
-        except GatewayError as error:
-            yield error_event(error, request_id)
-            return
-        yield done_event(stream.result())
 
 
 def _call_info(body: ChatRequest, request: Request) -> CallInfo:

@@ -10,13 +10,12 @@ kill a long stream at its timeout and serve one stream per process.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
 from pydantic import ValidationError
 
-from .chat import CallInfo, ChatService, ChatStream
+from .chat import CallInfo, ChatService
 from .client import create_client
 from .errors import GatewayError
 from .http_contract import (
@@ -32,7 +31,7 @@ from .http_contract import (
 )
 from .logs import configure_logging
 from .settings import Settings, load_settings_or_exit
-from .sse import MEDIA_TYPE, STREAM_HEADERS, delta_event, done_event, error_event
+from .sse import MEDIA_TYPE, STREAM_HEADERS, relay_sync
 
 
 def create_app(settings: Settings) -> Flask:
@@ -73,24 +72,19 @@ def create_app(settings: Settings) -> Flask:
         call = _call_info(body)
         # Opened before the response starts, so a refused call still gets a proper status.
         stream = service.open_stream(body.to_messages(), model=body.model, call=call)
-        return Response(
-            _relay(stream, call.request_id), mimetype=MEDIA_TYPE, headers=STREAM_HEADERS
-        )
+        _limit_send_time(settings.sse_send_timeout_s)
+        events = relay_sync(stream, call.request_id, settings.sse_keepalive_s)
+        return Response(events, mimetype=MEDIA_TYPE, headers=STREAM_HEADERS)
 
     return app
 
 
-def _relay(stream: ChatStream, request_id: str) -> Iterator[bytes]:
-    # gunicorn closes this generator when a write to a gone client fails; leaving the `with`
-    # then closes the upstream stream, so the gateway stops generating for nobody.
-    with stream:
-        try:
-            for delta in stream:
-                yield delta_event(delta)
-        except GatewayError as error:
-            yield error_event(error, request_id)
-            return
-        yield done_event(stream.result())
+def _limit_send_time(seconds: float) -> None:
+    """Give up on a client that stops reading: a write blocked this long fails, gunicorn then
+    closes the response generator, and that closes the upstream stream."""
+    sock = request.environ.get("gunicorn.socket")
+    if sock is not None:
+        sock.settimeout(seconds)
 
 
 def _parse_body() -> ChatRequest | Response:

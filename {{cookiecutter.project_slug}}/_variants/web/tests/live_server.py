@@ -1,0 +1,139 @@
+"""The service as a real server process on loopback, for tests that need real sockets.
+
+Streaming, keep-alives and disconnects only behave for real over a socket, so the HTTP tests
+start the service with the production command (see `server.py`) against the fake gateway.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+
+from {{ cookiecutter.package_name }}.settings import API_KEY_ENV
+
+from .conftest import SENTINEL_KEY
+from .fake_gateway import FakeGateway
+from .server import server_command
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+class Server:
+    def __init__(self, process: subprocess.Popen[bytes], url: str, log: Path) -> None:
+        self.process = process
+        self.url = url
+        self.log = log
+        self.seen: list[str] = []  # every response head and body, for the key-leak check
+
+    def post(self, path: str, body: Any, **kwargs: Any) -> httpx2.Response:
+        response = httpx2.post(self.url + path, json=body, timeout=10, **kwargs)
+        self.remember(response, response.text)
+        return response
+
+    def remember(self, response: httpx2.Response, body: str) -> None:
+        self.seen.append(f"{response.status_code} {dict(response.headers)} {body}")
+
+    def output(self) -> str:
+        return self.log.read_text(encoding="utf-8")
+
+    def call_logs(self) -> list[dict[str, Any]]:
+        return [
+            json.loads(line)
+            for line in self.output().splitlines()
+            if line.startswith("{") and '"upstream_call"' in line
+        ]
+
+    def call_log(self, request_id: str, timeout: float = 3.0) -> dict[str, Any]:
+        """The call log entry for `request_id`, waiting for the server to write it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [entry for entry in self.call_logs() if entry["request_id"] == request_id]
+            if found or time.monotonic() > deadline:
+                assert found, f"no upstream_call logged for {request_id}:\n{self.output()}"
+                return found[-1]
+            time.sleep(0.02)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def server_env(gateway: FakeGateway, **overrides: str) -> dict[str, str]:
+    env = {
+        **os.environ,
+        API_KEY_ENV: SENTINEL_KEY,
+        "ALLTKN_BASE_URL": gateway.base_url,
+        "ALLTKN_MODEL": "gpt-4o-mini",
+        "ALLTKN_TIMEOUT_S": "1",
+        "ALLTKN_MAX_RETRIES": "0",
+        "OPENAI_API_KEY": "decoy-openai-key-value",
+        "OPENAI_BASE_URL": "http://127.0.0.1:9/never-used",
+    }
+    env.update(overrides)
+    return env
+
+
+@contextmanager
+def run_server(gateway: FakeGateway, log_dir: Path, **env: str) -> Iterator[Server]:
+    """Start the service, wait for /healthz, stop it afterwards; its output goes to a file."""
+    port = free_port()
+    log = log_dir / "server.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            server_command(port),
+            cwd=PROJECT_ROOT,
+            env=server_env(gateway, **env),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    running = Server(process, f"http://127.0.0.1:{port}", log)
+    try:
+        _wait_until_healthy(running)
+        yield running
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    output = running.output()
+    assert SENTINEL_KEY not in output
+    assert "Traceback" not in output, output
+
+
+def _wait_until_healthy(server: Server) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            pytest.fail(f"server exited at start:\n{server.output()}")
+        try:
+            if httpx2.get(server.url + "/healthz", timeout=1).status_code == 200:
+                return
+        except httpx2.TransportError:
+            time.sleep(0.1)
+    pytest.fail(f"server did not answer /healthz:\n{server.output()}")
+
+
+def parse_events(text: str) -> list[tuple[str, dict[str, Any]]]:
+    """Parse an SSE body into (event name, data) pairs; unnamed events are "message", and
+    comment-only blocks (keep-alives) are skipped."""
+    events = []
+    for block in text.strip().split("\n\n"):
+        name, data = "message", None
+        for line in block.splitlines():
+            if line.startswith("event: "):
+                name = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                data = line.removeprefix("data: ")
+        if data is not None:
+            events.append((name, json.loads(data)))
+    return events

@@ -1,0 +1,100 @@
+"""Streams under the conditions that break them in production: a silent gateway, a client that
+stops reading, many clients hanging up at once. Real server processes on loopback only."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx2
+import pytest
+
+from .fake_gateway import FakeGateway
+from .live_server import Server, run_server
+
+KEEPALIVE_S = 0.2
+SEND_TIMEOUT_S = 0.5
+
+
+@pytest.fixture(scope="module")
+def server(gateway: FakeGateway, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with run_server(
+        gateway,
+        tmp_path_factory.mktemp("streaming"),
+        ALLTKN_SSE_KEEPALIVE_S=str(KEEPALIVE_S),
+        ALLTKN_SSE_SEND_TIMEOUT_S=str(SEND_TIMEOUT_S),
+        ALLTKN_TIMEOUT_S="10",
+    ) as running:
+        yield running
+
+
+def test_keep_alives_flow_while_the_gateway_is_silent(server: Server) -> None:
+    lines: list[str] = []
+    with httpx2.stream(
+        "POST",
+        server.url + "/v1/chat/stream",
+        json={"prompt": "hi", "model": "fake-slow-start"},  # first token after 1 s
+        timeout=10,
+    ) as response:
+        for line in response.iter_lines():
+            lines.append(line)
+            if line.startswith("data: "):
+                break
+
+    keepalives = [line for line in lines if line == ": keep-alive"]
+    assert len(keepalives) >= 3  # about one per 0.2 s during the 1 s of silence
+    assert lines[-1].startswith('data: {"delta"')
+
+
+def test_a_client_that_stops_reading_does_not_pin_the_upstream(
+    server: Server, gateway: FakeGateway
+) -> None:
+    body = b'{"prompt": "hi", "model": "fake-firehose"}'
+    request = (
+        b"POST /v1/chat/stream HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"X-Request-ID: stalled-reader\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+    )
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as client:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.sendall(request + body)
+        client.recv(1024)  # the response has started; now stop reading
+        # The service's writes block once the socket buffers fill; after the send timeout it
+        # gives up on this client and closes the upstream stream.
+        assert gateway.wait_for(lambda: gateway.aborted_streams == 1, timeout=10)
+
+    assert server.call_log("stalled-reader")["status"] == "client_disconnect"
+
+
+def test_many_clients_hanging_up_at_once_all_stop_their_upstream(
+    server: Server, gateway: FakeGateway
+) -> None:
+    clients = 20
+    first_delta = threading.Barrier(clients + 1)
+
+    def hang_up_after_first_delta() -> None:
+        with httpx2.stream(
+            "POST",
+            server.url + "/v1/chat/stream",
+            json={"prompt": "hi", "model": "fake-slow"},
+            timeout=10,
+        ) as response:
+            for line in response.iter_lines():
+                if line.startswith("data: "):
+                    break
+            first_delta.wait(timeout=10)
+
+    threads = [threading.Thread(target=hang_up_after_first_delta) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    first_delta.wait(timeout=10)
+    hung_up = time.monotonic()
+    for thread in threads:
+        thread.join(timeout=10)
+
+    assert gateway.wait_for(lambda: gateway.aborted_streams == clients, timeout=5)
+    # fake-slow sends every 0.2 s, so each relay notices its client at its next write.
+    assert time.monotonic() - hung_up < 2.0
+    assert gateway.completed_streams == 0
