@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__
@@ -22,8 +22,10 @@ from .chat import AsyncChatService, CallInfo
 from .client import CLIENT_NAME, create_async_client
 from .errors import GatewayError
 from .http_contract import (
+    DEMO_PAGE_HEADERS,
     ChatRequest,
     bad_body,
+    demo_page,
     describe_errors,
     error_body,
     request_id_from,
@@ -113,6 +115,12 @@ def create_app(settings: Settings) -> FastAPI:
     async def gateway_failed(request: Request, exc: GatewayError) -> JSONResponse:
         body = error_body(exc, request.state.request_id)
         return JSONResponse(body, status_for(exc), headers=retry_headers(exc))
+
+    page = demo_page()
+
+    @app.get("/", include_in_schema=False)
+    async def demo() -> Response:
+        return Response(page, media_type="text/html; charset=utf-8", headers=DEMO_PAGE_HEADERS)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

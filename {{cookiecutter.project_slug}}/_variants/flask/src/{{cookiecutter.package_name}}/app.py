@@ -19,9 +19,11 @@ from .chat import CallInfo, ChatService
 from .client import create_client
 from .errors import GatewayError
 from .http_contract import (
+    DEMO_PAGE_HEADERS,
     REQUEST_ID_HEADER,
     ChatRequest,
     bad_body,
+    demo_page,
     describe_errors,
     error_body,
     request_id_from,
@@ -51,6 +53,12 @@ def create_app(settings: Settings) -> Flask:
     @app.errorhandler(GatewayError)
     def gateway_failed(error: GatewayError) -> tuple[Response, int, dict[str, str]]:
         return jsonify(error_body(error, g.request_id)), status_for(error), retry_headers(error)
+
+    page = demo_page()
+
+    @app.get("/")
+    def demo() -> Response:
+        return Response(page, mimetype="text/html", headers=DEMO_PAGE_HEADERS)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

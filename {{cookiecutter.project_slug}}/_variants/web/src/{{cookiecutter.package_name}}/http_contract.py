@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
+from importlib import resources
 from typing import Any, Literal, cast
 
 from openai.types.chat import ChatCompletionMessageParam
@@ -26,6 +27,14 @@ _STATUS_BY_CATEGORY = {
     Category.TIMEOUT: 504,
 }
 _UPSTREAM_FAILURE_STATUS = 502
+# The demo page may only talk to this service; it holds no key and no setting.
+DEMO_PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+        "connect-src 'self'; base-uri 'none'; form-action 'none'"
+    ),
+    "Cache-Control": "no-cache",
+}
 
 
 class Message(BaseModel):
@@ -123,3 +132,8 @@ def result_body(result: ChatResult) -> dict[str, Any]:
         "usage": usage_body(result.usage),
         "request_id": result.request_id,
     }
+
+
+def demo_page() -> bytes:
+    """The static demo page served at `GET /` (static/index.html, shipped in the package)."""
+    return (resources.files(__package__) / "static" / "index.html").read_bytes()
