@@ -1,7 +1,7 @@
 """Streaming benchmark: the generated FastAPI and Flask services against the floor and a baseline.
 
 Run from the template root, in an environment with the web variants' dependencies
-(`pip install -r bench/requirements.txt`):
+(`pip install -r requirements-dev.txt`):
 
     python bench/bench_stream.py [--quick]
 
@@ -26,7 +26,6 @@ import json
 import os
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -66,7 +65,9 @@ class Sample:
 
 def bake(framework: str, into: Path) -> Path:
     project = cookiecutter(
-        str(TEMPLATE_DIR), no_input=True, output_dir=str(into / framework),
+        str(TEMPLATE_DIR),
+        no_input=True,
+        output_dir=str(into / framework),
         extra_context={"framework": framework},
     )
     return Path(project)
@@ -81,9 +82,18 @@ def free_port() -> int:
 @contextmanager
 def fake_gateway(project: Path, deltas: int) -> Iterator[str]:
     process = subprocess.Popen(
-        [sys.executable, str(project / "tests" / "fake_gateway.py"), "--first-token-delay",
-         "0.05", "--delta-interval", "0.01", "--deltas", str(deltas)],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            str(project / "tests" / "fake_gateway.py"),
+            "--first-token-delay",
+            "0.05",
+            "--delta-interval",
+            "0.01",
+            "--deltas",
+            str(deltas),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert process.stdout is not None
     line = process.stdout.readline().strip()
@@ -96,24 +106,62 @@ def fake_gateway(project: Path, deltas: int) -> Iterator[str]:
 
 def service_command(name: str, project: Path | None, port: int) -> list[str]:
     if name == "fastapi":
-        return [sys.executable, "-m", "uvicorn", "alltkn_service.app:app", "--port", str(port),
-                "--log-level", "warning", "--no-access-log"]
+        return [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "alltkn_service.app:app",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ]
     if name == "flask":
-        return [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--bind",
-                f"127.0.0.1:{port}", "--workers", "1", "alltkn_service.app:app"]
-    return [sys.executable, "-m", "uvicorn", "baseline_relay:app", "--port", str(port),
-            "--log-level", "warning", "--no-access-log"]
+        return [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            "gunicorn.conf.py",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            "1",
+            "alltkn_service.app:app",
+        ]
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "baseline_relay:app",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "--no-access-log",
+    ]
 
 
 @contextmanager
 def service(name: str, project: Path | None, base_url: str) -> Iterator[tuple[str, int]]:
     port = free_port()
     cwd = project if project else TEMPLATE_DIR / "bench"
-    env = {**os.environ, "ALLTKN_API_KEY": KEY, "ALLTKN_BASE_URL": base_url,
-           "ALLTKN_MAX_RETRIES": "0", "LOG_LEVEL": "WARNING",
-           "PYTHONPATH": str(project / "src") if project else str(cwd)}
-    process = subprocess.Popen(service_command(name, project, port), cwd=cwd, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {
+        **os.environ,
+        "ALLTKN_API_KEY": KEY,
+        "ALLTKN_BASE_URL": base_url,
+        "ALLTKN_MAX_RETRIES": "0",
+        "LOG_LEVEL": "WARNING",
+        "PYTHONPATH": str(project / "src") if project else str(cwd),
+    }
+    process = subprocess.Popen(
+        service_command(name, project, port),
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -169,7 +217,8 @@ async def direct_stream(client: AsyncOpenAI, sample: Sample) -> None:
     first = None
     try:
         stream = await client.chat.completions.create(
-            model="gpt-4o-mini", messages=[{"role": "user", "content": "stream please"}],
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "stream please"}],
             stream=True,
         )
         async with stream:
@@ -190,8 +239,12 @@ async def run_level(target: str, url: str, level: Level) -> Sample:
     sample = Sample()
     limits = httpx2.Limits(max_connections=level.clients + 10)
     if target == "direct":
-        client = AsyncOpenAI(base_url=url, api_key=KEY, max_retries=0,
-                             http_client=httpx2.AsyncClient(limits=limits, timeout=30))
+        client = AsyncOpenAI(
+            base_url=url,
+            api_key=KEY,
+            max_retries=0,
+            http_client=httpx2.AsyncClient(limits=limits, timeout=30),
+        )
 
         async def one() -> None:
             await direct_stream(client, sample)
@@ -215,12 +268,14 @@ async def hang_ups(url: str, clients: int) -> int:
 
     async def one() -> None:
         nonlocal hung
-        async with httpx2.AsyncClient(timeout=30) as http:
-            async with http.stream("POST", url + "/v1/chat/stream", json=PROMPT) as response:
-                async for line in response.aiter_lines():
-                    if line.startswith('data: {"delta"'):
-                        hung += 1
-                        return
+        async with (
+            httpx2.AsyncClient(timeout=30) as http,
+            http.stream("POST", url + "/v1/chat/stream", json=PROMPT) as response,
+        ):
+            async for line in response.aiter_lines():
+                if line.startswith('data: {"delta"'):
+                    hung += 1
+                    return
 
     await asyncio.gather(*(one() for _ in range(clients)))
     return hung
@@ -242,8 +297,14 @@ def measure_hang_ups(url: str, base_url: str, clients: int) -> dict[str, Any]:
             settled_after = time.perf_counter() - hung_at
             break
         time.sleep(0.005)
-    return {"clients": clients, "hung_up": hung, "aborted": aborted,
-            "all_aborted_within_ms": None if settled_after is None else round(settled_after * 1000, 1)}
+    return {
+        "clients": clients,
+        "hung_up": hung,
+        "aborted": aborted,
+        "all_aborted_within_ms": (
+            None if settled_after is None else round(settled_after * 1000, 1)
+        ),
+    }
 
 
 # -- report ------------------------------------------------------------------------------------
@@ -270,8 +331,10 @@ def summarize(sample: Sample, cpu: float | None) -> dict[str, Any]:
 
 
 def print_table(results: dict[str, Any], levels: list[Level]) -> None:
-    print(f"\n{'path':9} {'clients':>7} {'TTFT p50':>9} {'p95':>8} {'ratio':>6} {'added':>7} "
-          f"{'total p50':>9} {'p95':>8} {'CPU/stream':>10} {'vs base':>7} {'fail':>4}")
+    print(
+        f"\n{'path':9} {'clients':>7} {'TTFT p50':>9} {'p95':>8} {'ratio':>6} {'added':>7} "
+        f"{'total p50':>9} {'p95':>8} {'CPU/stream':>10} {'vs base':>7} {'fail':>4}"
+    )
     for level in levels:
         key = str(level.clients)
         direct = results["direct"][key]
@@ -281,17 +344,25 @@ def print_table(results: dict[str, Any], levels: list[Level]) -> None:
             ratio = row["ttft_p50_ms"] / direct["ttft_p50_ms"]
             added = row["ttft_p50_ms"] - direct["ttft_p50_ms"]
             cpu = row["cpu_ms_per_stream"]
-            vs_base = (f"{cpu / base['cpu_ms_per_stream']:.2f}" if cpu and base["cpu_ms_per_stream"]
-                       else "-")
-            print(f"{path:9} {level.clients:>7} {row['ttft_p50_ms']:>8.1f}ms {row['ttft_p95_ms']:>6.1f}ms "
-                  f"{ratio:>6.2f} {added:>+6.1f}ms {row['total_p50_ms']:>7.1f}ms "
-                  f"{row['total_p95_ms']:>6.1f}ms {cpu if cpu is not None else '-':>8}ms "
-                  f"{vs_base:>7} {row['failures']:>4}")
+            vs_base = (
+                f"{cpu / base['cpu_ms_per_stream']:.2f}"
+                if cpu and base["cpu_ms_per_stream"]
+                else "-"
+            )
+            print(
+                f"{path:9} {level.clients:>7} {row['ttft_p50_ms']:>8.1f}ms "
+                f"{row['ttft_p95_ms']:>6.1f}ms "
+                f"{ratio:>6.2f} {added:>+6.1f}ms {row['total_p50_ms']:>7.1f}ms "
+                f"{row['total_p95_ms']:>6.1f}ms {cpu if cpu is not None else '-':>8}ms "
+                f"{vs_base:>7} {row['failures']:>4}"
+            )
     print("\nhang-ups (300-delta streams, clients leave after the first delta):")
     for path in ("baseline", "fastapi", "flask"):
         hang = results["hang_ups"][path]
-        print(f"  {path:9} {hang['aborted']:>3} of {hang['hung_up']} aborted upstream, "
-              f"all within {hang['all_aborted_within_ms']} ms")
+        print(
+            f"  {path:9} {hang['aborted']:>3} of {hang['hung_up']} aborted upstream, "
+            f"all within {hang['all_aborted_within_ms']} ms"
+        )
 
 
 def main() -> int:
@@ -306,7 +377,9 @@ def main() -> int:
         projects = {"fastapi": bake("fastapi", workdir), "flask": bake("flask", workdir)}
         with fake_gateway(projects["fastapi"], deltas=20) as base_url:
             results["direct"] = {
-                str(level.clients): summarize(asyncio.run(run_level("direct", base_url, level)), None)
+                str(level.clients): summarize(
+                    asyncio.run(run_level("direct", base_url, level)), None
+                )
                 for level in levels
             }
             for name in ("baseline", "fastapi", "flask"):
