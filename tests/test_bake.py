@@ -123,6 +123,7 @@ def test_dependencies_match_the_framework(cookies: Any, framework: str) -> None:
     assert ("uvicorn" in names) == (framework == "fastapi")
     assert ("flask" in names) == (framework == "flask")
     assert ("gunicorn" in names) == (framework == "flask")
+    assert ("rich" in names) == (framework == "script")
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)

@@ -1,4 +1,8 @@
 """Command line: `<slug> ask "prompt"`, or `python -m <package> ask "prompt"`.
+{%- if cookiecutter.framework == "script" %}
+
+`<slug> batch INPUT.jsonl OUTPUT.jsonl` runs a file of prompts (see `batch.py`).
+{%- endif %}
 
 Exit codes: 0 answered, 1 the gateway call failed, 2 bad usage or configuration, 130 interrupted.
 """
@@ -9,21 +13,32 @@ import argparse
 import sys
 from collections.abc import Sequence
 from importlib import metadata
+from typing import NoReturn
 
 from openai.types.chat import ChatCompletionMessageParam
-
+{% if cookiecutter.framework == "script" %}
+from . import batch
+{%- endif %}
 from .chat import CallInfo, ChatService
 from .client import CLIENT_NAME, create_client
 from .errors import GatewayError
 from .logs import configure_logging
-from .settings import load_settings_or_exit
+from .settings import Settings, load_settings_or_exit
 
 EXIT_FAILED = 1
+EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad usage is one line naming the problem (and --help), exit 2; no usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=CLIENT_NAME, description=_description())
+    parser = _Parser(prog=CLIENT_NAME, description=_description())
     commands = parser.add_subparsers(dest="command", required=True)
     ask = commands.add_parser("ask", help="send one prompt and print the answer")
     ask.add_argument("prompt", help="the message to send")
@@ -31,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--no-stream", action="store_true", help="wait for the whole answer")
     ask.add_argument("--user", help="end user the call is made for (logged)")
     ask.add_argument("--task", help="kind of task, e.g. summarise (logged)")
+{%- if cookiecutter.framework == "script" %}
+    batch.add_parser(commands)
+{%- endif %}
     return parser
 
 
@@ -44,11 +62,28 @@ def _description() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if not args.prompt.strip():
-        print("error: the prompt is empty; pass the text to send", file=sys.stderr)
-        return 2
+{%- if cookiecutter.framework == "script" %}
+    if args.command == "batch":
+        return _batch(args)
+{%- endif %}
+    return _ask(args)
+
+
+def _setup() -> Settings:
     settings = load_settings_or_exit()
     configure_logging(settings.log_level, secrets=[settings.api_key.get_secret_value()])
+    return settings
+
+
+def _report(error: GatewayError) -> None:
+    print(f"error[{error.category.value}]: {error.message} (hint: {error.hint})", file=sys.stderr)
+
+
+def _ask(args: argparse.Namespace) -> int:
+    if not args.prompt.strip():
+        print("error: the prompt is empty; pass the text to send", file=sys.stderr)
+        return EXIT_USAGE
+    settings = _setup()
     service = ChatService(create_client(settings), settings.model)
     call = CallInfo(user=args.user, task=args.task)
     messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": args.prompt}]
@@ -58,14 +93,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             _print_stream(service, messages, args.model, call)
     except GatewayError as error:
-        print(
-            f"error[{error.category.value}]: {error.message} (hint: {error.hint})", file=sys.stderr
-        )
+        _report(error)
         return EXIT_FAILED
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0
+{%- if cookiecutter.framework == "script" %}
+
+
+def _batch(args: argparse.Namespace) -> int:
+    settings = _setup()
+    try:
+        outcome = batch.run_batch(batch.options_from(args), settings)
+    except batch.BatchUsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    if outcome.fatal is not None:
+        _report(outcome.fatal)
+    if outcome.write_error is not None:
+        print(f"error: {outcome.write_error}", file=sys.stderr)
+    return outcome.exit_code
+{%- endif %}
 
 
 def _print_stream(

@@ -1,0 +1,308 @@
+"""`python -m {{ cookiecutter.package_name }} batch`, run as a user would, against the fake gateway."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from {{ cookiecutter.package_name }}.settings import API_KEY_ENV
+
+from .conftest import SENTINEL_KEY
+from .fake_gateway import FakeGateway
+
+pytestmark = pytest.mark.usefixtures("gateway_env")
+
+COMMAND = [sys.executable, "-m", "{{ cookiecutter.package_name }}", "batch"]
+ANSWER = "Hello from the fake gateway."
+
+
+def batch(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*COMMAND, *map(str, args)], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def start_batch(*args: str | Path, stderr: int = subprocess.PIPE) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*COMMAND, *map(str, args)], stdout=subprocess.PIPE, stderr=stderr, text=True
+    )
+
+
+def write_lines(path: Path, lines: list[str]) -> Path:
+    path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def prompts(count: int) -> list[str]:
+    return [json.dumps({"id": f"p{n}", "prompt": f"question {n}"}) for n in range(count)]
+
+
+def rows(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def rows_by_id(path: Path) -> dict[Any, dict[str, Any]]:
+    """Rows that carry an id, checking that no id is there twice."""
+    ids = [row["id"] for row in rows(path) if row["id"] is not None]
+    assert len(ids) == len(set(ids)), f"duplicate ids in the output: {ids}"
+    return {row["id"]: row for row in rows(path) if row["id"] is not None}
+
+
+def complete_rows(path: Path) -> int:
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def paced_gateway(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeGateway]:
+    """A gateway that takes `first_token_delay` per answer, so a batch can be caught mid-way."""
+    with FakeGateway(api_key=SENTINEL_KEY, first_token_delay=0.2) as fake:
+        monkeypatch.setenv("ALLTKN_BASE_URL", fake.base_url)
+        yield fake
+
+
+def test_mixed_input(gateway: FakeGateway, tmp_path: Path) -> None:
+    source = write_lines(
+        tmp_path / "in.jsonl",
+        [
+            json.dumps({"id": "a", "prompt": "first"}),
+            json.dumps(
+                {
+                    "id": 2,
+                    "messages": [{"role": "user", "content": "second"}],
+                    "model": "gpt-4o",
+                    "user": "u1",
+                    "task": "t1",
+                }
+            ),
+            '{"id": "broken", "prompt": ',
+            json.dumps({"prompt": "nobody's"}),
+            json.dumps({"id": "a", "prompt": "again"}),
+            json.dumps({"id": "empty", "prompt": "   "}),
+            "",
+            json.dumps({"id": "limited", "prompt": "busy", "model": "fake-429-once"}),
+            json.dumps({"id": "gone", "prompt": "x", "model": "fake-error-503-model"}),
+            json.dumps({"id": "cut", "prompt": "x", "model": "fake-drop"}),
+            json.dumps({"id": "last", "prompt": "bye"}),
+        ],
+    )
+    output = tmp_path / "out.jsonl"
+
+    done = batch(source, output, "--concurrency", "3")
+
+    assert done.returncode == 1, done.stderr  # some rows failed
+    found = rows_by_id(output)
+    for row_id, model in (("a", "gpt-4o-mini"), (2, "gpt-4o"), ("limited", "fake-429-once")):
+        assert found[row_id]["content"] == ANSWER
+        assert found[row_id]["model"] == model
+        assert found[row_id]["usage"]["completion_tokens"] == 6
+        assert found[row_id]["duration_ms"] > 0
+    assert found["last"]["content"] == ANSWER
+    assert found["gone"]["error"]["category"] == "model_not_found"
+    assert found["cut"]["error"]["category"] == "connection"
+    bad = {row["line"]: row for row in rows(output) if "line" in row}
+    assert sorted(bad) == [3, 4, 5, 6]
+    assert all(row["error"]["category"] == "invalid_input" for row in bad.values())
+    assert [bad[3]["id"], bad[4]["id"], bad[5]["id"], bad[6]["id"]] == [None, None, None, "empty"]
+    assert "not valid JSON" in bad[3]["error"]["message"]
+    assert 'duplicate id "a" (first on line 1)' in bad[5]["error"]["message"]
+    assert len(rows(output)) == 10  # every non-blank line, exactly once
+
+    # Retries: 429 waits and succeeds, a cut connection is retried a bounded number of times,
+    # a permanent failure is never retried.
+    assert len(gateway.requests_for("fake-429-once")) == 2
+    assert len(gateway.requests_for("fake-drop")) == 4
+    assert len(gateway.requests_for("fake-error-503-model")) == 1
+
+    assert "line 3: not valid JSON" in done.stderr
+    assert 'line 4: no "id"' in done.stderr
+    assert '"user": "u1"' in done.stderr
+    assert '"task": "t1"' in done.stderr
+    summary = done.stdout
+    assert "batch: 4 done, 6 failed (connection 1, invalid_input 4, model_not_found 1)" in summary
+    assert "tokens: " in summary
+    assert "requests/s (10 requests, 4 retries)" in summary
+    assert "Traceback" not in done.stderr
+    assert SENTINEL_KEY not in done.stdout + done.stderr + output.read_text()
+
+    # Resuming a finished batch sends nothing and duplicates nothing, error rows included.
+    gateway.reset()
+    before = output.read_text()
+    again = batch(source, output, "--resume")
+    assert output.read_text() == before
+    assert gateway.requests == []
+    assert "batch: 0 done, 0 failed, 10 skipped" in again.stdout
+
+
+def test_a_rejected_key_stops_the_batch_and_writes_nothing(
+    gateway: FakeGateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(API_KEY_ENV, "sk-" + "w" * 40)
+    output = tmp_path / "out.jsonl"
+
+    done = batch(write_lines(tmp_path / "in.jsonl", prompts(30)), output, "--concurrency", "2")
+
+    assert done.returncode == 1
+    assert "error[auth]: " in done.stderr
+    assert "rerun with --resume" in done.stdout
+    assert output.read_text() == ""  # nothing to skip when the run is resumed with a good key
+    assert len(gateway.requests) <= 2
+
+
+@pytest.mark.parametrize(
+    ("case", "names"),
+    [
+        pytest.param("missing-input", "INPUT", id="missing-input"),
+        pytest.param("output-dir-missing", "OUTPUT", id="output-in-missing-dir"),
+        pytest.param("output-is-dir", "OUTPUT", id="output-is-a-directory"),
+        pytest.param("output-has-rows", "--resume", id="output-exists"),
+        pytest.param("corrupt-output", "line 1 is not a result row", id="resume-corrupt-output"),
+        pytest.param("concurrency-0", "--concurrency", id="concurrency-0"),
+        pytest.param("concurrency-text", "--concurrency", id="concurrency-text"),
+    ],
+)
+def test_bad_paths_and_options_are_one_line_exit_2(
+    gateway: FakeGateway, tmp_path: Path, case: str, names: str
+) -> None:
+    source = write_lines(tmp_path / "in.jsonl", prompts(2))
+    output = tmp_path / "out.jsonl"
+    args: list[str | Path] = [source, output]
+    if case == "missing-input":
+        args[0] = tmp_path / "nope.jsonl"
+    elif case == "output-dir-missing":
+        args[1] = tmp_path / "no" / "such" / "dir.jsonl"
+    elif case == "output-is-dir":
+        args[1] = tmp_path
+    elif case == "output-has-rows":
+        write_lines(output, [json.dumps({"id": "p0", "content": "x"})])
+    elif case == "corrupt-output":
+        write_lines(output, ["not json"])
+        args.append("--resume")
+    else:
+        args += ["--concurrency", "0" if case == "concurrency-0" else "lots"]
+
+    done = batch(*args)
+
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0, done.stderr
+    assert names in done.stderr
+    assert "Traceback" not in done.stderr
+    assert gateway.requests == []
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_an_output_that_fills_up_stops_the_batch(tmp_path: Path) -> None:
+    done = batch(write_lines(tmp_path / "in.jsonl", prompts(5)), "/dev/full")
+
+    assert done.returncode == 1
+    assert "error: cannot write OUTPUT /dev/full (No space left on device)" in done.stderr
+    assert "rerun with --resume" in done.stderr
+    assert "batch: 0 done" in done.stdout
+    assert "Traceback" not in done.stderr
+
+
+def test_resume_after_sigkill_writes_every_id_exactly_once(
+    paced_gateway: FakeGateway, tmp_path: Path
+) -> None:
+    source = write_lines(tmp_path / "in.jsonl", prompts(40))
+    output = tmp_path / "out.jsonl"
+    process = start_batch(source, output, "--concurrency", "4")
+    wait_until(lambda: complete_rows(output) >= 6)
+    assert process.poll() is None, "the batch finished before it could be killed"
+    process.kill()
+    process.communicate(timeout=10)
+    killed_with = complete_rows(output)
+    with output.open("a", encoding="utf-8") as half_written:  # a crash in the middle of a write
+        half_written.write('{"id": "p39", "content": "Hel')
+
+    done = batch(source, output, "--resume", "--concurrency", "8")
+
+    assert done.returncode == 0, done.stderr
+    assert "removed a partial last row" in done.stderr
+    assert f"{40 - killed_with} done" in done.stdout
+    assert f"{killed_with} skipped" in done.stdout
+    found = rows_by_id(output)
+    assert sorted(found) == sorted(f"p{n}" for n in range(40))
+    assert all(row["content"] == ANSWER for row in found.values())
+
+
+def test_sigint_finishes_the_rows_in_flight_and_exits_130(
+    paced_gateway: FakeGateway, tmp_path: Path
+) -> None:
+    source = write_lines(tmp_path / "in.jsonl", prompts(40))
+    output = tmp_path / "out.jsonl"
+    process = start_batch(source, output, "--concurrency", "4")
+    wait_until(lambda: complete_rows(output) >= 4)
+
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=20)
+
+    assert process.returncode == 130, stderr
+    written = rows_by_id(output)
+    assert 4 <= len(written) < 40
+    # Every request that was sent finished and was written; nothing new was started.
+    assert len(paced_gateway.requests) == len(written)
+    assert f"batch: {len(written)} done, 0 failed" in stdout
+    assert "interrupted" in stdout
+    assert "Traceback" not in stderr
+
+    resumed = batch(source, output, "--resume")
+
+    assert resumed.returncode == 0, resumed.stderr
+    assert sorted(rows_by_id(output)) == sorted(f"p{n}" for n in range(40))
+
+
+def test_progress_is_plain_lines_when_stderr_is_not_a_terminal(tmp_path: Path) -> None:
+    output = tmp_path / "out.jsonl"
+
+    done = batch(write_lines(tmp_path / "in.jsonl", prompts(3)), output)
+
+    assert done.returncode == 0, done.stderr
+    assert "batch: 3 rows in INPUT, 0 already in OUTPUT" in done.stderr
+    assert "\r" not in done.stderr
+    assert "\x1b[" not in done.stderr + done.stdout
+    assert "batch: 3 done, 0 failed" in done.stdout
+
+
+def test_progress_bar_on_a_terminal(tmp_path: Path) -> None:
+    source = write_lines(tmp_path / "in.jsonl", [*prompts(3), "{broken"])
+    controller, terminal = pty.openpty()
+    process = start_batch(source, tmp_path / "out.jsonl", stderr=terminal)
+    os.close(terminal)
+    screen = b""
+    while chunk := _read(controller):
+        screen += chunk
+    stdout, _ = process.communicate(timeout=30)
+    os.close(controller)
+
+    shown = screen.decode(errors="replace")
+    assert process.returncode == 1
+    assert "\x1b[" in shown
+    assert "4/4" in shown
+    assert "1 failed" in shown
+    assert "ETA" in shown
+    assert "line 4: not valid JSON" in shown
+    assert "batch: 3 done, 1 failed" in stdout
+
+
+def _read(fd: int) -> bytes:
+    try:
+        return os.read(fd, 65536)
+    except OSError:  # the terminal closed: the batch has exited
+        return b""
