@@ -4,38 +4,153 @@ Runs with the generated project as the working directory. Steps:
 
 1. Move the files of the selected `_variants/<layer>/` directories (see `layers_for`) to the
    same relative paths in the project, then delete `_variants/`.
-2. Scan the project with its own `src/<package>/secret_scan.py` (loaded by path), also for the
-   exact value of the key environment variable if it is set. On a finding: report
-   `path:line` with the value masked, remove the generated project and exit 1.
+2. Scan every file this run wrote with the project's own `src/<package>/secret_scan.py`
+   (loaded by path), also for the exact value of the key environment variable and of every
+   secret-named environment variable. On a finding: report `path:line` with the value masked,
+   remove what this run created and exit 1.
 3. Print the next steps.
+
+"What this run wrote" comes from the manifest the pre-generation hook leaves in the temporary
+directory (`manifest_path`): the files the output directory held before, with their digests.
+Generating into an existing directory with `--overwrite-if-exists` therefore neither scans the
+files that were already there (a developer's own `.env`) nor deletes them on a finding; a file
+this run overwrote cannot be restored and is named instead. Without a manifest, every file
+counts as written by this run.
+
+The private variable `_ALLTKN_TEMPLATE_SKIP_SCAN=1` skips step 2. It exists only so that
+`bench/bench_post_gen_scan.py` can time bakes with and without the scan; it is not an option.
 
 The answers arrive only as JSON data in the `__main__` block, so tests can import this file.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import importlib.util
 import json
 import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 VARIANTS_DIR = "_variants"
-MIN_LITERAL_LEN = 8
+SKIP_SCAN_ENV = "_ALLTKN_TEMPLATE_SKIP_SCAN"
+MANIFEST_PREFIX = "alltkn-template-pre-gen-"
+# Larger files are neither hashed nor scanned (the scanner skips them too).
+MAX_HASHED_BYTES = 2 * 1024 * 1024
 _LAYERS = {
     "fastapi": ("web", "fastapi"),
     "flask": ("web", "flask"),
     "script": ("script",),
 }
 
+SkipDir = Callable[[str], bool]
+
 
 class VariantCollision(Exception):
     """A variant file would overwrite a file that is already in the project (template bug)."""
+
+
+# --- what the output directory held before this run --------------------------------------------
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Files (relative POSIX path -> sha256, None if too large) and directories that existed
+    in the output directory before this run rendered anything."""
+
+    files: Mapping[str, str | None]
+    dirs: frozenset[str]
+
+
+def manifest_path(project_dir: Path) -> Path:
+    """The manifest's place: the temporary directory, keyed by the project directory."""
+    digest = hashlib.sha256(str(project_dir.resolve()).encode()).hexdigest()[:32]
+    return Path(tempfile.gettempdir(), f"{MANIFEST_PREFIX}{digest}.json")
+
+
+def file_digest(path: Path) -> str | None:
+    """The file's sha256, or None if it is too large to be scanned anyway or unreadable."""
+    try:
+        if path.stat().st_size > MAX_HASHED_BYTES:
+            return None
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def walk(project_dir: Path, skip: SkipDir) -> tuple[list[Path], list[Path]]:
+    """(files, directories) below `project_dir`, not entering skipped directories or links."""
+    files: list[Path] = []
+    dirs: list[Path] = []
+    for current, subdirs, names in os.walk(project_dir):
+        subdirs[:] = [name for name in subdirs if not skip(name)]
+        dirs.extend(Path(current, name) for name in subdirs)
+        files.extend(Path(current, name) for name in names)
+    return files, dirs
+
+
+def snapshot(project_dir: Path, skip: SkipDir) -> Manifest:
+    files, dirs = walk(project_dir, skip)
+    return Manifest(
+        files={p.relative_to(project_dir).as_posix(): file_digest(p) for p in files},
+        dirs=frozenset(p.relative_to(project_dir).as_posix() for p in dirs),
+    )
+
+
+def write_manifest(project_dir: Path, skip: SkipDir) -> Path:
+    """Record what `project_dir` holds now (called by the pre-generation hook)."""
+    manifest = snapshot(project_dir, skip)
+    target = manifest_path(project_dir)
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=".alltkn-", suffix=".json")
+    with os.fdopen(handle, "w", encoding="utf-8") as out:
+        json.dump(
+            {
+                "project_dir": str(project_dir.resolve()),
+                "files": dict(manifest.files),
+                "dirs": sorted(manifest.dirs),
+            },
+            out,
+        )
+    os.replace(temporary, target)
+    return target
+
+
+def take_manifest(project_dir: Path) -> Manifest | None:
+    """Read and delete this project's manifest; None if there is none we can trust."""
+    path = manifest_path(project_dir)
+    try:
+        if path.stat().st_uid != os.getuid():
+            return None
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
+    if not isinstance(data, dict) or data.get("project_dir") != str(project_dir.resolve()):
+        return None
+    return Manifest(files=dict(data.get("files", {})), dirs=frozenset(data.get("dirs", [])))
+
+
+def untouched(project_dir: Path, manifest: Manifest | None) -> set[str]:
+    """Files that existed before this run and that it did not change."""
+    if manifest is None:
+        return set()
+    return {
+        relative
+        for relative, digest in manifest.files.items()
+        if (project_dir / relative).is_file() and file_digest(project_dir / relative) == digest
+    }
+
+
+# --- variant layers ----------------------------------------------------------------------------
 
 
 def layers_for(framework: str) -> list[str]:
@@ -46,10 +161,16 @@ def layers_for(framework: str) -> list[str]:
         raise ValueError(f"unknown framework {framework!r}") from None
 
 
-def variant_moves(project_dir: Path, framework: str) -> list[tuple[Path, Path]]:
-    """(source, destination) for every file of the selected layers, checked for collisions."""
+def variant_moves(
+    project_dir: Path, framework: str, replaceable: Iterable[Path] = ()
+) -> list[tuple[Path, Path]]:
+    """(source, destination) for every file of the selected layers, checked for collisions.
+
+    A destination in `replaceable` (a file left from before this run) may be overwritten.
+    """
     moves: list[tuple[Path, Path]] = []
     claimed: dict[Path, Path] = {}
+    stale = set(replaceable)
     for layer in layers_for(framework):
         layer_dir = project_dir / VARIANTS_DIR / layer
         if not layer_dir.is_dir():
@@ -57,7 +178,8 @@ def variant_moves(project_dir: Path, framework: str) -> list[tuple[Path, Path]]:
         for source in sorted(p for p in layer_dir.rglob("*") if p.is_file() or p.is_symlink()):
             relative = source.relative_to(layer_dir)
             destination = project_dir / relative
-            if destination.exists() or destination.is_symlink() or destination in claimed:
+            taken = destination.exists() or destination.is_symlink()
+            if (taken and destination not in stale) or destination in claimed:
                 raise VariantCollision(
                     f"{VARIANTS_DIR}/{layer}/{relative.as_posix()} would overwrite "
                     f"{relative.as_posix()}"
@@ -67,10 +189,12 @@ def variant_moves(project_dir: Path, framework: str) -> list[tuple[Path, Path]]:
     return moves
 
 
-def assemble_variant(project_dir: Path, framework: str) -> list[Path]:
+def assemble_variant(
+    project_dir: Path, framework: str, replaceable: Iterable[Path] = ()
+) -> list[Path]:
     """Move the selected layers' files into place and delete `_variants/`; returns the moved
     destinations. Nothing is moved if any file would collide."""
-    moves = variant_moves(project_dir, framework)
+    moves = variant_moves(project_dir, framework, replaceable)
     for source, destination in moves:
         destination.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(source), str(destination))
@@ -78,6 +202,9 @@ def assemble_variant(project_dir: Path, framework: str) -> list[Path]:
     if variants.exists():
         shutil.rmtree(variants)
     return [destination for _, destination in moves]
+
+
+# --- the secret scan ---------------------------------------------------------------------------
 
 
 def load_scanner(project_dir: Path, package_name: str) -> ModuleType:
@@ -99,15 +226,21 @@ def load_scanner(project_dir: Path, package_name: str) -> ModuleType:
     return module
 
 
-def key_literals(answers: Mapping[str, object], environ: Mapping[str, str]) -> list[str]:
-    """The live key from the named environment variable, if set and long enough to match."""
-    value = environ.get(str(answers.get("api_key_env_var", "")), "")
-    return [value] if len(value) >= MIN_LITERAL_LEN else []
+def key_literals(
+    answers: Mapping[str, object], environ: Mapping[str, str], scanner: ModuleType
+) -> list[str]:
+    """Exact values to find: the key variable's value and every secret-named variable's."""
+    key_var = str(answers.get("api_key_env_var", ""))
+    return [*scanner.env_literals([key_var], environ), *scanner.secret_env_values(environ)]
 
 
-def scan_project(project_dir: Path, scanner: ModuleType, literals: Sequence[str]) -> list[Any]:
-    """The scanner's findings for the whole generated project."""
-    return list(scanner.scan_tree(project_dir, literals=literals))
+def written_files(project_dir: Path, scanner: ModuleType, kept: set[str]) -> list[Path]:
+    """The files this run wrote: everything the scanner would scan, less the untouched ones."""
+    return [
+        path
+        for path in scanner.iter_files(project_dir)
+        if path.relative_to(project_dir).as_posix() not in kept
+    ]
 
 
 def answers_containing(answers: Mapping[str, object], value: str) -> list[str]:
@@ -126,15 +259,18 @@ def finding_lines(findings: Sequence[Any]) -> list[str]:
     ]
 
 
-def removal_line(answers: Mapping[str, object], findings: Sequence[Any], removed: bool) -> str:
+def removal_line(
+    answers: Mapping[str, object], findings: Sequence[Any], overwritten: Sequence[str]
+) -> str:
+    """The closing line: what was removed, what was not, and how to fix the answers."""
     names = sorted({name for f in findings for name in answers_containing(answers, f.value)})
-    source = f"the answer(s) {', '.join(names)}" if names else "your answers"
-    outcome = (
-        "the generated project was removed"
-        if removed
-        else "the output directory is an existing git checkout, so it was NOT removed: "
-        "delete the secret from it by hand"
-    )
+    source = f"the answer(s) {', '.join(names)}" if names else "your answers or the template"
+    outcome = "the files this run created were removed"
+    if overwritten:
+        outcome += (
+            f"; {len(overwritten)} file(s) that existed before were overwritten and still hold "
+            f"it ({', '.join(overwritten)}): restore them from version control or edit them"
+        )
     key_var = answers.get("api_key_env_var", "the key environment variable")
     return (
         f"error: {outcome}. Remove the secret from {source} and generate again; "
@@ -143,31 +279,48 @@ def removal_line(answers: Mapping[str, object], findings: Sequence[Any], removed
     )
 
 
-def remove_project(project_dir: Path) -> bool:
-    """Delete everything generated (leaving the directory first); returns True if removed.
+def remove_created(project_dir: Path, manifest: Manifest | None, skip: SkipDir) -> None:
+    """Delete the files and (then empty) directories this run created; nothing else.
 
-    An empty directory is put back in its place: after a failed hook cookiecutter deletes the
-    project directory itself when it created it, and crashes with a traceback if it is gone.
-    An existing git checkout (regenerating with --overwrite-if-exists) is left alone.
+    The project directory itself stays: cookiecutter removes it when it created it.
     """
-    if (project_dir / ".git").exists():
-        return False
-    os.chdir(project_dir.parent)
-    shutil.rmtree(project_dir)
-    project_dir.mkdir()
-    return True
+    before = manifest.files if manifest else {}
+    before_dirs = manifest.dirs if manifest else frozenset()
+    files, dirs = walk(project_dir, skip)
+    for path in files:
+        if path.relative_to(project_dir).as_posix() not in before:
+            path.unlink()
+    for directory in sorted(dirs, key=lambda p: len(p.parts), reverse=True):
+        if directory.relative_to(project_dir).as_posix() not in before_dirs:
+            try:
+                directory.rmdir()
+            except OSError:  # not empty: it holds something that was there before
+                continue
 
 
 def fail_on_secrets(
-    project_dir: Path, answers: Mapping[str, object], environ: Mapping[str, str]
+    project_dir: Path,
+    answers: Mapping[str, object],
+    environ: Mapping[str, str],
+    manifest: Manifest | None,
+    kept: set[str],
 ) -> list[str]:
-    """Scan the project; on findings remove it and return the error lines, else []."""
+    """Scan what this run wrote; on findings remove what it created and return the error
+    lines, else []."""
     scanner = load_scanner(project_dir, str(answers.get("package_name", "")))
-    findings = scan_project(project_dir, scanner, key_literals(answers, environ))
+    files = written_files(project_dir, scanner, kept)
+    findings = scanner.scan_files(
+        project_dir, files, literals=key_literals(answers, environ, scanner)
+    )
     if not findings:
         return []
-    removed = remove_project(project_dir)
-    return [*finding_lines(findings), removal_line(answers, findings, removed)]
+    before = manifest.files if manifest else {}
+    overwritten = sorted({f.path for f in findings if f.path in before})
+    remove_created(project_dir, manifest, scanner.is_skipped_dir)
+    return [*finding_lines(findings), removal_line(answers, findings, overwritten)]
+
+
+# --- the hook ----------------------------------------------------------------------------------
 
 
 def next_steps(answers: Mapping[str, object], project_dir: Path) -> list[str]:
@@ -195,8 +348,10 @@ def discard_rendered_copy(script: Path) -> None:
 def run(answers: Mapping[str, object], project_dir: Path, environ: Mapping[str, str]) -> int:
     """Assemble, scan, report. Returns the exit status; errors go to stderr as one line each."""
     framework = str(answers.get("framework", ""))
+    manifest = take_manifest(project_dir)
+    kept = untouched(project_dir, manifest)
     try:
-        assemble_variant(project_dir, framework)
+        moved = assemble_variant(project_dir, framework, {project_dir / name for name in kept})
     except (VariantCollision, ValueError) as exc:
         print(
             f"error: framework: cannot assemble the {framework} variant: {exc}. "
@@ -204,19 +359,21 @@ def run(answers: Mapping[str, object], project_dir: Path, environ: Mapping[str, 
             file=sys.stderr,
         )
         return 1
-    try:
-        errors = fail_on_secrets(project_dir, answers, environ)
-    except (OSError, ImportError) as exc:
-        print(
-            f"error: package_name: cannot load the generated secret scanner ({exc}). "
-            "This is a template bug; please report it",
-            file=sys.stderr,
-        )
-        return 1
-    for line in errors:
-        print(line, file=sys.stderr)
-    if errors:
-        return 1
+    kept -= {path.relative_to(project_dir).as_posix() for path in moved}
+    if environ.get(SKIP_SCAN_ENV) != "1":
+        try:
+            errors = fail_on_secrets(project_dir, answers, environ, manifest, kept)
+        except (OSError, ImportError) as exc:
+            print(
+                f"error: package_name: cannot load the generated secret scanner ({exc}). "
+                "This is a template bug; please report it",
+                file=sys.stderr,
+            )
+            return 1
+        for line in errors:
+            print(line, file=sys.stderr)
+        if errors:
+            return 1
     print("\n".join(next_steps(answers, project_dir)))
     return 0
 

@@ -3,19 +3,34 @@
 Cookiecutter renders this file with Jinja; the answers arrive only as JSON data in the
 `__main__` block, so the module can also be imported by the template's tests. Every problem is
 reported as one line `error: <variable>: <what is wrong>. <how to fix>` on stderr, then the
-hook exits 1. Values that could be secrets (the base URL, a mistyped env var name) are never
-echoed.
+hook exits 1 and cookiecutter writes nothing. Values that could be secrets (the base URL, a
+mistyped env var name) are never echoed.
+
+Secrets: every answer is scanned with the project's own scanner (`secret_scan.py`, loaded by
+path from the project template), also for the exact value of the key variable and of every
+secret-named environment variable. A refused answer is never shown, and it is removed from the
+replay file cookiecutter has already written (its `replay_dir`, found the way cookiecutter
+finds it: `COOKIECUTTER_CONFIG`, else `~/.cookiecutterrc`, else `~/.cookiecutter_replay/`).
+
+When the answers are accepted, the hook records which files the output directory already holds
+(`post_gen_project.write_manifest`), so that a failed post-generation scan removes only what
+this run wrote, also under `--overwrite-if-exists`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import json
 import keyword
+import os
 import re
 import sys
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 from urllib.parse import urlsplit
 
 FRAMEWORKS = ("fastapi", "flask", "script")
@@ -245,9 +260,251 @@ CHECKS: tuple[tuple[str, Check], ...] = (
 )
 
 
+def problems_by_variable(answers: Mapping[str, object]) -> list[tuple[str, str]]:
+    """(variable, error line) for every problem, in cookiecutter.json order."""
+    return [
+        (variable, line) for variable, check in CHECKS for line in check(answer(answers, variable))
+    ]
+
+
 def validate(answers: Mapping[str, object]) -> list[str]:
     """Every problem with the answers, one error line each, in cookiecutter.json order."""
-    return [line for variable, check in CHECKS for line in check(answer(answers, variable))]
+    return [line for _, line in problems_by_variable(answers)]
+
+
+# --- secrets in answers ------------------------------------------------------------------------
+
+DEFAULT_KEY_VAR = "ALLTKN_API_KEY"
+DEFAULT_REPLAY_DIR = "~/.cookiecutter_replay/"
+_REPLAY_DIR_RE = re.compile(r"^replay_dir[ \t]*:[ \t]*(?P<value>.*?)[ \t]*$")
+_SINGLE_QUOTED_RE = re.compile(r"'((?:[^']|'')*)'")
+
+
+def jinja_name(variable: str) -> str:
+    """A templated path part, written so this file holds no Jinja of its own."""
+    return "{" * 2 + f"cookiecutter.{variable}" + "}" * 2
+
+
+def template_dir(answers: Mapping[str, object]) -> Path:
+    """The template being generated from (cookiecutter's `_repo_dir`).
+
+    `_repo_dir` is relative when the template was given as a relative path; cookiecutter runs
+    the hook from inside it, so the parent's working directory (Linux) or the shell's `PWD`
+    resolves it.
+    """
+    repo = str(answers.get("_repo_dir") or "")
+    if not repo:
+        raise FileNotFoundError("the template directory (_repo_dir) is unknown")
+    if os.path.isabs(repo):
+        return Path(repo)
+    named = [part for part in Path(os.path.normpath(repo)).parts if part not in (".", "..")]
+    candidates = [Path(f"/proc/{os.getppid()}/cwd"), Path(os.environ.get("PWD", "/"), repo)]
+    for candidate in candidates:
+        with contextlib.suppress(OSError):
+            found = candidate.resolve()
+            ends_right = not named or list(found.parts[-len(named) :]) == named
+            if ends_right and (found / "cookiecutter.json").is_file():
+                return found
+    raise FileNotFoundError("the template directory (_repo_dir) cannot be found")
+
+
+def load_module(path: Path, name: str) -> ModuleType:
+    """Import the file at `path` as module `name`."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path.name}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while being defined
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module
+
+
+def load_scanner(template: Path) -> ModuleType:
+    """The project template's `secret_scan.py`: the one scanner, copied into every project."""
+    path = template / jinja_name("project_slug") / "src" / jinja_name("package_name")
+    return load_module(path / "secret_scan.py", "_template_secret_scan")
+
+
+def load_post_gen(template: Path) -> ModuleType:
+    """The post-generation hook's source (its answers live only in its `__main__` block)."""
+    return load_module(template / "hooks" / "post_gen_project.py", "_template_post_gen")
+
+
+def secret_literals(scanner: ModuleType, answers: Mapping[str, object]) -> list[str]:
+    """Exact values to refuse: the key variable's value and every secret-named variable's."""
+    key_var = answer(answers, "api_key_env_var")
+    return [*scanner.env_literals([key_var], os.environ), *scanner.secret_env_values(os.environ)]
+
+
+def secret_answers(
+    answers: Mapping[str, object], scanner: ModuleType, literals: Sequence[str]
+) -> dict[str, list[Any]]:
+    """{variable: findings} for every public answer that holds something secret-looking."""
+    found: dict[str, list[Any]] = {}
+    for name, value in answers.items():
+        if name.startswith("_") or not isinstance(value, str):
+            continue
+        findings = scanner.scan_text(
+            value, path=name, literals=literals, rules=scanner.ANSWER_RULES
+        )
+        if findings:
+            found[name] = findings
+    return found
+
+
+def cookiecutter_config() -> Path | None:
+    """The user config cookiecutter reads: `COOKIECUTTER_CONFIG`, else `~/.cookiecutterrc`."""
+    configured = os.environ.get("COOKIECUTTER_CONFIG")
+    if configured:
+        return Path(configured)
+    default = Path(os.path.expanduser("~/.cookiecutterrc"))
+    return default if default.is_file() else None
+
+
+def yaml_scalar(raw: str) -> str:
+    """A one-line YAML scalar: double-quoted (JSON escapes), single-quoted, or plain."""
+    if raw.startswith('"'):
+        value, _ = json.JSONDecoder().raw_decode(raw)
+        return str(value)
+    quoted = _SINGLE_QUOTED_RE.match(raw)
+    if quoted:
+        return quoted.group(1).replace("''", "'")
+    return re.split(r"[ \t]+#", raw, maxsplit=1)[0].strip()
+
+
+def configured_replay_dir(config: Path) -> str | None:
+    """The top-level `replay_dir:` of a cookiecutter config file (the last one wins)."""
+    value = None
+    for line in config.read_text(encoding="utf-8").splitlines():
+        match = _REPLAY_DIR_RE.match(line)
+        if match:
+            value = yaml_scalar(match.group("value")) or None
+    return value
+
+
+def replay_dir() -> Path:
+    """Where cookiecutter writes replay files, expanded as cookiecutter expands it."""
+    config = cookiecutter_config()
+    raw = (configured_replay_dir(config) if config else None) or DEFAULT_REPLAY_DIR
+    return Path(os.path.expanduser(os.path.expandvars(raw)))
+
+
+def replay_file(directory: Path, template: Path) -> Path:
+    """Cookiecutter's name for it: `<replay_dir>/<template directory name>.json`."""
+    name = os.path.basename(os.path.abspath(template))
+    return directory / (name if name.endswith(".json") else f"{name}.json")
+
+
+def scrub(data: object, secrets: Sequence[str]) -> tuple[object, bool]:
+    """`data` without any entry whose text holds one of `secrets`; and whether it changed."""
+    if isinstance(data, str):
+        return data, False
+    if isinstance(data, dict):
+        kept: dict[str, object] = {}
+        changed = False
+        for key, value in data.items():
+            if isinstance(value, str) and any(secret in value for secret in secrets):
+                changed = True
+                continue
+            kept[key], inner = scrub(value, secrets)
+            changed = changed or inner
+        return kept, changed
+    if isinstance(data, list):
+        items = [item for item in data if not (isinstance(item, str) and _holds(item, secrets))]
+        scrubbed = [scrub(item, secrets) for item in items]
+        return [item for item, _ in scrubbed], len(items) < len(data) or any(
+            inner for _, inner in scrubbed
+        )
+    return data, False
+
+
+def _holds(text: str, secrets: Iterable[str]) -> bool:
+    return any(secret in text for secret in secrets)
+
+
+def scrub_file(path: Path, secrets: Sequence[str]) -> bool:
+    """Rewrite the JSON file at `path` without the secrets (atomically); True if it changed."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    cleaned, changed = scrub(data, secrets)
+    if not changed:
+        return False
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".replay-", suffix=".json")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            json.dump(cleaned, out, indent=2)
+        os.chmod(temporary, path.stat().st_mode & 0o777)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return True
+
+
+def scrub_replay(template: Path, secrets: Sequence[str]) -> str:
+    """Remove the secrets from cookiecutter's replay files; a phrase saying what happened."""
+    directory = replay_dir()
+    expected = replay_file(directory, template)
+    try:
+        candidates = sorted(directory.glob("*.json")) if directory.is_dir() else []
+        changed = [path for path in candidates if scrub_file(path, secrets)]
+    except OSError as exc:
+        return (
+            f"it could not be removed from cookiecutter's replay file {expected} "
+            f"({type(exc).__name__}): delete that file"
+        )
+    if not changed:
+        return f"no cookiecutter replay file holds it (looked in {directory})"
+    shown = expected if expected in changed else changed[0]
+    more = f" and {len(changed) - 1} other replay file(s)" if len(changed) > 1 else ""
+    return f"it was removed from cookiecutter's replay file {shown}{more}"
+
+
+def key_var_hint(answers: Mapping[str, object], refused: Iterable[str]) -> str:
+    """The key variable's name, unless that answer is itself unusable."""
+    name = answer(answers, "api_key_env_var")
+    if "api_key_env_var" in refused or check_api_key_env_var(name):
+        return DEFAULT_KEY_VAR
+    return name
+
+
+def secret_lines(
+    answers: Mapping[str, object], found: Mapping[str, Sequence[Any]], replay_note: str
+) -> list[str]:
+    """One line per refused answer: the variable and the kind of secret, never the value."""
+    key_var = key_var_hint(answers, found)
+    return [
+        problem(
+            name,
+            "looks like a secret ("
+            + ", ".join(sorted({f.kind for f in findings}))
+            + "); the value is not shown",
+            f"Remove it and generate again: an API key belongs only in the {key_var} "
+            f"environment variable, and a real one must be rotated; {replay_note}",
+        )
+        for name, findings in found.items()
+    ]
+
+
+def check_secrets(
+    answers: Mapping[str, object], template: Path, scanner: ModuleType
+) -> tuple[set[str], list[str]]:
+    """(refused variables, their error lines); scrubs the replay files when there are any."""
+    found = secret_answers(answers, scanner, secret_literals(scanner, answers))
+    if not found:
+        return set(), []
+    values = sorted({f.value for findings in found.values() for f in findings})
+    values += [answer(answers, name) for name in found]
+    return set(found), secret_lines(answers, found, scrub_replay(template, values))
+
+
+# --- the hook ----------------------------------------------------------------------------------
 
 
 def discard_rendered_copy(script: Path) -> None:
@@ -263,13 +520,29 @@ def discard_rendered_copy(script: Path) -> None:
         pass
 
 
-def main(answers: Mapping[str, object]) -> int:
+def review(answers: Mapping[str, object], project_dir: Path) -> list[str]:
+    """Every error line for these answers; with none, records the output directory's files."""
+    template = template_dir(answers)
+    scanner = load_scanner(template)
+    refused, lines = check_secrets(answers, template, scanner)
+    # A refused answer's own checks may quote it (a slug suggestion): leave them out.
+    lines = [line for name, line in problems_by_variable(answers) if name not in refused] + lines
+    if not lines:
+        load_post_gen(template).write_manifest(project_dir, skip=scanner.is_skipped_dir)
+    return lines
+
+
+def main(answers: Mapping[str, object], project_dir: Path | None = None) -> int:
     """Print one error line per problem to stderr; 1 if there were any, else 0."""
     try:
-        problems = validate(answers)
-    except Exception as exc:  # never a traceback: report and stop
+        problems = review(answers, Path.cwd() if project_dir is None else project_dir)
+    except Exception as exc:  # never a traceback (nor a value): report and stop
         problems = [
-            problem("pre_gen_project", f"internal error ({type(exc).__name__})", "Report this")
+            problem(
+                "pre_gen_project",
+                f"internal error ({type(exc).__name__})",
+                "Report this (generate from an absolute template path if it persists)",
+            )
         ]
     for line in problems:
         print(line, file=sys.stderr)

@@ -6,8 +6,13 @@
 - `load_scanner()`: the generated project's `secret_scan.py`, imported from the template.
 - `bake_cli(tmp_path, **answers)`: the real `cookiecutter` command in a subprocess, with its
   config, replay and cache directories inside `tmp_path`; the output goes to `out_dir(tmp_path)`.
-- `cookiecutter_defaults()`: the default answers, with the derived slug and package rendered.
-- Fixtures `pre_gen`, `post_gen`, `scanner`: those modules, loaded once per session.
+  `run_cookiecutter` is the same with any options, and any template (`copy_template` makes one
+  a test may alter).
+- `cookiecutter_defaults()`: the default answers, with the derived slug and package rendered;
+  `hook_answers()` adds what cookiecutter adds before the hooks run (`_repo_dir`).
+- Fixtures `pre_gen`, `post_gen`, `scanner`: those modules, loaded once per session;
+  `hook_home`: a private HOME, temporary directory and cookiecutter config (its replay
+  directory is `hook_home / "replay"`), with no secret-named variable left in the environment.
 
 Bake tests with pytest-cookies' `cookies` fixture can live alongside; nothing here overrides it.
 """
@@ -18,8 +23,10 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -65,13 +72,24 @@ def cookiecutter_defaults() -> dict[str, str]:
     return answers
 
 
+def hook_answers(**overrides: object) -> dict[str, object]:
+    """The answers as the hooks get them from cookiecutter (with `_repo_dir`)."""
+    return {**cookiecutter_defaults(), "_repo_dir": str(TEMPLATE_DIR), **overrides}
+
+
+def secret_named(name: str) -> bool:
+    """True for environment variables whose values the hooks refuse to see templated."""
+    return load_scanner().SECRET_ENV_NAME_RE.search(name) is not None
+
+
 def out_dir(tmp_path: Path) -> Path:
     """Where `bake_cli` asks cookiecutter to write (created empty before each bake)."""
     return tmp_path / "out"
 
 
 def cli_env(tmp_path: Path) -> dict[str, str]:
-    """The current environment with HOME and COOKIECUTTER_CONFIG pointed into `tmp_path`."""
+    """The current environment with HOME and COOKIECUTTER_CONFIG pointed into `tmp_path`, and
+    without secret-named variables (the hooks match their values)."""
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
     config = home / "cookiecutter.yaml"
@@ -80,7 +98,8 @@ def cli_env(tmp_path: Path) -> dict[str, str]:
         f"cookiecutters_dir: {json.dumps(str(home / 'cookiecutters'))}\n",
         encoding="utf-8",
     )
-    return {**os.environ, "HOME": str(home), "COOKIECUTTER_CONFIG": str(config)}
+    kept = {name: value for name, value in os.environ.items() if not secret_named(name)}
+    return {**kept, "HOME": str(home), "COOKIECUTTER_CONFIG": str(config)}
 
 
 def run_cookiecutter(
@@ -88,8 +107,9 @@ def run_cookiecutter(
     options: Sequence[str] = (),
     extra: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
+    template: Path = TEMPLATE_DIR,
 ) -> subprocess.CompletedProcess[str]:
-    """`python -m cookiecutter <options> -o <out> TEMPLATE_DIR <extra>`, private config."""
+    """`python -m cookiecutter <options> -o <out> <template> <extra>`, private config."""
     out = out_dir(tmp_path)
     out.mkdir(exist_ok=True)
     command = [
@@ -99,7 +119,7 @@ def run_cookiecutter(
         *options,
         "-o",
         str(out),
-        str(TEMPLATE_DIR),
+        str(template),
         *extra,
     ]
     return subprocess.run(
@@ -112,11 +132,36 @@ def run_cookiecutter(
     )
 
 
+def copy_template(destination: Path) -> Path:
+    """A copy of the template (cookiecutter.json, hooks, project) that a test may alter."""
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    destination.mkdir(parents=True)
+    shutil.copy2(TEMPLATE_DIR / "cookiecutter.json", destination)
+    shutil.copytree(HOOKS_DIR, destination / "hooks", ignore=ignore)
+    shutil.copytree(PROJECT_TEMPLATE, destination / PROJECT_TEMPLATE.name, ignore=ignore)
+    return destination
+
+
 def bake_cli(tmp_path: Path, **answers: str) -> subprocess.CompletedProcess[str]:
     """Bake non-interactively with `answers` given as `key=value` extra context."""
     return run_cookiecutter(
         tmp_path, ["--no-input"], [f"{key}={value}" for key, value in answers.items()]
     )
+
+
+@pytest.fixture
+def hook_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Everything the hooks read from the machine, made private to the test."""
+    home = tmp_path / "home"
+    (home / "tmp").mkdir(parents=True)
+    config = home / "cookiecutter.yaml"
+    config.write_text(f"replay_dir: {json.dumps(str(home / 'replay'))}\n", encoding="utf-8")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("COOKIECUTTER_CONFIG", str(config))
+    monkeypatch.setattr(tempfile, "tempdir", str(home / "tmp"))
+    for name in [name for name in os.environ if secret_named(name)]:
+        monkeypatch.delenv(name)
+    return home
 
 
 @pytest.fixture(scope="session")

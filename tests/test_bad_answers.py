@@ -15,7 +15,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import bake_cli, cookiecutter_defaults, out_dir, run_cookiecutter
+from conftest import (
+    TEMPLATE_DIR,
+    bake_cli,
+    cookiecutter_defaults,
+    copy_template,
+    out_dir,
+    run_cookiecutter,
+)
 
 _RNG = random.Random(5)  # test data, not crypto
 ALNUM = string.ascii_letters + string.digits
@@ -61,7 +68,7 @@ BAD = [
                  "alltkn_base_url", "/api/v1 root", (), id="url-chat-completions-slash"),
     pytest.param({"api_key_env_var": "alltkn_api_key"}, "api_key_env_var", "ALLTKN_API_KEY",
                  (), id="env-lowercase"),
-    pytest.param({"api_key_env_var": KEY}, "api_key_env_var", "never the key itself",
+    pytest.param({"api_key_env_var": KEY}, "api_key_env_var", "looks like a secret",
                  (KEY, KEY[3:20]), id="env-is-a-pasted-key"),
     pytest.param({"api_key_env_var": "LOG_LEVEL"}, "api_key_env_var", "dedicated name", (),
                  id="env-reserved-setting"),
@@ -158,63 +165,168 @@ def test_slug_with_a_slash_is_refused_and_leaves_no_files(tmp_path: Path) -> Non
     assert [p for p in out_dir(tmp_path).rglob("*") if not p.is_dir()] == []
 
 
-# --- secrets that reach generated files ------------------------------------------------------
+# --- secrets: refused answers, the replay file, secrets the template writes -----------------
+
+GH_TOKEN = "ghp_" + "".join(_RNG.choices(ALNUM, k=36))
+LEAK_FILE = "docs/LEAK.md"
 
 
-def bake_with_tmpdir(
-    tmp_path: Path, env: dict[str, str] | None = None, **answers: str
+def bake_private(
+    tmp_path: Path,
+    options: tuple[str, ...] = ("--no-input",),
+    env: dict[str, str] | None = None,
+    template: Path = TEMPLATE_DIR,
+    **answers: str,
 ) -> subprocess.CompletedProcess[str]:
-    """Bake with a private TMPDIR, so the test can see whether rendered hooks were left."""
+    """Bake with a private TMPDIR, so the test can see whether anything was left there (the
+    rendered hooks hold every answer; the manifest must not outlive the run)."""
     tmpdir = tmp_path / "tmpdir"
-    tmpdir.mkdir()
+    tmpdir.mkdir(exist_ok=True)
     return run_cookiecutter(
         tmp_path,
-        ["--no-input"],
+        options,
         [f"{key}={value}" for key, value in answers.items()],
         env={"TMPDIR": str(tmpdir), **(env or {})},
+        template=template,
     )
 
 
-def assert_secret_refused(
-    result: subprocess.CompletedProcess[str], tmp_path: Path, value: str, kind: str, answer: str
+def replay_path(tmp_path: Path, template: Path = TEMPLATE_DIR) -> Path:
+    """Where cookiecutter wrote this run's replay file (see `cli_env`)."""
+    return tmp_path / "home" / "replay" / f"{template.name}.json"
+
+
+def assert_nothing_left(tmp_path: Path, output: str, *values: str) -> None:
+    for value in values:
+        assert value not in output
+        assert value[:-4] not in output
+    assert list((tmp_path / "tmpdir").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("answers", "env", "variable", "kind", "value"),
+    [
+        pytest.param({"description": f"calls with {KEY}"}, {}, "description", "gateway_key", KEY,
+                     id="key-in-description"),
+        pytest.param({"api_key_env_var": KEY}, {}, "api_key_env_var", "gateway_key", KEY,
+                     id="key-instead-of-variable-name"),
+        pytest.param({"billing_group": PASSWORD}, {"TEAM_GATEWAY_KEY": PASSWORD}, "billing_group",
+                     "env_value", PASSWORD, id="value-of-a-secret-named-variable"),
+    ],
+)  # fmt: skip
+def test_a_secret_answer_is_refused_and_scrubbed_from_the_replay_file(
+    tmp_path: Path,
+    answers: dict[str, str],
+    env: dict[str, str],
+    variable: str,
+    kind: str,
+    value: str,
 ) -> None:
-    output = result.stdout + result.stderr
+    result = bake_private(tmp_path, env=env, **answers)
+
+    lines = result.stderr.splitlines()
+    replay = replay_path(tmp_path)
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
-    lines = result.stderr.splitlines()
-    findings = [line for line in lines if line.startswith("error: secret found in generated file")]
-    assert findings, result.stderr
-    for line in findings:
-        assert line.endswith(f" ({kind}: ****{value[-4:]})"), line
-        assert ":" in line.split(" file ", 1)[1]  # path:line
-    assert "was removed" in lines[-1]
-    assert answer in lines[-1]
-    assert value not in output
-    assert value[:-4] not in output
+    assert all(line.startswith("error: ") for line in lines), result.stderr
+    (ours,) = [line for line in lines if line.startswith(f"error: {variable}: ")]
+    assert f"looks like a secret ({kind}); the value is not shown" in ours
+    assert f"it was removed from cookiecutter's replay file {replay}" in ours
+    assert_nothing_left(tmp_path, result.stdout + result.stderr, value)
     assert list(out_dir(tmp_path).iterdir()) == []
-    assert list((tmp_path / "tmpdir").iterdir()) == []  # no rendered hook left with answers
+    assert value not in replay.read_text(encoding="utf-8")
+    kept = json.loads(replay.read_text(encoding="utf-8"))["cookiecutter"]
+    assert variable not in kept
+    assert kept["project_name"] == "ALLTKN Service"
 
 
-def test_secret_in_an_answer_fails_the_post_gen_scan(tmp_path: Path) -> None:
-    result = bake_with_tmpdir(tmp_path, description=KEY)
+@pytest.fixture
+def leaky_template(tmp_path: Path) -> Path:
+    """The template with a bug: it writes a token into every project."""
+    template = copy_template(tmp_path / "leaky-template")
+    leak = template / "{{cookiecutter.project_slug}}" / LEAK_FILE
+    leak.write_text(f"# CI\n\nThe bot uses {GH_TOKEN}.\n", encoding="utf-8")
+    return template
 
-    assert_secret_refused(result, tmp_path, KEY, "api_key", "description")
-    assert "pyproject.toml:" in result.stderr
+
+def assert_leak_reported(result: subprocess.CompletedProcess[str], tmp_path: Path) -> list[str]:
+    lines = result.stderr.splitlines()
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert lines[0] == (
+        f"error: secret found in generated file {LEAK_FILE}:3 (github_token: ****{GH_TOKEN[-4:]})"
+    )
+    assert lines[-1].startswith("error: the files this run created were removed")
+    assert "rotate it" in lines[-1]
+    assert_nothing_left(tmp_path, result.stdout + result.stderr, GH_TOKEN)
+    return lines
 
 
-@pytest.mark.parametrize("key_var", ["ALLTKN_API_KEY", "TEAM_GATEWAY_KEY"])
-def test_live_key_value_templated_via_an_answer_is_caught(tmp_path: Path, key_var: str) -> None:
-    live = "".join(random.Random(key_var).choices(ALNUM, k=32))  # test data, not crypto
+def test_a_secret_the_template_writes_is_caught_and_the_project_removed(
+    tmp_path: Path, leaky_template: Path
+) -> None:
+    result = bake_private(tmp_path, template=leaky_template)
 
-    result = bake_with_tmpdir(
-        tmp_path, env={key_var: live}, api_key_env_var=key_var, billing_group=live
+    assert_leak_reported(result, tmp_path)
+    assert list(out_dir(tmp_path).iterdir()) == []
+
+
+MINE = {
+    ".env": f"ALLTKN_API_KEY={KEY}\n",
+    "NOTES.md": "my notes\n",
+    "docs/decisions.md": "ours\n",
+    ".git/HEAD": "ref: refs/heads/main\n",
+}
+
+
+def existing_project(tmp_path: Path) -> Path:
+    """An output directory that already holds a developer's files."""
+    project = out_dir(tmp_path) / "alltkn-service"
+    for relative, content in MINE.items():
+        (project / relative).parent.mkdir(parents=True, exist_ok=True)
+        (project / relative).write_text(content, encoding="utf-8")
+    return project
+
+
+def files_in(project: Path) -> dict[str, str]:
+    return {
+        p.relative_to(project).as_posix(): p.read_text(encoding="utf-8")
+        for p in project.rglob("*")
+        if p.is_file()
+    }
+
+
+def test_overwrite_if_exists_removes_only_what_this_run_wrote(
+    tmp_path: Path, leaky_template: Path
+) -> None:
+    project = existing_project(tmp_path)
+
+    result = bake_private(
+        tmp_path, ("--no-input", "--overwrite-if-exists"), template=leaky_template
     )
 
-    assert_secret_refused(result, tmp_path, live, "env_value", "billing_group")
+    lines = assert_leak_reported(result, tmp_path)
+    assert not any(".env" in line for line in lines)  # the developer's own file: not scanned
+    assert files_in(project) == MINE
+
+
+def test_overwrite_if_exists_regenerates_over_an_earlier_bake(tmp_path: Path) -> None:
+    first = bake_private(tmp_path)
+    project = existing_project(tmp_path)
+
+    again = bake_private(tmp_path, ("--no-input", "--overwrite-if-exists"))
+
+    assert first.returncode == 0, first.stderr
+    assert again.returncode == 0, again.stderr
+    assert again.stderr == ""
+    assert {name: files_in(project)[name] for name in MINE} == MINE
+    assert (project / "src" / "alltkn_service" / "secret_scan.py").is_file()
+    assert list((tmp_path / "tmpdir").iterdir()) == []
 
 
 def test_good_answers_bake_and_print_next_steps(tmp_path: Path) -> None:
-    result = bake_with_tmpdir(tmp_path, env={"ALLTKN_API_KEY": "not-in-any-file-1234"})
+    live = "".join(random.Random(7).choices(ALNUM, k=32))  # test data, not crypto
+    result = bake_private(tmp_path, env={"ALLTKN_API_KEY": live, "OTHER_TOKEN": live[::-1]})
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stderr == ""

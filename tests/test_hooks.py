@@ -1,20 +1,32 @@
-"""The hooks as plain modules: answer validation, variant assembly, post-gen secret scan."""
+"""The hooks as plain modules: answer validation, secrets in answers and the replay file, variant
+assembly, the post-gen secret scan and what it removes."""
 
 from __future__ import annotations
 
 import ast
 import json
+import os
 import random
 import re
 import shutil
 import string
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
-from conftest import HOOKS_DIR, SCANNER_PATH, cookiecutter_defaults, load_hook
+from conftest import (
+    HOOKS_DIR,
+    SCANNER_PATH,
+    TEMPLATE_DIR,
+    cookiecutter_defaults,
+    hook_answers,
+    load_hook,
+    load_scanner,
+)
 
 ERROR_LINE = re.compile(r"^error: [a-z_]+: [^\n]+\. [^\n]+$")
 _RNG = random.Random(2)  # test data, not crypto
@@ -191,30 +203,33 @@ def test_every_problem_is_reported_in_variable_order(pre_gen: ModuleType) -> Non
 
 
 def test_main_prints_problems_to_stderr_and_returns_1(
-    pre_gen: ModuleType, capsys: pytest.CaptureFixture[str]
+    pre_gen: ModuleType, hook_home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    answers = {**cookiecutter_defaults(), "framework": "django", "python_version": "2.7"}
+    answers = hook_answers(framework="django", python_version="2.7")
 
-    assert pre_gen.main(answers) == 1
+    assert pre_gen.main(answers, hook_home) == 1
 
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.splitlines() == pre_gen.validate(answers)
+    assert manifests(hook_home) == []  # nothing recorded for a refused run
 
 
 def test_main_returns_0_and_prints_nothing_for_good_answers(
-    pre_gen: ModuleType, capsys: pytest.CaptureFixture[str]
+    pre_gen: ModuleType, hook_home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert pre_gen.main(cookiecutter_defaults()) == 0
+    (hook_home / "out").mkdir()
+
+    assert pre_gen.main(hook_answers(), hook_home / "out") == 0
     assert capsys.readouterr() == ("", "")
 
 
 def test_main_survives_missing_and_non_string_answers(
-    pre_gen: ModuleType, capsys: pytest.CaptureFixture[str]
+    pre_gen: ModuleType, hook_home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    answers: dict[str, object] = {"framework": ["fastapi"], "python_version": 3.12}
+    answers = hook_answers(framework=["fastapi"], python_version=3.12)
 
-    assert pre_gen.main(answers) == 1
+    assert pre_gen.main(answers, hook_home) == 1
 
     err = capsys.readouterr().err
     assert "Traceback" not in err
@@ -224,16 +239,243 @@ def test_main_survives_missing_and_non_string_answers(
 def test_pre_gen_main_turns_an_internal_error_into_one_line(
     pre_gen: ModuleType, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    def boom(answers: object) -> list[str]:
+    def boom(answers: object, project_dir: object) -> list[str]:
         raise RuntimeError(KEY)
 
-    monkeypatch.setattr(pre_gen, "validate", boom)
+    monkeypatch.setattr(pre_gen, "review", boom)
 
-    assert pre_gen.main(cookiecutter_defaults()) == 1
+    assert pre_gen.main(hook_answers()) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: pre_gen_project: internal error (RuntimeError)")
     assert KEY not in err
     assert len(err.splitlines()) == 1
+
+
+def test_pre_gen_without_a_template_directory_fails_closed(
+    pre_gen: ModuleType, hook_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    answers = hook_answers(_repo_dir="no-such-template-here")
+
+    assert pre_gen.main(answers, hook_home) == 1
+    assert capsys.readouterr().err.startswith("error: pre_gen_project: internal error")
+
+
+# --- pre_gen_project: secrets in answers ---------------------------------------------------------
+
+GH_TOKEN = "ghp_" + "".join(_RNG.choices(string.ascii_letters + string.digits, k=36))
+OPAQUE = "".join(_RNG.choices(string.ascii_letters, k=20)) + "".join(
+    _RNG.choices("0123456789", k=6)
+)
+AWS_ID = "AKIA" + "".join(_RNG.choices(string.ascii_uppercase + string.digits, k=16))
+
+# (answers, refused variable, kind named in the message, the value that must never be shown)
+SECRET_ANSWERS = [
+    pytest.param({"description": f"uses {KEY}"}, "description", "gateway_key", KEY,
+                 id="gateway-key-in-description"),
+    pytest.param({"api_key_env_var": KEY}, "api_key_env_var", "gateway_key", KEY,
+                 id="key-instead-of-variable-name"),
+    pytest.param({"project_name": GH_TOKEN, "project_slug": "svc", "package_name": "svc"},
+                 "project_name", "github_token", GH_TOKEN, id="github-token-as-name"),
+    pytest.param({"billing_group": OPAQUE}, "billing_group", "opaque_token", OPAQUE,
+                 id="opaque-token"),
+    pytest.param({"key_owner": f"ops ({AWS_ID})"}, "key_owner", "aws_access_key_id", AWS_ID,
+                 id="aws-key-id"),
+    pytest.param({"log_access": f"Authorization: Bearer {PASSWORD}"}, "log_access",
+                 "bearer_token", PASSWORD, id="bearer-literal"),
+    pytest.param({"alltkn_base_url": f"https://ops:{PASSWORD}@api.alltkn.com/api/v1"},
+                 "alltkn_base_url", "url_password", PASSWORD, id="password-in-url"),
+    pytest.param({"project_slug": KEY.lower(), "package_name": "svc"}, "project_slug",
+                 "gateway_key", KEY.lower(), id="key-as-slug-not-echoed-by-slug-check"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("overrides", "variable", "kind", "value"), SECRET_ANSWERS)
+def test_secret_answers_are_refused_without_showing_them(
+    pre_gen: ModuleType,
+    hook_home: Path,
+    capsys: pytest.CaptureFixture[str],
+    overrides: dict[str, str],
+    variable: str,
+    kind: str,
+    value: str,
+) -> None:
+    assert pre_gen.main(hook_answers(**overrides), hook_home) == 1
+
+    out, err = capsys.readouterr()
+    ours = [line for line in err.splitlines() if line.startswith(f"error: {variable}: ")]
+    assert len(ours) == 1, err
+    assert f"looks like a secret ({kind}); the value is not shown" in ours[0]
+    assert "ALLTKN_API_KEY environment variable" in ours[0]
+    assert all(ERROR_LINE.match(line) for line in err.splitlines())
+    for shown in (value, value[:-4], value.lower()[:-4]):
+        assert shown not in out + err
+    assert manifests(hook_home) == []
+
+
+@pytest.mark.parametrize("name", ["ALLTKN_API_KEY", "TEAM_GATEWAY_KEY", "DB_PASSWORD"])
+def test_the_value_of_a_secret_named_variable_is_refused_anywhere(
+    pre_gen: ModuleType,
+    hook_home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    name: str,
+) -> None:
+    live = "".join(random.Random(name).choices(string.ascii_lowercase, k=12))  # test data
+    monkeypatch.setenv(name, live)
+
+    assert pre_gen.main(hook_answers(billing_group=f"team-{live}"), hook_home) == 1
+
+    err = capsys.readouterr().err
+    assert err.startswith("error: billing_group: looks like a secret (env_value)")
+    assert live not in err
+
+
+def test_a_short_or_word_like_variable_value_is_not_a_literal(
+    pre_gen: ModuleType, hook_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ALLTKN_API_KEY", "1234567")
+    monkeypatch.setenv("KEY_OWNER", "the platform team")
+    monkeypatch.setenv("PRIMARY_KEY_NAME", "ALLTKN_API_KEY")
+    (hook_home / "out").mkdir()
+
+    assert pre_gen.main(hook_answers(billing_group="1234567"), hook_home / "out") == 0
+
+
+def write_replay(path: Path, answers: dict[str, object]) -> None:
+    """A replay file as cookiecutter 2.x writes it: the answers twice, indented JSON."""
+    public = {k: v for k, v in answers.items() if not k.startswith("_")}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"cookiecutter": answers, "_cookiecutter": public}, indent=2))
+
+
+def test_a_refused_answer_is_removed_from_the_replay_file(
+    pre_gen: ModuleType, hook_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    answers = hook_answers(description=f"uses {KEY}", billing_group="ops")
+    replay = hook_home / "replay" / f"{TEMPLATE_DIR.name}.json"
+    other = hook_home / "replay" / "other-template.json"
+    write_replay(replay, answers)
+    write_replay(other, hook_answers())
+    other_before = other.read_text()
+
+    assert pre_gen.main(answers, hook_home) == 1
+
+    err = capsys.readouterr().err
+    assert f"it was removed from cookiecutter's replay file {replay}" in err
+    data = json.loads(replay.read_text())
+    assert KEY not in replay.read_text()
+    for section in ("cookiecutter", "_cookiecutter"):
+        assert "description" not in data[section]
+        assert data[section]["billing_group"] == "ops"
+    assert other.read_text() == other_before
+
+
+def test_the_message_says_when_no_replay_file_held_it(
+    pre_gen: ModuleType, hook_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert pre_gen.main(hook_answers(description=KEY), hook_home) == 1
+
+    err = capsys.readouterr().err
+    assert f"no cookiecutter replay file holds it (looked in {hook_home / 'replay'})" in err
+
+
+def test_replay_file_name_is_the_one_cookiecutter_uses(pre_gen: ModuleType, tmp_path: Path) -> None:
+    from cookiecutter.replay import get_file_name
+
+    for template in (tmp_path / "alltkn-template", tmp_path / "checkout" / "templates.json"):
+        expected = get_file_name(str(tmp_path / "r"), os.path.basename(template))
+        assert pre_gen.replay_file(tmp_path / "r", template) == Path(expected)
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        pytest.param('replay_dir: "/x/my replay"', "/x/my replay", id="double-quoted"),
+        pytest.param("replay_dir: '/x/it''s'", "/x/it's", id="single-quoted"),
+        pytest.param("replay_dir: /x/plain  # a comment", "/x/plain", id="plain-with-comment"),
+        pytest.param("replay_dir: ~/replays", "{home}/replays", id="tilde"),
+        pytest.param("replay_dir: $REPLAY_ROOT/r", "/env/root/r", id="environment-variable"),
+    ],
+)
+def test_replay_dir_is_read_from_the_cookiecutter_config(
+    pre_gen: ModuleType,
+    hook_home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    line: str,
+    expected: str,
+) -> None:
+    config = hook_home / "custom.yaml"
+    config.write_text(f"cookiecutters_dir: /elsewhere\n{line}\nabbreviations: {{}}\n")
+    monkeypatch.setenv("COOKIECUTTER_CONFIG", str(config))
+    monkeypatch.setenv("REPLAY_ROOT", "/env/root")
+
+    assert pre_gen.replay_dir() == Path(expected.format(home=hook_home))
+
+
+def test_replay_dir_falls_back_to_cookiecutterrc_then_the_default(
+    pre_gen: ModuleType, hook_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("COOKIECUTTER_CONFIG")
+    assert pre_gen.replay_dir() == hook_home / ".cookiecutter_replay"
+
+    (hook_home / ".cookiecutterrc").write_text("replay_dir: /from/rc\n")
+    assert pre_gen.replay_dir() == Path("/from/rc")
+
+
+def test_template_dir_resolves_a_relative_repo_dir_from_pwd(
+    pre_gen: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PWD", str(TEMPLATE_DIR.parent))
+    monkeypatch.setattr(os, "getppid", lambda: 2**22 + 7)  # no such process: PWD decides
+
+    assert pre_gen.template_dir({"_repo_dir": TEMPLATE_DIR.name}) == TEMPLATE_DIR
+    assert pre_gen.template_dir({"_repo_dir": str(TEMPLATE_DIR)}) == TEMPLATE_DIR
+    with pytest.raises(FileNotFoundError):
+        pre_gen.template_dir({"_repo_dir": "not-a-template"})
+
+
+@pytest.mark.skipif(not Path("/proc/self/cwd").exists(), reason="needs /proc (Linux)")
+def test_template_dir_resolves_a_relative_repo_dir_from_the_parent_process() -> None:
+    """As under cookiecutter: the parent runs inside the template, the hook elsewhere, and
+    PWD is stale."""
+    path = str(HOOKS_DIR / "pre_gen_project.py")
+    hook = (
+        "import importlib.util; "
+        f"spec = importlib.util.spec_from_file_location('h', {path!r}); "
+        "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
+        "print(m.template_dir({'_repo_dir': '.'}))"
+    )
+    parent = (
+        "import subprocess, sys; "
+        f"sys.exit(subprocess.call([sys.executable, '-c', {hook!r}], cwd='/'))"
+    )
+
+    done = subprocess.run(
+        [sys.executable, "-c", parent],
+        cwd=TEMPLATE_DIR,
+        env={**os.environ, "PWD": "/nonexistent"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+    assert done.stdout.strip() == str(TEMPLATE_DIR.resolve()), done.stderr
+
+
+def test_accepted_answers_record_what_the_output_directory_held(
+    pre_gen: ModuleType, post_gen: ModuleType, hook_home: Path
+) -> None:
+    project = hook_home / "out" / "svc"
+    write_files(project, {"README.md": "mine", "docs/notes.md": "notes"})
+    (project / ".git").mkdir()
+    (project / ".git" / "config").write_text("[core]")
+
+    assert pre_gen.main(hook_answers(), project) == 0
+
+    manifest = post_gen.take_manifest(project)
+    assert set(manifest.files) == {"README.md", "docs/notes.md"}
+    assert manifest.dirs == {"docs"}
+    assert manifests(hook_home) == []  # taken means deleted
 
 
 # --- both hooks: the answers arrive only as data ---------------------------------------------
@@ -257,7 +499,9 @@ def test_answers_are_rendered_only_as_json_data(hook: str) -> None:
     calls = [
         node
         for node in ast.walk(ast.parse(rendered))
-        if isinstance(node, ast.Call) and ast.unparse(node.func) == "json.loads"
+        if isinstance(node, ast.Call)
+        and ast.unparse(node.func) == "json.loads"
+        and isinstance(node.args[0], ast.Constant)
     ]
     assert len(calls) == 1
     literal = calls[0].args[0]
@@ -386,6 +630,17 @@ def test_assemble_variant_without_variants_dir_is_a_no_op(
     assert tree_files(project) == {name: "base" for name in BASE_FILES}
 
 
+def test_assemble_variant_may_replace_a_file_left_from_before(
+    post_gen: ModuleType, tmp_path: Path
+) -> None:
+    project = make_variant_tree(tmp_path / "proj")
+    write_files(project, {"src/pkg/batch.py": "from an earlier bake"})
+
+    post_gen.assemble_variant(project, "script", {project / "src/pkg/batch.py"})
+
+    assert (project / "src/pkg/batch.py").read_text() == "script"
+
+
 # --- post_gen_project: secret scan and removal ----------------------------------------------
 
 
@@ -394,18 +649,35 @@ def answers() -> dict[str, str]:
     return {**cookiecutter_defaults(), "package_name": "pkg", "framework": "script"}
 
 
-@pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A small generated-looking project with the real scanner, as the hook's cwd."""
-    root = make_variant_tree(tmp_path / "out" / "my-svc")
-    write_files(root, {".env.example": "ALLTKN_API_KEY=\n", "README.md": "# my-svc\n"})
+def add_scanner(root: Path) -> None:
+    (root / "src" / "pkg").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(SCANNER_PATH, root / "src" / "pkg" / "secret_scan.py")
+
+
+@pytest.fixture
+def project(tmp_path: Path, hook_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A freshly rendered (not yet assembled) project with the real scanner, as the hook's
+    cwd, with the manifest pre-gen leaves for an output directory that did not exist."""
+    root = tmp_path / "out" / "my-svc"
+    root.mkdir(parents=True)
+    load_hook("post_gen_project").write_manifest(root, skip=load_scanner().is_skipped_dir)
+    make_variant_tree(root)
+    write_files(root, {".env.example": "ALLTKN_API_KEY=\n", "README.md": "# my-svc\n"})
+    add_scanner(root)
     monkeypatch.chdir(root)
     return root
 
 
+def manifests(home: Path) -> list[Path]:
+    return sorted((home / "tmp").glob("alltkn-template-pre-gen-*"))
+
+
 def test_run_on_a_clean_project_prints_next_steps(
-    post_gen: ModuleType, project: Path, answers: dict[str, str], capsys: pytest.CaptureFixture[str]
+    post_gen: ModuleType,
+    project: Path,
+    hook_home: Path,
+    answers: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     assert post_gen.run(answers, project, {}) == 0
 
@@ -423,10 +695,15 @@ def test_run_on_a_clean_project_prints_next_steps(
         assert fragment in out
     assert (project / "src" / "pkg" / "batch.py").is_file()
     assert not (project / "_variants").exists()
+    assert manifests(hook_home) == []
 
 
-def test_run_removes_a_project_with_a_secret_and_reports_it_masked(
-    post_gen: ModuleType, project: Path, answers: dict[str, str], capsys: pytest.CaptureFixture[str]
+def test_run_removes_what_it_created_and_reports_the_secret_masked(
+    post_gen: ModuleType,
+    project: Path,
+    hook_home: Path,
+    answers: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     write_files(project, {"README.md": f"# my-svc\n\n{KEY}\n"})
     answers["description"] = KEY
@@ -436,24 +713,29 @@ def test_run_removes_a_project_with_a_secret_and_reports_it_masked(
     out, err = capsys.readouterr()
     lines = err.splitlines()
     masked = "****" + KEY[-4:]
-    assert lines[0] == f"error: secret found in generated file README.md:3 (api_key: {masked})"
-    assert "was removed" in lines[-1]
+    assert lines[0] == f"error: secret found in generated file README.md:3 (gateway_key: {masked})"
+    assert lines[-1].startswith("error: the files this run created were removed. ")
     assert "description" in lines[-1]
     assert "ALLTKN_API_KEY environment variable" in lines[-1]
     assert KEY not in out + err
     assert KEY[:-4] not in out + err
-    assert Path.cwd() == project.parent
     assert list(project.iterdir()) == []  # left empty for cookiecutter's own cleanup
+    assert manifests(hook_home) == []
 
 
-def test_run_finds_the_key_env_var_value_anywhere(
-    post_gen: ModuleType, project: Path, answers: dict[str, str], capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("name", ["ALLTKN_API_KEY", "BILLING_SECRET"])
+def test_run_finds_secret_variable_values_anywhere(
+    post_gen: ModuleType,
+    project: Path,
+    answers: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
+    name: str,
 ) -> None:
     live = "".join(random.Random(3).choices(string.ascii_letters, k=24))
     write_files(project, {"docs/billing.md": f"Billing group: {live}\n"})
     answers["billing_group"] = live
 
-    assert post_gen.run(answers, project, {"ALLTKN_API_KEY": live}) == 1
+    assert post_gen.run(answers, project, {name: live}) == 1
 
     err = capsys.readouterr().err
     assert f"docs/billing.md:1 (env_value: ****{live[-4:]})" in err
@@ -461,25 +743,13 @@ def test_run_finds_the_key_env_var_value_anywhere(
     assert live not in err
 
 
-def test_short_key_env_var_values_are_not_used_as_literals(post_gen: ModuleType) -> None:
-    answers = {"api_key_env_var": "MY_KEY"}
-
-    assert post_gen.key_literals(answers, {"MY_KEY": "1234567"}) == []
-    assert post_gen.key_literals(answers, {"MY_KEY": "12345678"}) == ["12345678"]
-    assert post_gen.key_literals(answers, {}) == []
-
-
-def test_run_leaves_an_existing_git_checkout_in_place(
-    post_gen: ModuleType, project: Path, answers: dict[str, str], capsys: pytest.CaptureFixture[str]
+def test_run_can_skip_the_scan_for_the_benchmark_only(
+    post_gen: ModuleType, project: Path, answers: dict[str, str]
 ) -> None:
-    (project / ".git").mkdir()
     write_files(project, {"README.md": f"{KEY}\n"})
 
-    assert post_gen.run(answers, project, {}) == 1
-
-    err = capsys.readouterr().err
-    assert "NOT removed" in err
-    assert (project / "README.md").exists()
+    assert post_gen.run(answers, project, {post_gen.SKIP_SCAN_ENV: "1"}) == 0
+    assert (project / "README.md").is_file()
 
 
 def test_run_fails_closed_when_the_scanner_is_missing(
@@ -505,6 +775,89 @@ def test_run_reports_a_variant_collision_as_one_line(
     assert err.startswith("error: framework: cannot assemble the script variant")
     assert "template bug" in err
     assert len(err.splitlines()) == 1
+
+
+# --- post_gen_project: generating into an existing directory ---------------------------------
+
+MINE = {
+    ".env": f"ALLTKN_API_KEY={KEY}\n",  # a developer's own key, untracked: not ours to flag
+    "notes/todo.md": "my notes\n",
+    "src/pkg/batch.py": "an older batch.py\n",  # from an earlier bake: replaced, not a collision
+    "docs/leak.md": "old text\n",  # overwritten below with a secret
+    ".git/config": "[core]\n",
+}
+
+
+@pytest.fixture
+def existing(tmp_path: Path, hook_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An output directory that held files before this run (`--overwrite-if-exists`)."""
+    root = tmp_path / "out" / "my-svc"
+    write_files(root, MINE)
+    load_hook("post_gen_project").write_manifest(root, skip=load_scanner().is_skipped_dir)
+    make_variant_tree(root)  # what this run renders
+    add_scanner(root)
+    monkeypatch.chdir(root)
+    return root
+
+
+def test_regenerating_over_an_existing_project_keeps_its_files(
+    post_gen: ModuleType, existing: Path, answers: dict[str, str]
+) -> None:
+    assert post_gen.run(answers, existing, {}) == 0
+
+    files = tree_files(existing)
+    assert files["src/pkg/batch.py"] == "script"  # the variant replaced the stale copy
+    for name in (".env", "notes/todo.md", "docs/leak.md", ".git/config"):
+        assert files[name] == MINE[name]
+
+
+def test_a_secret_written_over_existing_files_removes_only_what_this_run_created(
+    post_gen: ModuleType,
+    existing: Path,
+    answers: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    write_files(existing, {"docs/leak.md": f"token {GH_TOKEN}\n", "docs/new.md": f"{KEY}\n"})
+
+    assert post_gen.run(answers, existing, {}) == 1
+
+    err = capsys.readouterr().err
+    assert "error: secret found in generated file docs/leak.md:1 (github_token: ****" in err
+    assert "error: secret found in generated file docs/new.md:1 (gateway_key: ****" in err
+    assert ".env" not in err  # the developer's own file was not scanned
+    assert "1 file(s) that existed before were overwritten and still hold it (docs/leak.md)" in err
+    assert GH_TOKEN not in err
+    assert KEY not in err
+    files = tree_files(existing)
+    assert set(files) == set(MINE)  # everything this run created is gone
+    for name in (".env", "notes/todo.md", ".git/config"):
+        assert files[name] == MINE[name]
+    assert files["src/pkg/batch.py"] == "script"  # replaced by this run: named if it leaked
+
+
+def test_without_a_manifest_every_file_counts_as_written(
+    post_gen: ModuleType, project: Path, answers: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    post_gen.take_manifest(project)
+    write_files(project, {".env": f"ALLTKN_API_KEY={KEY}\n"})
+
+    assert post_gen.run(answers, project, {}) == 1
+
+    assert ".env:1 (gateway_key: ****" in capsys.readouterr().err
+    assert list(project.iterdir()) == []
+
+
+def test_a_manifest_for_another_directory_is_ignored(
+    post_gen: ModuleType, tmp_path: Path, hook_home: Path
+) -> None:
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+    post_gen.write_manifest(one, skip=load_scanner().is_skipped_dir)
+    post_gen.manifest_path(one).rename(post_gen.manifest_path(two))
+
+    assert post_gen.take_manifest(two) is None
+    assert manifests(hook_home) == []
 
 
 def test_main_uses_cwd_and_environment(

@@ -6,56 +6,148 @@ holds no real-looking key.
 
 from __future__ import annotations
 
+import base64
+import json
+import os
 import random
 import re
 import string
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
-from conftest import SCANNER_PATH
+import yaml
+from conftest import SCANNER_PATH, TEMPLATE_DIR
 
 _RNG = random.Random(4)  # test data, not crypto
 ALNUM = string.ascii_letters + string.digits
+HEXDIGITS = "0123456789abcdef"
+B64 = string.ascii_letters + string.digits + "+/"
+_STAND_IN = re.compile(r"your|fake|x{4}|example|dummy|sample|redacted|change", re.IGNORECASE)
 
 
 def rand(length: int, alphabet: str = ALNUM) -> str:
-    """Random text that always mixes upper case, lower case and digits."""
+    """Random text; from ALNUM it always mixes upper case, lower case and digits, and it never
+    contains a word the scanner reads as a stand-in."""
     while True:
         value = "".join(_RNG.choices(alphabet, k=length))
-        if alphabet != ALNUM or (
+        mixed = alphabet != ALNUM or (
             any(c.isupper() for c in value)
             and any(c.islower() for c in value)
             and any(c.isdigit() for c in value)
-        ):
+        )
+        if mixed and not _STAND_IN.search(value):
             return value
+
+
+def b64url(data: dict[str, object]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
 
 
 SK = "sk-"
 KEY = SK + rand(48)
+KEY_32 = SK + rand(32)
+KEY_64 = SK + rand(64)
+KEY_SUFFIXED = SK + rand(48) + "-2"
 PROJ_KEY = SK + "proj-" + rand(40) + "_" + rand(20)
-SHORT_KEY = SK + rand(20)
+SVCACCT_KEY = SK + "svcacct-" + rand(60)
+ADMIN_KEY = SK + "admin-" + rand(50)
+LEGACY_KEY = SK + rand(20) + "T3BlbkFJ" + rand(20)
+AWS_ID = "AKIA" + rand(16, string.ascii_uppercase + string.digits)
+AWS_TEMP_ID = "ASIA" + rand(16, string.ascii_uppercase + string.digits)
+GH_PAT = "ghp_" + rand(36)
+GH_OAUTH = "gho_" + rand(36)
+GH_SERVER = "ghs_" + rand(36)
+GH_FINE = "github_pat_" + rand(22) + "_" + rand(59)
+GL_PAT = "glpat-" + rand(20)
+GL_TRIGGER = "glptt-" + rand(40, HEXDIGITS)
+SLACK_BOT = f"xoxb-{rand(12, string.digits)}-{rand(13, string.digits)}-{rand(24)}"
+SLACK_USER = f"xoxp-{rand(12, string.digits)}-{rand(12, string.digits)}-{rand(32, HEXDIGITS)}"
+SLACK_APP = f"xapp-1-A{rand(10, string.ascii_uppercase + string.digits)}-{rand(13, string.digits)}"
+SLACK_HOOK = (
+    "https://hooks.slack.com/services/"
+    f"T{rand(8, string.ascii_uppercase)}/B{rand(8, string.ascii_uppercase)}/{rand(24)}"
+)
+JWT = ".".join(
+    [b64url({"alg": "HS256", "typ": "JWT"}), b64url({"sub": rand(10), "iat": 1700000000}), rand(43)]
+)
 TOKEN = rand(32)
 TOKEN_12 = rand(12)
 SECRET = rand(24)
-HEX = rand(40, "0123456789abcdef")
+PASSWORD = rand(14)
+HEX = rand(40, HEXDIGITS)
 BEARER = "Authorization: Bearer "
 PEM = "-----BEGIN {}PRIVATE KEY-----"
+PEM_PGP = PEM.format("PGP ").replace("KEY", "KEY BLOCK")
 
-# (line, kind, value that must be found)
+# (line, kind, value that must be found): every detector, in the places keys end up.
 SHOULD_FLAG = [
-    pytest.param(f"key is {KEY}", "api_key", KEY, id="sk-key-bare"),
-    pytest.param(f"key is {PROJ_KEY}.", "api_key", PROJ_KEY, id="sk-project-key-with-dash-under"),
-    pytest.param(f"x({SHORT_KEY})", "api_key", SHORT_KEY, id="sk-key-20-chars"),
-    pytest.param(f'api_key = "{KEY}"', "api_key", KEY, id="sk-key-in-assignment-once"),
-    pytest.param(f"{BEARER}{KEY}", "api_key", KEY, id="sk-key-as-bearer-once"),
+    pytest.param(f"key is {KEY}", "gateway_key", KEY, id="gateway-bare"),
+    pytest.param(f"key is {KEY_32}.", "gateway_key", KEY_32, id="gateway-32-chars"),
+    pytest.param(f"({KEY_64})", "gateway_key", KEY_64, id="gateway-64-chars"),
+    pytest.param(f"key {KEY_SUFFIXED}", "gateway_key", KEY_SUFFIXED, id="gateway-digit-suffix"),
+    pytest.param(f'api_key = "{KEY}"', "gateway_key", KEY, id="gateway-python-once"),
+    pytest.param(f"ALLTKN_API_KEY={KEY}", "gateway_key", KEY, id="gateway-env-file"),
+    pytest.param(f'{{"api_key": "{KEY}"}}', "gateway_key", KEY, id="gateway-json"),
+    pytest.param(f"  api_key: {KEY}", "gateway_key", KEY, id="gateway-yaml"),
+    pytest.param(f"{BEARER}{KEY}", "gateway_key", KEY, id="gateway-as-bearer-once"),
+    pytest.param(
+        f'curl https://api.alltkn.com/api/v1/models -H "{BEARER}{KEY}"',
+        "gateway_key",
+        KEY,
+        id="gateway-curl-doc-line",
+    ),
+    pytest.param(f"https://x/api?key={KEY}&a=1", "gateway_key", KEY, id="gateway-in-query"),
+    pytest.param(f"key is {PROJ_KEY}.", "openai_key", PROJ_KEY, id="openai-project"),
+    pytest.param(f"OPENAI_API_KEY={SVCACCT_KEY}", "openai_key", SVCACCT_KEY, id="openai-svcacct"),
+    pytest.param(f"'{ADMIN_KEY}'", "openai_key", ADMIN_KEY, id="openai-admin"),
+    pytest.param(f"old = {LEGACY_KEY}", "openai_key", LEGACY_KEY, id="openai-t3blbkfj-marker"),
+    pytest.param(f"id {AWS_ID}", "aws_access_key_id", AWS_ID, id="aws-akia"),
+    pytest.param(
+        f"aws_access_key_id = {AWS_TEMP_ID}", "aws_access_key_id", AWS_TEMP_ID, id="aws-asia-ini"
+    ),
+    pytest.param(f"GH_TOKEN={GH_PAT}", "github_token", GH_PAT, id="github-classic-pat"),
+    pytest.param(f"token: {GH_OAUTH}", "github_token", GH_OAUTH, id="github-oauth"),
+    pytest.param(f'"{GH_SERVER}"', "github_token", GH_SERVER, id="github-app-server"),
+    pytest.param(f"pat {GH_FINE}", "github_token", GH_FINE, id="github-fine-grained"),
+    pytest.param(f"CI_TOKEN={GL_PAT}", "gitlab_token", GL_PAT, id="gitlab-pat"),
+    pytest.param(f"trigger {GL_TRIGGER}", "gitlab_token", GL_TRIGGER, id="gitlab-trigger"),
+    pytest.param(f"SLACK_BOT_TOKEN={SLACK_BOT}", "slack_token", SLACK_BOT, id="slack-bot"),
+    pytest.param(f"user token {SLACK_USER}", "slack_token", SLACK_USER, id="slack-user"),
+    pytest.param(f"app: {SLACK_APP}", "slack_token", SLACK_APP, id="slack-app-level"),
+    pytest.param(f"url: {SLACK_HOOK}", "slack_webhook", SLACK_HOOK, id="slack-webhook"),
+    pytest.param(f"jwt = {JWT}", "jwt", JWT, id="jwt-assignment"),
+    pytest.param(f"{BEARER}{JWT}", "jwt", JWT, id="jwt-as-bearer"),
+    pytest.param(PEM.format("RSA "), "private_key", PEM.format("RSA "), id="pem-rsa"),
+    pytest.param(PEM.format(""), "private_key", PEM.format(""), id="pem-pkcs8"),
+    pytest.param(PEM.format("OPENSSH "), "private_key", PEM.format("OPENSSH "), id="pem-openssh"),
+    pytest.param(PEM.format("EC "), "private_key", PEM.format("EC "), id="pem-ec"),
+    pytest.param(
+        PEM.format("ENCRYPTED "), "private_key", PEM.format("ENCRYPTED "), id="pem-encrypted"
+    ),
+    pytest.param(PEM_PGP, "private_key", PEM_PGP, id="pem-pgp-block"),
+    pytest.param(
+        f"DATABASE_URL=postgres://app:{PASSWORD}@db:5432/app",
+        "url_password",
+        PASSWORD,
+        id="url-password-postgres",
+    ),
+    pytest.param(
+        f"base_url: https://ops:{PASSWORD}@api.alltkn.com/api/v1",
+        "url_password",
+        PASSWORD,
+        id="url-password-https",
+    ),
     pytest.param(f"{BEARER}{TOKEN}", "bearer_token", TOKEN, id="bearer-header"),
     pytest.param(f"{BEARER}{TOKEN_12}", "bearer_token", TOKEN_12, id="bearer-12-chars"),
     pytest.param(
-        f'curl -H "{BEARER}{TOKEN}" https://api.alltkn.com/api/v1/models',
+        f"curl -H '{BEARER}{TOKEN}' https://api.alltkn.com/api/v1/models",
         "bearer_token",
         TOKEN,
-        id="bearer-curl",
+        id="bearer-curl-single-quotes",
     ),
     pytest.param(
         f'h = {{"Authorization": "Bearer {TOKEN}"}}', "bearer_token", TOKEN, id="bearer-dict"
@@ -84,21 +176,68 @@ SHOULD_FLAG = [
     ),
     pytest.param(f"creds: {{token: {SECRET}}}", "secret_assignment", SECRET, id="assign-yaml-flow"),
     pytest.param(f"auth.password := {SECRET}", "secret_assignment", SECRET, id="assign-walrus"),
-    pytest.param(PEM.format("RSA "), "private_key", PEM.format("RSA "), id="pem-rsa"),
-    pytest.param(PEM.format(""), "private_key", PEM.format(""), id="pem-pkcs8"),
-    pytest.param(PEM.format("OPENSSH "), "private_key", PEM.format("OPENSSH "), id="pem-openssh"),
     pytest.param(
-        PEM.format("ENCRYPTED "), "private_key", PEM.format("ENCRYPTED "), id="pem-encrypted"
+        f'curl -H "X-Api-Key: {SECRET}" https://h', "secret_assignment", SECRET, id="assign-header"
     ),
 ]
 
+UUID = "c9bf9e57-1685-4c89-bafb-ff5af830be8a"
+SHA256 = rand(64, HEXDIGITS)
+SHA512_B64 = rand(86, B64)
+PNG_B64 = "iVBORw0KGgoAAAANSUhEUgAA" + rand(400, B64) + "=="
+
 SHOULD_NOT_FLAG = [
     pytest.param("", id="empty"),
-    pytest.param(f"{SK}{rand(19)}", id="sk-key-too-short"),
-    pytest.param(f"the risk-{rand(30, string.ascii_lowercase)}", id="sk-inside-a-word"),
-    pytest.param(SK + "x" * 40, id="sk-placeholder-xxxx"),
-    pytest.param(SK + "your-key-goes-here-please", id="sk-placeholder-your"),
-    pytest.param(SK + "example" + rand(20), id="sk-placeholder-example"),
+    pytest.param(f'"id": "{UUID}",', id="uuid-json-id"),
+    pytest.param(f"request_id = {UUID}", id="uuid-request-id"),
+    pytest.param(f"X-Request-ID: {UUID}", id="uuid-header"),
+    pytest.param(f'hash = "sha256:{SHA256}"', id="lockfile-uv-poetry-hash"),
+    pytest.param(f'"integrity": "sha512-{SHA512_B64}==",', id="lockfile-npm-integrity"),
+    pytest.param(f"openai==3.57.0 --hash=sha256:{SHA256}", id="lockfile-pip-hash"),
+    pytest.param(f"image: python@sha256:{SHA256}", id="docker-digest"),
+    pytest.param(f"- uses: actions/checkout@{HEX} # v6.0.1", id="pinned-action-sha"),
+    pytest.param(f"See https://github.com/org/repo/commit/{HEX}", id="commit-link"),
+    pytest.param(f"![logo](data:image/png;base64,{PNG_B64})", id="markdown-base64-image"),
+    pytest.param("import sklearn  # pip install scikit-learn", id="sklearn-import"),
+    pytest.param("sk-learn-compatible-estimator-wrapper-for-pipelines", id="sk-learn-style-name"),
+    pytest.param(f"{SK}{rand(31)}", id="sk-31-chars-too-short"),
+    pytest.param(f"the risk-{rand(40)} and desk-{rand(40)}", id="sk-inside-a-word"),
+    pytest.param(SK + "x" * 48, id="sk-placeholder-xxxx"),
+    pytest.param(SK + "...", id="sk-placeholder-dots"),
+    pytest.param(SK + "your" + rand(44), id="sk-placeholder-your"),
+    pytest.param(SK + "a" * 48, id="sk-one-repeated-char"),
+    pytest.param("ALLTKN_API_KEY: ${{ secrets.ALLTKN_API_KEY }}", id="gha-secrets-expression"),
+    pytest.param("ALLTKN_API_KEY=", id="env-example-empty-value"),
+    pytest.param("api_key: <your-alltkn-api-key>", id="placeholder-angle"),
+    pytest.param('api_key = os.environ["ALLTKN_API_KEY"]', id="os-environ-subscript"),
+    pytest.param('api_key = os.getenv("ALLTKN_API_KEY")', id="os-getenv"),
+    pytest.param("SECRET_KEY = os.environ['SECRET_KEY']", id="os-environ-same-name"),
+    pytest.param("api_key=settings.api_key.get_secret_value()", id="call-chain"),
+    pytest.param("token = self.settings.gateway_token", id="dotted-name"),
+    pytest.param("api_key: SecretStr = Field(validation_alias=ENV)", id="annotation"),
+    pytest.param("self.first_token_delay = first_token_delay", id="identifier-words"),
+    pytest.param('"OPENAI_API_KEY": "decoy-openai-key-value",', id="word-decoy"),
+    pytest.param("ALLTKN_API_KEY_ENV = ALLTKN_API_KEY_NAME_X", id="env-var-name-value"),
+    pytest.param("api_key = ${ALLTKN_API_KEY_FROM_VAULT}", id="dollar-brace"),
+    pytest.param("API_KEY=$ALLTKN_API_KEY_PRODUCTION", id="dollar-var"),
+    pytest.param("password = changeme-changeme-42", id="placeholder-changeme"),
+    pytest.param("api_key = 'example-Key-1234567890'", id="placeholder-example"),
+    pytest.param("secret = XXXXXXXXXXXXXXXXXXXXXXXX", id="placeholder-upper-xxxx"),
+    pytest.param(f"API_TOKEN={rand(15)}", id="assign-too-short"),
+    pytest.param("password = aaaaaaaaaaaaaaaaaaaaaaaa", id="assign-low-entropy"),
+    pytest.param("password = 'abababababababababab'", id="assign-low-entropy-2"),
+    pytest.param("key_file = /etc/ssl/private/server-key.pem", id="file-path"),
+    pytest.param("token_url = https://login.alltkn.com/oauth2/v2.0/token", id="url-value"),
+    pytest.param('key_owner: "the platform team"', id="prose"),
+    pytest.param('"max_tokens": 4096, "completion_tokens": 6', id="token-counts"),
+    pytest.param(f"if token == {SECRET}:", id="comparison-not-assignment"),
+    pytest.param(f"description = {SECRET}", id="unrelated-name"),
+    pytest.param("AKIAIOSFODNN7EXAMPLE", id="aws-documentation-example"),
+    pytest.param("ghp_" + "x" * 36, id="github-placeholder"),
+    pytest.param("xoxb-your-bot-token-here", id="slack-placeholder"),
+    pytest.param(b64url({"alg": "HS256"}) + ".", id="jwt-header-only"),
+    pytest.param("postgres://app@db:5432/app", id="url-without-password"),
+    pytest.param("postgres://app:${DB_PASSWORD}@db:5432/app", id="url-password-env-ref"),
     pytest.param(BEARER + rand(11), id="bearer-too-short"),
     pytest.param(BEARER + "$ALLTKN_API_KEY", id="bearer-shell-var"),
     pytest.param(BEARER + "${ALLTKN_API_KEY}", id="bearer-shell-brace-var"),
@@ -106,36 +245,20 @@ SHOULD_NOT_FLAG = [
     pytest.param('f"Bearer {settings.api_key.get_secret_value()}"', id="bearer-f-string"),
     pytest.param('"Authorization": "Bearer " + token', id="bearer-concatenation"),
     pytest.param('curl -H "Authorization: Bearer $(cat key.txt)"', id="bearer-command-subst"),
-    pytest.param(BEARER + "xxxxxxxxxxxxxxxxxxxx", id="bearer-xxxx"),
-    pytest.param(f"API_TOKEN={rand(15)}", id="assign-too-short"),
-    pytest.param("password = aaaaaaaaaaaaaaaaaaaaaaaa", id="assign-low-entropy"),
-    pytest.param("password = 'abababababababababab'", id="assign-low-entropy-2"),
-    pytest.param("api_key: <your-alltkn-api-key>", id="assign-angle-placeholder"),
-    pytest.param("api_key = ${ALLTKN_API_KEY_FROM_VAULT}", id="assign-dollar-brace"),
-    pytest.param("token: " + "{" * 2 + " secrets.ALLTKN_TOKEN " + "}" * 2, id="assign-jinja"),
-    pytest.param("API_KEY=$ALLTKN_API_KEY_PRODUCTION", id="assign-dollar-var"),
-    pytest.param("password = changeme-changeme-42", id="assign-changeme"),
-    pytest.param('api_key = "your-api-key-here-1234"', id="assign-your"),
-    pytest.param("api_key = 'example-Key-1234567890'", id="assign-example"),
-    pytest.param("secret = XXXXXXXXXXXXXXXXXXXXXXXX", id="assign-upper-xxxx"),
-    pytest.param("ALLTKN_API_KEY_ENV = ALLTKN_API_KEY_NAME_X", id="assign-env-var-name"),
-    pytest.param('api_key = os.environ["ALLTKN_API_KEY"]', id="assign-os-environ"),
-    pytest.param('api_key = os.getenv("ALLTKN_API_KEY")', id="assign-os-getenv"),
-    pytest.param("api_key=settings.api_key.get_secret_value()", id="assign-call-chain"),
-    pytest.param("token = self.settings.gateway_token", id="assign-dotted-name"),
-    pytest.param("api_key: SecretStr = Field(validation_alias=ENV)", id="assign-annotation"),
-    pytest.param("self.first_token_delay = first_token_delay", id="assign-identifier-words"),
-    pytest.param('"OPENAI_API_KEY": "decoy-openai-key-value",', id="assign-word-decoy"),
-    pytest.param("key_file = /etc/ssl/private/server-key.pem", id="assign-file-path"),
-    pytest.param("token_url = https://login.alltkn.com/oauth2/v2.0/token", id="assign-url"),
-    pytest.param('key_owner: "the platform team"', id="assign-prose"),
-    pytest.param(f"if token == {SECRET}:", id="comparison-not-assignment"),
-    pytest.param(f"description = {SECRET}", id="unrelated-name"),
     pytest.param("-----BEGIN PUBLIC KEY-----", id="pem-public-key"),
     pytest.param("-----BEGIN CERTIFICATE-----", id="pem-certificate"),
+    pytest.param("color: #1f2937; background: #ffffff;", id="css-colors"),
     pytest.param(f'token = "{SECRET}"  # secret-scan: allow', id="pragma-allow"),
     pytest.param(f"{KEY}  <!-- secret-scan: allow -->", id="pragma-allow-html"),
 ]
+
+
+def test_corpora_are_large_and_cover_every_detector(scanner: ModuleType) -> None:
+    kinds = {param.values[1] for param in SHOULD_FLAG}
+
+    assert len(SHOULD_FLAG) >= 40
+    assert len(SHOULD_NOT_FLAG) >= 40
+    assert kinds == {rule.kind for rule in scanner.RULES}
 
 
 @pytest.mark.parametrize(("line", "kind", "value"), SHOULD_FLAG)
@@ -159,7 +282,7 @@ def test_literals_are_found_exactly_and_first(scanner: ModuleType) -> None:
     assert [(f.line, f.kind, f.value) for f in findings] == [
         (2, "env_value", live),
         (3, "env_value", live),
-        (4, "api_key", KEY),
+        (4, "gateway_key", KEY),
     ]
 
 
@@ -170,38 +293,140 @@ def test_literal_that_is_an_sk_key_is_reported_once(scanner: ModuleType) -> None
 
 
 def test_one_finding_per_value_on_a_line(scanner: ModuleType) -> None:
-    findings = scanner.scan_text(f"{KEY} {KEY} {SHORT_KEY}")
+    findings = scanner.scan_text(f"{KEY} {KEY} {KEY_32}")
 
-    assert [f.value for f in findings] == [KEY, SHORT_KEY]
+    assert [f.value for f in findings] == [KEY, KEY_32]
 
 
 def test_several_lines_keep_their_numbers(scanner: ModuleType) -> None:
-    text = f"{KEY}\n\n{BEARER}{TOKEN}\r\npassword={SECRET}\n"
+    text = f"{KEY}\n\n{BEARER}{TOKEN}\r\npassword={SECRET}\n{GH_PAT}"
 
     assert [(f.line, f.kind) for f in scanner.scan_text(text)] == [
-        (1, "api_key"),
+        (1, "gateway_key"),
         (3, "bearer_token"),
         (4, "secret_assignment"),
+        (5, "github_token"),
     ]
 
 
-def test_gateway_key_re_is_the_redaction_pattern(scanner: ModuleType) -> None:
-    text = f"call failed for {KEY}; retry with {PROJ_KEY}"
+def test_the_pragma_skips_only_its_own_line(scanner: ModuleType) -> None:
+    text = f"{KEY}  # secret-scan: allow\n{KEY_32}\n"
+
+    assert [(f.line, f.value) for f in scanner.scan_text(text)] == [(2, KEY_32)]
+
+
+def test_no_pattern_crosses_a_line_break(scanner: ModuleType) -> None:
+    text = f"password =\n{SECRET}\nAuthorization: Bearer\n{TOKEN}\n"
+
+    assert scanner.scan_text(text) == []
+
+
+def test_gateway_key_re_masks_any_sk_token(scanner: ModuleType) -> None:
+    short = SK + rand(20)
+    text = f"call failed for {KEY}; retry with {PROJ_KEY} or {short}"
 
     redacted = scanner.GATEWAY_KEY_RE.sub(lambda m: scanner.mask(m.group(0)), text)
 
-    assert KEY not in redacted
-    assert PROJ_KEY not in redacted
-    assert redacted == f"call failed for ****{KEY[-4:]}; retry with ****{PROJ_KEY[-4:]}"
-    assert scanner.GATEWAY_KEY_RE.fullmatch(SK + "a" * 20)
+    assert redacted == (
+        f"call failed for ****{KEY[-4:]}; retry with ****{PROJ_KEY[-4:]} or ****{short[-4:]}"
+    )
     assert not scanner.GATEWAY_KEY_RE.search(SK + "a" * 19)
 
 
 def test_rules_are_a_table_of_named_detectors(scanner: ModuleType) -> None:
     kinds = [rule.kind for rule in scanner.RULES]
 
-    assert kinds == ["private_key", "api_key", "bearer_token", "secret_assignment"]
+    assert kinds[0] == "private_key"
+    assert kinds[-2:] == ["bearer_token", "secret_assignment"]
+    assert len(set(kinds)) == len(kinds)
     assert all(isinstance(rule.pattern, re.Pattern) for rule in scanner.RULES)
+
+
+# --- answers: one short value each -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param(rand(20), id="opaque-20-mixed"),
+        pytest.param(rand(40), id="opaque-40-mixed"),
+        pytest.param(rand(32, HEXDIGITS), id="opaque-32-hex"),
+        pytest.param(f"team {rand(24)}", id="opaque-inside-text"),
+    ],
+)
+def test_answer_rules_also_flag_a_lone_opaque_token(scanner: ModuleType, value: str) -> None:
+    assert scanner.scan_text(value) == []
+    assert [f.kind for f in scanner.scan_text(value, rules=scanner.ANSWER_RULES)] == [
+        "opaque_token"
+    ]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "meta-llama/Llama-3.1-70B-Instruct-Turbo",
+        "claude-3-5-sonnet-20241022",
+        "Qwen2.5-72B-Instruct",
+        "https://api.alltkn.com/api/v1",
+        "A Python service wired to the ALLTKN AI API gateway.",
+        "the service's on-call engineers",
+        "ALLTKN_API_KEY",
+        "alltkn_service",
+        "20240101120000",
+    ],
+)
+def test_answer_rules_accept_ordinary_answers(scanner: ModuleType, value: str) -> None:
+    assert scanner.scan_text(value, rules=scanner.ANSWER_RULES) == []
+
+
+# --- redaction -------------------------------------------------------------------------------
+
+
+def test_redact_masks_every_detector_and_literals(scanner: ModuleType) -> None:
+    live = rand(20)
+    text = (
+        f"key {KEY} proj {PROJ_KEY} gh {GH_PAT}\n"
+        f"{BEARER}{TOKEN} password={SECRET} jwt {JWT} live {live}"
+    )
+
+    redacted = scanner.redact(text, literals=[live])
+
+    for value in (KEY, PROJ_KEY, GH_PAT, TOKEN, SECRET, JWT, live):
+        assert value not in redacted
+        assert f"****{value[-4:]}" in redacted
+    assert redacted.startswith("key ****")
+    assert "\nAuthorization: Bearer ****" in redacted
+
+
+def test_redact_ignores_the_pragma_and_leaves_clean_text_alone(scanner: ModuleType) -> None:
+    clean = "model=gpt-4o-mini status=ok request_id=" + UUID
+
+    assert scanner.redact(clean) == clean
+    assert KEY not in scanner.redact(f"{KEY} # secret-scan: allow")
+
+
+# --- environment values ----------------------------------------------------------------------
+
+
+def test_secret_env_values_takes_secret_names_and_secret_looking_values(
+    scanner: ModuleType,
+) -> None:
+    environ = {
+        "ALLTKN_API_KEY": KEY,
+        "GITHUB_TOKEN": GH_PAT,
+        "DB_PASSWORD": PASSWORD,
+        "aws_secret_access_key": SECRET,
+        "HOME": "/root/somewhere/deep",
+        "SHORT_KEY": "1234567",
+        "KEY_NAME": "ALLTKN_API_KEY",
+        "KEY_OWNER": "the platform team",
+        "KEYRING_BACKEND": "keyring.backends.null.Keyring",
+        "TOKEN_FILE": "/run/secrets/token",
+        "SAMPLE_TOKEN": "<your-token>",
+        "OPENAI_API_KEY": "decoy-openai-key-value",
+    }
+
+    assert sorted(scanner.secret_env_values(environ)) == sorted([KEY, GH_PAT, PASSWORD, SECRET])
 
 
 # --- masking ---------------------------------------------------------------------------------
@@ -224,7 +449,7 @@ def test_mask_never_reveals_more_than_the_last_four(scanner: ModuleType, length:
 def test_finding_str_and_repr_hide_the_value(scanner: ModuleType) -> None:
     finding = scanner.scan_text(f"x = {KEY}", path="src/app.py")[0]
 
-    assert str(finding) == f"src/app.py:1: api_key: ****{KEY[-4:]}"
+    assert str(finding) == f"src/app.py:1: gateway_key: ****{KEY[-4:]}"
     assert finding.masked == "****" + KEY[-4:]
     for shown in (str(finding), repr(finding), f"{finding}", f"{finding!r}"):
         assert KEY not in shown
@@ -233,7 +458,7 @@ def test_finding_str_and_repr_hide_the_value(scanner: ModuleType) -> None:
 
 
 def test_finding_is_frozen(scanner: ModuleType) -> None:
-    finding = scanner.Finding("p", 1, "api_key", KEY)
+    finding = scanner.Finding("p", 1, "gateway_key", KEY)
 
     with pytest.raises(AttributeError):
         finding.value = "other"  # type: ignore[misc]
@@ -264,7 +489,7 @@ def test_scan_tree_reports_relative_posix_paths_in_order(
     assert [(f.path, f.line, f.kind) for f in findings] == [
         ("a/a.md", 1, "bearer_token"),
         ("a/b/c.env", 2, "secret_assignment"),
-        ("z.txt", 1, "api_key"),
+        ("z.txt", 1, "gateway_key"),
     ]
     assert findings == scanner.scan_tree(tmp_path)  # deterministic
 
@@ -310,7 +535,7 @@ def test_scan_tree_skips_files_over_2_mib(scanner: ModuleType, tmp_path: Path) -
 def test_scan_tree_survives_undecodable_text(scanner: ModuleType, tmp_path: Path) -> None:
     write(tmp_path, "latin1.txt", b"caf\xe9 " + KEY.encode() + b"\n")
 
-    assert [f.kind for f in scanner.scan_tree(tmp_path)] == ["api_key"]
+    assert [f.kind for f in scanner.scan_tree(tmp_path)] == ["gateway_key"]
 
 
 def test_scan_tree_with_literals(scanner: ModuleType, tmp_path: Path) -> None:
@@ -323,25 +548,30 @@ def test_scan_tree_with_literals(scanner: ModuleType, tmp_path: Path) -> None:
 
 
 def test_long_lines_scan_quickly(scanner: ModuleType) -> None:
-    # A minified or base64 line must not make the assignment pattern backtrack quadratically.
-    line = "a" * 1_000_000 + "=" + "b.c" * 100_000
+    # A minified or base64 line must not make any pattern backtrack quadratically.
+    line = "a" * 1_000_000 + "=" + "b.c" * 100_000 + " sk-" + "A1" * 50_000
 
-    assert scanner.scan_text(line) == []
+    assert [f.kind for f in scanner.scan_text(line)] == []
 
 
-# --- main ------------------------------------------------------------------------------------
+# --- the command line ------------------------------------------------------------------------
 
 
 def test_main_returns_0_on_a_clean_tree(
-    scanner: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    scanner: ModuleType,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    write(tmp_path, "ok.py", "print('hi')\n")
+    write(tmp_path, "a.py", "print('hi')\n")
+    write(tmp_path, "b.md", "# readme\n")
+    monkeypatch.chdir(tmp_path)
 
-    assert scanner.main([str(tmp_path)]) == 0
+    assert scanner.main(["--all-files"]) == 0
 
     out, err = capsys.readouterr()
     assert out == ""
-    assert err == "secret_scan: no secrets found\n"
+    assert err == "secret_scan: no secrets found in 2 file(s)\n"
 
 
 def test_main_reports_findings_masked_and_returns_1(
@@ -354,13 +584,13 @@ def test_main_reports_findings_masked_and_returns_1(
     write(tmp_path, ".env", f"API_TOKEN={SECRET}\n")
     monkeypatch.chdir(tmp_path)
 
-    assert scanner.main([]) == 1
+    assert scanner.main(["--all-files"]) == 1
 
     out, err = capsys.readouterr()
     assert out == ""
     assert err.splitlines() == [
         f".env:1: secret_assignment: ****{SECRET[-4:]}",
-        f"src/settings.py:3: api_key: ****{KEY[-4:]}",
+        f"src/settings.py:3: gateway_key: ****{KEY[-4:]}",
         (
             "secret_scan: 2 possible secret(s) in 2 file(s); remove them, "
             "or mark a deliberate fixture line with 'secret-scan: allow'"
@@ -393,23 +623,102 @@ def test_main_adds_env_values_as_literals(
     assert live not in err
 
 
+def test_main_secret_env_finds_values_of_secret_named_variables(
+    scanner: ModuleType,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    live = rand(26)
+    write(tmp_path, "notes.txt", f"pasted {live} here\n")
+    monkeypatch.setenv("TEAM_SERVICE_TOKEN", live)
+
+    assert scanner.main([str(tmp_path)]) == 0
+    assert scanner.main(["--secret-env", str(tmp_path)]) == 1
+    assert f"notes.txt:1: env_value: ****{live[-4:]}" in capsys.readouterr().err
+
+
 def test_main_scans_a_single_file(
     scanner: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     write(tmp_path, "one.txt", f"{KEY}\n")
 
     assert scanner.main([str(tmp_path / "one.txt")]) == 1
-    assert f"{(tmp_path / 'one.txt').as_posix()}:1: api_key:" in capsys.readouterr().err
+    assert f"{(tmp_path / 'one.txt').as_posix()}:1: gateway_key:" in capsys.readouterr().err
 
 
 def test_main_rejects_a_missing_path(
     scanner: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert scanner.main([str(tmp_path / "nope")]) == 2
-    assert "no such file or directory" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no such file or directory" in err
+    assert len(err.splitlines()) == 1
 
 
-# --- the file itself -------------------------------------------------------------------------
+def git(repo: Path, *args: str) -> None:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "HOME": str(repo)}
+    env |= {"GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    subprocess.run(["git", *args], cwd=repo, env=env, check=True, capture_output=True)
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A git repository: a clean tracked file, an ignored .env holding a key."""
+    root = tmp_path / "repo"
+    write(root, "app.py", "print('hi')\n")
+    write(root, ".gitignore", ".env\n")
+    write(root, ".env", f"ALLTKN_API_KEY={KEY}\n")
+    git(root, "init", "-q")
+    git(root, "add", "app.py", ".gitignore")
+    return root
+
+
+def run_script(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The scanner as CI runs it: a plain script, nothing installed, no package around it."""
+    return subprocess.run(
+        [sys.executable, "-I", str(SCANNER_PATH), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_script_in_a_git_repo_scans_tracked_files_only(repo: Path) -> None:
+    done = run_script(repo)
+
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "secret_scan: no secrets found in 2 file(s)\n"
+
+
+def test_script_in_a_git_repo_flags_a_tracked_env_file(repo: Path) -> None:
+    git(repo, "add", "-f", ".env")
+
+    done = run_script(repo)
+
+    assert done.returncode == 1
+    assert done.stderr.startswith(f".env:1: gateway_key: ****{KEY[-4:]}\n")
+    assert KEY not in done.stderr
+
+
+def test_script_all_files_includes_untracked_files(repo: Path) -> None:
+    done = run_script(repo, "--all-files")
+
+    assert done.returncode == 1
+    assert ".env:1: gateway_key" in done.stderr
+
+
+def test_script_outside_git_scans_every_file(tmp_path: Path) -> None:
+    write(tmp_path, "plain/.env", f"ALLTKN_API_KEY={KEY}\n")
+
+    done = run_script(tmp_path / "plain")
+
+    assert done.returncode == 1
+    assert ".env:1: gateway_key" in done.stderr
+
+
+# --- the file itself, and the template it lives in ------------------------------------------
 
 
 def test_scanner_source_reads_the_same_through_jinja() -> None:
@@ -425,9 +734,89 @@ def test_scanner_source_is_clean_under_its_own_scan(scanner: ModuleType) -> None
     assert scanner.scan_text(source) == []
 
 
+def test_the_template_repository_passes_the_scan(scanner: ModuleType) -> None:
+    findings = scanner.scan_tree(TEMPLATE_DIR)
+
+    assert [str(finding) for finding in findings] == []
+
+
+FRAMEWORKS = ["fastapi", "flask", "script"]
+CHECKOUT_PIN = re.compile(r"^actions/checkout@[0-9a-f]{40}$")
+
+
+def bake(cookies: Any, **answers: str) -> Path:
+    result = cookies.bake(extra_context=answers)
+    assert result.exit_code == 0, result.exception
+    return Path(str(result.project_path))
+
+
+def committed(project: Path) -> Path:
+    git(project, "init", "-q")
+    git(project, "add", "-A")
+    git(project, "commit", "-q", "-m", "generated")
+    return project
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_every_baked_variant_passes_its_own_ci_scan(cookies: Any, framework: str) -> None:
+    project = committed(bake(cookies, framework=framework))
+    ci = yaml.safe_load((project / ".github" / "workflows" / "secret-scan.yml").read_text())
+    (checkout, scan) = ci["jobs"]["secret-scan"]["steps"]
+
+    done = subprocess.run(
+        scan["run"].split(), cwd=project, capture_output=True, text=True, check=False
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert re.fullmatch(r"secret_scan: no secrets found in \d+ file\(s\)\n", done.stderr)
+    assert scan["run"] == "python3 src/alltkn_service/secret_scan.py"
+    assert ci["permissions"] == {"contents": "read"}
+    assert CHECKOUT_PIN.match(checkout["uses"])
+    assert checkout["with"] == {"persist-credentials": False}
+    assert set(ci[True]) == {"push", "pull_request"}  # YAML 1.1 reads `on:` as True
+
+
+def test_the_pre_commit_hook_scans_the_staged_files(cookies: Any) -> None:
+    project = committed(bake(cookies, framework="script"))
+    config = yaml.safe_load((project / ".pre-commit-config.yaml").read_text())
+    (scan,) = [h for repo in config["repos"] for h in repo["hooks"] if h["id"] == "secret-scan"]
+    write(project, "src/alltkn_service/extra.py", f"FALLBACK = '{GH_PAT}'\n")
+    write(project, "README.md", "# still clean\n")
+    git(project, "add", "-A")
+    staged = subprocess.run(
+        ["git", "diff", "--cached", "--name-only"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+
+    done = subprocess.run(
+        [*scan["entry"].split(), *staged], cwd=project, capture_output=True, text=True, check=False
+    )
+
+    assert scan["language"] == "system"
+    assert sorted(staged) == ["README.md", "src/alltkn_service/extra.py"]
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"src/alltkn_service/extra.py:1: github_token: ****{GH_PAT[-4:]}")
+    assert GH_PAT not in done.stderr
+
+
+def test_no_generated_file_keeps_the_answers(cookies: Any) -> None:
+    marker = "billing-" + rand(12, string.ascii_lowercase)
+    project = bake(cookies, framework="fastapi", billing_group=marker)
+
+    holders = [
+        path.relative_to(project).as_posix()
+        for path in project.rglob("*")
+        if path.is_file() and marker in path.read_text(encoding="utf-8")
+    ]
+
+    assert holders == ["docs/CHECKLIST.md"]  # where the answer belongs, and nowhere else
+
+
 def test_scanner_uses_only_the_standard_library() -> None:
     import ast
-    import sys
 
     tree = ast.parse(SCANNER_PATH.read_text(encoding="utf-8"))
     imported = {

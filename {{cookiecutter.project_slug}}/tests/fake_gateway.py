@@ -43,7 +43,7 @@ Checks run in this order: route, bearer token (401), body (400 for malformed JSO
 ``fake-error-429``         429 ``rate_limit_exceeded`` with ``Retry-After: 7``
 ``fake-error-500``         500 ``server_error``
 ``fake-error-502``         502 with a non-JSON HTML page, like a reverse proxy's
-``fake-timeout``           waits ``hang_seconds`` before answering normally (ends early on stop)
+``fake-timeout``           waits ``hang_seconds``, then answers if the client is still there
 ``fake-stream-cut``        stream: role chunk, 2 deltas, then the socket closes mid-body
 ``fake-stream-error``      stream: 1 delta, then ``data: {"error": ...}`` and the end, no [DONE]
 ``fake-stream-no-finish``  stream: all deltas, then [DONE] without a finish_reason chunk
@@ -563,6 +563,11 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if model == _TIMEOUT_MODEL:
             gateway._pause(gateway.hang_seconds)
+            if _peer_closed(self.connection):
+                # The client timed out and left: answer nobody, count nothing, so the late
+                # reply cannot show up as an aborted stream in a later test.
+                self.close_connection = True
+                return
         reply = gateway._reply_for(body)
         if body.get("stream") is True:
             self._stream(reply, include_usage=_wants_usage(body))

@@ -1,34 +1,45 @@
-"""Find secrets (API keys, bearer tokens, passwords, private keys) in text and file trees.
+"""Find secrets (API keys, tokens, passwords, private keys) in text, files and git repositories.
 
-This is the project's one secret scanner. It is used by the template's post-generation hook,
-by the git hooks, by `python -m <package>.secret_scan [PATH ...]` and, through
-`GATEWAY_KEY_RE` and `mask`, by the log redaction. It is plain, standard-library-only Python.
+This is the project's one secret scanner, standard-library-only Python. The template's hooks use
+it on the answers (before anything is rendered) and on the generated files; the project runs it
+as `python -m <package>.secret_scan` or, without installing anything (pre-commit, CI), as
+`python3 src/<package>/secret_scan.py`; the log redaction uses `redact`.
+
+Run with no arguments inside a git repository it scans the files git tracks (so an untracked,
+ignored `.env` is not reported, but a committed one is); outside one, every file below `.`.
 
 A finding never carries the raw value into `str()` or `repr()`: output shows only the last
 four characters (`****abcd`). A line containing the pragma `secret-scan: allow` is skipped;
 use it for deliberate test fixtures.
 
 Detectors are rows of `RULES` (kind, pattern, value check); add a row to detect a new kind.
-Values given as literals (the live key from the environment) are matched exactly, first.
+Values given as literals (the live key, values of secret-named environment variables) are
+matched exactly, first. Patterns never cross a line break.
 """
 
 from __future__ import annotations
 
-import argparse
+import bisect
 import math
 import os
 import re
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import argparse
 
 ALLOW_PRAGMA = "secret-scan: allow"
 MIN_LITERAL_LEN = 8
 MIN_BEARER_LEN = 12
 MIN_ASSIGNMENT_LEN = 16
 MIN_ENTROPY_BITS = 3.5
+# Tokens with a fixed prefix (ghp_, xoxb-, AKIA...) only need to look less than trivial.
+MIN_TOKEN_ENTROPY_BITS = 3.0
 MAX_FILE_BYTES = 2 * 1024 * 1024
 BINARY_SNIFF_BYTES = 8 * 1024
 SKIP_DIRS = frozenset(
@@ -44,22 +55,59 @@ SKIP_DIRS = frozenset(
     }
 )
 SKIP_DIR_SUFFIXES = (".egg-info",)
+# Environment variables whose value is matched exactly (`*KEY*`, `*TOKEN*`, ...).
+SECRET_ENV_NAME_RE = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
 
-# An OpenAI-style gateway key: `sk-` then 20+ key characters, not glued to a longer word.
-GATEWAY_KEY_RE = re.compile(r"(?<![A-Za-z0-9_-])sk-[A-Za-z0-9_-]{20,}")
+# Each pattern starts with its literal prefix (the regex engine then skips ahead quickly) and
+# checks the character before that prefix with a lookbehind.
+# Any `sk-` token, as broad as possible: what the log redaction masks.
+GATEWAY_KEY_RE = re.compile(r"sk-(?<![A-Za-z0-9_-]sk-)[A-Za-z0-9_-]{20,}")
 
-_BEARER_RE = re.compile(
-    r"""authorization["'\]]*\s*[:=]\s*["']?\s*bearer\s+(?P<value>[A-Za-z0-9._~+/=-]+)""",
-    re.IGNORECASE,
+# Gateway keys: `sk-` + 32 to 64 letters and digits, optionally `-<digits>`.
+_GATEWAY_RE = re.compile(r"sk-(?<![A-Za-z0-9_-]sk-)[A-Za-z0-9]{32,64}(?:-[0-9]+)?(?![A-Za-z0-9_-])")
+# OpenAI project, service-account and admin keys, and any key with the `T3BlbkFJ` marker.
+_OPENAI_RE = re.compile(
+    r"sk-(?<![A-Za-z0-9_-]sk-)(?:(?:proj|svcacct|admin)-[A-Za-z0-9_-]{20,}"
+    r"|[A-Za-z0-9_-]{0,100}T3BlbkFJ[A-Za-z0-9_-]*)"
+)
+_AWS_RE = re.compile(r"A(?<![A-Za-z0-9]A)(?:3T[A-Z0-9]|KIA|SIA|BIA|CCA)[A-Z0-9]{16}(?![A-Za-z0-9])")
+_GITHUB_RE = re.compile(
+    r"g(?<![A-Za-z0-9_]g)(?:h[pousr]_[A-Za-z0-9]{36,251}|ithub_pat_[A-Za-z0-9_]{50,251})"
+    r"(?![A-Za-z0-9_])"
+)
+_GITLAB_RE = re.compile(
+    r"gl(?<![A-Za-z0-9_-]gl)(?:pat|ptt|dt|rt|cbt|oas|ft|imt|soat)-[A-Za-z0-9_-][A-Za-z0-9_.-]{18,}"
+    r"[A-Za-z0-9_-]"
+)
+_SLACK_TOKEN_RE = re.compile(
+    r"x(?<![A-Za-z0-9-]x)(?:ox[abposr]-[A-Za-z0-9-]{10,}|app-[0-9]-[A-Za-z0-9-]{10,})"
+)
+_SLACK_WEBHOOK_RE = re.compile(
+    r"https://hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9_/-]{20,}"
+)
+_JWT_RE = re.compile(
+    r"eyJ(?<![A-Za-z0-9_/+=.-]eyJ)[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{10,}"
 )
 _PRIVATE_KEY_RE = re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----")
+# `scheme://user:password@host`: the password.
+_URL_PASSWORD_RE = re.compile(r"://[^ \t\r\n/?#@:'\"]+:(?P<value>[^ \t\r\n/?#@'\"]+)@[A-Za-z0-9[]")
+_BEARER_RE = re.compile(
+    r"""authorization["'\]]*[ \t]*[:=][ \t]*["']?[ \t]*bearer[ \t]+"""
+    r"""(?P<value>[A-Za-z0-9._~+/=-]+)""",
+    re.IGNORECASE,
+)
 # `name = value`, `name: value`, `NAME=value`, `"name": "value"`, `name := value`, ...
 # The name may not start inside a longer word, which also keeps the scan linear on long lines.
 # The value may not start with a bracket, so `creds: {token: ...}` is matched at `token`.
 _ASSIGNMENT_RE = re.compile(
-    r"""(?<![A-Za-z0-9_.-])(?P<name>[A-Za-z0-9_.-]+)["'\]]{0,2}\s*"""
-    r"""(?::=|=>|=(?!=)|:(?![:/]))\s*["'`]?(?P<value>[^\s"'`,;(){}[\]][^\s"'`,;)\]}]*)"""
+    r"""(?<![A-Za-z0-9_.-])(?P<name>[A-Za-z0-9_.-]+)["'\]]{0,2}[ \t]*"""
+    r"""(?::=|=>|=(?!=)|:(?![:/]))[ \t]*["'`]?(?P<value>[^\s"'`,;(){}[\]][^\s"'`,;)\]}]*)"""
 )
+# Only in answers: one run of 20+ letters and digits (mixed case and digits, or long hex).
+_OPAQUE_RE = re.compile(r"(?<![A-Za-z0-9])[A-Za-z0-9]{20,}(?![A-Za-z0-9])")
+_HEX_RE = re.compile(r"^(?=.*[a-f])(?=.*[0-9])[0-9a-f]{32,}$", re.IGNORECASE)
+_MIN_OPAQUE_HEX_LEN = 32
+
 _SECRET_NAME_WORDS = frozenset(
     {
         "apikey",
@@ -89,6 +137,7 @@ _CODE_CHARS = frozenset("()[]{}")
 # Lower-case words joined by `-` or `_` (`first_token_delay`, `decoy-key-value`): a variable
 # name or a readable stand-in, not a generated secret.
 _WORDS_RE = re.compile(r"^[a-z]+(?:[-_][a-z]+)+$")
+_NEWLINE_RE = re.compile(r"\n")
 
 
 @dataclass(frozen=True)
@@ -108,6 +157,10 @@ class Finding:
         return f"{self.path}:{self.line}: {self.kind}: {self.masked}"
 
 
+def _always(value: str, match: re.Match[str]) -> bool:
+    return True
+
+
 @dataclass(frozen=True)
 class Rule:
     """A named detector: `pattern` finds candidates, `accept` decides on the value."""
@@ -115,7 +168,16 @@ class Rule:
     kind: str
     pattern: re.Pattern[str]
     group: str | int = 0
-    accept: Callable[[str, re.Match[str]], bool] = lambda value, match: True
+    accept: Callable[[str, re.Match[str]], bool] = _always
+
+
+@dataclass(frozen=True)
+class _Hit:
+    start: int
+    end: int
+    order: int
+    kind: str
+    value: str
 
 
 def mask(value: str) -> str:
@@ -151,7 +213,24 @@ def is_secret_name(name: str) -> bool:
     return not words.isdisjoint(_SECRET_NAME_WORDS)
 
 
-def _accept_gateway_key(value: str, match: re.Match[str]) -> bool:
+def looks_random(value: str, min_bits: float = MIN_ENTROPY_BITS) -> bool:
+    """Not a stand-in, not readable words, and at least `min_bits` bits per character."""
+    return (
+        not is_placeholder(value)
+        and not _WORDS_RE.match(value)
+        and shannon_entropy(value) >= min_bits
+    )
+
+
+def _accept_key(value: str, match: re.Match[str]) -> bool:
+    return looks_random(value)
+
+
+def _accept_token(value: str, match: re.Match[str]) -> bool:
+    return looks_random(value, MIN_TOKEN_ENTROPY_BITS)
+
+
+def _accept_not_placeholder(value: str, match: re.Match[str]) -> bool:
     return not is_placeholder(value)
 
 
@@ -159,24 +238,53 @@ def _accept_bearer(value: str, match: re.Match[str]) -> bool:
     return len(value) >= MIN_BEARER_LEN and not is_placeholder(value)
 
 
-def _accept_assignment(value: str, match: re.Match[str]) -> bool:
+def _accept_url_password(value: str, match: re.Match[str]) -> bool:
     return (
-        is_secret_name(match.group("name"))
-        and len(value) >= MIN_ASSIGNMENT_LEN
-        and not is_placeholder(value)
-        and not _ENV_NAME_RE.match(value)
+        len(value) >= MIN_LITERAL_LEN
         and not is_code_reference(value)
-        and not _WORDS_RE.match(value)
-        and shannon_entropy(value) >= MIN_ENTROPY_BITS
+        and looks_random(value, MIN_TOKEN_ENTROPY_BITS)
     )
 
 
+def _accept_assignment(value: str, match: re.Match[str]) -> bool:
+    return (
+        len(value) >= MIN_ASSIGNMENT_LEN
+        and is_secret_name(match.group("name"))
+        and not _ENV_NAME_RE.match(value)
+        and not is_code_reference(value)
+        and looks_random(value)
+    )
+
+
+def _accept_opaque(value: str, match: re.Match[str]) -> bool:
+    mixed = (
+        any(c.isupper() for c in value)
+        and any(c.islower() for c in value)
+        and any(c.isdigit() for c in value)
+    )
+    hex_run = len(value) >= _MIN_OPAQUE_HEX_LEN and _HEX_RE.match(value) is not None
+    return (mixed or hex_run) and looks_random(value)
+
+
+# Earlier rows win where two matches overlap on a line.
 RULES: tuple[Rule, ...] = (
     Rule("private_key", _PRIVATE_KEY_RE),
-    Rule("api_key", GATEWAY_KEY_RE, accept=_accept_gateway_key),
+    Rule("openai_key", _OPENAI_RE, accept=_accept_not_placeholder),
+    Rule("gateway_key", _GATEWAY_RE, accept=_accept_key),
+    Rule("github_token", _GITHUB_RE, accept=_accept_token),
+    Rule("gitlab_token", _GITLAB_RE, accept=_accept_token),
+    Rule("slack_token", _SLACK_TOKEN_RE, accept=_accept_token),
+    Rule("slack_webhook", _SLACK_WEBHOOK_RE, accept=_accept_token),
+    Rule("aws_access_key_id", _AWS_RE, accept=_accept_token),
+    Rule("jwt", _JWT_RE, accept=_accept_not_placeholder),
+    Rule("url_password", _URL_PASSWORD_RE, group="value", accept=_accept_url_password),
     Rule("bearer_token", _BEARER_RE, group="value", accept=_accept_bearer),
     Rule("secret_assignment", _ASSIGNMENT_RE, group="value", accept=_accept_assignment),
 )
+# A template answer is one short value: a lone random-looking run is a pasted secret there.
+ANSWER_RULES: tuple[Rule, ...] = (*RULES, Rule("opaque_token", _OPAQUE_RE, accept=_accept_opaque))
+# Log redaction masks everything the scanner finds, and any `sk-` token besides.
+REDACTION_RULES: tuple[Rule, ...] = (*RULES, Rule("sk_token", GATEWAY_KEY_RE))
 
 
 def usable_literals(literals: Iterable[str]) -> list[str]:
@@ -193,46 +301,73 @@ def literal_rule(literals: Iterable[str]) -> Rule | None:
     return Rule("env_value", re.compile("|".join(re.escape(literal) for literal in kept)))
 
 
-def _candidates(line: str, rules: Sequence[Rule]) -> Iterator[tuple[Rule, str, tuple[int, int]]]:
-    for rule in rules:
-        for match in rule.pattern.finditer(line):
+def rules_with(literals: Iterable[str], rules: Sequence[Rule] = RULES) -> list[Rule]:
+    """The literal rule (if any literals) followed by `rules`."""
+    extra = literal_rule(literals)
+    return [extra, *rules] if extra else list(rules)
+
+
+def _hits(text: str, rules: Sequence[Rule]) -> list[_Hit]:
+    """Every accepted match of every rule over the whole text."""
+    found: list[_Hit] = []
+    for order, rule in enumerate(rules):
+        for match in rule.pattern.finditer(text):
             value = match.group(rule.group)
             if value and rule.accept(value, match):
-                yield rule, value, match.span(rule.group)
+                start, end = match.span(rule.group)
+                found.append(_Hit(start, end, order, rule.kind, value))
+    return found
 
 
-def scan_line(line: str, *, path: str, number: int, rules: Sequence[Rule]) -> list[Finding]:
-    """Findings on one line: earlier rules win where matches overlap; one per value."""
-    if ALLOW_PRAGMA in line:
-        return []
-    findings: list[Finding] = []
-    taken: list[tuple[int, int]] = []
+def _select(hits: Iterable[_Hit]) -> list[_Hit]:
+    """Earlier rules win where hits overlap; each value once. Returned in rule order."""
+    chosen: list[_Hit] = []
     seen: set[str] = set()
-    for rule, value, (start, end) in _candidates(line, rules):
-        if value in seen or any(start < t_end and t_start < end for t_start, t_end in taken):
+    for hit in sorted(hits, key=lambda h: (h.order, h.start)):
+        if hit.value in seen or any(hit.start < c.end and c.start < hit.end for c in chosen):
             continue
-        seen.add(value)
-        taken.append((start, end))
-        findings.append(Finding(path, number, rule.kind, value))
-    return findings
+        seen.add(hit.value)
+        chosen.append(hit)
+    return chosen
 
 
-def rules_with(literals: Iterable[str]) -> list[Rule]:
-    """The literal rule (if any literals) followed by the table of named rules."""
-    extra = literal_rule(literals)
-    return [extra, *RULES] if extra else list(RULES)
+def scan_text(
+    text: str,
+    *,
+    path: str = "<text>",
+    literals: Iterable[str] = (),
+    rules: Sequence[Rule] = RULES,
+) -> list[Finding]:
+    """Findings in `text`, line by line; `literals` are exact values to find (kind `env_value`).
 
-
-def scan_text(text: str, *, path: str = "<text>", literals: Iterable[str] = ()) -> list[Finding]:
-    """Scan `text` line by line; `literals` are exact values to find (kind `env_value`)."""
-    rules = rules_with(literals)
+    On one line, earlier rules win where matches overlap and each value is reported once.
+    """
+    starts = [0] + [match.end() for match in _NEWLINE_RE.finditer(text)]
+    by_line: dict[int, list[_Hit]] = {}
+    for hit in _hits(text, rules_with(literals, rules)):
+        by_line.setdefault(bisect.bisect_right(starts, hit.start), []).append(hit)
     findings: list[Finding] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        findings.extend(scan_line(line, path=path, number=number, rules=rules))
+    for number in sorted(by_line):
+        end = starts[number] if number < len(starts) else len(text)
+        if ALLOW_PRAGMA in text[starts[number - 1] : end]:
+            continue
+        findings.extend(Finding(path, number, h.kind, h.value) for h in _select(by_line[number]))
     return findings
 
 
-def _skip_dir(name: str) -> bool:
+def redact(text: str, literals: Iterable[str] = ()) -> str:
+    """`text` with every secret the scanner (or any `sk-` token, or a literal) finds masked.
+
+    The allow pragma does not apply: redaction is for output, not for source files.
+    """
+    chosen = _select(_hits(text, rules_with(literals, REDACTION_RULES)))
+    for hit in sorted(chosen, key=lambda h: h.start, reverse=True):
+        text = text[: hit.start] + mask(hit.value) + text[hit.end :]
+    return text
+
+
+def is_skipped_dir(name: str) -> bool:
+    """Tool, cache and VCS directories that are never scanned."""
     return name in SKIP_DIRS or name.endswith(SKIP_DIR_SUFFIXES)
 
 
@@ -243,12 +378,35 @@ def iter_files(root: Path) -> list[Path]:
     """
     found: list[Path] = []
     for current, dirs, files in os.walk(root):
-        dirs[:] = [name for name in dirs if not _skip_dir(name)]
+        dirs[:] = [name for name in dirs if not is_skipped_dir(name)]
         for name in files:
             candidate = Path(current, name)
             if not candidate.is_symlink() and candidate.is_file():
                 found.append(candidate)
     return sorted(found, key=lambda path: path.relative_to(root).as_posix())
+
+
+def tracked_files(root: Path) -> list[Path] | None:
+    """The files git tracks below `root` (sorted), or None if `root` is not in a git work tree
+    or git is not available."""
+    import subprocess  # here, not at the top: the hooks and the log redaction never need it
+
+    try:
+        done = subprocess.run(
+            ["git", "ls-files", "-z", "--", "."],  # noqa: S607 - git from PATH, like a user
+            cwd=root,
+            capture_output=True,
+            check=False,
+            timeout=60,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if done.returncode != 0:
+        return None
+    names = os.fsdecode(done.stdout).split("\0")
+    files = [root / name for name in names if name]
+    kept = [path for path in files if not path.is_symlink() and path.is_file()]
+    return sorted(kept, key=lambda path: path.relative_to(root).as_posix())
 
 
 def read_text_file(path: Path) -> str | None:
@@ -270,37 +428,77 @@ def scan_file(path: Path, *, display: str, literals: Iterable[str] = ()) -> list
     return [] if text is None else scan_text(text, path=display, literals=literals)
 
 
-def scan_tree(root: Path, *, literals: Iterable[str] = ()) -> list[Finding]:
-    """Scan every text file below `root`; paths are relative to `root`, POSIX style, sorted."""
+def scan_files(root: Path, files: Iterable[Path], *, literals: Iterable[str] = ()) -> list[Finding]:
+    """Scan `files` (below `root`); paths are shown relative to `root`, POSIX style."""
     kept = usable_literals(literals)
     findings: list[Finding] = []
-    for file in iter_files(root):
+    for file in files:
         display = file.relative_to(root).as_posix()
         findings.extend(scan_file(file, display=display, literals=kept))
     return findings
 
 
-def scan_path(target: Path, *, literals: Iterable[str] = ()) -> list[Finding]:
-    """Scan a directory (paths shown under `target`) or a single file."""
-    if target.is_dir():
-        return [
-            Finding((target / f.path).as_posix(), f.line, f.kind, f.value)
-            for f in scan_tree(target, literals=literals)
-        ]
-    return scan_file(target, display=target.as_posix(), literals=literals)
+def scan_tree(root: Path, *, literals: Iterable[str] = ()) -> list[Finding]:
+    """Scan every text file below `root`; paths are relative to `root`, POSIX style, sorted."""
+    return scan_files(root, iter_files(root), literals=literals)
 
 
-def env_literals(names: Iterable[str], environ: dict[str, str] | None = None) -> list[str]:
+def scan_path(
+    target: Path, *, literals: Iterable[str] = (), use_git: bool = True
+) -> tuple[list[Finding], int]:
+    """Scan a file, or a directory (its git-tracked files if `use_git` and it is in a git work
+    tree, else every file); paths are shown under `target`. Returns (findings, files scanned)."""
+    if not target.is_dir():
+        return scan_file(target, display=target.as_posix(), literals=literals), 1
+    files = tracked_files(target) if use_git else None
+    if files is None:
+        files = iter_files(target)
+    findings = [
+        Finding((target / f.path).as_posix(), f.line, f.kind, f.value)
+        for f in scan_files(target, files, literals=literals)
+    ]
+    return findings, len(files)
+
+
+def env_literals(names: Iterable[str], environ: Mapping[str, str] | None = None) -> list[str]:
     """Values of the named environment variables that are set and long enough to match."""
     env = os.environ if environ is None else environ
     values = (env.get(name, "") for name in names)
     return [value for value in values if len(value) >= MIN_LITERAL_LEN]
 
 
+def is_secret_env_value(value: str) -> bool:
+    """A value worth matching exactly: long enough, one word, not a name, path or stand-in."""
+    return (
+        len(value) >= MIN_LITERAL_LEN
+        and not any(char.isspace() for char in value)
+        and not is_placeholder(value)
+        and not _ENV_NAME_RE.match(value)
+        and not _WORDS_RE.match(value)
+        and not is_code_reference(value)
+    )
+
+
+def secret_env_values(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Values of every environment variable whose name looks secret (`*KEY*`, `*TOKEN*`,
+    `*SECRET*`, `*PASSWORD*`, ...) and whose value could be one."""
+    env = os.environ if environ is None else environ
+    return [
+        value
+        for name, value in env.items()
+        if SECRET_ENV_NAME_RE.search(name) and is_secret_env_value(value)
+    ]
+
+
 def build_parser() -> argparse.ArgumentParser:
+    import argparse  # here, not at the top: only the command line needs it
+
     parser = argparse.ArgumentParser(
         prog="secret_scan",
-        description="Find API keys, tokens, passwords and private keys in files.",
+        description=(
+            "Find API keys, tokens, passwords and private keys in files. A directory inside a "
+            "git work tree is scanned as the files git tracks."
+        ),
         epilog=f"Lines containing '{ALLOW_PRAGMA}' are skipped. Exit status 1 on findings.",
     )
     parser.add_argument("paths", nargs="*", default=["."], help="files or directories")
@@ -311,20 +509,36 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="also find the exact value of environment variable NAME (repeatable)",
     )
+    parser.add_argument(
+        "--secret-env",
+        action="store_true",
+        help="also find the exact value of every variable named like *KEY*, *TOKEN*, *SECRET*",
+    )
+    parser.add_argument(
+        "--all-files",
+        action="store_true",
+        help="scan every file below a directory, not only the files git tracks",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Scan the given paths; print findings and a summary to stderr; 1 if anything was found."""
     args = build_parser().parse_args(argv)
-    literals = env_literals(args.env)
+    literals = env_literals(args.env) + (secret_env_values() if args.secret_env else [])
     findings: list[Finding] = []
+    scanned = 0
     for raw in args.paths:
         target = Path(raw)
         if not target.exists():
-            print(f"secret_scan: error: {raw}: no such file or directory", file=sys.stderr)
+            print(
+                f"secret_scan: error: {raw}: no such file or directory. Pass existing paths",
+                file=sys.stderr,
+            )
             return 2
-        findings.extend(scan_path(target, literals=literals))
+        found, count = scan_path(target, literals=literals, use_git=not args.all_files)
+        findings.extend(found)
+        scanned += count
     for finding in findings:
         print(finding, file=sys.stderr)
     if findings:
@@ -335,7 +549,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    print("secret_scan: no secrets found", file=sys.stderr)
+    print(f"secret_scan: no secrets found in {scanned} file(s)", file=sys.stderr)
     return 0
 
 

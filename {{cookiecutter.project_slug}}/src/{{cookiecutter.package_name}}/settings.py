@@ -1,7 +1,9 @@
 """Settings, read once at start from the environment (and a local `.env` in development).
 
 This is the only place the API key is read. It is held as a `SecretStr`, so `repr`, `str`
-and model dumps show `**********` instead of the key.
+and model dumps show `**********` instead of the key, and error messages name the variable,
+never its value (`include_input=False`). An empty, placeholder or mis-pasted key (quotes,
+spaces, a `Bearer ` prefix, an unexpanded `${VAR}`) stops the service at start.
 """
 
 from __future__ import annotations
@@ -26,7 +28,18 @@ ENV_NAMES = {
     "sse_send_timeout_s": "ALLTKN_SSE_SEND_TIMEOUT_S",
 }
 # Values people paste from docs instead of a real key; refused at start.
-_PLACEHOLDER_MARKERS = ("<", ">", "your", "changeme", "xxxx", "placeholder", "example", "...")
+_PLACEHOLDER_MARKERS = (
+    "<",
+    ">",
+    "your",
+    "changeme",
+    "xxxx",
+    "placeholder",
+    "example",
+    "...",
+    "${",
+    "$(",
+)
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
@@ -59,8 +72,11 @@ class Settings(BaseSettings):
     @field_validator("api_key")
     @classmethod
     def _refuse_placeholder_key(cls, value: SecretStr) -> SecretStr:
-        if is_placeholder_key(value.get_secret_value()):
+        key = value.get_secret_value()
+        if is_placeholder_key(key):
             raise ValueError("is empty or a placeholder, not a real key")
+        if any(char.isspace() or char in "\"'" for char in key):
+            raise ValueError("contains spaces or quotes; set the key alone, without 'Bearer '")
         return value
 
     @field_validator("base_url")
