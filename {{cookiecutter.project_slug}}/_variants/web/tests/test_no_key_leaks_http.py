@@ -83,10 +83,6 @@ def test_each_error_category(
 
     assert response.status_code == status
     assert response.json()["error"]["category"]
-    if model == "fake-timeout" and path.endswith("/stream"):
-        # The gateway still answers, late, to a caller that left: let that end in this test,
-        # not in a later one that counts streams.
-        assert gateway.wait_for(lambda: gateway.aborted_streams + gateway.completed_streams == 1)
 
 
 @pytest.mark.parametrize("model", ["fake-stream-cut", "fake-stream-error", "fake-stream-no-finish"])
