@@ -292,13 +292,13 @@ def test_progress_bar_on_a_terminal(tmp_path: Path) -> None:
     os.close(controller)
 
     shown = screen.decode(errors="replace")
-    assert process.returncode == 1
+    assert process.returncode == 1, shown[-2000:]
     assert "\x1b[" in shown
     assert "4/4" in shown
     assert "1 failed" in shown
     assert "ETA" in shown
     assert "line 4: not valid JSON" in shown
-    assert "batch: 3 done, 1 failed" in stdout
+    assert "batch: 3 done, 1 failed" in stdout, shown[-2000:]  # the terminal tells why not
 
 
 def _read(fd: int) -> bytes:
