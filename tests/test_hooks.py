@@ -129,6 +129,7 @@ BAD = [
             "ALLTKN_TIMEOUT_S",
             "ALLTKN_MAX_RETRIES",
             "LOG_LEVEL",
+            "ALLTKN_SSE_KEEPALIVE_S",
             "OPENAI_API_KEY",
             "OPENAI_BASE_URL",
         )
