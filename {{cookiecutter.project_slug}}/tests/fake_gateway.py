@@ -43,6 +43,7 @@ Checks run in this order: route, bearer token (401), body (400 for malformed JSO
 ``fake-error-429``         429 ``rate_limit_exceeded`` with ``Retry-After: 7``
 ``fake-error-500``         500 ``server_error``
 ``fake-error-502``         502 with a non-JSON HTML page, like a reverse proxy's
+``fake-html-200``          200 with an HTML page, like a captive portal's
 ``fake-timeout``           waits ``hang_seconds``, then answers if the client is still there
 ``fake-stream-cut``        stream: role chunk, 2 deltas, then the socket closes mid-body
 ``fake-stream-error``      stream: 1 delta, then ``data: {"error": ...}`` and the end, no [DONE]
@@ -112,6 +113,7 @@ _RATE_LIMITED_ONCE_MODEL = "fake-429-once"
 _DROP_MODEL = "fake-drop"
 _CLIENT_GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
 
+_PORTAL_PAGE = b"<html><body><h1>Please sign in to the network</h1></body></html>\r\n"
 _PROXY_ERROR_PAGE = (
     b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
     b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n"
@@ -560,6 +562,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if model == "fake-error-502":
             self._send_bytes(502, _PROXY_ERROR_PAGE, "text/html")
+            return
+        if model == "fake-html-200":
+            self._send_bytes(200, _PORTAL_PAGE, "text/html")
             return
         if model == _TIMEOUT_MODEL:
             gateway._pause(gateway.hang_seconds)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx2
+import openai
 import pytest
 
 from {{ cookiecutter.package_name }}.chat import ChatService
 from {{ cookiecutter.package_name }}.client import create_client
-from {{ cookiecutter.package_name }}.errors import Category, GatewayError
+from {{ cookiecutter.package_name }}.errors import Category, GatewayError, classify
 from {{ cookiecutter.package_name }}.settings import Settings, load_settings
 
 from .conftest import SENTINEL_KEY
@@ -139,3 +141,40 @@ def test_no_channel_503_is_not_retried(gateway: FakeGateway) -> None:
 def test_other_5xx_is_retried_as_configured(gateway: FakeGateway) -> None:
     _failure(_service(max_retries=1), "fake-error-500")
     assert len(gateway.requests_for("fake-error-500")) == 2
+
+
+@pytest.mark.usefixtures("gateway_env")
+def test_a_200_that_is_not_json_is_upstream_unavailable(gateway: FakeGateway) -> None:
+    error = _failure(_service(), "fake-html-200")
+    assert error.category is Category.UPSTREAM_UNAVAILABLE
+    assert "non-JSON" in error.upstream_message
+
+
+def _status_error(status: int, body: dict[str, Any]) -> openai.APIStatusError:
+    request = httpx2.Request("POST", "http://gateway.test/api/v1/chat/completions")
+    response = httpx2.Response(status, json=body, request=request)
+    return openai.APIStatusError(f"Error code: {status}", response=response, body=body)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "category"),
+    [
+        pytest.param(404, {"detail": "Not Found"}, Category.BAD_BASE_URL, id="404-other-app"),
+        pytest.param(
+            404,
+            {"message": "The model `x` does not exist", "code": None},
+            Category.MODEL_NOT_FOUND,
+            id="404-model-without-code",
+        ),
+        pytest.param(
+            429,
+            {"message": "You exceeded your current quota", "code": "insufficient_quota"},
+            Category.QUOTA,
+            id="429-insufficient-quota",
+        ),
+    ],
+)
+def test_status_errors_from_other_servers(
+    status: int, body: dict[str, Any], category: Category
+) -> None:
+    assert classify(_status_error(status, body)).category is category

@@ -26,7 +26,8 @@ from .logs import log_call
 
 Messages = Iterable[ChatCompletionMessageParam]
 # What the SDK and its transport raise; anything else is a bug and must not be swallowed.
-UPSTREAM_ERRORS = (openai.OpenAIError, httpx2.HTTPError)
+# ValueError: an answer that is not the JSON it should be (a proxy's page, a garbled stream).
+UPSTREAM_ERRORS = (openai.OpenAIError, httpx2.HTTPError, ValueError)
 
 
 def new_request_id() -> str:
@@ -62,6 +63,14 @@ class ChatResult:
     usage: Usage | None
     request_id: str
     upstream_request_id: str | None = None
+
+
+def _checked(completion: object) -> ChatCompletion:
+    """The SDK hands back the raw text when a 200 answer is not JSON (a proxy's or captive
+    portal's page); that is a gateway failure, not a completion."""
+    if not isinstance(completion, ChatCompletion):
+        raise ValueError(f"the gateway answered 200 with a non-JSON body: {str(completion)[:200]}")
+    return completion
 
 
 class _CallState:
@@ -196,7 +205,7 @@ class ChatService:
             raw = self._client.chat.completions.with_raw_response.create(
                 **state.request_kwargs(messages)
             )
-            completion = raw.parse()
+            completion = _checked(raw.parse())
         except UPSTREAM_ERRORS as exc:
             raise state.fail(exc) from None
         return state.complete(completion, raw.headers)
@@ -269,7 +278,7 @@ class AsyncChatService:
             raw = await self._client.chat.completions.with_raw_response.create(
                 **state.request_kwargs(messages)
             )
-            completion = raw.parse()
+            completion = _checked(raw.parse())
         except UPSTREAM_ERRORS as exc:
             raise state.fail(exc) from None
         return state.complete(completion, raw.headers)

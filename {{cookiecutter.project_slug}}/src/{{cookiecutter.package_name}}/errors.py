@@ -136,18 +136,18 @@ def _category_for_status(exc: openai.APIStatusError) -> Category:
     text = upstream_text(exc)
     if status == 401:
         return Category.AUTH
-    if status == 402 or code == "insufficient_user_quota":
+    # one-api's no-balance code, and OpenAI's (sent with a 429, but not a rate limit).
+    if status == 402 or code in ("insufficient_user_quota", "insufficient_quota"):
         return Category.QUOTA
     if status == 403:
         return Category.PERMISSION
+    # The gateway's 404 for an unknown model, and its 503 when no channel serves the model.
+    if code == "model_not_found" or (status == 404 and "model" in text.lower()):
+        return Category.MODEL_NOT_FOUND
     if status == 404:
-        # one-api answers a wrong base path with "Invalid URL (POST /...)"; a non-JSON 404
+        # one-api answers a wrong base path with "Invalid URL (POST /...)"; any other 404
         # comes from whatever else is listening there. Both mean the URL, not the model.
-        if "Invalid URL" in text or not isinstance(exc.body, dict):
-            return Category.BAD_BASE_URL
-        return Category.MODEL_NOT_FOUND
-    if code == "model_not_found":  # the gateway's 503 when no channel serves the model
-        return Category.MODEL_NOT_FOUND
+        return Category.BAD_BASE_URL
     if status == 408:
         return Category.TIMEOUT
     if status == 429:
