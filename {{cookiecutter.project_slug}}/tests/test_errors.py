@@ -47,7 +47,9 @@ def _failure(service: ChatService, model: str, *, stream: bool = False) -> Gatew
         pytest.param(
             "fake-error-quota", Category.QUOTA, "用户额度不足", id="403-insufficient-quota"
         ),
-        pytest.param("fake-error-402", Category.QUOTA, "", id="402-quota"),
+        pytest.param(
+            "fake-error-402", Category.QUOTA, "exceeded your current quota", id="402-quota"
+        ),
         pytest.param("fake-error-403", Category.PERMISSION, "无权", id="403-permission"),
         pytest.param(
             "fake-error-404-model", Category.MODEL_NOT_FOUND, "does not exist", id="404-model"
@@ -55,11 +57,18 @@ def _failure(service: ChatService, model: str, *, stream: bool = False) -> Gatew
         pytest.param(
             "fake-error-503-model", Category.MODEL_NOT_FOUND, "无可用渠道", id="503-no-channel"
         ),
-        pytest.param("fake-error-400", Category.INVALID_REQUEST, "", id="400-invalid"),
-        pytest.param("fake-error-429", Category.RATE_LIMITED, "", id="429-rate-limited"),
-        pytest.param("fake-error-500", Category.UPSTREAM_UNAVAILABLE, "", id="500-unavailable"),
+        pytest.param(
+            "fake-error-400", Category.INVALID_REQUEST, "context length", id="400-invalid"
+        ),
+        pytest.param("fake-error-429", Category.RATE_LIMITED, "Rate limit", id="429-rate-limited"),
+        pytest.param(
+            "fake-error-500",
+            Category.UPSTREAM_UNAVAILABLE,
+            "server had an error",
+            id="500-unavailable",
+        ),
         pytest.param("fake-error-502", Category.UPSTREAM_UNAVAILABLE, "502", id="502-html-page"),
-        pytest.param("fake-timeout", Category.TIMEOUT, "", id="timeout"),
+        pytest.param("fake-timeout", Category.TIMEOUT, "imed out", id="timeout"),
     ],
 )
 def test_failure_before_any_output_maps_to_its_category(
