@@ -32,10 +32,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from bench_common import bake, fake_gateway
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[1]
 RESULTS = TEMPLATE_DIR / "bench" / "results" / "batch.json"
@@ -72,43 +72,6 @@ class Run:
 
 
 # -- processes ---------------------------------------------------------------------------------
-
-
-def bake(into: Path) -> Path:
-    from cookiecutter.main import cookiecutter
-
-    project = cookiecutter(
-        str(TEMPLATE_DIR),
-        no_input=True,
-        output_dir=str(into),
-        extra_context={"framework": "script"},
-    )
-    return Path(project)
-
-
-@contextmanager
-def fake_gateway(project: Path) -> Iterator[tuple[str, int]]:
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            str(project / "tests" / "fake_gateway.py"),
-            "--first-token-delay",
-            "0.05",
-            "--delta-interval",
-            "0.01",
-            "--deltas",
-            "20",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout is not None
-    base_url = process.stdout.readline().strip().removeprefix("base_url=")
-    try:
-        yield base_url, process.pid
-    finally:
-        process.terminate()
-        process.wait()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -253,7 +216,7 @@ def main() -> int:
     small, large = (200, 2_000) if args.quick else (1_000, 10_000)
     workdir = Path(tempfile.mkdtemp(prefix="bench-batch-"))
     try:
-        project = bake(workdir)
+        project = bake("script", workdir)
         with fake_gateway(project) as (base_url, gateway_pid):
             single = single_latency(base_url, samples=20)
             runs = [

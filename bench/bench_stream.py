@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
-from cookiecutter.main import cookiecutter
+from bench_common import bake, fake_gateway
 from openai import AsyncOpenAI
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[1]
@@ -63,45 +63,10 @@ class Sample:
 # -- processes ---------------------------------------------------------------------------------
 
 
-def bake(framework: str, into: Path) -> Path:
-    project = cookiecutter(
-        str(TEMPLATE_DIR),
-        no_input=True,
-        output_dir=str(into / framework),
-        extra_context={"framework": framework},
-    )
-    return Path(project)
-
-
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-@contextmanager
-def fake_gateway(project: Path, deltas: int) -> Iterator[str]:
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            str(project / "tests" / "fake_gateway.py"),
-            "--first-token-delay",
-            "0.05",
-            "--delta-interval",
-            "0.01",
-            "--deltas",
-            str(deltas),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout is not None
-    line = process.stdout.readline().strip()
-    try:
-        yield line.removeprefix("base_url=")
-    finally:
-        process.terminate()
-        process.wait()
 
 
 def service_command(name: str, project: Path | None, port: int) -> list[str]:
@@ -375,7 +340,7 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="bench-stream-"))
     try:
         projects = {"fastapi": bake("fastapi", workdir), "flask": bake("flask", workdir)}
-        with fake_gateway(projects["fastapi"], deltas=20) as base_url:
+        with fake_gateway(projects["fastapi"], deltas=20) as (base_url, _):
             results["direct"] = {
                 str(level.clients): summarize(
                     asyncio.run(run_level("direct", base_url, level)), None
@@ -390,7 +355,7 @@ def main() -> int:
                         sample = asyncio.run(run_level(name, url, level))
                         cpu = cpu_seconds(pid) - cpu_before
                         results[name][str(level.clients)] = summarize(sample, cpu)
-        with fake_gateway(projects["fastapi"], deltas=300) as base_url:
+        with fake_gateway(projects["fastapi"], deltas=300) as (base_url, _):
             for name in ("baseline", "fastapi", "flask"):
                 with service(name, projects.get(name), base_url) as (url, _):
                     results["hang_ups"][name] = measure_hang_ups(url, base_url, 100)
