@@ -31,6 +31,7 @@ import importlib.util
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -38,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 VARIANTS_DIR = "_variants"
 SKIP_SCAN_ENV = "_ALLTKN_TEMPLATE_SKIP_SCAN"
@@ -48,6 +50,23 @@ _LAYERS = {
     "fastapi": ("web", "fastapi"),
     "flask": ("web", "flask"),
     "script": ("script",),
+}
+# Layers an option adds after the framework's: (answer name, value) -> layer.
+_OPTION_LAYERS = (
+    (("docker", "yes"), "docker"),
+    (("kubernetes", "yes"), "k8s"),
+    (("ci", "github"), "ci-github"),
+    (("ci", "gitlab"), "ci-gitlab"),
+)
+CRUFT_FILE = ".cruft.json"
+# Answers cookiecutter adds about this machine or run; cruft regenerates with the rest.
+_CRUFT_LEFT_OUT = frozenset(
+    {"_repo_dir", "_output_dir", "_checkout", "_copy_without_render", "__prompts__"}
+)
+_GIT_ABBREVIATIONS = {
+    "gh:": "https://github.com/{}.git",
+    "gl:": "https://gitlab.com/{}.git",
+    "bb:": "https://bitbucket.org/{}",
 }
 
 SkipDir = Callable[[str], bool]
@@ -153,16 +172,22 @@ def untouched(project_dir: Path, manifest: Manifest | None) -> set[str]:
 # --- variant layers ----------------------------------------------------------------------------
 
 
-def layers_for(framework: str) -> list[str]:
-    """The `_variants/` layers assembled for `framework`, in order."""
+def layers_for(framework: str, options: Mapping[str, object] | None = None) -> list[str]:
+    """The `_variants/` layers assembled for `framework` and the other `options` (answers such
+    as docker, kubernetes, ci), in order."""
     try:
-        return list(_LAYERS[framework])
+        layers = list(_LAYERS[framework])
     except KeyError:
         raise ValueError(f"unknown framework {framework!r}") from None
+    chosen = options or {}
+    return layers + [layer for (name, value), layer in _OPTION_LAYERS if chosen.get(name) == value]
 
 
 def variant_moves(
-    project_dir: Path, framework: str, replaceable: Iterable[Path] = ()
+    project_dir: Path,
+    framework: str,
+    replaceable: Iterable[Path] = (),
+    options: Mapping[str, object] | None = None,
 ) -> list[tuple[Path, Path]]:
     """(source, destination) for every file of the selected layers, checked for collisions.
 
@@ -171,7 +196,7 @@ def variant_moves(
     moves: list[tuple[Path, Path]] = []
     claimed: dict[Path, Path] = {}
     stale = set(replaceable)
-    for layer in layers_for(framework):
+    for layer in layers_for(framework, options):
         layer_dir = project_dir / VARIANTS_DIR / layer
         if not layer_dir.is_dir():
             continue
@@ -190,11 +215,14 @@ def variant_moves(
 
 
 def assemble_variant(
-    project_dir: Path, framework: str, replaceable: Iterable[Path] = ()
+    project_dir: Path,
+    framework: str,
+    replaceable: Iterable[Path] = (),
+    options: Mapping[str, object] | None = None,
 ) -> list[Path]:
     """Move the selected layers' files into place and delete `_variants/`; returns the moved
     destinations. Nothing is moved if any file would collide."""
-    moves = variant_moves(project_dir, framework, replaceable)
+    moves = variant_moves(project_dir, framework, replaceable, options)
     for source, destination in moves:
         destination.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(source), str(destination))
@@ -202,6 +230,78 @@ def assemble_variant(
     if variants.exists():
         shutil.rmtree(variants)
     return [destination for _, destination in moves]
+
+
+# --- .cruft.json: where the project came from, for `cruft check` / `cruft update` ---------------
+
+
+def local_template_dir(answers: Mapping[str, object]) -> Path | None:
+    """The template directory, absolute. `_repo_dir` is relative when the template was given
+    by a relative path; cookiecutter's process then works in the template while the hook runs
+    (also under cruft, which leaves `_repo_dir` out)."""
+    repo_dir = str(answers.get("_repo_dir") or "")
+    if repo_dir and os.path.isabs(repo_dir):
+        return Path(repo_dir)
+    with contextlib.suppress(OSError):
+        parent = Path(f"/proc/{os.getppid()}/cwd").resolve()
+        if (parent / "cookiecutter.json").is_file():
+            return parent
+    return Path(repo_dir).resolve() if repo_dir else None
+
+
+def template_source(answers: Mapping[str, object]) -> str:
+    """The template as git can clone it: a local template by absolute path, `gh:` and the
+    like expanded."""
+    template = str(answers.get("_template", ""))
+    for prefix, url in _GIT_ABBREVIATIONS.items():
+        if template.startswith(prefix):
+            return url.format(template[len(prefix) :])
+    if "://" in template:  # never keep credentials from https://user:token@host/...
+        parts = urlsplit(template)
+        host = parts.netloc.rpartition("@")[2]
+        return urlunsplit(parts._replace(netloc=host))
+    if template.startswith("git@"):
+        return template
+    local = local_template_dir(answers)
+    return str(local) if local else template
+
+
+def template_commit(repo_dir: Path) -> str | None:
+    """The template's git commit, or None when it is not a git checkout (or git is missing)."""
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(repo_dir), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = done.stdout.strip()
+    return commit if done.returncode == 0 and len(commit) == 40 else None
+
+
+def cruft_state(answers: Mapping[str, object], commit: str | None) -> dict[str, object]:
+    """What cruft itself writes on `cruft create`, from answers that passed the pre-gen
+    secret checks; nothing about this machine beyond the template's location."""
+    context = {k: v for k, v in answers.items() if k not in _CRUFT_LEFT_OUT}
+    context["_template"] = template_source(answers)
+    context["_commit"] = commit
+    return {
+        "template": context["_template"],
+        "commit": commit,
+        "checkout": answers.get("_checkout"),
+        "context": {"cookiecutter": context},
+        "directory": None,
+    }
+
+
+def write_cruft_file(project_dir: Path, answers: Mapping[str, object]) -> None:
+    local = local_template_dir(answers)
+    state = cruft_state(answers, template_commit(local) if local else None)
+    text = json.dumps(state, ensure_ascii=False, indent=2, separators=(",", ": ")) + "\n"
+    (project_dir / CRUFT_FILE).write_text(text, encoding="utf-8")
 
 
 # --- the secret scan ---------------------------------------------------------------------------
@@ -308,7 +408,8 @@ def fail_on_secrets(
     """Scan what this run wrote; on findings remove what it created and return the error
     lines, else []."""
     scanner = load_scanner(project_dir, str(answers.get("package_name", "")))
-    files = written_files(project_dir, scanner, kept)
+    # .cruft.json repeats the answers: report a secret where the template put it first.
+    files = sorted(written_files(project_dir, scanner, kept), key=lambda p: p.name == CRUFT_FILE)
     findings = scanner.scan_files(
         project_dir, files, literals=key_literals(answers, environ, scanner)
     )
@@ -351,7 +452,9 @@ def run(answers: Mapping[str, object], project_dir: Path, environ: Mapping[str, 
     manifest = take_manifest(project_dir)
     kept = untouched(project_dir, manifest)
     try:
-        moved = assemble_variant(project_dir, framework, {project_dir / name for name in kept})
+        moved = assemble_variant(
+            project_dir, framework, {project_dir / name for name in kept}, answers
+        )
     except (VariantCollision, ValueError) as exc:
         print(
             f"error: framework: cannot assemble the {framework} variant: {exc}. "
@@ -360,6 +463,8 @@ def run(answers: Mapping[str, object], project_dir: Path, environ: Mapping[str, 
         )
         return 1
     kept -= {path.relative_to(project_dir).as_posix() for path in moved}
+    write_cruft_file(project_dir, answers)
+    kept.discard(CRUFT_FILE)
     if environ.get(SKIP_SCAN_ENV) != "1":
         try:
             errors = fail_on_secrets(project_dir, answers, environ, manifest, kept)

@@ -35,6 +35,9 @@ from urllib.parse import urlsplit
 
 FRAMEWORKS = ("fastapi", "flask", "script")
 PYTHON_VERSIONS = ("3.10", "3.11", "3.12", "3.13")
+YES_NO = ("yes", "no")
+CI_CHOICES = ("github", "gitlab", "none")
+WEB_FRAMEWORKS = ("fastapi", "flask")
 DEPENDENCY_NAMES = frozenset(
     {
         "openai",
@@ -63,6 +66,16 @@ RESERVED_ENV_NAMES = (
     "LOG_LEVEL",
     "ALLTKN_SSE_KEEPALIVE_S",
     "ALLTKN_SSE_SEND_TIMEOUT_S",
+    "ALLTKN_RETRY_AFTER_CAP_S",
+    "ALLTKN_FALLBACK_MODELS",
+    "ALLTKN_STREAMING",
+    "ALLTKN_MAX_INPUT_CHARS",
+    # The container's and the servers' own settings (Dockerfile, gunicorn.conf.py, k8s/).
+    "WEB_CONCURRENCY",
+    "PORT",
+    "BIND",
+    "GUNICORN_THREADS",
+    "GUNICORN_TIMEOUT",
     "OPENAI_API_KEY",
     "OPENAI_BASE_URL",
 )
@@ -171,6 +184,49 @@ def check_python_version(value: str) -> list[str]:
     ]
 
 
+def choice_check(variable: str, choices: Sequence[str]) -> Check:
+    """A check that `variable` is one of `choices`."""
+
+    def check(value: str) -> list[str]:
+        if value in choices:
+            return []
+        return [problem(variable, "is not a known choice", f"Use one of {', '.join(choices)}")]
+
+    return check
+
+
+def combination_problems(answers: Mapping[str, object]) -> list[tuple[str, str]]:
+    """(variable, error line) for answers that are valid alone but not together."""
+    if answer(answers, "kubernetes") != "yes":
+        return []
+    framework = answer(answers, "framework")
+    if framework not in FRAMEWORKS:  # reported by its own check
+        return []
+    if framework not in WEB_FRAMEWORKS:
+        return [
+            (
+                "kubernetes",
+                problem(
+                    "kubernetes",
+                    f"manifests are for the web services, not framework={framework}",
+                    "Use kubernetes=no, or framework=fastapi or flask",
+                ),
+            )
+        ]
+    if answer(answers, "docker") != "yes":
+        return [
+            (
+                "kubernetes",
+                problem(
+                    "kubernetes",
+                    "the manifests deploy the image the Dockerfile builds, and docker=no",
+                    "Use docker=yes, or kubernetes=no",
+                ),
+            )
+        ]
+    return []
+
+
 def base_url_problems(value: str) -> list[tuple[str, str]]:
     """Every (what, fix) for the base URL; the URL itself is never part of a message."""
     root_fix = "Use " + ROOT_HINT
@@ -256,6 +312,9 @@ CHECKS: tuple[tuple[str, Check], ...] = (
     ("package_name", check_package_name),
     ("framework", check_framework),
     ("python_version", check_python_version),
+    ("docker", choice_check("docker", YES_NO)),
+    ("kubernetes", choice_check("kubernetes", YES_NO)),
+    ("ci", choice_check("ci", CI_CHOICES)),
     ("alltkn_base_url", check_alltkn_base_url),
     ("api_key_env_var", check_api_key_env_var),
     ("default_model", check_default_model),
@@ -266,7 +325,7 @@ def problems_by_variable(answers: Mapping[str, object]) -> list[tuple[str, str]]
     """(variable, error line) for every problem, in cookiecutter.json order."""
     return [
         (variable, line) for variable, check in CHECKS for line in check(answer(answers, variable))
-    ]
+    ] + combination_problems(answers)
 
 
 def validate(answers: Mapping[str, object]) -> list[str]:
@@ -296,6 +355,12 @@ def template_dir(answers: Mapping[str, object]) -> Path:
     """
     repo = str(answers.get("_repo_dir") or "")
     if not repo:
+        # cruft (create / update) leaves `_repo_dir` out; cookiecutter still runs the hook
+        # from a parent working in the template directory.
+        with contextlib.suppress(OSError):
+            parent = Path(f"/proc/{os.getppid()}/cwd").resolve()
+            if (parent / "cookiecutter.json").is_file():
+                return parent
         raise FileNotFoundError("the template directory (_repo_dir) is unknown")
     if os.path.isabs(repo):
         return Path(repo)

@@ -31,6 +31,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 
+import jinja2
 import pytest
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[1]
@@ -69,6 +70,10 @@ def cookiecutter_defaults() -> dict[str, str]:
     slug = re.sub(r"[^a-z0-9]+", "-", answers["project_name"].lower()).strip("-")
     answers["project_slug"] = slug
     answers["package_name"] = slug.replace("-", "_")
+    # Defaults that depend on earlier answers (kubernetes: only for web services with docker).
+    for name, value in answers.items():
+        if "{{" in value:
+            answers[name] = jinja2.Environment().from_string(value).render(cookiecutter=answers)
     return answers
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
+from conftest import cookiecutter_defaults
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -20,14 +22,34 @@ TEMPLATE_DIR = Path(__file__).resolve().parents[1]
 PROJECT_TEMPLATE = TEMPLATE_DIR / "{{cookiecutter.project_slug}}"
 VARIANTS_DIR = PROJECT_TEMPLATE / "_variants"
 FRAMEWORKS = ["fastapi", "flask", "script"]
-JINJA_LEFTOVER = re.compile(r"\{\{|\{%|\{#|cookiecutter\.")
+# `${{ ... }}` is a GitHub Actions expression, not Jinja.
+JINJA_LEFTOVER = re.compile(r"(?<!\$)\{\{|\{%|\{#|cookiecutter\.")
 
 
-def expected_files(post_gen: ModuleType, package_name: str, framework: str) -> set[str]:
-    """Every file the project template holds for these options, as paths in the baked project."""
+def default_options(framework: str) -> dict[str, str]:
+    """The docker / kubernetes / ci answers `--no-input` gives for `framework`."""
+    defaults = cookiecutter_defaults()
+    return {
+        "docker": defaults["docker"],
+        "kubernetes": "yes" if framework != "script" and defaults["docker"] == "yes" else "no",
+        "ci": defaults["ci"],
+    }
+
+
+def expected_files(
+    post_gen: ModuleType,
+    package_name: str,
+    framework: str,
+    options: Mapping[str, str] | None = None,
+) -> set[str]:
+    """Every file the project template holds for these options, as paths in the baked project,
+    plus the `.cruft.json` the post-gen hook writes. `options`: docker, kubernetes, ci (the
+    defaults for `framework` when None)."""
+    chosen = default_options(framework) if options is None else options
     shared = [p for p in PROJECT_TEMPLATE.rglob("*") if VARIANTS_DIR not in p.parents]
     expected = {p.relative_to(PROJECT_TEMPLATE).as_posix() for p in shared if p.is_file()}
-    for layer in post_gen.layers_for(framework):
+    expected.add(".cruft.json")
+    for layer in post_gen.layers_for(framework, chosen):
         layer_dir = VARIANTS_DIR / layer
         layer_files = [p for p in layer_dir.rglob("*") if p.is_file()]
         expected |= {p.relative_to(layer_dir).as_posix() for p in layer_files}

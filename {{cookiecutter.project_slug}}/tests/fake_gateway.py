@@ -15,7 +15,7 @@ SIGINT/SIGTERM. Without ``--api-key`` any bearer token is accepted::
 
 Routes, under the base path ``/api/v1``:
 
-- ``GET  /api/v1/models``: a few ordinary model ids (gpt-4o-mini, gpt-4o, fake-slow).
+- ``GET  /api/v1/models``: the ids in ``models`` (default: gpt-4o-mini, gpt-4o, fake-slow).
 - ``GET  /_fake/stats``: ``{"aborted_streams", "completed_streams", "requests"}``, for
   benchmarks that run the fake in another process.
 - ``POST /api/v1/chat/completions``: the OpenAI chat API, streaming or not. The answer is
@@ -50,6 +50,8 @@ Checks run in this order: route, bearer token (401), body (400 for malformed JSO
 ``fake-stream-no-finish``  stream: all deltas, then [DONE] without a finish_reason chunk
 ``fake-slow``              10 deltas ("tok0 " .. "tok9 ") 0.2 s apart, whatever the timings
 ``fake-slow-start``        the usual answer, but the first token only after 1 s
+``fake-stream-slow-start`` stream: the first token only after ``hang_seconds``
+``fake-stream-stall``      stream: the first delta, then ``hang_seconds`` between the others
 ``fake-firehose``          40,000 deltas of 500 characters, as fast as the client reads them
 ``fake-429-once``          429 ``rate_limit_exceeded`` with ``Retry-After: 1`` on the first request
                            for each distinct ``messages``; later requests answer normally
@@ -103,6 +105,8 @@ _SLOW_DELTAS = tuple(f"tok{i} " for i in range(10))
 _SLOW_INTERVAL = 0.2
 _SLOW_START_MODEL = "fake-slow-start"
 _SLOW_START_SECONDS = 1.0
+_STREAM_SLOW_START_MODEL = "fake-stream-slow-start"
+_STREAM_STALL_MODEL = "fake-stream-stall"
 _FIREHOSE_MODEL = "fake-firehose"
 _FIREHOSE_DELTAS = ("x" * 500,) * 40_000  # 20 MB, more than socket buffers hold
 STATS_PATH = "/_fake/stats"
@@ -246,8 +250,10 @@ class FakeGateway:
         deltas: Sequence[str] = DEFAULT_DELTAS,
         hang_seconds: float = 5.0,
         port: int = 0,
+        models: Sequence[str] = MODELS,
     ) -> None:
         self.api_key = api_key
+        self.models = tuple(models)
         self.first_token_delay = first_token_delay
         self.delta_interval = delta_interval
         self.deltas = tuple(deltas)
@@ -387,6 +393,10 @@ class FakeGateway:
             deltas, first, interval = _FIREHOSE_DELTAS, 0.0, 0.0
         elif model == _SLOW_START_MODEL:
             deltas, first, interval = self.deltas, _SLOW_START_SECONDS, self.delta_interval
+        elif model == _STREAM_SLOW_START_MODEL and body.get("stream") is True:
+            deltas, first, interval = self.deltas, self.hang_seconds, self.delta_interval
+        elif model == _STREAM_STALL_MODEL and body.get("stream") is True:
+            deltas, first, interval = self.deltas, self.first_token_delay, self.hang_seconds
         else:
             deltas, first, interval = self.deltas, self.first_token_delay, self.delta_interval
         return _Reply(model, deltas, first, interval, _count_prompt_words(body["messages"]))
@@ -535,7 +545,8 @@ class _Handler(BaseHTTPRequestHandler):
         if not self.server.gateway._authorized(self.headers.get("Authorization")):
             self._send_error(_INVALID_TOKEN)
             return
-        data = [{"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in MODELS]
+        models = self.server.gateway.models
+        data = [{"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in models]
         self._send_json(200, {"object": "list", "data": data})
 
     def _chat(self, body: Any) -> None:

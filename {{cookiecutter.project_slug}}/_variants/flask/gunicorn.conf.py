@@ -8,6 +8,7 @@ from gunicorn.glogging import Logger
 
 # All interfaces: inside a container the port is only reachable as published.
 bind = os.environ.get("BIND", "0.0.0.0:8000")
+# Worker processes: WEB_CONCURRENCY (the variable gunicorn, uvicorn and the Dockerfile share).
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 # Threaded workers: each stream holds a thread, not a whole process, and the sync worker's
 # request timeout (which would cut long streams) does not apply to them.

@@ -1,3 +1,5 @@
 """ALLTKN gateway integration: settings, client, chat service, errors and logging."""
 
 __version__ = "0.1.0"
+# The version of the template this project was generated from (shown in support reports).
+TEMPLATE_VERSION = {{ cookiecutter._template_version | default("unknown") | tojson }}

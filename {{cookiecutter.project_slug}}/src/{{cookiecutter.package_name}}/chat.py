@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -20,9 +20,12 @@ import openai
 from openai import AsyncOpenAI, AsyncStream, OpenAI, Stream
 from openai.types import CompletionUsage
 from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessageParam
+from pydantic import BaseModel, ConfigDict
 
 from .errors import Category, GatewayError, classify, request_id_from_headers
 from .logs import log_call
+from .retry import FALLBACK_ON
+from .settings import Settings
 
 Messages = Iterable[ChatCompletionMessageParam]
 # What the SDK and its transport raise; anything else is a bug and must not be swallowed.
@@ -65,6 +68,125 @@ class ChatResult:
     upstream_request_id: str | None = None
 
 
+class _ChunkPart(BaseModel):
+    # Frozen, and unknown fields ignored: a gateway may add whatever it likes.
+    model_config = ConfigDict(frozen=True)
+
+
+class _ChunkDelta(_ChunkPart):
+    content: str | None = None
+
+
+class _ChunkChoice(_ChunkPart):
+    delta: _ChunkDelta | None = None
+    finish_reason: str | None = None
+
+
+class _ChunkUsage(_ChunkPart):
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+
+
+class StreamChunk(_ChunkPart):
+    """The fields of one streamed `chat.completion.chunk` that the service uses.
+
+    Streams are read from the SDK's response line by line and parsed into this, rather than
+    iterated as SDK `ChatCompletionChunk` models: building those costs about 50 µs a chunk in
+    pure Python (a third of a relay's CPU), validating these few fields about 2 µs.
+    """
+
+    model: str | None = None
+    choices: list[_ChunkChoice] | None = None
+    usage: _ChunkUsage | None = None
+    error: Any = None  # an in-stream error event: `{"error": {"message": ...}}`
+
+
+_DONE = "[DONE]"
+# How long a finished stream's leftover bytes may take to arrive, so that its connection can
+# go back to the pool (the SDK allows the same).
+_DRAIN_S = 0.1
+
+
+def _sse_data(line: str) -> str | None:
+    """The payload of an SSE `data:` line; None for blank lines, comments and other fields."""
+    if not line.startswith("data:"):
+        return None
+    return line[5:].removeprefix(" ")
+
+
+def _parse_chunk(data: str, response: httpx2.Response) -> StreamChunk:
+    chunk = StreamChunk.model_validate_json(data)  # a ValueError if it is not a chunk
+    if chunk.error:
+        # The SDK raises a bare APIError for an error event; so do we.
+        error = chunk.error
+        message = error.get("message") if isinstance(error, dict) else None
+        if not isinstance(message, str) or not message:
+            message = "An error occurred during streaming"
+        raise openai.APIError(message, response.request, body=error)
+    return chunk
+
+
+@dataclass(frozen=True)
+class Rollback:
+    """The rollback switches (docs/RUNBOOK.md), applied by both chat services.
+
+    - `fallback_models`: tried in order after the requested model fails with a category in
+      `retry.FALLBACK_ON` (a stream only before its first byte);
+    - `streaming=False`: `open_stream()` makes one non-streaming call and yields its answer as
+      a single delta, so stream endpoints keep answering;
+    - `max_input_chars`: longer input is refused as `invalid_request` before any upstream call.
+    """
+
+    fallback_models: tuple[str, ...] = ()
+    streaming: bool = True
+    max_input_chars: int | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Rollback:
+        return cls(
+            fallback_models=settings.fallback_model_list,
+            streaming=settings.streaming == "on",
+            max_input_chars=settings.max_input_chars,
+        )
+
+    def checked_input(self, messages: Messages) -> list[ChatCompletionMessageParam]:
+        """The messages as a list (they may be read once per model), or `GatewayError`."""
+        listed = list(messages)
+        limit = self.max_input_chars
+        if limit is not None and (size := input_chars(listed)) > limit:
+            raise GatewayError(
+                Category.INVALID_REQUEST,
+                f"input of {size} characters refused: ALLTKN_MAX_INPUT_CHARS={limit}",
+                detail=f"The input is {size} characters long; the limit is {limit} characters. "
+                "Shorten the messages.",
+            )
+        return listed
+
+    def models(self, requested: str) -> list[str]:
+        """The requested model, then the fallbacks other than it."""
+        return [requested, *(name for name in self.fallback_models if name != requested)]
+
+
+def input_chars(messages: Sequence[ChatCompletionMessageParam]) -> int:
+    """Characters of the message contents (text parts of multi-part contents included)."""
+    total = 0
+    for message in messages:
+        content: object = message.get("content")
+        if isinstance(content, str):
+            total += len(content)
+        elif isinstance(content, Iterable):
+            for part in content:
+                text = part.get("text") if isinstance(part, dict) else None
+                total += len(text) if isinstance(text, str) else 0
+    return total
+
+
+def _origin(model: str, models: list[str]) -> str | None:
+    """The model first asked for, when `model` is one of its fallbacks."""
+    return models[0] if model != models[0] else None
+
+
 def _checked(completion: object) -> ChatCompletion:
     """The SDK hands back the raw text when a 200 answer is not JSON (a proxy's or captive
     portal's page); that is a gateway failure, not a completion."""
@@ -88,6 +210,8 @@ class _CallState:
         self.parts: list[str] = []
         self.opened = False
         self.logged = False
+        # The model first asked for, when this call is a fallback (ALLTKN_FALLBACK_MODELS).
+        self.fallback_from: str | None = None
 
     def request_kwargs(self, messages: Messages) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
@@ -104,10 +228,12 @@ class _CallState:
         self.opened = True
         self.upstream_request_id = request_id_from_headers(headers)
 
-    def consume(self, chunk: ChatCompletionChunk) -> str | None:
+    def consume(self, chunk: StreamChunk) -> str | None:
         """Take one chunk; return its content delta, if any."""
-        if chunk.usage is not None:  # the include_usage chunk, whose `choices` is empty
-            self.usage = Usage.from_sdk(chunk.usage)
+        if (usage := chunk.usage) is not None:  # the include_usage chunk, `choices` empty
+            self.usage = Usage(
+                usage.prompt_tokens or 0, usage.completion_tokens or 0, usage.total_tokens or 0
+            )
         if chunk.model:
             self.model = chunk.model
         if not chunk.choices:
@@ -115,7 +241,7 @@ class _CallState:
         choice = chunk.choices[0]
         if choice.finish_reason:
             self.finish_reason = choice.finish_reason
-        text = choice.delta.content
+        text = choice.delta.content if choice.delta else None
         if not text:
             return None
         if self.ttft_ms is None:
@@ -171,6 +297,7 @@ class _CallState:
         log_call(
             {
                 "model": self.model,
+                "fallback_from": self.fallback_from,
                 "user": self.call.user,
                 "task": self.call.task,
                 "stream": self.stream,
@@ -193,14 +320,50 @@ class _CallState:
 class ChatService:
     """Chat over the sync `OpenAI` client (Flask, the CLI)."""
 
-    def __init__(self, client: OpenAI, default_model: str) -> None:
+    def __init__(
+        self, client: OpenAI, default_model: str, rollback: Rollback | None = None
+    ) -> None:
         self._client = client
         self.default_model = default_model
+        self.rollback = rollback or Rollback()
 
     def complete(
         self, messages: Messages, *, model: str | None = None, call: CallInfo | None = None
     ) -> ChatResult:
-        state = _CallState(model or self.default_model, call or CallInfo(), stream=False)
+        """One answer; `GatewayError` when every model tried failed."""
+        listed, call = self.rollback.checked_input(messages), call or CallInfo()
+        models = self.rollback.models(model or self.default_model)
+        for name in models[:-1]:
+            try:
+                return self._complete(listed, name, call, fallback_from=_origin(name, models))
+            except GatewayError as error:
+                if error.category not in FALLBACK_ON:
+                    raise
+        return self._complete(listed, models[-1], call, fallback_from=_origin(models[-1], models))
+
+    def open_stream(
+        self, messages: Messages, *, model: str | None = None, call: CallInfo | None = None
+    ) -> ChatStream:
+        """Start a stream; failures before the first byte raise `GatewayError` here."""
+        if not self.rollback.streaming:
+            return _SingleDeltaStream(self.complete(messages, model=model, call=call))
+        listed, call = self.rollback.checked_input(messages), call or CallInfo()
+        models = self.rollback.models(model or self.default_model)
+        for name in models[:-1]:
+            try:
+                return self._open_stream(listed, name, call, fallback_from=_origin(name, models))
+            except GatewayError as error:
+                if error.category not in FALLBACK_ON:
+                    raise
+        return self._open_stream(
+            listed, models[-1], call, fallback_from=_origin(models[-1], models)
+        )
+
+    def _complete(
+        self, messages: Messages, model: str, call: CallInfo, *, fallback_from: str | None
+    ) -> ChatResult:
+        state = _CallState(model, call, stream=False)
+        state.fallback_from = fallback_from
         try:
             raw = self._client.chat.completions.with_raw_response.create(
                 **state.request_kwargs(messages)
@@ -210,11 +373,11 @@ class ChatService:
             raise state.fail(exc) from None
         return state.complete(completion, raw.headers)
 
-    def open_stream(
-        self, messages: Messages, *, model: str | None = None, call: CallInfo | None = None
+    def _open_stream(
+        self, messages: Messages, model: str, call: CallInfo, *, fallback_from: str | None
     ) -> ChatStream:
-        """Start a stream; failures before the first byte raise `GatewayError` here."""
-        state = _CallState(model or self.default_model, call or CallInfo(), stream=True)
+        state = _CallState(model, call, stream=True)
+        state.fallback_from = fallback_from
         try:
             upstream: Stream[ChatCompletionChunk] = self._client.chat.completions.create(
                 **state.request_kwargs(messages)
@@ -226,16 +389,26 @@ class ChatService:
 
 
 class ChatStream:
-    """Content deltas of one upstream stream. Use it as a context manager so it is closed."""
+    """Content deltas of one upstream stream. Use it as a context manager so it is closed.
+
+    The SDK opened the stream (retries, timeouts, status errors); its body is read here line by
+    line and each event parsed into a `StreamChunk`.
+    """
 
     def __init__(self, upstream: Stream[ChatCompletionChunk], state: _CallState) -> None:
         self._upstream = upstream
         self._state = state
 
     def __iter__(self) -> Iterator[str]:
+        response = self._upstream.response
         try:
-            for chunk in self._upstream:
-                delta = self._state.consume(chunk)
+            for line in response.iter_lines():
+                data = _sse_data(line)
+                if data is None:
+                    continue
+                if data.startswith(_DONE):
+                    break
+                delta = self._state.consume(_parse_chunk(data, response))
                 if delta:
                     yield delta
         except UPSTREAM_ERRORS as exc:
@@ -266,14 +439,54 @@ class ChatStream:
 class AsyncChatService:
     """Chat over the `AsyncOpenAI` client (FastAPI)."""
 
-    def __init__(self, client: AsyncOpenAI, default_model: str) -> None:
+    def __init__(
+        self, client: AsyncOpenAI, default_model: str, rollback: Rollback | None = None
+    ) -> None:
         self._client = client
         self.default_model = default_model
+        self.rollback = rollback or Rollback()
 
     async def complete(
         self, messages: Messages, *, model: str | None = None, call: CallInfo | None = None
     ) -> ChatResult:
-        state = _CallState(model or self.default_model, call or CallInfo(), stream=False)
+        """One answer; `GatewayError` when every model tried failed."""
+        listed, call = self.rollback.checked_input(messages), call or CallInfo()
+        models = self.rollback.models(model or self.default_model)
+        for name in models[:-1]:
+            try:
+                return await self._complete(listed, name, call, fallback_from=_origin(name, models))
+            except GatewayError as error:
+                if error.category not in FALLBACK_ON:
+                    raise
+        return await self._complete(
+            listed, models[-1], call, fallback_from=_origin(models[-1], models)
+        )
+
+    async def open_stream(
+        self, messages: Messages, *, model: str | None = None, call: CallInfo | None = None
+    ) -> AsyncChatStream:
+        """Start a stream; failures before the first byte raise `GatewayError` here."""
+        if not self.rollback.streaming:
+            return _AsyncSingleDeltaStream(await self.complete(messages, model=model, call=call))
+        listed, call = self.rollback.checked_input(messages), call or CallInfo()
+        models = self.rollback.models(model or self.default_model)
+        for name in models[:-1]:
+            try:
+                return await self._open_stream(
+                    listed, name, call, fallback_from=_origin(name, models)
+                )
+            except GatewayError as error:
+                if error.category not in FALLBACK_ON:
+                    raise
+        return await self._open_stream(
+            listed, models[-1], call, fallback_from=_origin(models[-1], models)
+        )
+
+    async def _complete(
+        self, messages: Messages, model: str, call: CallInfo, *, fallback_from: str | None
+    ) -> ChatResult:
+        state = _CallState(model, call, stream=False)
+        state.fallback_from = fallback_from
         try:
             raw = await self._client.chat.completions.with_raw_response.create(
                 **state.request_kwargs(messages)
@@ -283,11 +496,11 @@ class AsyncChatService:
             raise state.fail(exc) from None
         return state.complete(completion, raw.headers)
 
-    async def open_stream(
-        self, messages: Messages, *, model: str | None = None, call: CallInfo | None = None
+    async def _open_stream(
+        self, messages: Messages, model: str, call: CallInfo, *, fallback_from: str | None
     ) -> AsyncChatStream:
-        """Start a stream; failures before the first byte raise `GatewayError` here."""
-        state = _CallState(model or self.default_model, call or CallInfo(), stream=True)
+        state = _CallState(model, call, stream=True)
+        state.fallback_from = fallback_from
         try:
             upstream: AsyncStream[ChatCompletionChunk] = await self._client.chat.completions.create(
                 **state.request_kwargs(messages)
@@ -299,16 +512,30 @@ class AsyncChatService:
 
 
 class AsyncChatStream:
-    """Content deltas of one upstream stream. Use `async with` so it is closed."""
+    """Content deltas of one upstream stream. Use `async with` so it is closed.
+
+    Read like `ChatStream`; after `[DONE]` the rest of the body is drained briefly, so that the
+    connection can be reused.
+    """
 
     def __init__(self, upstream: AsyncStream[ChatCompletionChunk], state: _CallState) -> None:
         self._upstream = upstream
         self._state = state
 
     async def __aiter__(self) -> AsyncIterator[str]:
+        response = self._upstream.response
+        lines = response.aiter_lines()
         try:
-            async for chunk in self._upstream:
-                delta = self._state.consume(chunk)
+            async for line in lines:
+                data = _sse_data(line)
+                if data is None:
+                    continue
+                if data.startswith(_DONE):
+                    with anyio.move_on_after(_DRAIN_S):
+                        async for _ in lines:
+                            pass
+                    break
+                delta = self._state.consume(_parse_chunk(data, response))
                 if delta:
                     yield delta
         except UPSTREAM_ERRORS as exc:
@@ -319,11 +546,13 @@ class AsyncChatStream:
         return self._state.result()
 
     async def aclose(self) -> None:
-        self._state.close()
         # Shielded: a client disconnect cancels the relaying task, and a cancelled close would
-        # leave the upstream stream (and the gateway's billing) running.
+        # leave the upstream stream (and the gateway's billing) running. Closed before the log
+        # line is written, so the gateway hears of it first; unlike the sync stream, no other
+        # thread is reading, so nothing can log the close as the gateway's fault meanwhile.
         with anyio.CancelScope(shield=True):
             await self._upstream.close()
+        self._state.close()
 
     async def __aenter__(self) -> AsyncChatStream:
         return self
@@ -335,3 +564,37 @@ class AsyncChatStream:
         traceback: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+class _SingleDeltaStream(ChatStream):
+    """ALLTKN_STREAMING=off: a finished non-streaming answer, served as a one-delta stream."""
+
+    def __init__(self, result: ChatResult) -> None:  # no upstream: the call is already over
+        self._result = result
+
+    def __iter__(self) -> Iterator[str]:
+        if self._result.content:
+            yield self._result.content
+
+    def result(self) -> ChatResult:
+        return self._result
+
+    def close(self) -> None:
+        pass
+
+
+class _AsyncSingleDeltaStream(AsyncChatStream):
+    """ALLTKN_STREAMING=off for `AsyncChatService`, like `_SingleDeltaStream`."""
+
+    def __init__(self, result: ChatResult) -> None:
+        self._result = result
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        if self._result.content:
+            yield self._result.content
+
+    def result(self) -> ChatResult:
+        return self._result
+
+    async def aclose(self) -> None:
+        pass

@@ -1,10 +1,14 @@
 """Command line: `<slug> ask "prompt"`, or `python -m <package> ask "prompt"`.
+
+`<slug> doctor [--json | --support]` checks the configuration and the gateway live (see
+`doctor.py`); a failed run also writes a support report to the current directory.
 {%- if cookiecutter.framework == "script" %}
 
 `<slug> batch INPUT.jsonl OUTPUT.jsonl` runs a file of prompts (see `batch.py`).
 {%- endif %}
 
-Exit codes: 0 answered, 1 the gateway call failed, 2 bad usage or configuration, 130 interrupted.
+Exit codes: 0 answered, 1 the gateway call failed, 2 bad usage or configuration, 130 interrupted;
+for `doctor`: 0 every check passed (warnings allowed), 1 a check failed.
 """
 
 from __future__ import annotations
@@ -13,13 +17,16 @@ import argparse
 import sys
 from collections.abc import Sequence
 from importlib import metadata
+from pathlib import Path
 from typing import NoReturn
 
 from openai.types.chat import ChatCompletionMessageParam
 {% if cookiecutter.framework == "script" %}
-from . import batch
+from . import batch, doctor, support
+{%- else %}
+from . import doctor, support
 {%- endif %}
-from .chat import CallInfo, ChatService
+from .chat import CallInfo, ChatService, Rollback
 from .client import CLIENT_NAME, create_client
 from .errors import GatewayError
 from .logs import configure_logging
@@ -46,6 +53,19 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--no-stream", action="store_true", help="wait for the whole answer")
     ask.add_argument("--user", help="end user the call is made for (logged)")
     ask.add_argument("--task", help="kind of task, e.g. summarise (logged)")
+    check = commands.add_parser(
+        "doctor",
+        help="check the key, base URL, network, model and streaming live against the gateway",
+        description="Run the pre-launch checklist live against the configured gateway: one "
+        "short completion and one short stream on the configured model. Exit 0 if no check "
+        "failed (warnings allowed), 1 otherwise; a failed run also writes a support report "
+        "(support-report-<UTC time>.txt) to the current directory.",
+    )
+    output = check.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print the results as JSON")
+    output.add_argument(
+        "--support", action="store_true", help="print a support report to paste into a ticket"
+    )
 {%- if cookiecutter.framework == "script" %}
     batch.add_parser(commands)
 {%- endif %}
@@ -62,6 +82,8 @@ def _description() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "doctor":
+        return _doctor(args)
 {%- if cookiecutter.framework == "script" %}
     if args.command == "batch":
         return _batch(args)
@@ -75,6 +97,45 @@ def _setup() -> Settings:
     return settings
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    """Settings problems are rows of the report here, not the usual exit 2."""
+    try:
+        report = doctor.run_doctor()
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return EXIT_INTERRUPTED
+    text = support.build_support_report(report)
+    saved: Path | None = None
+    if not report.ok:
+        try:
+            saved = support.write_support_report(text, report, Path.cwd()).resolve()
+        except OSError as exc:
+            print(
+                f"doctor: could not write the support report ({exc}); run "
+                f"'{CLIENT_NAME} doctor --support' and copy its output instead",
+                file=sys.stderr,
+            )
+    if args.json:
+        _print(support.report_json(report, saved))
+    elif args.support:
+        _print(text)
+    else:
+        _print(support.render_text(report))
+    if saved is not None:
+        where = sys.stderr if args.json or args.support else sys.stdout
+        print(f"Support report: {saved} (paste it into a ticket; it holds no key)", file=where)
+    return report.exit_code
+
+
+def _print(text: str) -> None:
+    """Print, also where the terminal's encoding cannot show the gateway's Chinese text."""
+    try:
+        print(text)
+    except UnicodeEncodeError:
+        encoding = sys.stdout.encoding or "ascii"
+        print(text.encode(encoding, "backslashreplace").decode(encoding))
+
+
 def _report(error: GatewayError) -> None:
     print(f"error[{error.category.value}]: {error.message} (hint: {error.hint})", file=sys.stderr)
 
@@ -84,7 +145,7 @@ def _ask(args: argparse.Namespace) -> int:
         print("error: the prompt is empty; pass the text to send", file=sys.stderr)
         return EXIT_USAGE
     settings = _setup()
-    service = ChatService(create_client(settings), settings.model)
+    service = ChatService(create_client(settings), settings.model, Rollback.from_settings(settings))
     call = CallInfo(user=args.user, task=args.task)
     messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": args.prompt}]
     try:

@@ -6,16 +6,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import httpx2
 from openai import AsyncOpenAI, DefaultAsyncHttpx2Client, DefaultHttpx2Client, OpenAI
 
 from . import __version__
+from .retry import sdk_would_retry, should_retry
 from .settings import Settings
 
 CLIENT_NAME = {{ cookiecutter.project_slug | tojson }}
 # Lets the gateway's logs and support tell which service made a call.
 CLIENT_HEADERS = {"X-Client-Name": f"{CLIENT_NAME}/{__version__}"}
-_NO_CHANNEL_STATUS = 503
 
 
 def create_client(settings: Settings) -> OpenAI:
@@ -25,7 +27,7 @@ def create_client(settings: Settings) -> OpenAI:
         timeout=settings.timeout_s,
         max_retries=settings.max_retries,
         default_headers=CLIENT_HEADERS,
-        http_client=DefaultHttpx2Client(event_hooks={"response": [_mark_permanent_503]}),
+        http_client=DefaultHttpx2Client(event_hooks={"response": [_retry_policy(settings)]}),
     )
 
 
@@ -36,26 +38,37 @@ def create_async_client(settings: Settings) -> AsyncOpenAI:
         timeout=settings.timeout_s,
         max_retries=settings.max_retries,
         default_headers=CLIENT_HEADERS,
-        http_client=DefaultAsyncHttpx2Client(event_hooks={"response": [_amark_permanent_503]}),
+        http_client=DefaultAsyncHttpx2Client(
+            event_hooks={"response": [_async_retry_policy(settings)]}
+        ),
     )
 
 
-def _mark_permanent_503(response: httpx2.Response) -> None:
-    """The gateway answers 503 `model_not_found` when no channel serves the model.
+def _retry_policy(settings: Settings) -> Callable[[httpx2.Response], None]:
+    """A response hook applying `retry.should_retry` to every answer the SDK would retry, e.g.
+    the gateway's 503 `model_not_found` (no channel serves the model), which it must not."""
+    cap = settings.retry_after_cap_s
 
-    The SDK retries every 5xx; retrying this one only adds latency, so tell the SDK not to.
-    """
-    if response.status_code == _NO_CHANNEL_STATUS:
-        response.read()
-        _flag_if_no_channel(response)
+    def hook(response: httpx2.Response) -> None:
+        if sdk_would_retry(response.status_code):
+            response.read()
+            _veto_unless_allowed(response, cap)
 
-
-async def _amark_permanent_503(response: httpx2.Response) -> None:
-    if response.status_code == _NO_CHANNEL_STATUS:
-        await response.aread()
-        _flag_if_no_channel(response)
+    return hook
 
 
-def _flag_if_no_channel(response: httpx2.Response) -> None:
-    if b"model_not_found" in response.content:
+def _async_retry_policy(settings: Settings) -> Callable[[httpx2.Response], Awaitable[None]]:
+    cap = settings.retry_after_cap_s
+
+    async def hook(response: httpx2.Response) -> None:
+        if sdk_would_retry(response.status_code):
+            await response.aread()
+            _veto_unless_allowed(response, cap)
+
+    return hook
+
+
+def _veto_unless_allowed(response: httpx2.Response, cap: float) -> None:
+    # The SDK obeys this header before its own status rules.
+    if not should_retry(response, cap):
         response.headers["x-should-retry"] = "false"

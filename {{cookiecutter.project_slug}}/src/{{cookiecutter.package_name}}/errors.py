@@ -6,6 +6,7 @@ gateway's original text, which may be in Chinese, verbatim in `GatewayError.upst
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from enum import Enum
@@ -86,19 +87,24 @@ _MAX_UPSTREAM_MESSAGE = 500
 
 @dataclass(eq=False)
 class GatewayError(Exception):
-    """A classified failure. `str()` is the safe client message."""
+    """A classified failure. `str()` is the safe client message.
+
+    `detail` replaces the category's fixed message where the service itself refused the request
+    and can say exactly why (e.g. the input limit); it never holds the gateway's text.
+    """
 
     category: Category
     upstream_message: str = ""
     upstream_request_id: str | None = None
     retry_after: str | None = None
+    detail: str | None = None
 
     def __str__(self) -> str:
         return self.message
 
     @property
     def message(self) -> str:
-        return _EXPLANATIONS[self.category][0]
+        return self.detail or _EXPLANATIONS[self.category][0]
 
     @property
     def hint(self) -> str:
@@ -118,7 +124,7 @@ def classify(exc: BaseException, *, stream_started: bool = False) -> GatewayErro
     if stream_started:
         category = Category.STREAM_INTERRUPTED
     elif isinstance(exc, openai.APIStatusError):
-        category = _category_for_status(exc)
+        category = category_for_status(exc.status_code, exc.code, text)
     elif isinstance(exc, (openai.APITimeoutError, httpx2.TimeoutException)):
         category = Category.TIMEOUT
     elif isinstance(exc, (openai.APIConnectionError, httpx2.TransportError)):
@@ -131,9 +137,9 @@ def classify(exc: BaseException, *, stream_started: bool = False) -> GatewayErro
     return GatewayError(category, text, request_id, retry_after)
 
 
-def _category_for_status(exc: openai.APIStatusError) -> Category:
-    status, code = exc.status_code, (exc.code or "")
-    text = upstream_text(exc)
+def category_for_status(status: int, code: object, text: str) -> Category:
+    """The category of an HTTP error answer: its status, the body's `code`, its message."""
+    code = code if isinstance(code, str) else ""
     if status == 401:
         return Category.AUTH
     # one-api's no-balance code, and OpenAI's (sent with a 429, but not a rate limit).
@@ -141,6 +147,9 @@ def _category_for_status(exc: openai.APIStatusError) -> Category:
         return Category.QUOTA
     if status == 403:
         return Category.PERMISSION
+    # one-api's answer to a wrong base path; checked first, as the path may say "models".
+    if status == 404 and text.startswith("Invalid URL"):
+        return Category.BAD_BASE_URL
     # The gateway's 404 for an unknown model, and its 503 when no channel serves the model.
     if code == "model_not_found" or (status == 404 and "model" in text.lower()):
         return Category.MODEL_NOT_FOUND
@@ -155,6 +164,20 @@ def _category_for_status(exc: openai.APIStatusError) -> Category:
     if status >= 500:
         return Category.UPSTREAM_UNAVAILABLE
     return Category.INVALID_REQUEST
+
+
+def category_for_response(response: httpx2.Response) -> Category:
+    """Like `classify`, for a raw error response whose body was read (the retry policy's view,
+    before the SDK turns it into an exception)."""
+    try:
+        data = json.loads(response.content)
+    except ValueError:
+        data = None
+    error = data.get("error", data) if isinstance(data, dict) else None
+    fields = error if isinstance(error, dict) else {}
+    message = fields.get("message")
+    text = message if isinstance(message, str) else response.text
+    return category_for_status(response.status_code, fields.get("code"), text)
 
 
 def upstream_text(exc: BaseException) -> str:

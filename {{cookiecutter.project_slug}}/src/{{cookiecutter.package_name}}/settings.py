@@ -26,6 +26,10 @@ ENV_NAMES = {
     "log_level": "LOG_LEVEL",
     "sse_keepalive_s": "ALLTKN_SSE_KEEPALIVE_S",
     "sse_send_timeout_s": "ALLTKN_SSE_SEND_TIMEOUT_S",
+    "retry_after_cap_s": "ALLTKN_RETRY_AFTER_CAP_S",
+    "fallback_models": "ALLTKN_FALLBACK_MODELS",
+    "streaming": "ALLTKN_STREAMING",
+    "max_input_chars": "ALLTKN_MAX_INPUT_CHARS",
 }
 # Values people paste from docs instead of a real key; refused at start.
 _PLACEHOLDER_MARKERS = (
@@ -42,6 +46,7 @@ _PLACEHOLDER_MARKERS = (
 )
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+Switch = Literal["on", "off"]
 
 
 class ConfigError(Exception):
@@ -68,6 +73,18 @@ class Settings(BaseSettings):
     sse_send_timeout_s: float = Field(
         30.0, gt=0, le=3600, validation_alias=ENV_NAMES["sse_send_timeout_s"]
     )
+    # A 429's Retry-After is waited out (then retried) only up to this many seconds; a longer
+    # one fails fast, so the caller gets the 429 and the delay instead of a hung request.
+    retry_after_cap_s: float = Field(
+        5.0, ge=0, le=120, validation_alias=ENV_NAMES["retry_after_cap_s"]
+    )
+    # Rollback switches (docs/RUNBOOK.md). Models tried in order after the requested one
+    # fails with model_not_found, upstream_unavailable or timeout: "gpt-4o,gpt-4o-mini".
+    fallback_models: str = Field("", validation_alias=ENV_NAMES["fallback_models"])
+    # "off": stream endpoints answer with one delta from a non-streaming call.
+    streaming: Switch = Field("on", validation_alias=ENV_NAMES["streaming"])
+    # Requests whose message contents hold more characters are refused before any call.
+    max_input_chars: int | None = Field(None, gt=0, validation_alias=ENV_NAMES["max_input_chars"])
 
     @field_validator("api_key")
     @classmethod
@@ -95,6 +112,36 @@ class Settings(BaseSettings):
         if isinstance(value, str) and (not value.strip() or value != value.strip()):
             raise ValueError("must be a model name without surrounding spaces")
         return value
+
+    @field_validator("fallback_models")
+    @classmethod
+    def _check_fallback_models(cls, value: str) -> str:
+        if not value.strip():
+            return ""
+        models = [name.strip() for name in value.split(",")]
+        if not all(models):
+            raise ValueError("has an empty entry; list model names separated by single commas")
+        if len(set(models)) != len(models):
+            raise ValueError("lists a model twice")
+        return ",".join(models)
+
+    @field_validator("streaming", mode="before")
+    @classmethod
+    def _check_streaming(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.strip().lower()
+            if value not in ("on", "off"):
+                raise ValueError("must be on or off")
+        return value
+
+    @field_validator("max_input_chars", mode="before")
+    @classmethod
+    def _empty_means_no_limit(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @property
+    def fallback_model_list(self) -> tuple[str, ...]:
+        return tuple(self.fallback_models.split(",")) if self.fallback_models else ()
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -15,4 +15,6 @@ def server_command(port: int) -> list[str]:
         "127.0.0.1",
         "--port",
         str(port),
+        "--loop",
+        "asyncio",
     ]

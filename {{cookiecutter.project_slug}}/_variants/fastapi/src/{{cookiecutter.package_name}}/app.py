@@ -8,17 +8,19 @@ A thin layer: validation and the HTTP contract live in `http_contract`, the gate
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__
-from .chat import AsyncChatService, CallInfo
+from .chat import AsyncChatService, CallInfo, Rollback
 from .client import CLIENT_NAME, create_async_client
 from .errors import GatewayError
 from .http_contract import (
@@ -35,7 +37,7 @@ from .http_contract import (
 )
 from .logs import configure_logging
 from .settings import Settings, load_settings_or_exit
-from .sse import MEDIA_TYPE, STREAM_HEADERS, relay
+from .sse import KEEPALIVE, MEDIA_TYPE, STREAM_HEADERS, relay
 
 
 class RequestIdMiddleware:
@@ -64,31 +66,79 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
-class EventStreamResponse(StreamingResponse):
-    """An SSE response that gives up on a client that stops reading.
+class EventStreamResponse(Response):
+    """An SSE response written straight to the ASGI server, for a relay that must stay cheap
+    per chunk and must not outlive its client:
 
-    Without a send timeout a stalled client pins the upstream stream (and its billing) for as
-    long as the connection stays open. Leaving, for any reason, closes the event source, which
-    closes the upstream stream.
+    - a client that hangs up is noticed at once, and one that accepts no write for
+      `send_timeout_s` is dropped: a stalled reader must not pin the upstream stream;
+    - a `: keep-alive` comment goes out when nothing was written for `keepalive_s`;
+    - leaving, for any reason, closes the event source, which closes the upstream stream.
+
+    Both timers live in one watchdog task per stream that sleeps until the next deadline, so a
+    flowing stream pays nothing per chunk for them (racing each read against a timeout cost a
+    task, or a cancel scope, per chunk).
     """
 
-    def __init__(self, events: AsyncGenerator[bytes, None], *, send_timeout_s: float) -> None:
-        super().__init__(events, media_type=MEDIA_TYPE, headers=STREAM_HEADERS)
+    def __init__(
+        self, events: AsyncGenerator[bytes, None], *, keepalive_s: float, send_timeout_s: float
+    ) -> None:
+        self.status_code = 200
+        self.media_type = MEDIA_TYPE
+        self.background = None
+        self.init_headers(STREAM_HEADERS)
         self.events = events
+        self.keepalive_s = keepalive_s
         self.send_timeout_s = send_timeout_s
+        self._write_lock = asyncio.Lock()  # the watchdog's keep-alives and the events share it
+        self._last_write = time.monotonic()
+        self._write_started: float | None = None
 
-    async def stream_response(self, send: Send) -> None:
-        start = {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await send(start)
-            async for chunk in self.events:
-                with anyio.fail_after(self.send_timeout_s):
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except TimeoutError:
-            pass  # the client stopped reading; the server closes the connection
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(self._cancel_on_disconnect, receive, tasks.cancel_scope)
+                tasks.start_soon(self._watchdog, send, tasks.cancel_scope)
+                start = {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
+                await send(start)
+                async for event in self.events:
+                    await self._write(send, event)
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                tasks.cancel_scope.cancel()
         finally:
             await self.events.aclose()
+
+    async def _write(self, send: Send, chunk: bytes) -> None:
+        async with self._write_lock:
+            self._write_started = time.monotonic()
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            self._last_write = time.monotonic()
+            self._write_started = None
+
+    async def _cancel_on_disconnect(self, receive: Receive, scope: anyio.CancelScope) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        scope.cancel()
+
+    async def _watchdog(self, send: Send, scope: anyio.CancelScope) -> None:
+        """Sleeps until a keep-alive is due or a pending write runs out of time."""
+        while True:
+            now = time.monotonic()
+            if self._write_started is not None:
+                if now - self._write_started >= self.send_timeout_s:
+                    scope.cancel()  # the client stopped reading
+                    return
+                deadline = self._write_started + self.send_timeout_s
+            elif now - self._last_write >= self.keepalive_s:
+                with anyio.move_on_after(self.send_timeout_s) as timer:
+                    await self._write(send, KEEPALIVE)
+                if timer.cancelled_caught:
+                    scope.cancel()
+                    return
+                continue
+            else:
+                deadline = self._last_write + self.keepalive_s
+            await anyio.sleep(deadline - now)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -97,7 +147,7 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = create_async_client(settings)
-        app.state.chat = AsyncChatService(client, settings.model)
+        app.state.chat = AsyncChatService(client, settings.model, Rollback.from_settings(settings))
         yield
         await client.close()
 
@@ -140,8 +190,11 @@ def create_app(settings: Settings) -> FastAPI:
         call = _call_info(body, request)
         # Opened before the response starts, so a refused call still gets a proper status.
         stream = await service.open_stream(body.to_messages(), model=body.model, call=call)
-        events = relay(stream, call.request_id, settings.sse_keepalive_s)
-        return EventStreamResponse(events, send_timeout_s=settings.sse_send_timeout_s)
+        return EventStreamResponse(
+            relay(stream, call.request_id),
+            keepalive_s=settings.sse_keepalive_s,
+            send_timeout_s=settings.sse_send_timeout_s,
+        )
 
     return app
 

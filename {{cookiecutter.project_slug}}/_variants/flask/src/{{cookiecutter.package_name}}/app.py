@@ -15,7 +15,7 @@ from typing import Any
 from flask import Flask, Response, g, jsonify, request
 from pydantic import ValidationError
 
-from .chat import CallInfo, ChatService
+from .chat import CallInfo, ChatService, Rollback
 from .client import create_client
 from .errors import GatewayError
 from .http_contract import (
@@ -39,7 +39,7 @@ from .sse import MEDIA_TYPE, STREAM_HEADERS, relay_sync
 def create_app(settings: Settings) -> Flask:
     configure_logging(settings.log_level, secrets=[settings.api_key.get_secret_value()])
     app = Flask(__name__)
-    service = ChatService(create_client(settings), settings.model)
+    service = ChatService(create_client(settings), settings.model, Rollback.from_settings(settings))
 
     @app.before_request
     def assign_request_id() -> None:

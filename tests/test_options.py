@@ -1,0 +1,615 @@
+"""The docker / kubernetes / ci options: one at a time plus the pairs that interact.
+
+Each combination bakes into exactly the files computed from its options; the Dockerfile, the
+workflows and the manifests pass the field's own linters (hadolint, check-jsonschema's vendored
+schemas, zizmor --offline, kubernetes-validate), each skipped with the reason when its tool is
+missing; unsupported combinations fail before anything is written, with one line.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+from conftest import bake_cli, out_dir
+from test_bake import baked_files, expected_files
+
+TOOLS_DIR = Path(sys.executable).parent
+SHA_PIN = re.compile(r"^[\w.-]+/[\w.-]+(/[\w./-]+)?@[0-9a-f]{40}$")
+ENV_FILES = [".env", ".env.local", ".env.production", "src/.env", "deploy/.env.staging"]
+
+# framework plus the answers that differ from the defaults; ids say what is tested.
+COMBINATIONS = [
+    pytest.param("fastapi", {}, id="fastapi-defaults"),
+    pytest.param("flask", {}, id="flask-defaults"),
+    pytest.param("script", {}, id="script-defaults"),
+    pytest.param("fastapi", {"docker": "no", "kubernetes": "no"}, id="fastapi-no-docker"),
+    pytest.param("flask", {"kubernetes": "no"}, id="flask-docker-without-k8s"),
+    pytest.param("script", {"docker": "no"}, id="script-no-docker"),
+    pytest.param("fastapi", {"ci": "gitlab"}, id="fastapi-ci-gitlab"),
+    pytest.param("script", {"ci": "gitlab"}, id="script-ci-gitlab"),
+    pytest.param("flask", {"ci": "none"}, id="flask-ci-none"),
+    pytest.param("fastapi", {"ci": "none", "docker": "no", "kubernetes": "no"}, id="fastapi-bare"),
+]
+
+# Unsupported: (answers, the one line that must be printed).
+UNSUPPORTED = [
+    pytest.param(
+        {"framework": "script", "kubernetes": "yes"},
+        "error: kubernetes: manifests are for the web services, not framework=script. "
+        "Use kubernetes=no, or framework=fastapi or flask",
+        id="script-with-k8s",
+    ),
+    pytest.param(
+        {"framework": "flask", "docker": "no", "kubernetes": "yes"},
+        "error: kubernetes: the manifests deploy the image the Dockerfile builds, and "
+        "docker=no. Use docker=yes, or kubernetes=no",
+        id="k8s-without-docker",
+    ),
+    pytest.param(
+        {"kubernetes": "maybe"},
+        "error: kubernetes: is not a known choice. Use one of yes, no",
+        id="k8s-not-yes-or-no",
+    ),
+]
+
+
+def options_for(framework: str, overrides: dict[str, str]) -> dict[str, str]:
+    web = framework != "script"
+    options = {"docker": "yes", "kubernetes": "yes" if web else "no", "ci": "github"}
+    return {**options, **overrides}
+
+
+def bake(cookies: Any, framework: str, options: dict[str, str]) -> Path:
+    result = cookies.bake(extra_context={"framework": framework, **options})
+    assert result.exit_code == 0, result.exception
+    return Path(str(result.project_path))
+
+
+def tool(name: str) -> str:
+    """The linter's executable next to this Python, or skip the test saying which is missing."""
+    path = TOOLS_DIR / name
+    found = str(path) if path.exists() else shutil.which(name)
+    if found is None:
+        pytest.skip(f"{name} is not installed (python -m pip install -r requirements-dev.txt)")
+    return found
+
+
+def run_ok(command: list[str], cwd: Path) -> str:
+    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, f"{' '.join(command)}:\n{done.stdout}\n{done.stderr}"
+    return done.stdout + done.stderr
+
+
+@pytest.fixture(scope="module")
+def baked(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One bake per combination, shared by the linter tests (baking is the slow part)."""
+    from conftest import TEMPLATE_DIR
+    from cookiecutter.main import cookiecutter
+
+    projects: dict[str, Path] = {}
+    root = tmp_path_factory.mktemp("options")
+    config = root / "cookiecutter.yaml"
+    config.write_text(f"replay_dir: {json.dumps(str(root / 'replay'))}\n", encoding="utf-8")
+    for param in COMBINATIONS:
+        framework, overrides = param.values
+        name = str(param.id)
+        project = cookiecutter(
+            str(TEMPLATE_DIR),
+            no_input=True,
+            output_dir=str(root / name),
+            extra_context={"framework": framework, **overrides},
+            config_file=str(config),
+        )
+        projects[name] = Path(project)
+    return projects
+
+
+def ids_with(predicate: Any) -> list[str]:
+    return [str(p.id) for p in COMBINATIONS if predicate(options_for(*p.values), p.values[0])]
+
+
+WITH_DOCKER = ids_with(lambda o, fw: o["docker"] == "yes")
+WITH_K8S = ids_with(lambda o, fw: o["kubernetes"] == "yes")
+WITH_GITHUB = ids_with(lambda o, fw: o["ci"] == "github")
+WITH_GITLAB = ids_with(lambda o, fw: o["ci"] == "gitlab")
+
+
+# --- files per combination ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("framework", "overrides"), COMBINATIONS)
+def test_each_combination_has_exactly_its_files(
+    cookies: Any, post_gen: ModuleType, framework: str, overrides: dict[str, str]
+) -> None:
+    options = options_for(framework, overrides)
+    project = bake(cookies, framework, options)
+
+    assert baked_files(project) == expected_files(post_gen, "alltkn_service", framework, options)
+    assert (project / "Dockerfile").exists() == (options["docker"] == "yes")
+    assert (project / "k8s").exists() == (options["kubernetes"] == "yes")
+    assert (project / ".github").exists() == (options["ci"] == "github")
+    assert (project / ".gitlab-ci.yml").exists() == (options["ci"] == "gitlab")
+
+
+@pytest.mark.parametrize(("answers", "line"), UNSUPPORTED)
+def test_unsupported_combinations_fail_with_one_line(
+    tmp_path: Path, answers: dict[str, str], line: str
+) -> None:
+    done = bake_cli(tmp_path, **answers)
+
+    assert done.returncode != 0
+    errors = [text for text in done.stderr.splitlines() if text.startswith("error:")]
+    assert errors == [line]
+    assert list(out_dir(tmp_path).iterdir()) == []
+
+
+# --- Makefile ----------------------------------------------------------------------------------
+
+MAKE_VERBS = ["install", "dev", "test", "lint", "typecheck", "doctor", "run", "secrets", "check"]
+
+
+@pytest.mark.parametrize("name", ["fastapi-defaults", "flask-defaults", "script-defaults"])
+def test_makefile_has_the_verbs_with_and_without_uv(baked: dict[str, Path], name: str) -> None:
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    project = baked[name]
+    for uv in ("", "/usr/bin/true"):  # UV= forces pip; any path stands in for uv
+        plan = run_ok(["make", "-n", f"UV={uv}", *MAKE_VERBS], project)
+        if uv:
+            assert "uv sync --extra dev" in plan
+            assert "uv run python -m pytest" in plan
+        else:
+            assert '.venv/bin/python -m pip install -q -e ".[dev]"' in plan
+            assert ".venv/bin/python -m pytest" in plan
+        assert "-m alltkn_service doctor" in plan
+        assert "python3 src/alltkn_service/secret_scan.py" in plan
+
+
+@pytest.mark.parametrize("name", ["fastapi-defaults", "script-defaults"])
+def test_make_lint_passes_in_the_baked_project(baked: dict[str, Path], name: str) -> None:
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    run_ok(["make", f"PY={sys.executable}", "lint"], baked[name])
+
+
+@pytest.mark.parametrize("name", [str(p.id) for p in COMBINATIONS])
+def test_the_first_commit_passes_the_hygiene_hooks(baked: dict[str, Path], name: str) -> None:
+    """What pre-commit-hooks would change or refuse on the first commit: a missing or doubled
+    final newline, trailing whitespace, YAML / TOML / JSON that does not parse."""
+    project = baked[name]
+    problems = []
+    tool_caches = {".ruff_cache", ".mypy_cache", ".pytest_cache", "__pycache__"}
+    files = [p for p in project.rglob("*") if p.is_file() and not tool_caches & set(p.parts)]
+    for path in sorted(files):
+        relative = path.relative_to(project).as_posix()
+        text = path.read_text(encoding="utf-8")
+        if text and (not text.endswith("\n") or text.endswith("\n\n")):
+            problems.append(f"{relative}: final newline")
+        problems += [
+            f"{relative}:{number}: trailing whitespace"
+            for number, line in enumerate(text.splitlines(), 1)
+            if line != line.rstrip()
+        ]
+        if path.suffix in (".yml", ".yaml"):
+            list(yaml.safe_load_all(text))
+        elif path.suffix == ".toml":
+            tomllib.loads(text)
+        elif path.suffix == ".json":
+            json.loads(text)
+    assert problems == []
+
+
+# --- Dockerfile --------------------------------------------------------------------------------
+
+
+def dockerignored(pattern_lines: list[str], relative: str) -> bool:
+    """Docker's .dockerignore rule: the last matching pattern wins, `!` re-includes; a pattern
+    also excludes everything below a matching directory."""
+    excluded = False
+    parts = relative.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    for raw in pattern_lines:
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        negate = line.startswith("!")
+        pattern = line[1:] if negate else line
+        pattern = pattern.strip("/")
+        regex = re.escape(pattern).replace(r"\*\*/", "(.*/)?").replace(r"\*\*", ".*")
+        regex = regex.replace(r"\*", "[^/]*").replace(r"\?", "[^/]")
+        if any(re.fullmatch(regex, prefix) for prefix in prefixes):
+            excluded = not negate
+    return excluded
+
+
+def copy_sources(dockerfile: str) -> list[str]:
+    """The build-context sources of every COPY / ADD (not `COPY --from=`)."""
+    sources = []
+    for line in dockerfile.splitlines():
+        words = line.split()
+        if not words or words[0].upper() not in ("COPY", "ADD"):
+            continue
+        args = [w for w in words[1:] if not w.startswith("--")]
+        if any(w.startswith("--from") for w in words[1:]):
+            continue
+        sources += args[:-1]
+    return sources
+
+
+@pytest.mark.parametrize("name", WITH_DOCKER)
+def test_hadolint_passes(baked: dict[str, Path], name: str) -> None:
+    run_ok([tool("hadolint"), "Dockerfile"], baked[name])
+
+
+@pytest.mark.parametrize("name", WITH_DOCKER)
+def test_no_copy_can_bring_an_env_file_in(baked: dict[str, Path], name: str) -> None:
+    project = baked[name]
+    ignore = (project / ".dockerignore").read_text(encoding="utf-8").splitlines()
+    sources = copy_sources((project / "Dockerfile").read_text(encoding="utf-8"))
+
+    assert sources, "the Dockerfile copies nothing from the context"
+    assert "." not in sources
+    assert "./" not in sources
+    for env_file in [*ENV_FILES, "secrets/key.pem", "id.key"]:
+        assert dockerignored(ignore, env_file), env_file
+        for source in sources:
+            inside = env_file.startswith(source.rstrip("/") + "/") or fnmatch.fnmatch(
+                env_file, source
+            )
+            assert not inside or dockerignored(ignore, env_file)
+    for source in sources:  # what the build needs is still sent
+        assert not dockerignored(ignore, source.rstrip("/")), source
+
+
+@pytest.mark.parametrize("name", WITH_DOCKER)
+def test_the_image_is_multi_stage_slim_non_root(baked: dict[str, Path], name: str) -> None:
+    project = baked[name]
+    dockerfile = (project / "Dockerfile").read_text(encoding="utf-8")
+    instructions = [line.split()[0] for line in dockerfile.splitlines() if line[:1].isalpha()]
+    froms = re.findall(r"^FROM (\S+)", dockerfile, re.MULTILINE)
+    web = not name.startswith("script")
+
+    assert len(froms) == 2
+    assert all(image.endswith("-slim") for image in froms)
+    assert "ca-certificates" in dockerfile
+    assert re.search(r"^USER 10001$", dockerfile, re.MULTILINE)
+    assert instructions.index("USER") > instructions.index("RUN")  # nothing runs as root after
+    assert ("HEALTHCHECK" in instructions) == web
+    if name.startswith("fastapi"):
+        assert "/healthz" in dockerfile
+        assert "WEB_CONCURRENCY=" in dockerfile
+        assert "exec uvicorn alltkn_service.app:app --host 0.0.0.0" in dockerfile
+    elif name.startswith("flask"):
+        assert '"gunicorn", "-c", "gunicorn.conf.py"' in dockerfile
+        assert "COPY gunicorn.conf.py" in dockerfile
+    else:
+        assert 'ENTRYPOINT ["alltkn-service"]' in dockerfile
+    assert "ALLTKN_API_KEY=" not in dockerfile
+    assert "ARG ALLTKN_API_KEY" not in dockerfile
+
+
+def test_gunicorn_workers_come_from_the_environment(baked: dict[str, Path]) -> None:
+    config = baked["flask-defaults"] / "gunicorn.conf.py"
+    code = "import runpy, sys; print(runpy.run_path(sys.argv[1])['workers'])"
+    for value in ("5", None):
+        env = {"PATH": "/usr/bin:/bin", **({"WEB_CONCURRENCY": value} if value else {})}
+        done = subprocess.run(
+            [sys.executable, "-c", code, str(config)],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert done.stdout.strip() == (value or "2")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def exec_form(dockerfile: str, instruction: str) -> list[str]:
+    """The JSON argument list of the last `CMD [...]` / `HEALTHCHECK ... CMD [...]`."""
+    joined = dockerfile.replace("\\\n", " ")
+    found = re.findall(rf"^{instruction}\b.*?(\[.*\])\s*$", joined, re.MULTILINE)
+    assert found, instruction
+    return list(json.loads(found[-1]))
+
+
+@pytest.mark.parametrize("name", ["fastapi-defaults", "flask-defaults"])
+def test_the_image_command_serves_and_its_healthcheck_passes(
+    baked: dict[str, Path], name: str
+) -> None:
+    """The image's CMD and HEALTHCHECK, run outside a container (no Docker engine needed) with
+    the image's environment: the production server starts WEB_CONCURRENCY workers and the
+    healthcheck command exits 0 against it."""
+    project = baked[name]
+    dockerfile = (project / "Dockerfile").read_text(encoding="utf-8")
+    command, probe = exec_form(dockerfile, "CMD"), exec_form(dockerfile, "HEALTHCHECK")
+    port = free_port()
+    env = {
+        "PATH": f"{TOOLS_DIR}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": str(project / "src"),
+        "ALLTKN_API_KEY": "any-key-works-with-the-fake",
+        "WEB_CONCURRENCY": "2",
+        "PORT": str(port),
+        "BIND": f"127.0.0.1:{port}",
+    }
+    server = subprocess.Popen(
+        command, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            check = subprocess.run(probe, env=env, capture_output=True, check=False)
+            if check.returncode == 0 or time.monotonic() > deadline or server.poll() is not None:
+                break
+            time.sleep(0.3)
+        assert check.returncode == 0, check.stderr.decode()
+        workers = subprocess.run(
+            ["pgrep", "-s", str(server.pid)], capture_output=True, text=True, check=False
+        ).stdout.split()
+        assert len(workers) >= 3  # the manager and WEB_CONCURRENCY=2 workers
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        output = server.communicate(timeout=30)[0].decode()
+    assert "Traceback" not in output
+
+
+def test_the_image_builds_and_answers_healthz(baked: dict[str, Path]) -> None:
+    docker = shutil.which("docker")
+    if docker is None:
+        pytest.skip("no docker client")
+    info = subprocess.run([docker, "info"], capture_output=True, text=True, check=False)
+    if info.returncode != 0:
+        pytest.skip("no Docker daemon (docker info failed); the image is linted only")
+    project = baked["fastapi-defaults"]
+    run_ok([docker, "build", "-q", "-t", "alltkn-template-test:latest", "."], project)
+    listing = run_ok(
+        [
+            docker,
+            "run",
+            "--rm",
+            "--entrypoint",
+            "sh",
+            "alltkn-template-test:latest",
+            "-c",
+            "id -u; ls -a /app; find / -name '.env*' -not -path '/proc/*' 2>/dev/null",
+        ],
+        project,
+    )
+    assert listing.splitlines()[0] == "10001"
+    assert ".env" not in listing
+
+
+# --- CI ----------------------------------------------------------------------------------------
+
+
+def make_targets(project: Path) -> set[str]:
+    makefile = (project / "Makefile").read_text(encoding="utf-8")
+    return set(re.findall(r"^([a-z][a-z-]*):", makefile, re.MULTILINE))
+
+
+def make_calls(commands: list[str]) -> list[str]:
+    return [
+        target
+        for command in commands
+        for words in [command.split()]
+        if words and words[0] == "make"
+        for target in words[1:]
+        if "=" not in target
+    ]
+
+
+@pytest.mark.parametrize("name", WITH_GITHUB)
+def test_github_workflows_validate_and_pass_zizmor(baked: dict[str, Path], name: str) -> None:
+    project = baked[name]
+    workflows = sorted(str(p) for p in (project / ".github" / "workflows").glob("*.yml"))
+    assert [Path(w).name for w in workflows] == ["ci.yml", "secret-scan.yml"]
+
+    run_ok(
+        [tool("check-jsonschema"), "--builtin-schema", "vendor.github-workflows", *workflows],
+        project,
+    )
+    run_ok([tool("zizmor"), "--offline", "--no-progress", *workflows], project)
+
+
+@pytest.mark.parametrize("name", WITH_GITHUB)
+def test_github_ci_is_least_privilege_pinned_and_runs_make(
+    baked: dict[str, Path], name: str
+) -> None:
+    project = baked[name]
+    ci = yaml.safe_load((project / ".github" / "workflows" / "ci.yml").read_text())
+    steps = [step for job in ci["jobs"].values() for step in job["steps"]]
+    calls = make_calls([step["run"] for step in steps if "run" in step])
+
+    assert ci["permissions"] == {"contents": "read"}
+    assert all("permissions" not in job for job in ci["jobs"].values())
+    for step in steps:
+        if "uses" in step:
+            assert SHA_PIN.match(step["uses"]), step["uses"]
+        if "actions/checkout" in step.get("uses", ""):
+            assert step["with"]["persist-credentials"] is False
+    assert {"lint", "typecheck", "test", "doctor"} <= set(calls)
+    assert set(calls) <= make_targets(project)
+    smoke = ci["jobs"]["smoke"]
+    assert smoke["env"]["HAS_KEY"] == "${{ secrets.ALLTKN_API_KEY != '' }}"
+    doctor = next(s for s in smoke["steps"] if "doctor" in s.get("run", ""))
+    assert doctor["if"] == "env.HAS_KEY == 'true'"
+    assert doctor["env"] == {"ALLTKN_API_KEY": "${{ secrets.ALLTKN_API_KEY }}"}
+    # No step prints the key or the environment.
+    assert not any(
+        re.search(r"echo .*secrets\.|printenv|\benv\b\s*$", s.get("run", "")) for s in steps
+    )
+
+
+@pytest.mark.parametrize("name", WITH_GITLAB)
+def test_gitlab_ci_validates_and_calls_make_targets(baked: dict[str, Path], name: str) -> None:
+    project = baked[name]
+    run_ok(
+        [tool("check-jsonschema"), "--builtin-schema", "vendor.gitlab-ci", ".gitlab-ci.yml"],
+        project,
+    )
+    ci = yaml.safe_load((project / ".gitlab-ci.yml").read_text())
+    jobs = {k: v for k, v in ci.items() if isinstance(v, dict) and "script" in v}
+    calls = make_calls([line for job in jobs.values() for line in job["script"]])
+
+    assert set(jobs) == {"lint", "typecheck", "test", "secret-scan", "smoke"}
+    assert {"lint", "typecheck", "test", "secrets", "doctor"} <= set(calls)
+    assert set(calls) <= make_targets(project)
+    assert jobs["smoke"]["rules"] == [{"if": '$CI_PIPELINE_SOURCE == "push" && $ALLTKN_API_KEY'}]
+
+
+# --- Kubernetes --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", WITH_K8S)
+def test_manifests_validate_against_the_kubernetes_schemas(
+    baked: dict[str, Path], name: str
+) -> None:
+    project = baked[name]
+    manifests = sorted(str(p) for p in (project / "k8s").glob("*.yaml"))
+    run_ok([tool("kubernetes-validate"), "--strict", *manifests], project)
+
+
+@pytest.mark.parametrize("name", WITH_K8S)
+def test_the_deployment_reads_the_key_from_a_secret(baked: dict[str, Path], name: str) -> None:
+    project = baked[name]
+    docs = {
+        doc["kind"]: doc
+        for path in sorted((project / "k8s").glob("*.yaml"))
+        for doc in yaml.safe_load_all(path.read_text())
+    }
+    assert set(docs) == {"Deployment", "Service", "HorizontalPodAutoscaler"}
+    (container,) = docs["Deployment"]["spec"]["template"]["spec"]["containers"]
+    env = {item["name"]: item for item in container["env"]}
+
+    assert env["ALLTKN_API_KEY"] == {
+        "name": "ALLTKN_API_KEY",
+        "valueFrom": {"secretKeyRef": {"name": "alltkn-service-gateway", "key": "ALLTKN_API_KEY"}},
+    }
+    assert "WEB_CONCURRENCY" in env
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["path"] == "/healthz"
+    assert set(container["resources"]) == {"requests", "limits"}
+    assert docs["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]["name"] == "alltkn-service"
+    assert (
+        docs["Service"]["spec"]["selector"] == docs["Deployment"]["spec"]["selector"]["matchLabels"]
+    )
+
+
+# --- the hooks' option logic, as plain functions -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("framework", "options", "layers"),
+    [
+        pytest.param("fastapi", {}, ["web", "fastapi"], id="no-options"),
+        pytest.param(
+            "fastapi",
+            {"docker": "yes", "kubernetes": "yes", "ci": "github"},
+            ["web", "fastapi", "docker", "k8s", "ci-github"],
+            id="fastapi-everything",
+        ),
+        pytest.param(
+            "script",
+            {"docker": "yes", "kubernetes": "no", "ci": "gitlab"},
+            ["script", "docker", "ci-gitlab"],
+            id="script-docker-gitlab",
+        ),
+        pytest.param(
+            "flask", {"docker": "no", "kubernetes": "no", "ci": "none"}, ["web", "flask"], id="bare"
+        ),
+    ],
+)
+def test_layers_for_options(
+    post_gen: ModuleType, framework: str, options: dict[str, str], layers: list[str]
+) -> None:
+    assert post_gen.layers_for(framework, options) == layers
+
+
+@pytest.mark.parametrize(
+    ("answers", "variables"),
+    [
+        pytest.param({"framework": "fastapi", "docker": "yes", "kubernetes": "yes"}, [], id="ok"),
+        pytest.param({"framework": "script", "docker": "yes", "kubernetes": "no"}, [], id="cli"),
+        pytest.param(
+            {"framework": "script", "docker": "yes", "kubernetes": "yes"},
+            ["kubernetes"],
+            id="cli-k8s",
+        ),
+        pytest.param(
+            {"framework": "flask", "docker": "no", "kubernetes": "yes"},
+            ["kubernetes"],
+            id="no-image",
+        ),
+        pytest.param(
+            {"framework": "django", "docker": "no", "kubernetes": "yes"}, [], id="bad-framework"
+        ),
+    ],
+)
+def test_combination_problems(
+    pre_gen: ModuleType, answers: dict[str, str], variables: list[str]
+) -> None:
+    assert [name for name, _ in pre_gen.combination_problems(answers)] == variables
+
+
+@pytest.mark.parametrize(
+    ("template", "source"),
+    [
+        pytest.param(
+            "gh:acme/alltkn-template", "https://github.com/acme/alltkn-template.git", id="gh"
+        ),
+        pytest.param("gl:acme/tpl", "https://gitlab.com/acme/tpl.git", id="gl"),
+        pytest.param(
+            "https://ci-user:glpat-secret@gitlab.example/acme/tpl.git",
+            "https://gitlab.example/acme/tpl.git",
+            id="credentials-dropped",
+        ),
+        pytest.param("git@github.com:acme/tpl.git", "git@github.com:acme/tpl.git", id="ssh"),
+    ],
+)
+def test_cruft_template_source(post_gen: ModuleType, template: str, source: str) -> None:
+    assert post_gen.template_source({"_template": template, "_repo_dir": "/x"}) == source
+
+
+def test_cruft_state_leaves_out_machine_details(post_gen: ModuleType, tmp_path: Path) -> None:
+    answers = {
+        "framework": "flask",
+        "_template": "../tpl",
+        "_repo_dir": str(tmp_path),
+        "_output_dir": "/home/someone/out",
+        "_checkout": None,
+        "_copy_without_render": ["x"],
+    }
+    state = post_gen.cruft_state(answers, "a" * 40)
+
+    assert state["template"] == str(tmp_path.resolve())
+    assert state["context"] == {
+        "cookiecutter": {
+            "framework": "flask",
+            "_template": str(tmp_path.resolve()),
+            "_commit": "a" * 40,
+        }
+    }

@@ -1,0 +1,836 @@
+"""The copy-paste snippets: every one runs against the fake gateway, and agrees with the core.
+
+The single source is the project template's `docs/snippets/` (rendered by cookiecutter with the
+project's answers); the template's `snippets/` is that directory rendered with the default
+answers, kept identical by `test_template_snippets_are_the_rendered_defaults` and refreshed
+with `python tests/test_snippets.py --sync`.
+
+The snippets are standalone (a team copies them into a codebase without the generated package),
+so they are checked against the generated project's core at test time rather than generated
+from it: the client against `create_client(settings)`, error categories against
+`errors.classify` for every fake-gateway scenario, the SSE bytes and error answers against the
+generated FastAPI and Flask services serving the same stream, redaction against `logs.Redactor`.
+Servers are real processes on loopback; the fake gateway is the project's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from conftest import TEMPLATE_DIR, bake_cli, load_module, out_dir
+
+PACKAGE = "alltkn_service"
+SNIPPETS = Path("docs", "snippets")
+TEMPLATE_SNIPPETS = TEMPLATE_DIR / "snippets"
+# Made at run time: nothing key-shaped is ever written into a file.
+KEY = "sk-" + secrets.token_hex(24)
+KEEPALIVE_S = 0.3
+SNIPPET_MODULES = ("alltkn_client", "alltkn_errors", "alltkn_sse", "redacting_logs")
+
+
+# --- baking and the code under test -------------------------------------------------------------
+
+
+def bake(tmp_path: Path, framework: str) -> Path:
+    done = bake_cli(tmp_path, framework=framework)
+    assert done.returncode == 0, done.stderr
+    return out_dir(tmp_path) / "alltkn-service"
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return bake(tmp_path_factory.mktemp("fastapi"), "fastapi")
+
+
+@pytest.fixture(scope="module")
+def flask_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return bake(tmp_path_factory.mktemp("flask"), "flask")
+
+
+@pytest.fixture(scope="module")
+def fake_gateway_module(project: Path) -> ModuleType:
+    return load_module(project / "tests" / "fake_gateway.py", "snippets_fake_gateway")
+
+
+@pytest.fixture(scope="module")
+def gateway(fake_gateway_module: ModuleType) -> Iterator[Any]:
+    with fake_gateway_module.FakeGateway(api_key=KEY, hang_seconds=3.0) as fake:
+        yield fake
+
+
+@pytest.fixture(autouse=True)
+def _fresh_gateway(request: pytest.FixtureRequest) -> None:
+    if "gateway" in request.fixturenames:
+        request.getfixturevalue("gateway").reset()
+
+
+@pytest.fixture(scope="module")
+def modules(project: Path) -> Iterator[dict[str, ModuleType]]:
+    """The baked core (`core.client`, ...) and the snippets, imported in this process."""
+    paths = [str(project / "src"), str(project / SNIPPETS)]
+    sys.path[:0] = paths
+    try:
+        names = ["settings", "client", "errors", "chat", "logs"]
+        loaded = {f"core.{n}": importlib.import_module(f"{PACKAGE}.{n}") for n in names}
+        loaded |= {name: importlib.import_module(name) for name in SNIPPET_MODULES}
+        yield loaded
+    finally:
+        for path in paths:
+            sys.path.remove(path)
+        for name in list(sys.modules):
+            if name.split(".")[0] in (PACKAGE, *SNIPPET_MODULES):
+                del sys.modules[name]
+
+
+def gateway_env(gateway: Any, **overrides: str) -> dict[str, str]:
+    """The variables both the project and the snippets read, pointed at the fake."""
+    return {
+        "ALLTKN_API_KEY": KEY,
+        "ALLTKN_BASE_URL": gateway.base_url,
+        "ALLTKN_MODEL": "gpt-4o-mini",
+        "ALLTKN_TIMEOUT_S": "5",
+        "ALLTKN_MAX_RETRIES": "0",
+        "ALLTKN_SSE_KEEPALIVE_S": str(KEEPALIVE_S),
+        # Decoys: neither the project nor a snippet may fall back to the SDK's own variables.
+        "OPENAI_API_KEY": "decoy-openai-key-value",
+        "OPENAI_BASE_URL": "http://127.0.0.1:9/never-used",
+        **overrides,
+    }
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[..., None]:
+    """Set the environment for in-process checks (cwd without a .env)."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("ALLTKN_TIMEOUT_S", "ALLTKN_MAX_RETRIES", "ALLTKN_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+
+    def apply(**variables: str) -> None:
+        for name, value in variables.items():
+            monkeypatch.setenv(name, value)
+
+    return apply
+
+
+def process_env(gateway: Any, pythonpath: list[Path], **overrides: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        **gateway_env(gateway, **overrides),
+        "PYTHONPATH": os.pathsep.join(str(p) for p in pythonpath),
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def run_python(
+    args: list[str], cwd: Path, env: dict[str, str], timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+# --- 1. the template's copy is the rendered source ----------------------------------------------
+
+
+def snippet_files(root: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and "__pycache__" not in p.parts
+    }
+
+
+def test_template_snippets_are_the_rendered_defaults(project: Path) -> None:
+    rendered = snippet_files(project / SNIPPETS)
+    assert rendered, "the project template has no docs/snippets"
+    stale = sorted(
+        name
+        for name in rendered.keys() | snippet_files(TEMPLATE_SNIPPETS).keys()
+        if rendered.get(name) != snippet_files(TEMPLATE_SNIPPETS).get(name)
+    )
+    assert stale == [], f"snippets/ is stale: run `python tests/test_snippets.py --sync` ({stale})"
+
+
+def test_every_snippet_says_when_to_use_it(project: Path) -> None:
+    for name, content in snippet_files(project / SNIPPETS).items():
+        if name == "README.md":  # the index: it lists every other file
+            continue
+        assert b"When to use: " in content[:1500], name
+        assert f"({name})" in (project / SNIPPETS / "README.md").read_text(encoding="utf-8"), name
+
+
+# --- 2. the client ------------------------------------------------------------------------------
+
+
+def client_settings(client: Any) -> dict[str, Any]:
+    return {
+        "base_url": str(client.base_url),
+        "api_key": client.api_key,
+        "timeout": client.timeout,
+        "max_retries": client.max_retries,
+        # Header values the SDK leaves out are `Omit` sentinels, which compare by identity.
+        "headers": {k: v for k, v in client.default_headers.items() if isinstance(v, str)},
+    }
+
+
+@pytest.mark.parametrize(
+    "variables",
+    [
+        pytest.param({}, id="defaults"),
+        pytest.param(
+            {
+                "ALLTKN_BASE_URL": "http://127.0.0.1:8900/api/v1/",
+                "ALLTKN_TIMEOUT_S": "7.5",
+                "ALLTKN_MAX_RETRIES": "3",
+            },
+            id="custom",
+        ),
+    ],
+)
+def test_the_client_snippet_builds_the_projects_client(
+    modules: dict[str, ModuleType], env: Callable[..., None], variables: dict[str, str]
+) -> None:
+    env(
+        ALLTKN_API_KEY=KEY,
+        OPENAI_API_KEY="decoy-openai-key-value",
+        OPENAI_BASE_URL="http://127.0.0.1:9/never-used",
+        **variables,
+    )
+    core, snippet = modules["core.client"], modules["alltkn_client"]
+    settings = modules["core.settings"].load_settings()
+
+    assert client_settings(snippet.make_client()) == client_settings(core.create_client(settings))
+    assert client_settings(snippet.make_async_client()) == client_settings(
+        core.create_async_client(settings)
+    )
+    assert snippet.make_client().api_key == KEY
+
+
+@pytest.mark.parametrize(
+    ("model", "max_retries"),
+    [
+        pytest.param("fake-error-503-model", "1", id="no-channel-503-not-retried"),
+        pytest.param("fake-error-500", "1", id="server-error-retried"),
+        pytest.param("fake-error-401", "1", id="auth-not-retried"),
+    ],
+)
+def test_the_client_snippet_retries_like_the_project(
+    modules: dict[str, ModuleType],
+    env: Callable[..., None],
+    gateway: Any,
+    model: str,
+    max_retries: str,
+) -> None:
+    """Retry budget and the 503 `model_not_found` response hook, observed at the gateway."""
+    env(**gateway_env(gateway, ALLTKN_MAX_RETRIES=max_retries))
+    settings = modules["core.settings"].load_settings()
+    clients = {
+        "project": modules["core.client"].create_client(settings),
+        "snippet": modules["alltkn_client"].make_client(),
+    }
+    seen: dict[str, tuple[int, set[str]]] = {}
+    for name, client in clients.items():
+        gateway.reset()
+        with contextlib.suppress(Exception), client:
+            client.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}])
+        requests = gateway.requests_for(model)
+        seen[name] = (len(requests), {r.headers.get("x-client-name", "") for r in requests})
+
+    assert seen["snippet"] == seen["project"]
+
+
+def test_the_async_client_snippet_skips_retrying_no_channel(
+    modules: dict[str, ModuleType], env: Callable[..., None], gateway: Any
+) -> None:
+    env(**gateway_env(gateway, ALLTKN_MAX_RETRIES="2"))
+    settings = modules["core.settings"].load_settings()
+
+    async def requests_made(client: Any) -> int:
+        gateway.reset()
+        with contextlib.suppress(Exception):
+            async with client:
+                await client.chat.completions.create(
+                    model="fake-error-503-model", messages=[{"role": "user", "content": "x"}]
+                )
+        return len(gateway.requests_for("fake-error-503-model"))
+
+    project = asyncio.run(requests_made(modules["core.client"].create_async_client(settings)))
+    snippet = asyncio.run(requests_made(modules["alltkn_client"].make_async_client()))
+    assert snippet == project
+
+
+# --- 3. error categories ------------------------------------------------------------------------
+
+SCENARIOS = [
+    "fake-error-401",
+    "fake-error-quota",
+    "fake-error-402",
+    "fake-error-403",
+    "fake-error-404-model",
+    "fake-error-503-model",
+    "fake-error-400",
+    "fake-error-429",
+    "fake-error-500",
+    "fake-error-502",
+    "fake-html-200",
+    "fake-timeout",
+    "fake-drop",
+    "wrong-key",
+    "wrong-base-path",
+    "unreachable",
+]
+
+
+def scenario_env(gateway: Any, scenario: str) -> dict[str, str]:
+    overrides = {"ALLTKN_TIMEOUT_S": "1"}
+    if scenario == "wrong-key":
+        overrides["ALLTKN_API_KEY"] = "sk-" + secrets.token_hex(24)
+    elif scenario == "wrong-base-path":
+        overrides["ALLTKN_BASE_URL"] = gateway.base_url.removesuffix("/api/v1") + "/v1"
+    elif scenario == "unreachable":
+        with socket.socket() as probe:  # a port nobody listens on
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        overrides["ALLTKN_BASE_URL"] = f"http://127.0.0.1:{port}/api/v1"
+    return gateway_env(gateway, **overrides)
+
+
+def model_for(scenario: str) -> str:
+    return scenario if scenario.startswith("fake-") else "gpt-4o-mini"
+
+
+def test_the_snippet_knows_every_category_with_the_projects_words(
+    modules: dict[str, ModuleType],
+) -> None:
+    errors = modules["core.errors"]
+    core = {
+        category.value: (errors.GatewayError(category).message, errors.GatewayError(category).hint)
+        for category in errors.Category
+    }
+    snippet = modules["alltkn_errors"].CATEGORIES
+    assert snippet == core
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_the_error_snippet_classifies_like_the_project(
+    modules: dict[str, ModuleType], env: Callable[..., None], gateway: Any, scenario: str
+) -> None:
+    env(**scenario_env(gateway, scenario))
+    settings = modules["core.settings"].load_settings()
+    core_client = modules["core.client"].create_client(settings)
+    service = modules["core.chat"].ChatService(core_client, settings.model)
+    snippet = modules["alltkn_errors"]
+    messages = [{"role": "user", "content": "x"}]
+
+    with pytest.raises(modules["core.errors"].GatewayError) as expected:
+        service.complete(messages, model=model_for(scenario))
+    with pytest.raises(snippet.UPSTREAM_ERRORS) as caught:
+        snippet.ask(modules["alltkn_client"].make_client(), "x", model_for(scenario))
+
+    assert snippet.classify(caught.value) == expected.value.category.value
+    has_id = snippet.upstream_request_id(caught.value) is not None
+    assert has_id == (expected.value.upstream_request_id is not None)
+
+
+def test_the_error_snippet_runs_as_shown(project: Path, gateway: Any) -> None:
+    env = process_env(gateway, [])
+    ok = run_python(["alltkn_errors.py", "Hello"], project / SNIPPETS, env)
+    failed = run_python(["alltkn_errors.py", "Hello", "fake-error-quota"], project / SNIPPETS, env)
+
+    assert (ok.returncode, ok.stdout) == (0, "Hello from the fake gateway.\n")
+    assert failed.returncode == 1
+    assert failed.stderr.startswith("error[quota]: ")
+    assert "用户额度不足" in failed.stderr  # the gateway's own words, for the logs
+    assert KEY not in failed.stdout + failed.stderr
+
+
+# --- 4. streaming to a terminal -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "model", ["gpt-4o-mini", "fake-stream-cut", "fake-stream-error", "fake-stream-no-finish"]
+)
+def test_the_terminal_snippet_streams_like_the_cli(project: Path, gateway: Any, model: str) -> None:
+    env = process_env(gateway, [project / "src"])
+    snippet = run_python(["stream_terminal.py", "Hello", model], project / SNIPPETS, env)
+    cli = run_python(["-m", PACKAGE, "ask", "Hello", "--model", model], project, env)
+
+    category = re.compile(r"error\[(\w+)\]")
+    assert snippet.returncode == cli.returncode, snippet.stderr + cli.stderr
+    assert category.findall(snippet.stderr) == category.findall(cli.stderr)
+    if model == "gpt-4o-mini":
+        assert snippet.stdout == "Hello from the fake gateway.\n"
+    assert "Traceback" not in snippet.stderr
+
+
+def test_ctrl_c_closes_the_terminal_stream(project: Path, gateway: Any) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "stream_terminal.py", "Hello", "fake-slow"],
+        cwd=project / SNIPPETS,
+        env=process_env(gateway, []),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    first = process.stdout.read(4)  # "tok0": printed before the gateway finished
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=10)
+
+    assert first == b"tok0"
+    assert process.returncode == 130
+    assert b"Traceback" not in stderr
+    assert gateway.wait_for(lambda: gateway.aborted_streams == 1, timeout=3)
+
+
+# --- 5. SSE from FastAPI and Flask --------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextlib.contextmanager
+def serve(command: list[str], port: int, cwd: Path, env: dict[str, str]) -> Iterator[str]:
+    """A server process on loopback; yields its URL once it accepts connections."""
+    log = cwd / f"server-{port}.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=sink, stderr=sink)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"{command} exited:\n{log.read_text()}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+                break
+            if time.monotonic() > deadline:
+                pytest.fail(f"{command} did not start:\n{log.read_text()}")
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    output = log.read_bytes()
+    log.unlink()
+    assert KEY.encode() not in output
+    assert b"Traceback" not in output, output.decode(errors="replace")
+
+
+def uvicorn(app: str, port: int) -> list[str]:
+    return [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)]
+
+
+def gunicorn_snippet(port: int) -> list[str]:
+    # As documented in sse_flask.py.
+    bind = f"127.0.0.1:{port}"
+    return [sys.executable, "-m", "gunicorn", "-k", "gthread", "--threads", "32", "-b", bind]
+
+
+@pytest.fixture(scope="module", params=["fastapi", "flask"])
+def servers(
+    request: pytest.FixtureRequest, project: Path, flask_project: Path, gateway: Any
+) -> Iterator[dict[str, str]]:
+    """The snippet's server and the generated service, same framework, same gateway."""
+    framework = request.param
+    baked = project if framework == "fastapi" else flask_project
+    snippet_port, project_port = free_port(), free_port()
+    if framework == "fastapi":
+        snippet_command = uvicorn("sse_fastapi:app", snippet_port)
+        project_command = uvicorn(f"{PACKAGE}.app:app", project_port)
+    else:
+        snippet_command = [*gunicorn_snippet(snippet_port), "sse_flask:app"]
+        bind = f"127.0.0.1:{project_port}"
+        project_command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"]
+        project_command += ["--bind", bind, "--workers", "1", f"{PACKAGE}.app:app"]
+    with (
+        serve(
+            snippet_command, snippet_port, baked / SNIPPETS, process_env(gateway, [])
+        ) as snippet_url,
+        serve(
+            project_command, project_port, baked, process_env(gateway, [baked / "src"])
+        ) as project_url,
+    ):
+        yield {"framework": framework, "snippet": snippet_url, "project": project_url}
+
+
+def post_stream(url: str, model: str, request_id: str) -> tuple[int, dict[str, str], bytes]:
+    import httpx2
+
+    with httpx2.stream(
+        "POST",
+        url + "/v1/chat/stream",
+        json={"prompt": "Hello", "model": model},
+        headers={"X-Request-ID": request_id},
+        timeout=10,
+    ) as response:
+        body = response.read()
+    return response.status_code, dict(response.headers), body
+
+
+STREAM_SCENARIOS = [
+    "gpt-4o-mini",
+    "fake-stream-cut",
+    "fake-stream-error",
+    "fake-stream-no-finish",
+    "fake-error-quota",
+    "fake-error-401",
+    "fake-error-503-model",
+    "fake-error-429",
+    "fake-error-400",
+]
+SNIPPET_SIDES = ("snippet", "project")
+COMPARED_HEADERS = ("cache-control", "x-accel-buffering", "retry-after", "x-request-id")
+
+
+@pytest.mark.parametrize("model", STREAM_SCENARIOS)
+def test_the_sse_snippets_answer_byte_for_byte_like_the_service(
+    servers: dict[str, str], model: str
+) -> None:
+    import json
+
+    request_id = f"snippet-check-{model}"
+    answers = {name: post_stream(servers[name], model, request_id) for name in SNIPPET_SIDES}
+    (status, headers, body), (p_status, p_headers, p_body) = answers.values()
+
+    assert status == p_status, (
+        f"snippet: {status} {body[:300]!r}, service: {p_status} {p_body[:300]!r}"
+    )
+    assert headers["content-type"].split(";")[0] == p_headers["content-type"].split(";")[0]
+    for name in COMPARED_HEADERS:
+        assert headers.get(name) == p_headers.get(name), name
+    if status == 200:
+        assert body.replace(b": keep-alive\n\n", b"") == p_body.replace(b": keep-alive\n\n", b"")
+    else:  # the JSON encoders of the frameworks differ; the documents must not
+        assert json.loads(body) == json.loads(p_body)
+
+
+def test_the_sse_snippets_deliver_incrementally_and_keep_alive(
+    servers: dict[str, str], gateway: Any
+) -> None:
+    import httpx2
+
+    started = time.monotonic()
+    lines: list[str] = []
+    with httpx2.stream(
+        "POST", servers["snippet"] + "/v1/chat/stream", json={"prompt": "x", "model": "fake-slow"}
+    ) as response:
+        for line in response.iter_lines():
+            lines.append(line)
+            if line.startswith("data: "):
+                break
+        first_delta_s = time.monotonic() - started
+        completed_before_first_delta = gateway.completed_streams
+    assert lines[-1] == 'data: {"delta":"tok0 "}'
+    assert completed_before_first_delta == 0  # the gateway was still generating
+    assert first_delta_s < 1.5  # the whole answer takes 2 s
+
+    lines = []
+    with httpx2.stream(
+        "POST",
+        servers["snippet"] + "/v1/chat/stream",
+        json={"prompt": "x", "model": "fake-slow-start"},  # silent for 1 s
+    ) as response:
+        for line in response.iter_lines():
+            lines.append(line)
+            if line.startswith("data: "):
+                break
+    assert lines.count(": keep-alive") >= 2
+
+
+def test_a_client_hanging_up_aborts_the_upstream_stream(
+    servers: dict[str, str], gateway: Any
+) -> None:
+    import httpx2
+
+    with httpx2.stream(
+        "POST", servers["snippet"] + "/v1/chat/stream", json={"prompt": "x", "model": "fake-slow"}
+    ) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                break
+    # The gateway notices within one 0.2 s delta interval once the relay closed its stream.
+    assert gateway.wait_for(lambda: gateway.aborted_streams == 1, timeout=3)
+    assert gateway.completed_streams == 0
+
+
+# --- 6. nginx -----------------------------------------------------------------------------------
+
+NGINX = shutil.which("nginx") or next(
+    (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if Path(p).exists()), None
+)
+
+
+def nginx_location(project: Path, port: int) -> str:
+    text = (project / SNIPPETS / "nginx_sse.conf").read_text(encoding="utf-8")
+    assert "proxy_pass http://127.0.0.1:8000;" in text
+    return text.replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+
+
+def nginx_conf(prefix: Path, listen: int, location: str) -> Path:
+    for temp in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        (prefix / temp).mkdir(parents=True, exist_ok=True)
+    conf = prefix / "nginx.conf"
+    conf.write_text(
+        f"""
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    server {{
+        listen 127.0.0.1:{listen};
+{location}
+    }}
+}}
+""",
+        encoding="utf-8",
+    )
+    return conf
+
+
+def test_the_nginx_read_timeout_outlasts_the_keep_alive_interval(
+    project: Path, modules: dict[str, ModuleType]
+) -> None:
+    text = (project / SNIPPETS / "nginx_sse.conf").read_text(encoding="utf-8")
+    keepalive = modules["core.settings"].Settings.model_fields["sse_keepalive_s"].default
+    match = re.search(r"^\s*proxy_read_timeout (\d+)s;", text, re.MULTILINE)
+    assert match is not None
+    assert int(match.group(1)) >= 2 * keepalive
+    assert re.search(r"^\s*proxy_buffering off;", text, re.MULTILINE)
+
+
+@pytest.mark.skipif(NGINX is None, reason="nginx is not installed (Debian package nginx)")
+def test_sse_streams_through_the_nginx_snippet(project: Path, gateway: Any, tmp_path: Path) -> None:
+    import httpx2
+
+    assert NGINX is not None
+    app_port, proxy_port = free_port(), free_port()
+    conf = nginx_conf(tmp_path, proxy_port, nginx_location(project, app_port))
+    checked = subprocess.run(
+        [NGINX, "-t", "-p", str(tmp_path), "-c", str(conf)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stderr
+
+    snippet = uvicorn("sse_fastapi:app", app_port)
+    with (
+        serve(snippet, app_port, project / SNIPPETS, process_env(gateway, [])),
+        serve(
+            [NGINX, "-p", str(tmp_path), "-c", str(conf), "-g", "daemon off;"],
+            proxy_port,
+            tmp_path,
+            dict(os.environ),
+        ) as proxy,
+    ):
+        started = time.monotonic()
+        with httpx2.stream(
+            "POST", proxy + "/v1/chat/stream", json={"prompt": "x", "model": "fake-slow"}
+        ) as response:
+            for line in response.iter_lines():
+                if line.startswith("data: "):
+                    break
+            first_delta_s = time.monotonic() - started
+        # Not buffered: the first delta came through long before the 2 s answer ended...
+        assert first_delta_s < 1.5
+        # ...and the hang-up travelled through nginx to the gateway.
+        assert gateway.wait_for(lambda: gateway.aborted_streams == 1, timeout=3)
+
+
+# --- 7. logging ---------------------------------------------------------------------------------
+
+
+def test_the_logging_snippet_redacts_like_the_project(modules: dict[str, ModuleType]) -> None:
+    live_key = "sk-" + secrets.token_hex(24)
+    other = "sk-" + secrets.token_urlsafe(30)
+    texts = [
+        f"calling with {live_key}",
+        f"Authorization: Bearer {live_key}",
+        f"leaked {other} and {live_key[:-1]}",
+        f"short sk-{secrets.token_hex(4)} stays",
+        f'{{"api_key": "{other}"}}',
+        "nothing secret here",
+    ]
+    snippet = modules["redacting_logs"].RedactingFilter([live_key])
+    core = modules["core.logs"].Redactor([live_key])
+
+    assert [snippet.redact(text) for text in texts] == [core.text(text) for text in texts]
+
+
+def test_the_logging_snippet_runs_as_shown(project: Path) -> None:
+    done = run_python(
+        ["redacting_logs.py"], project / SNIPPETS, {**os.environ, "ALLTKN_API_KEY": KEY}
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert KEY not in done.stderr
+    assert done.stderr.count("****" + KEY[-4:]) == 2  # the error text and the exception
+    assert '"event": "upstream_call"' in done.stderr
+
+
+# --- 8. the pytest fixture ----------------------------------------------------------------------
+
+
+def test_the_fixture_snippet_passes_with_the_projects_fake(project: Path) -> None:
+    done = run_python(
+        [
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            str(SNIPPETS / "test_with_fake_gateway.py"),
+        ],
+        project,
+        {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(project / "tests"), str(project / SNIPPETS)]),
+        },
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 passed" in done.stdout
+
+
+# --- 9. code blocks in the READMEs and docs -----------------------------------------------------
+
+FENCE = re.compile(r"^```([^\n`]*)\n(.*?)^```", re.MULTILINE | re.DOTALL)
+MARKERS = ("run", "typecheck")
+
+
+class UnmarkedBlock(Exception):
+    pass
+
+
+def python_blocks(markdown: str, source: str) -> list[tuple[str, str]]:
+    """(marker, code) for every python block; a python block without a marker is an error, so
+    none can slip through unchecked. Mark blocks ```python run or ```python typecheck."""
+    blocks = []
+    for match in FENCE.finditer(markdown):
+        words = match.group(1).split()
+        if not words or words[0] not in ("python", "py"):
+            continue
+        marker = words[1] if len(words) > 1 else ""
+        if marker not in MARKERS:
+            line = markdown[: match.start()].count("\n") + 1
+            raise UnmarkedBlock(f"{source}:{line}: mark the python block 'run' or 'typecheck'")
+        blocks.append((marker, match.group(2)))
+    return blocks
+
+
+def test_an_unmarked_python_block_is_refused() -> None:
+    with pytest.raises(UnmarkedBlock, match=r"README\.md:3"):
+        python_blocks("# x\n\n```python\nprint(1)\n```\n", "README.md")
+    assert python_blocks("```python run\nprint(1)\n```\n", "x") == [("run", "print(1)\n")]
+
+
+def documents(project: Path) -> list[tuple[str, Path, Path]]:
+    """(name, markdown file, directory its runnable blocks run in)."""
+    found = [("template README.md", TEMPLATE_DIR / "README.md", project / SNIPPETS)]
+    for path in sorted([project / "README.md", *(project / "docs").rglob("*.md")]):
+        found.append((path.relative_to(project).as_posix(), path, project / SNIPPETS))
+    return found
+
+
+def test_every_python_block_in_the_docs_runs_against_the_fake(
+    project: Path, gateway: Any, tmp_path: Path
+) -> None:
+    ran = 0
+    for name, path, cwd in documents(project):
+        for number, (marker, code) in enumerate(python_blocks(path.read_text("utf-8"), name)):
+            script = tmp_path / f"block_{ran}_{number}.py"
+            script.write_text(code, encoding="utf-8")
+            if marker == "typecheck":
+                done = run_python(
+                    ["-m", "mypy", "--strict", "--no-incremental", str(script)],
+                    cwd,
+                    {**os.environ, "MYPYPATH": str(cwd)},
+                    timeout=120,
+                )
+            else:
+                done = run_python([str(script)], cwd, process_env(gateway, [cwd]))
+            assert done.returncode == 0, f"{name} block {number}:\n{code}\n{done.stderr}"
+            ran += 1
+    assert ran >= 1
+
+
+# --- 10. secrets and types ----------------------------------------------------------------------
+
+
+def test_no_snippet_holds_a_key_shaped_value(project: Path, tmp_path: Path) -> None:
+    scanner = project / "src" / PACKAGE / "secret_scan.py"
+    for target in (project / SNIPPETS, TEMPLATE_SNIPPETS):
+        done = run_python([str(scanner), "--all-files", str(target)], project, dict(os.environ))
+        assert done.returncode == 0, done.stderr
+
+    # The same scan does catch a key pasted into a snippet.
+    leaked = tmp_path / "snippets"
+    shutil.copytree(project / SNIPPETS, leaked)
+    with (leaked / "alltkn_client.py").open("a", encoding="utf-8") as out:
+        out.write(f'FALLBACK_KEY = "{KEY}"\n')
+    done = run_python([str(scanner), "--all-files", str(leaked)], project, dict(os.environ))
+    assert done.returncode == 1
+    assert "alltkn_client.py" in done.stderr
+
+
+def test_the_snippets_pass_mypy_strict(project: Path) -> None:
+    done = run_python(
+        ["-m", "mypy", "--strict", "--no-incremental", str(SNIPPETS)],
+        project,
+        {
+            **os.environ,
+            "MYPYPATH": os.pathsep.join([str(project / "tests"), str(project / SNIPPETS)]),
+        },
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stdout
+
+
+# --- refreshing snippets/ -----------------------------------------------------------------------
+
+
+def sync(tmp_path: Path) -> None:
+    """Render docs/snippets with the default answers into the template's snippets/."""
+    rendered = bake(tmp_path, "fastapi") / SNIPPETS
+    shutil.rmtree(TEMPLATE_SNIPPETS, ignore_errors=True)
+    shutil.copytree(rendered, TEMPLATE_SNIPPETS, ignore=shutil.ignore_patterns("__pycache__"))
+    print(f"wrote {TEMPLATE_SNIPPETS}")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--sync"]:
+        sys.exit("usage: python tests/test_snippets.py --sync")
+    import tempfile
+
+    sys.path.insert(0, str(TEMPLATE_DIR))
+    with tempfile.TemporaryDirectory() as scratch:
+        sync(Path(scratch))
