@@ -425,11 +425,12 @@ def fail_on_secrets(
 
 
 def next_steps(answers: Mapping[str, object], project_dir: Path) -> list[str]:
-    """Three lines telling a person how to start."""
+    """A few lines telling a person how to start."""
     key_var = answers.get("api_key_env_var", "ALLTKN_API_KEY")
     return [
         f"Next: cd {project_dir}",
-        '  python -m venv .venv && . .venv/bin/activate && pip install -e ".[dev]" && pytest',
+        "  make dev && make test    (uv if installed, else a .venv with pip; without make:",
+        '    python -m venv .venv && . .venv/bin/activate && pip install -e ".[dev]" && pytest)',
         (
             f"  cp .env.example .env, then set {key_var} in .env or your environment "
             "(never in code or in cookiecutter answers)"

@@ -684,9 +684,10 @@ def test_run_on_a_clean_project_prints_next_steps(
 
     out, err = capsys.readouterr()
     assert err == ""
-    assert 3 <= len(out.splitlines()) <= 4
+    assert 4 <= len(out.splitlines()) <= 5
     for fragment in (
         f"cd {project}",
+        "make dev && make test",
         "python -m venv .venv",
         'pip install -e ".[dev]"',
         "pytest",

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import json
 import os
 import re
 import secrets
@@ -32,6 +33,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import httpx2
 import pytest
 from conftest import TEMPLATE_DIR, bake_cli, load_module, out_dir
 
@@ -234,6 +236,9 @@ def test_the_client_snippet_builds_the_projects_client(
         pytest.param("fake-error-503-model", "1", id="no-channel-503-not-retried"),
         pytest.param("fake-error-500", "1", id="server-error-retried"),
         pytest.param("fake-error-401", "1", id="auth-not-retried"),
+        pytest.param("fake-error-429", "1", id="retry-after-above-cap-not-retried"),
+        pytest.param("fake-429-once", "1", id="retry-after-within-cap-retried"),
+        pytest.param("fake-error-502", "1", id="proxy-html-502-retried"),
     ],
 )
 def test_the_client_snippet_retries_like_the_project(
@@ -243,7 +248,7 @@ def test_the_client_snippet_retries_like_the_project(
     model: str,
     max_retries: str,
 ) -> None:
-    """Retry budget and the 503 `model_not_found` response hook, observed at the gateway."""
+    """Retry budget and the response hook's vetoes, observed at the gateway."""
     env(**gateway_env(gateway, ALLTKN_MAX_RETRIES=max_retries))
     settings = modules["core.settings"].load_settings()
     clients = {
@@ -259,6 +264,50 @@ def test_the_client_snippet_retries_like_the_project(
         seen[name] = (len(requests), {r.headers.get("x-client-name", "") for r in requests})
 
     assert seen["snippet"] == seen["project"]
+
+
+def _error(code: str, message: str = "x") -> bytes:
+    return json.dumps({"error": {"message": message, "type": "x", "code": code}}).encode()
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "headers"),
+    [
+        pytest.param(408, b"", {}, id="408"),
+        pytest.param(409, _error("conflict"), {}, id="409"),
+        pytest.param(429, _error("rate_limit_exceeded"), {}, id="429-no-retry-after"),
+        pytest.param(429, _error("rate_limit_exceeded"), {"Retry-After": "2"}, id="429-within-cap"),
+        pytest.param(429, _error("rate_limit_exceeded"), {"Retry-After": "60"}, id="429-above-cap"),
+        pytest.param(429, b"", {"retry-after-ms": "9000"}, id="429-ms-above-cap"),
+        pytest.param(429, b"", {"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}, id="429-date"),
+        pytest.param(429, _error("insufficient_quota"), {}, id="429-openai-no-balance"),
+        pytest.param(500, _error("server_error"), {}, id="500"),
+        pytest.param(502, b"<html>Bad Gateway</html>", {}, id="502-html"),
+        pytest.param(503, _error("model_not_found", "无可用渠道"), {}, id="503-no-channel"),
+        pytest.param(503, _error("insufficient_user_quota"), {}, id="503-no-balance"),
+    ],
+)
+def test_the_client_snippet_vetoes_the_retries_the_project_vetoes(
+    modules: dict[str, ModuleType],
+    env: Callable[..., None],
+    gateway: Any,
+    status: int,
+    body: bytes,
+    headers: dict[str, str],
+) -> None:
+    """The snippet's response hook against `retry.should_retry`, one answer at a time."""
+    env(**gateway_env(gateway, ALLTKN_RETRY_AFTER_CAP_S="5"))
+    settings = modules["core.settings"].load_settings()
+    hooks = {
+        "project": modules["core.client"]._retry_policy(settings),
+        "snippet": modules["alltkn_client"]._veto_pointless_retry,
+    }
+    vetoed = {}
+    for name, hook in hooks.items():
+        response = httpx2.Response(status, content=body, headers=headers)
+        hook(response)
+        vetoed[name] = response.headers.get("x-should-retry")
+    assert vetoed["snippet"] == vetoed["project"]
 
 
 def test_the_async_client_snippet_skips_retrying_no_channel(

@@ -150,6 +150,35 @@ def test_mixed_input(gateway: FakeGateway, tmp_path: Path) -> None:
     assert "batch: 0 done, 0 failed, 10 skipped" in again.stdout
 
 
+def test_rollback_switches_apply_to_batches(
+    gateway: FakeGateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ALLTKN_FALLBACK_MODELS and ALLTKN_MAX_INPUT_CHARS (docs/RUNBOOK.md) during a batch."""
+    monkeypatch.setenv("ALLTKN_FALLBACK_MODELS", "gpt-4o")
+    monkeypatch.setenv("ALLTKN_MAX_INPUT_CHARS", "50")
+    source = write_lines(
+        tmp_path / "in.jsonl",
+        [
+            json.dumps({"id": "gone", "prompt": "x", "model": "fake-error-503-model"}),
+            json.dumps({"id": "long", "prompt": "x" * 51}),
+            json.dumps({"id": "fine", "prompt": "hello"}),
+        ],
+    )
+    output = tmp_path / "out.jsonl"
+
+    done = batch(source, output)
+
+    assert done.returncode == 1, done.stderr
+    found = rows_by_id(output)
+    assert found["gone"]["content"] == ANSWER
+    assert found["gone"]["model"] == "gpt-4o"  # the model actually used
+    assert found["long"]["error"]["category"] == "invalid_request"
+    assert "the limit is 50 characters" in found["long"]["error"]["message"]
+    assert found["fine"]["model"] == "gpt-4o-mini"
+    assert len(gateway.requests_for("fake-error-503-model")) == 1
+    assert all("x" * 51 not in json.dumps(r.body) for r in gateway.requests)
+
+
 def test_a_rejected_key_stops_the_batch_and_writes_nothing(
     gateway: FakeGateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -56,7 +56,7 @@ from rich.progress import (
 from rich.progress import Progress as RichProgress
 from rich.text import Text
 
-from .chat import AsyncChatService, CallInfo, ChatResult
+from .chat import AsyncChatService, CallInfo, ChatResult, Rollback
 from .client import create_async_client
 from .errors import Category, GatewayError
 from .settings import Settings
@@ -693,7 +693,10 @@ async def _run_async(
 ) -> Outcome:
     # No SDK retries: every attempt is decided, counted and logged by the batch itself.
     client = create_async_client(settings).with_options(max_retries=0)
-    service = AsyncChatService(client, options.model or settings.model)
+    # The rollback switches (docs/RUNBOOK.md) apply to batches too: fallbacks, input limit.
+    service = AsyncChatService(
+        client, options.model or settings.model, Rollback.from_settings(settings)
+    )
     batch = _Batch(service, options, sink, progress, resumed)
     try:
         with options.input.open("rb") as lines:
