@@ -55,8 +55,66 @@ DEPENDENCY_NAMES = frozenset(
         "pytest",
         "mypy",
         "ruff",
+        # What those import in turn: a package of the same name would be imported instead.
+        "anyio",
+        "sniffio",
+        "h11",
+        "httptools",
+        "httpcore2",
+        "idna",
+        "certifi",
+        "truststore",
+        "distro",
+        "jiter",
+        "tqdm",
+        "dotenv",
+        "pydantic_core",
+        "annotated_types",
+        "typing_extensions",
+        "typing_inspection",
+        "jinja2",
+        "markupsafe",
+        "itsdangerous",
+        "click",
+        "blinker",
+        "rich",
+        "packaging",
+        "pre_commit",
+        # The generated project's own test package.
+        "tests",
     }
 )
+# Variables the shell, Python or the HTTP stack already give a meaning; the key must not be
+# read from (or written into) one of them.
+SYSTEM_ENV_NAMES = frozenset(
+    {
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "SHELL",
+        "PWD",
+        "LANG",
+        "TERM",
+        "TMPDIR",
+        "HOSTNAME",
+        "PYTHONPATH",
+        "PYTHONHOME",
+        "VIRTUAL_ENV",
+        "LD_PRELOAD",
+        "LD_LIBRARY_PATH",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "NO_PROXY",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "REQUESTS_CA_BUNDLE",
+    }
+)
+# Longer names push generated lines past the 100 columns ruff enforces in the project.
+MAX_SLUG_LENGTH = 40
+MAX_PACKAGE_LENGTH = 28
 # Names the generated project already reads, and those the openai SDK reads on its own.
 RESERVED_ENV_NAMES = (
     "ALLTKN_BASE_URL",
@@ -123,6 +181,22 @@ def check_project_name(value: str) -> list[str]:
 
 def check_project_slug(value: str) -> list[str]:
     if SLUG_RE.match(value):
+        if len(value) > MAX_SLUG_LENGTH:
+            return [
+                problem(
+                    "project_slug",
+                    f"is {len(value)} characters long, more than {MAX_SLUG_LENGTH}",
+                    "Choose a shorter distribution name",
+                )
+            ]
+        if value.replace("-", "_") in DEPENDENCY_NAMES:
+            return [
+                problem(
+                    "project_slug",
+                    f"{value!r} is the name of one of the project's dependencies on PyPI",
+                    f"Choose another name, e.g. 'my-{value}-service'",
+                )
+            ]
         return []
     return [
         problem(
@@ -145,6 +219,11 @@ def package_name_problem(value: str) -> tuple[str, str] | None:
                 f"Use lower-case letters, digits and underscores, starting with a letter, "
                 f"e.g. {fixed!r}"
             ),
+        )
+    if len(value) > MAX_PACKAGE_LENGTH:
+        return (
+            f"is {len(value)} characters long, more than {MAX_PACKAGE_LENGTH}",
+            "Choose a shorter import name",
         )
     if keyword.iskeyword(value):
         return (f"{value!r} is a Python keyword", f"Choose another name, e.g. '{value}_service'")
@@ -283,6 +362,14 @@ def check_api_key_env_var(value: str) -> list[str]:
             problem(
                 variable,
                 f"{value} is already used for another setting or read implicitly by the SDK",
+                "Choose a dedicated name such as ALLTKN_API_KEY",
+            )
+        ]
+    if value in SYSTEM_ENV_NAMES:
+        return [
+            problem(
+                variable,
+                f"{value} already means something to the shell, Python or the HTTP stack",
                 "Choose a dedicated name such as ALLTKN_API_KEY",
             )
         ]

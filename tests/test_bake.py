@@ -168,7 +168,15 @@ def test_env_files_are_ignored_but_the_example_is_not(cookies: Any, framework: s
 @pytest.mark.parametrize(
     "answers",
     [pytest.param({"framework": fw}, id=fw) for fw in FRAMEWORKS]
-    + [pytest.param({"framework": "fastapi", **CUSTOM}, id="fastapi-custom-answers")],
+    + [pytest.param({"framework": "fastapi", **CUSTOM}, id="fastapi-custom-answers")]
+    # The longest names pre-gen accepts still fit the project's 100 columns.
+    + [
+        pytest.param(
+            {"framework": fw, "project_slug": "s" * 40, "package_name": "p" * 28},
+            id=f"{fw}-longest-names",
+        )
+        for fw in FRAMEWORKS
+    ],
 )
 def test_generated_code_passes_ruff(cookies: Any, answers: dict[str, str]) -> None:
     project = bake(cookies, **answers)

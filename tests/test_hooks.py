@@ -85,6 +85,13 @@ BAD = [
     pytest.param("package_name", "openai", "'my_openai_service'", id="package-is-dep-openai"),
     pytest.param("package_name", "fastapi", "'my_fastapi_service'", id="package-is-dep-fastapi"),
     pytest.param("package_name", "pytest", "'my_pytest_service'", id="package-is-dep-pytest"),
+    pytest.param("package_name", "anyio", "'my_anyio_service'", id="package-is-dep-anyio"),
+    pytest.param("package_name", "dotenv", "'my_dotenv_service'", id="package-is-dep-dotenv"),
+    pytest.param("package_name", "tests", "'my_tests_service'", id="package-is-tests"),
+    pytest.param("package_name", "p" * 29, "shorter import name", id="package-too-long"),
+    pytest.param("project_slug", "s" * 41, "shorter distribution name", id="slug-too-long"),
+    pytest.param("project_slug", "flask", "'my-flask-service'", id="slug-is-dependency"),
+    pytest.param("project_slug", "typing-extensions", "e.g. 'my-typing", id="slug-is-dep-dashed"),
     pytest.param("framework", "django", "fastapi, flask, script", id="framework-unknown"),
     pytest.param("framework", "FastAPI", "fastapi, flask, script", id="framework-wrong-case"),
     pytest.param("python_version", "3.9", "3.10, 3.11, 3.12, 3.13", id="python-too-old"),
@@ -133,6 +140,10 @@ BAD = [
             "OPENAI_API_KEY",
             "OPENAI_BASE_URL",
         )
+    ],
+    *[
+        pytest.param("api_key_env_var", name, "dedicated name", id=f"env-system-{name}")
+        for name in ("PATH", "HOME", "PYTHONPATH", "HTTPS_PROXY")
     ],
     pytest.param("default_model", "", "e.g. gpt-4o-mini", id="model-empty"),
     pytest.param("default_model", "  ", "e.g. gpt-4o-mini", id="model-whitespace-only"),
