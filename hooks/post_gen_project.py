@@ -297,6 +297,15 @@ def cruft_state(answers: Mapping[str, object], commit: str | None) -> dict[str, 
     }
 
 
+def rendered_by_cruft(answers: Mapping[str, object]) -> bool:
+    """True when cruft drives the render (create, update, diff, check): it calls cookiecutter's
+    `generate_files` itself, so `_output_dir` (set by cookiecutter's own entry point) is absent
+    and cruft's `_commit` is present. cruft writes `.cruft.json` after `create` and keeps the
+    project's own on `update`; one from the hook, naming cruft's temp clone, would show in every
+    `cruft diff` and leave a `.cruft.json.rej` after every `cruft update`."""
+    return "_commit" in answers and "_output_dir" not in answers
+
+
 def write_cruft_file(project_dir: Path, answers: Mapping[str, object]) -> None:
     local = local_template_dir(answers)
     state = cruft_state(answers, template_commit(local) if local else None)
@@ -464,8 +473,9 @@ def run(answers: Mapping[str, object], project_dir: Path, environ: Mapping[str, 
         )
         return 1
     kept -= {path.relative_to(project_dir).as_posix() for path in moved}
-    write_cruft_file(project_dir, answers)
-    kept.discard(CRUFT_FILE)
+    if not rendered_by_cruft(answers):
+        write_cruft_file(project_dir, answers)
+        kept.discard(CRUFT_FILE)
     if environ.get(SKIP_SCAN_ENV) != "1":
         try:
             errors = fail_on_secrets(project_dir, answers, environ, manifest, kept)
@@ -480,7 +490,8 @@ def run(answers: Mapping[str, object], project_dir: Path, environ: Mapping[str, 
             print(line, file=sys.stderr)
         if errors:
             return 1
-    print("\n".join(next_steps(answers, project_dir)))
+    if not rendered_by_cruft(answers):  # cruft's renders go to temp dirs; `cruft diff` prints
+        print("\n".join(next_steps(answers, project_dir)))
     return 0
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import queue
 import re
 import threading
@@ -23,6 +22,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 
 import anyio
 import openai
+from alltkn_client import env_seconds
 from alltkn_errors import CATEGORIES, UPSTREAM_ERRORS
 from openai import AsyncStream, Stream
 from openai.types.chat import ChatCompletionChunk
@@ -32,9 +32,9 @@ from openai.types.chat import ChatCompletionChunk
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 MEDIA_TYPE = "text/event-stream"
 KEEPALIVE = b": keep-alive\n\n"
-KEEPALIVE_S = float(os.environ.get("ALLTKN_SSE_KEEPALIVE_S", "15"))
+KEEPALIVE_S = env_seconds("ALLTKN_SSE_KEEPALIVE_S", 15, high=300)
 # A client that stops reading this long is dropped, and its upstream stream closed.
-SEND_TIMEOUT_S = float(os.environ.get("ALLTKN_SSE_SEND_TIMEOUT_S", "30"))
+SEND_TIMEOUT_S = env_seconds("ALLTKN_SSE_SEND_TIMEOUT_S", 30, high=3600)
 _STATUS_BY_CATEGORY = {"invalid_request": 400, "rate_limited": 429, "timeout": 504}
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
@@ -56,6 +56,20 @@ def error_body(category: str, request_id: str) -> dict[str, object]:
     message, hint = CATEGORIES[category]
     return {
         "error": {"category": category, "message": message, "hint": hint, "request_id": request_id}
+    }
+
+
+def bad_body(problem: str, request_id: str) -> dict[str, object]:
+    """A request refused before any gateway call: the same shape, naming what is wrong (never
+    echoing the input)."""
+    hint = 'Send JSON like {"prompt": "Hello", "model": "..."}.'
+    return {
+        "error": {
+            "category": "invalid_request",
+            "message": problem,
+            "hint": hint,
+            "request_id": request_id,
+        }
     }
 
 

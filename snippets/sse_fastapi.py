@@ -1,13 +1,15 @@
 """Stream a chat answer from FastAPI as server-sent events.
 
 When to use: a FastAPI (or any Starlette) service relays the answer to a browser as it is
-generated. One `AsyncOpenAI` client per process, made in the lifespan. A refused call (bad key,
-no balance, unknown model, ...) is answered before the stream starts, with a proper status and
-`{"error": {"category", "message", "hint", "request_id"}}`; a failure later arrives as
-`event: error`. The response carries the anti-buffering headers, and a client that hangs up, or
-stops reading for `ALLTKN_SSE_SEND_TIMEOUT_S`, gets its upstream stream closed at once.
+generated. One `AsyncOpenAI` client per process, made in the lifespan. A refused call (bad
+body, bad key, no balance, unknown model, ...) is answered before the stream starts, with a
+proper status and `{"error": {"category", "message", "hint", "request_id"}}`; a failure later
+arrives as `event: error`. The response carries the anti-buffering headers, and a client that
+hangs up, or stops reading for `ALLTKN_SSE_SEND_TIMEOUT_S`, gets its upstream stream closed at
+once.
 
-Run: `uvicorn sse_fastapi:app --host 127.0.0.1 --port 8000` and
+Run: `uvicorn sse_fastapi:app --loop asyncio --host 127.0.0.1 --port 8000` (uvloop misses
+client hang-ups) and
 `curl -N localhost:8000/v1/chat/stream -H 'Content-Type: application/json' -d '{"prompt": "Hi"}'`.
 Needs alltkn_client.py, alltkn_errors.py and alltkn_sse.py next to it.
 """
@@ -25,6 +27,7 @@ from alltkn_sse import (
     SEND_TIMEOUT_S,
     STREAM_HEADERS,
     Answer,
+    bad_body,
     error_body,
     http_status,
     relay,
@@ -32,6 +35,7 @@ from alltkn_sse import (
     retry_headers,
 )
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.types import Send
@@ -73,6 +77,18 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 app = FastAPI(lifespan=lifespan)
+
+
+@app.exception_handler(RequestValidationError)
+async def refuse_bad_body(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's default 422 echoes the input; answer like any refused call instead."""
+    request_id = request_id_from(request.headers.get("X-Request-ID"))
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first["loc"] if part != "body") or "body"
+    malformed = first["type"] == "json_invalid"
+    problem = "the body is not valid JSON" if malformed else f"{where}: {first['msg']}"
+    headers = {"X-Request-ID": request_id}
+    return JSONResponse(bad_body(problem, request_id), 400 if malformed else 422, headers)
 
 
 @app.post("/v1/chat/stream")

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from conftest import cli_env, copy_template, out_dir, run_cookiecutter
@@ -46,6 +47,13 @@ def git(cwd: Path, env: dict[str, str], *args: str) -> str:
     return done.stdout.strip()
 
 
+def git_status(cwd: Path, env: dict[str, str]) -> list[str]:
+    """`git status --porcelain` lines, untracked files included."""
+    done = run(["git", "status", "--porcelain", "--untracked-files=all"], cwd, env)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
 def template_clone(tmp_path: Path, env: dict[str, str]) -> Path:
     """A git repository holding the template, and a clone of it."""
     origin = copy_template(tmp_path / "origin")
@@ -55,6 +63,14 @@ def template_clone(tmp_path: Path, env: dict[str, str]) -> Path:
     clone = tmp_path / "template"
     git(tmp_path, env, "clone", "-q", str(origin), str(clone))
     return clone
+
+
+def assert_no_template_drift(cruft: list[str], project: Path, env: dict[str, str]) -> None:
+    """An up-to-date project: `cruft diff` shows nothing (no `.cruft.json` from cruft's temp
+    clone either) and the working tree is clean."""
+    diff = run([*cruft, "diff", "--exit-code"], project, env)
+    assert (diff.returncode, diff.stdout) == (0, ""), diff.stdout + diff.stderr
+    assert git_status(project, env) == []
 
 
 def test_cookiecutter_writes_cruft_json_without_secrets_or_machine_paths(
@@ -123,6 +139,7 @@ def test_cruft_check_sees_template_drift_and_update_applies_it(tmp_path: Path) -
     git(project, env, "add", "-A")
     git(project, env, "commit", "-q", "-m", "generated")
     assert run([*cruft, "check"], project, env).returncode == 0
+    assert_no_template_drift(cruft, project, env)
 
     # The template moves on: a new line in the generated README.
     readme = template / "{{cookiecutter.project_slug}}" / "README.md"
@@ -141,6 +158,16 @@ def test_cruft_check_sees_template_drift_and_update_applies_it(tmp_path: Path) -
 
     update = run([*cruft, "update", "--skip-apply-ask", "--allow-untracked-files"], project, env)
     assert update.returncode == 0, update.stdout + update.stderr
+    assert "reject" not in (update.stdout + update.stderr).lower()
+    assert sorted(project.rglob("*.rej")) == []
+    # Exactly the template's changes (the README line, the version the package reports) and
+    # cruft's own record: nothing untracked, nothing left in conflict.
+    assert sorted(line[3:] for line in git_status(project, env)) == [
+        ".cruft.json",
+        "README.md",
+        "src/alltkn_service/__init__.py",
+    ]
+    assert not any(line.startswith(("??", "U", "AA", "DD")) for line in git_status(project, env))
     assert marker in (project / "README.md").read_text(encoding="utf-8")
     state = json.loads((project / ".cruft.json").read_text())
     assert state["commit"] == new_commit
@@ -148,5 +175,20 @@ def test_cruft_check_sees_template_drift_and_update_applies_it(tmp_path: Path) -
     git(project, env, "add", "-A")
     git(project, env, "commit", "-q", "-m", "template update")
     assert run([*cruft, "check"], project, env).returncode == 0
+    assert_no_template_drift(cruft, project, env)
     assert not (project / ".github").exists()  # the answers (ci=none) were kept
     assert os.listdir(project / "src") == ["alltkn_service"]
+
+
+@pytest.mark.parametrize(
+    ("answers", "by_cruft"),
+    [
+        pytest.param({"_output_dir": "/out", "_repo_dir": "/t"}, False, id="cookiecutter"),
+        pytest.param({"_commit": "a" * 40, "_template": "/t"}, True, id="cruft"),
+        pytest.param({"_commit": "a" * 40, "_output_dir": "/out"}, False, id="replayed-cruft"),
+    ],
+)
+def test_the_hook_leaves_cruft_json_to_cruft(
+    post_gen: ModuleType, answers: dict[str, object], by_cruft: bool
+) -> None:
+    assert post_gen.rendered_by_cruft(answers) is by_cruft

@@ -12,6 +12,7 @@ import fnmatch
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -218,6 +219,71 @@ def test_the_first_commit_passes_the_hygiene_hooks(baked: dict[str, Path], name:
     assert problems == []
 
 
+def local_hooks_config(project: Path, destination: Path) -> Path:
+    """The project's pre-commit config with only its `repo: local` hooks (the others are
+    cloned from GitHub, out of reach offline); the hooks themselves are run as written."""
+    config = yaml.safe_load((project / ".pre-commit-config.yaml").read_text(encoding="utf-8"))
+    config["repos"] = [repo for repo in config["repos"] if repo["repo"] == "local"]
+    assert {hook["id"] for repo in config["repos"] for hook in repo["hooks"]} >= {
+        "secret-scan",
+        "ruff-check",
+        "ruff-format",
+    }
+    destination.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return destination
+
+
+@pytest.mark.parametrize("venv", ["not-activated", "activated", "missing"])
+def test_the_local_pre_commit_hooks_find_the_projects_ruff(
+    baked: dict[str, Path], tmp_path: Path, venv: str
+) -> None:
+    """`git commit` from a plain shell after `make dev`: the venv is not on PATH, the hooks
+    still run the project's ruff (and fail on a bad file); without ruff, one line says why."""
+    try:
+        import pre_commit  # noqa: F401
+    except ImportError:
+        pytest.skip("pre-commit is not installed (python -m pip install -r requirements-dev.txt)")
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    ruff = tool("ruff")
+    if shutil.which("ruff", path="/usr/bin:/bin"):
+        pytest.skip("ruff is installed system-wide: a venv not on PATH cannot be simulated")
+    project = shutil.copytree(baked["fastapi-defaults"], tmp_path / "project")
+    config = local_hooks_config(project, tmp_path / "local-hooks.yaml")
+    path = "/usr/bin:/bin"
+    if venv == "not-activated":  # what `make dev` leaves: .venv/bin/ruff, nothing on PATH
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", ".venv"], cwd=project,
+                       check=True)  # fmt: skip
+        (project / ".venv" / "bin" / "ruff").symlink_to(ruff)
+    elif venv == "activated":  # a team's own env, activated: ruff is on PATH, no .venv
+        bin_dir = tmp_path / "env-bin"
+        bin_dir.mkdir()
+        (bin_dir / "ruff").symlink_to(ruff)
+        path = f"{bin_dir}:{path}"
+    env = {"HOME": str(tmp_path), "PATH": path, "PRE_COMMIT_HOME": str(tmp_path / "cache")}
+    command = [sys.executable, "-m", "pre_commit", "run", "--config", str(config), "--all-files"]
+
+    def hooks() -> subprocess.CompletedProcess[str]:
+        subprocess.run(["git", "add", "-A"], cwd=project, env=env, check=True)
+        return subprocess.run(command, cwd=project, env=env, capture_output=True, text=True,
+                              timeout=300, check=False)  # fmt: skip
+
+    subprocess.run(["git", "init", "-q"], cwd=project, env=env, check=True)
+    if venv == "missing":
+        done = hooks()
+        assert done.returncode != 0
+        assert "ruff not found: run make dev" in done.stdout
+        return
+    done = hooks()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Executable `ruff` not found" not in done.stdout
+    (project / "src" / "alltkn_service" / "unused.py").write_text("import os\nx=1\n")
+    done = hooks()
+    assert done.returncode != 0
+    assert "F401" in done.stdout
+    assert "would be reformatted" in done.stdout
+
+
 # --- Dockerfile --------------------------------------------------------------------------------
 
 
@@ -305,6 +371,29 @@ def test_the_image_is_multi_stage_slim_non_root(baked: dict[str, Path], name: st
         assert 'ENTRYPOINT ["alltkn-service"]' in dockerfile
     assert "ALLTKN_API_KEY=" not in dockerfile
     assert "ARG ALLTKN_API_KEY" not in dockerfile
+
+
+@pytest.mark.parametrize("name", ids_with(lambda o, fw: fw == "fastapi"))
+def test_every_fastapi_command_keeps_the_asyncio_loop(baked: dict[str, Path], name: str) -> None:
+    """uvloop misses client hang-ups (upstream streams run on, billed): the image's command,
+    `make run` and the README's production command all pin `--loop asyncio`."""
+    project = baked[name]
+    readme = (project / "README.md").read_text(encoding="utf-8")
+    production = re.search(r"^Production: `(uvicorn [^`]+)`", readme, re.MULTILINE)
+    assert production is not None
+    makefile = (project / "Makefile").read_text(encoding="utf-8")
+    run_line = re.search(r"^run:.*\n\t(.+)$", makefile, re.MULTILINE)
+    assert run_line is not None
+    commands = {"README production": production[1], "make run": run_line[1]}
+    if (project / "Dockerfile").exists():
+        commands["image CMD"] = exec_form(
+            (project / "Dockerfile").read_text(encoding="utf-8"), "CMD"
+        )[-1]
+    for where, command in commands.items():
+        words = shlex.split(command)
+        assert {"alltkn_service.app:app", "$(PACKAGE).app:app"} & set(words), where
+        assert "--loop" in words, f"{where}: {command}"
+        assert words[words.index("--loop") + 1 :][:1] == ["asyncio"], where
 
 
 def test_gunicorn_workers_come_from_the_environment(baked: dict[str, Path]) -> None:

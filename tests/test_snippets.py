@@ -298,9 +298,10 @@ def test_the_client_snippet_vetoes_the_retries_the_project_vetoes(
     """The snippet's response hook against `retry.should_retry`, one answer at a time."""
     env(**gateway_env(gateway, ALLTKN_RETRY_AFTER_CAP_S="5"))
     settings = modules["core.settings"].load_settings()
+    snippet = modules["alltkn_client"]
     hooks = {
         "project": modules["core.client"]._retry_policy(settings),
-        "snippet": modules["alltkn_client"]._veto_pointless_retry,
+        "snippet": snippet._veto_pointless_retry(snippet.client_options()["retry_after_cap_s"]),
     }
     vetoed = {}
     for name, hook in hooks.items():
@@ -328,6 +329,71 @@ def test_the_async_client_snippet_skips_retrying_no_channel(
     project = asyncio.run(requests_made(modules["core.client"].create_async_client(settings)))
     snippet = asyncio.run(requests_made(modules["alltkn_client"].make_async_client()))
     assert snippet == project
+
+
+BAD_SETTINGS = [
+    pytest.param("ALLTKN_TIMEOUT_S", "abc", id="timeout-not-a-number"),
+    pytest.param("ALLTKN_TIMEOUT_S", "0", id="timeout-zero"),
+    pytest.param("ALLTKN_TIMEOUT_S", "nan", id="timeout-nan"),
+    pytest.param("ALLTKN_MAX_RETRIES", "x", id="retries-not-a-number"),
+    pytest.param("ALLTKN_MAX_RETRIES", "-1", id="retries-negative"),
+    pytest.param("ALLTKN_MAX_RETRIES", "1.5", id="retries-fraction"),
+    pytest.param("ALLTKN_RETRY_AFTER_CAP_S", "abc", id="retry-after-cap-not-a-number"),
+    pytest.param("ALLTKN_RETRY_AFTER_CAP_S", "1e9", id="retry-after-cap-too-long"),
+    pytest.param("ALLTKN_BASE_URL", "api.alltkn.com/api/v1", id="base-url-no-scheme"),
+    pytest.param("ALLTKN_API_KEY", "", id="key-missing"),
+]
+
+
+@pytest.mark.parametrize(("variable", "value"), BAD_SETTINGS)
+def test_a_bad_setting_stops_the_client_naming_the_variable(
+    modules: dict[str, ModuleType],
+    env: Callable[..., None],
+    gateway: Any,
+    variable: str,
+    value: str,
+) -> None:
+    """Checked once, when the client is made: not as a ValueError deep in a request, nor (for
+    the Retry-After cap) dressed up as a gateway failure."""
+    env(**gateway_env(gateway, **{variable: value}))
+    snippet = modules["alltkn_client"]
+    for make in (snippet.make_client, snippet.make_async_client):
+        with pytest.raises(snippet.SettingsError) as caught:
+            make()
+        assert str(caught.value).startswith(f"{variable} "), caught.value
+        assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        pytest.param(["alltkn_client.py"], id="client"),
+        pytest.param(["alltkn_errors.py", "Hi", "fake-error-500"], id="errors"),
+        pytest.param(["stream_terminal.py", "Hi"], id="terminal"),
+    ],
+)
+@pytest.mark.parametrize(("variable", "value"), BAD_SETTINGS[::3] + BAD_SETTINGS[-1:])
+def test_a_snippet_run_with_a_bad_setting_says_which_in_one_line(
+    project: Path, gateway: Any, command: list[str], variable: str, value: str
+) -> None:
+    env = process_env(gateway, [project / "src"], **{variable: value})
+    done = run_python(command, project / SNIPPETS, env)
+
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(f"error[config]: {variable} "), done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr  # one line, no traceback
+    assert gateway.requests_for("fake-error-500") == []  # refused before any request
+
+
+@pytest.mark.parametrize("variable", ["ALLTKN_SSE_KEEPALIVE_S", "ALLTKN_SSE_SEND_TIMEOUT_S"])
+def test_the_sse_snippet_names_a_bad_interval(project: Path, gateway: Any, variable: str) -> None:
+    env = process_env(gateway, [project / "src"], **{variable: "soon"})
+    code = "import alltkn_sse"
+    done = run_python(["-c", code], project / SNIPPETS, env)
+
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"alltkn_client.SettingsError: {variable} must be a number"), last
 
 
 # --- 3. error categories ------------------------------------------------------------------------
@@ -489,7 +555,8 @@ def serve(command: list[str], port: int, cwd: Path, env: dict[str, str]) -> Iter
 
 
 def uvicorn(app: str, port: int) -> list[str]:
-    return [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)]
+    host = ["--host", "127.0.0.1", "--port", str(port)]
+    return [sys.executable, "-m", "uvicorn", app, "--loop", "asyncio", *host]  # as documented
 
 
 def gunicorn_snippet(port: int) -> list[str]:
@@ -574,6 +641,43 @@ def test_the_sse_snippets_answer_byte_for_byte_like_the_service(
         assert body.replace(b": keep-alive\n\n", b"") == p_body.replace(b": keep-alive\n\n", b"")
     else:  # the JSON encoders of the frameworks differ; the documents must not
         assert json.loads(body) == json.loads(p_body)
+
+
+BAD_BODIES = [
+    pytest.param(b"{not json", id="not-json"),
+    pytest.param(b'{"model": "gpt-4o-mini"}', id="no-prompt"),
+    pytest.param(b'{"prompt": ""}', id="empty-prompt"),
+    pytest.param(b'{"prompt": 123456789}', id="prompt-not-text"),
+]
+
+
+@pytest.mark.parametrize("body", BAD_BODIES)
+def test_the_sse_snippets_refuse_a_bad_body_like_the_service(
+    servers: dict[str, str], body: bytes
+) -> None:
+    """The promised `{"error": {category, message, hint, request_id}}`, the service's status,
+    the input never echoed (FastAPI's default 422 would echo it)."""
+    import json
+
+    answers = {}
+    for name in SNIPPET_SIDES:
+        response = httpx2.post(
+            servers[name] + "/v1/chat/stream",
+            content=body,
+            headers={"Content-Type": "application/json", "X-Request-ID": f"bad-body-{name}"},
+            timeout=10,
+        )
+        answers[name] = response
+        document = json.loads(response.content)
+        assert list(document) == ["error"], document
+        error = document["error"]
+        assert sorted(error) == ["category", "hint", "message", "request_id"], error
+        assert error["category"] == "invalid_request"
+        assert error["request_id"] == response.headers["x-request-id"] == f"bad-body-{name}"
+        assert error["message"]
+        assert "prompt" in error["hint"]
+        assert b"123456789" not in response.content
+    assert answers["snippet"].status_code == answers["project"].status_code
 
 
 def test_the_sse_snippets_deliver_incrementally_and_keep_alive(

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from {{ cookiecutter.package_name }}.settings import API_KEY_ENV
+from {{ cookiecutter.package_name }}.settings import API_KEY_ENV, ENV_NAMES
 
 from .fake_gateway import FakeGateway
 
@@ -38,7 +38,9 @@ def _fresh_gateway(gateway: FakeGateway) -> None:
 def gateway_env(
     gateway: FakeGateway, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, str]:
-    """The service's settings pointed at the fake gateway, isolated from any local .env."""
+    """The service's settings pointed at the fake gateway, isolated from any local .env and
+    from the service's variables in the environment the tests run in (a rollback switch left
+    set in a shell must not change what the tests see)."""
     monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
     env = {
         API_KEY_ENV: SENTINEL_KEY,
@@ -51,6 +53,9 @@ def gateway_env(
         "OPENAI_API_KEY": "decoy-openai-key-value",
         "OPENAI_BASE_URL": "http://127.0.0.1:9/never-used",
     }
+    for name in ENV_NAMES.values():
+        if name not in env:
+            monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return env

@@ -30,7 +30,7 @@ import pytest
 from {{ cookiecutter.package_name }} import TEMPLATE_VERSION, __version__, cli, support
 from {{ cookiecutter.package_name }}.client import CLIENT_NAME
 from {{ cookiecutter.package_name }}.errors import Category, GatewayError
-from {{ cookiecutter.package_name }}.settings import API_KEY_ENV
+from {{ cookiecutter.package_name }}.settings import API_KEY_ENV, ENV_NAMES
 
 from .conftest import SENTINEL_KEY
 from .fake_gateway import MODELS, FakeGateway
@@ -66,7 +66,7 @@ CHECK_FIELDS = {
 }
 # Scenario models the fake lists in GET /models, so each failure below is its own.
 LISTED = (*MODELS, "fake-error-quota", "fake-error-503-model", "fake-stream-slow-start")
-LISTED += ("fake-stream-stall",)
+LISTED += ("fake-stream-stall", "fake-drop")
 OTHER_KEY = "sk-" + "Q" * 48  # well-formed, but not the key the fake accepts
 KEY_PIECES = (SENTINEL_KEY, SENTINEL_KEY[:20], SENTINEL_KEY[3:23], SENTINEL_KEY[-12:])
 PROXY_VARIABLES = [
@@ -104,6 +104,8 @@ def doctor_env(
 
     for proxy in PROXY_VARIABLES:  # the tests talk to loopback directly
         monkeypatch.delenv(proxy, raising=False)
+    for name in ENV_NAMES.values():  # nor may a switch set in the shell change the verdicts
+        monkeypatch.delenv(name, raising=False)
 
     def apply(**overrides: str | None) -> None:
         for name, value in {**base, **overrides}.items():
@@ -364,6 +366,29 @@ def test_failure_verdict_hint_and_time_bound(
     later = CHECK_IDS[CHECK_IDS.index(failing) + 1 : CHECK_IDS.index("stream") + 1]
     assert [checks[check_id]["status"] for check_id in later] == ["skip"] * len(later)
     assert document["exit_code"] == 1
+
+
+@pytest.mark.parametrize("model", ["fake-stream-slow-start", "fake-stream-stall"], ids=str)
+def test_a_stream_out_of_time_keeps_the_gateway_request_id(
+    doctor_env: Callable[..., None], capsys: pytest.CaptureFixture[str], model: str
+) -> None:
+    doctor_env(ALLTKN_MODEL=model, ALLTKN_TIMEOUT_S=str(TIMEOUT_S))
+    code, out, _ = run_doctor(capsys, "--support")
+
+    assert code == 1
+    assert field(out, "Category") in ("timeout", "stream_interrupted")
+    # The stream had opened: its headers carried the gateway's id (one-api style).
+    assert re.fullmatch(r"\d{14}[0-9a-f]{16}", field(out, "Gateway request id"))
+
+
+def test_a_dropped_connection_names_the_transport_error_in_every_check(
+    doctor_env: Callable[..., None], capsys: pytest.CaptureFixture[str]
+) -> None:
+    doctor_env(ALLTKN_MODEL="fake-drop")
+    completion = checks_of(doctor_json(capsys))["completion"]
+    # The SDK's "Connection error." alone would not say what failed; the transport's error does.
+    assert completion["category"] == "connection"
+    assert re.search(r"Connection error\. \(\w+: .+\)", completion["detail"]), completion
 
 
 def test_wrong_key_skips_what_needs_auth(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from email.utils import formatdate
 from typing import Any
 
@@ -119,6 +120,66 @@ def test_a_stream_that_started_is_never_retried(gateway: FakeGateway, model: str
     assert caught.value.category is Category.STREAM_INTERRUPTED
     assert received, "the stream had started"
     assert len(gateway.requests_for(model)) == 1
+
+
+# A stream whose headers arrived but whose content did not has given the caller nothing yet, so it
+# is retried like a failed open (the SDK itself retries only the request that opens it).
+BEFORE_THE_FIRST_DELTA = [
+    pytest.param("fake-stream-slow-start", Category.TIMEOUT, id="first-token-too-late"),
+    pytest.param("fake-html-200", Category.UPSTREAM_UNAVAILABLE, id="200-with-an-html-page"),
+]
+
+
+@pytest.mark.parametrize(("model", "category"), BEFORE_THE_FIRST_DELTA)
+def test_a_stream_failing_before_its_first_delta_is_retried(
+    gateway: FakeGateway,
+    monkeypatch: pytest.MonkeyPatch,
+    upstream_calls: Callable[[], list[dict[str, Any]]],
+    model: str,
+    category: Category,
+) -> None:
+    monkeypatch.setattr(gateway, "hang_seconds", 0.6)  # past the 0.3 s read timeout
+    error = _attempt(_service(max_retries=2), model, stream=True)
+
+    assert error is not None
+    assert error.category is category
+    assert len(gateway.requests_for(model)) == 3
+    calls = upstream_calls()
+    assert [call["category"] for call in calls] == [category.value] * 3
+    assert [call["ttft_ms"] for call in calls] == [None] * 3  # no content ever arrived
+
+
+def test_a_stream_timing_out_before_its_first_delta_is_closed_upstream(
+    gateway: FakeGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gateway, "hang_seconds", 0.6)
+    _attempt(_service(max_retries=1), "fake-stream-slow-start", stream=True)
+
+    # Each timed-out attempt was closed: the fake's late first token finds nobody listening.
+    assert gateway.wait_for(lambda: gateway.aborted_streams == 2, timeout=5)
+    assert gateway.completed_streams == 0
+
+
+def test_the_async_service_retries_a_stream_before_its_first_delta(
+    gateway: FakeGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gateway, "hang_seconds", 0.6)
+    settings = load_settings().model_copy(update={"timeout_s": 0.3, "max_retries": 1})
+    service = AsyncChatService(create_async_client(settings), settings.model)
+
+    async def attempt() -> GatewayError | None:
+        try:
+            async with await service.open_stream(HELLO, model="fake-stream-slow-start") as stream:
+                async for _ in stream:
+                    pass
+        except GatewayError as error:
+            return error
+        return None
+
+    error = asyncio.run(attempt())
+    assert error is not None
+    assert error.category is Category.TIMEOUT
+    assert len(gateway.requests_for("fake-stream-slow-start")) == 2
 
 
 def test_retry_after_within_the_cap_is_waited_then_retried(gateway: FakeGateway) -> None:

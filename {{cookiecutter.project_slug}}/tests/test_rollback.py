@@ -163,6 +163,71 @@ def test_the_async_service_falls_back_too(
     assert len(gateway.requests_for("gpt-4o")) == 2
 
 
+@pytest.mark.parametrize(
+    "primary",
+    [
+        pytest.param("fake-stream-slow-start", id="timeout-before-the-first-token"),
+        pytest.param("fake-html-200", id="200-with-an-html-page"),
+    ],
+)
+def test_a_stream_failing_before_its_first_delta_falls_back(
+    gateway: FakeGateway,
+    monkeypatch: pytest.MonkeyPatch,
+    upstream_calls: Callable[[], list[dict[str, Any]]],
+    primary: str,
+) -> None:
+    monkeypatch.setenv("ALLTKN_FALLBACK_MODELS", "gpt-4o")
+    monkeypatch.setenv("ALLTKN_TIMEOUT_S", "0.3")
+    monkeypatch.setattr(gateway, "hang_seconds", 0.6)
+    with _service().open_stream(HELLO, model=primary) as stream:
+        received = list(stream)
+
+    assert "".join(received) == ANSWER
+    assert stream.result().model == "gpt-4o"
+    assert len(gateway.requests_for(primary)) == 1
+    failed, used = upstream_calls()
+    assert (failed["model"], failed["status"]) == (primary, "error")
+    assert failed["category"] in ("timeout", "upstream_unavailable")
+    assert (used["model"], used["status"], used["fallback_from"]) == ("gpt-4o", "ok", primary)
+    assert used["ttft_ms"] is not None
+
+
+def test_the_async_service_falls_back_before_the_first_delta(
+    gateway: FakeGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ALLTKN_FALLBACK_MODELS", "gpt-4o")
+    monkeypatch.setenv("ALLTKN_TIMEOUT_S", "0.3")
+    monkeypatch.setattr(gateway, "hang_seconds", 0.6)
+
+    async def run() -> tuple[str, str]:
+        service = _async_service()
+        async with await service.open_stream(HELLO, model="fake-stream-slow-start") as stream:
+            streamed = "".join([delta async for delta in stream])
+        return streamed, stream.result().model
+
+    assert asyncio.run(run()) == (ANSWER, "gpt-4o")
+    assert len(gateway.requests_for("fake-stream-slow-start")) == 1
+
+
+def test_the_cli_retries_then_falls_back_before_the_first_delta(
+    gateway: FakeGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ALLTKN_TIMEOUT_S", "0.3")
+    monkeypatch.setenv("ALLTKN_MAX_RETRIES", "1")
+    monkeypatch.setattr(gateway, "hang_seconds", 0.6)
+    alone = _ask("--model", "fake-stream-slow-start", "hi")
+    assert alone.returncode == 1
+    assert "error[timeout]: " in alone.stderr
+    assert len(gateway.requests_for("fake-stream-slow-start")) == 2
+
+    monkeypatch.setenv("ALLTKN_FALLBACK_MODELS", "gpt-4o")
+    rescued = _ask("--model", "fake-stream-slow-start", "hi")
+    assert rescued.returncode == 0, rescued.stderr
+    assert rescued.stdout == ANSWER + "\n"
+    assert len(gateway.requests_for("fake-stream-slow-start")) == 4  # tried and retried again
+    assert len(gateway.requests_for("gpt-4o")) == 1
+
+
 def test_the_primary_is_not_tried_twice(
     gateway: FakeGateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -293,6 +358,12 @@ def test_over_long_input_through_the_cli(
         pytest.param("ALLTKN_FALLBACK_MODELS", "gpt-4o,,gpt-4o-mini", "empty entry", id="fb-gap"),
         pytest.param("ALLTKN_FALLBACK_MODELS", "gpt-4o,", "empty entry", id="fallback-trailing"),
         pytest.param("ALLTKN_FALLBACK_MODELS", "gpt-4o,gpt-4o", "twice", id="fallback-twice"),
+        pytest.param(
+            "ALLTKN_FALLBACK_MODELS",
+            "gpt-4o gpt-4o-mini",
+            "has a space inside 'gpt-4o gpt-4o-mini'; separate model names with commas",
+            id="fallback-space-separated",
+        ),
         pytest.param("ALLTKN_RETRY_AFTER_CAP_S", "-1", "greater than or equal", id="cap-negative"),
         pytest.param("ALLTKN_RETRY_AFTER_CAP_S", "600", "less than or equal", id="cap-too-long"),
     ],

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from {{ cookiecutter.package_name }}.settings import API_KEY_ENV, ConfigError, load_settings
@@ -82,3 +87,20 @@ def test_bad_settings_fail_in_one_line_naming_the_variable(
     assert "\n" not in message
     assert ".env.example" in message
     assert SENTINEL_KEY not in message
+
+
+def test_the_suite_ignores_the_services_variables_set_in_its_shell() -> None:
+    # An operator's shell with rollback switches thrown must not change what the tests see.
+    switches = {"ALLTKN_MAX_INPUT_CHARS": "5", "ALLTKN_STREAMING": "off"}
+    root = Path(__file__).resolve().parents[1]
+    one_test = "tests/test_cli.py::test_ask_streams_the_answer"
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", one_test],
+        cwd=root,
+        env={**os.environ, **switches},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-2000:]

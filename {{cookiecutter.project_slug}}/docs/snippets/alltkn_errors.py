@@ -7,7 +7,8 @@ on. Users get the category's fixed message; your logs keep the gateway's own wor
 Chinese) and its request id, which is what support asks for, never the key.
 
 Run: `python alltkn_errors.py "Say hello" [model]`; on failure it prints
-`error[<category>]: <message> (hint: ...)` and exits 1. Needs alltkn_client.py next to it.
+`error[<category>]: <message> (hint: ...)` and exits 1 (a bad setting: `error[config]: ...`,
+exit 2). Needs alltkn_client.py next to it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sys
 
 import httpx2
 import openai
-from alltkn_client import API_KEY_ENV, DEFAULT_MODEL, make_client
+from alltkn_client import API_KEY_ENV, DEFAULT_MODEL, SettingsError, make_client
 from openai import OpenAI
 from openai.types.chat import ChatCompletion
 
@@ -131,7 +132,12 @@ def ask(client: OpenAI, prompt: str, model: str = DEFAULT_MODEL) -> str:
 
 def main(argv: list[str]) -> int:
     prompt = argv[0] if argv else "Say hello in one short sentence."
-    with make_client() as client:
+    try:
+        client = make_client()
+    except SettingsError as exc:  # a bad setting is not a gateway failure
+        print(f"error[config]: {exc}", file=sys.stderr)
+        return 2
+    with client:
         try:
             print(ask(client, prompt, *argv[1:2]))
         except UPSTREAM_ERRORS as exc:

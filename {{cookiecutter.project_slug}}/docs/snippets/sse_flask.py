@@ -2,9 +2,9 @@
 
 When to use: a Flask service relays the answer to a browser as it is generated. Serve it with
 gunicorn's threaded workers (each open stream holds a thread; the sync worker's timeout would
-cut long streams). A refused call (bad key, no balance, unknown model, ...) is answered before
-the stream starts, with a proper status and `{"error": {"category", "message", "hint",
-"request_id"}}`; a failure later arrives as `event: error`. The response carries the
+cut long streams). A refused call (bad body, bad key, no balance, unknown model, ...) is
+answered before the stream starts, with a proper status and `{"error": {"category", "message",
+"hint", "request_id"}}`; a failure later arrives as `event: error`. The response carries the
 anti-buffering headers; when the client hangs up, the next write fails (keep-alives bound the
 delay), gunicorn closes the generator, and that closes the upstream stream.
 
@@ -22,6 +22,7 @@ from alltkn_sse import (
     SEND_TIMEOUT_S,
     STREAM_HEADERS,
     Answer,
+    bad_body,
     error_body,
     http_status,
     relay_sync,
@@ -41,8 +42,14 @@ def chat_stream() -> Response:
     prompt = body.get("prompt") if isinstance(body, dict) else None
     model = body.get("model", DEFAULT_MODEL) if isinstance(body, dict) else DEFAULT_MODEL
     if not isinstance(prompt, str) or not prompt.strip() or not isinstance(model, str):
-        refused = jsonify(error='send JSON like {"prompt": "Hello", "model": "..."}')
-        refused.status_code = 422
+        problem = (
+            "the body is not valid JSON (send Content-Type: application/json)"
+            if body is None
+            else "prompt: must be a non-empty string (model, if given, a string)"
+        )
+        refused = jsonify(bad_body(problem, request_id))
+        refused.status_code = 400 if body is None else 422
+        refused.headers["X-Request-ID"] = request_id
         return refused
     try:
         # Opened before the response starts, so a refused call still gets a proper status.

@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
-from alltkn_client import DEFAULT_MODEL, make_client
+from alltkn_client import DEFAULT_MODEL, SettingsError, make_client
 from alltkn_errors import CATEGORIES, UPSTREAM_ERRORS, classify
 from openai import OpenAI
 
@@ -49,7 +49,12 @@ def stream_answer(client: OpenAI, prompt: str, model: str, out: TextIO = sys.std
 def main(argv: list[str]) -> int:
     prompt = argv[0] if argv else "Say hello in one short sentence."
     model = argv[1] if len(argv) > 1 else DEFAULT_MODEL
-    with make_client() as client:
+    try:
+        client = make_client()
+    except SettingsError as exc:
+        print(f"error[config]: {exc}", file=sys.stderr)
+        return 2
+    with client:
         try:
             stream_answer(client, prompt, model)
         except KeyboardInterrupt:

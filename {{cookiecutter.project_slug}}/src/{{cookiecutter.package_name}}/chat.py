@@ -7,9 +7,12 @@ early, so the gateway stops generating (and billing) for nobody.
 
 from __future__ import annotations
 
+import contextlib
+import random
+import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -24,7 +27,7 @@ from pydantic import BaseModel, ConfigDict
 
 from .errors import Category, GatewayError, classify, request_id_from_headers
 from .logs import log_call
-from .retry import FALLBACK_ON
+from .retry import FALLBACK_ON, RETRIED
 from .settings import Settings
 
 Messages = Iterable[ChatCompletionMessageParam]
@@ -106,6 +109,13 @@ _DONE = "[DONE]"
 # How long a finished stream's leftover bytes may take to arrive, so that its connection can
 # go back to the pool (the SDK allows the same).
 _DRAIN_S = 0.1
+# What may precede the first delta of an event stream; any other line means the gateway did not
+# answer with one (a proxy's or captive portal's page, a JSON body).
+_SSE_LINE_STARTS = ("data:", ":", "event:", "id:", "retry:")
+# The backoff of the explicit retries of a stream that failed before its first delta, like the
+# SDK's own: 0.5 s doubling, at most 8 s, up to a quarter less at random.
+_RETRY_BASE_S = 0.5
+_RETRY_MAX_S = 8.0
 
 
 def _sse_data(line: str) -> str | None:
@@ -132,7 +142,7 @@ class Rollback:
     """The rollback switches (docs/RUNBOOK.md), applied by both chat services.
 
     - `fallback_models`: tried in order after the requested model fails with a category in
-      `retry.FALLBACK_ON` (a stream only before its first byte);
+      `retry.FALLBACK_ON` (a stream only before its first content delta reached the caller);
     - `streaming=False`: `open_stream()` makes one non-streaming call and yields its answer as
       a single delta, so stream endpoints keep answering;
     - `max_input_chars`: longer input is refused as `invalid_request` before any upstream call.
@@ -208,7 +218,6 @@ class _CallState:
         self.upstream_request_id: str | None = None
         self.finish_reason: str | None = None
         self.parts: list[str] = []
-        self.opened = False
         self.logged = False
         # The model first asked for, when this call is a fallback (ALLTKN_FALLBACK_MODELS).
         self.fallback_from: str | None = None
@@ -225,8 +234,10 @@ class _CallState:
         return kwargs
 
     def opened_stream(self, headers: httpx2.Headers) -> None:
-        self.opened = True
         self.upstream_request_id = request_id_from_headers(headers)
+        content_type = headers.get("content-type", "")
+        if content_type.startswith("text/html"):
+            raise ValueError(f"the gateway answered 200 with {content_type}, not an event stream")
 
     def consume(self, chunk: StreamChunk) -> str | None:
         """Take one chunk; return its content delta, if any."""
@@ -270,7 +281,9 @@ class _CallState:
         return self.result()
 
     def fail(self, exc: BaseException) -> GatewayError:
-        error = classify(exc, stream_started=self.opened)
+        # `ttft_ms` is set when the first content delta is read, which is handed to the caller
+        # at once: from then on the caller has part of the answer.
+        error = classify(exc, stream_started=self.ttft_ms is not None)
         self.upstream_request_id = self.upstream_request_id or error.upstream_request_id
         error.upstream_request_id = self.upstream_request_id
         self.log("error", error)
@@ -317,6 +330,43 @@ class _CallState:
         return round((time.perf_counter() - self.started) * 1000, 1)
 
 
+class _StreamAttempts:
+    """The order in which a stream is tried: the requested model, then its fallbacks.
+
+    A stream that fails before its first content delta reached the caller has cost the caller
+    nothing, so, like a failed open, it is retried (categories in `retry.RETRIED`, at most
+    `max_retries` times per model, with backoff) and then falls back (`retry.FALLBACK_ON`).
+    The SDK retries only the request that opens a stream; these retries cover a stream whose
+    headers arrived but whose content did not (a read timeout, a dropped connection, a body
+    that is not an event stream).
+    """
+
+    def __init__(self, models: list[str], max_retries: int) -> None:
+        self._models = models
+        self._max_retries = max_retries
+        self._index = 0
+        self._retried = 0
+
+    def new_state(self, call: CallInfo) -> _CallState:
+        model = self._models[self._index]
+        state = _CallState(model, call, stream=True)
+        state.fallback_from = _origin(model, self._models)
+        return state
+
+    def after(self, error: GatewayError, *, retry: bool) -> float | None:
+        """Move on after `error`: the delay before the next attempt, None if `error` is final.
+        `retry=False` when the SDK has already retried (the stream did not open)."""
+        if retry and error.category in RETRIED and self._retried < self._max_retries:
+            self._retried += 1
+            delay = min(_RETRY_BASE_S * 2.0 ** (self._retried - 1), _RETRY_MAX_S)
+            return delay * (1 - 0.25 * random.random())  # noqa: S311 (jitter, not a secret)
+        if error.category in FALLBACK_ON and self._index + 1 < len(self._models):
+            self._index += 1
+            self._retried = 0
+            return 0.0
+        return None
+
+
 class ChatService:
     """Chat over the sync `OpenAI` client (Flask, the CLI)."""
 
@@ -344,19 +394,22 @@ class ChatService:
     def open_stream(
         self, messages: Messages, *, model: str | None = None, call: CallInfo | None = None
     ) -> ChatStream:
-        """Start a stream; failures before the first byte raise `GatewayError` here."""
+        """Start a stream. A failure before the gateway accepted it raises `GatewayError` here;
+        one after that but before the first content delta is retried or falls back while the
+        stream is read, and raised from the iteration when final (see `_StreamAttempts`).
+
+        This returns without waiting for the first delta on purpose: the web layers start the
+        response, and its keep-alives, when it returns, and a slow first token must neither hold
+        the headers back nor let a proxy time the silent response out."""
         if not self.rollback.streaming:
             return _SingleDeltaStream(self.complete(messages, model=model, call=call))
         listed, call = self.rollback.checked_input(messages), call or CallInfo()
-        models = self.rollback.models(model or self.default_model)
-        for name in models[:-1]:
-            try:
-                return self._open_stream(listed, name, call, fallback_from=_origin(name, models))
-            except GatewayError as error:
-                if error.category not in FALLBACK_ON:
-                    raise
-        return self._open_stream(
-            listed, models[-1], call, fallback_from=_origin(models[-1], models)
+        attempts = _StreamAttempts(
+            self.rollback.models(model or self.default_model), self._client.max_retries
+        )
+        upstream, state = self._open_stream(listed, call, attempts)
+        return ChatStream(
+            upstream, state, attempts, lambda: self._open_stream(listed, call, attempts)
         )
 
     def _complete(
@@ -374,18 +427,28 @@ class ChatService:
         return state.complete(completion, raw.headers)
 
     def _open_stream(
-        self, messages: Messages, model: str, call: CallInfo, *, fallback_from: str | None
-    ) -> ChatStream:
-        state = _CallState(model, call, stream=True)
-        state.fallback_from = fallback_from
-        try:
-            upstream: Stream[ChatCompletionChunk] = self._client.chat.completions.create(
-                **state.request_kwargs(messages)
-            )
-        except UPSTREAM_ERRORS as exc:
-            raise state.fail(exc) from None
-        state.opened_stream(upstream.response.headers)
-        return ChatStream(upstream, state)
+        self, messages: Messages, call: CallInfo, attempts: _StreamAttempts
+    ) -> tuple[Stream[ChatCompletionChunk], _CallState]:
+        """Open the stream on the next model to try, falling back while opening fails."""
+        while True:
+            state = attempts.new_state(call)
+            try:
+                upstream: Stream[ChatCompletionChunk] = self._client.chat.completions.create(
+                    **state.request_kwargs(messages)
+                )
+            except UPSTREAM_ERRORS as exc:
+                error, retry = state.fail(exc), False  # the SDK retried what it could
+            else:
+                try:
+                    state.opened_stream(upstream.response.headers)
+                    return upstream, state
+                except ValueError as exc:  # a 200 that is not a stream: news to the SDK
+                    upstream.close()
+                    error, retry = state.fail(exc), True
+            delay = attempts.after(error, retry=retry)
+            if delay is None:
+                raise error from None
+            time.sleep(delay)
 
 
 class ChatStream:
@@ -395,14 +458,29 @@ class ChatStream:
     line and each event parsed into a `StreamChunk`.
     """
 
-    def __init__(self, upstream: Stream[ChatCompletionChunk], state: _CallState) -> None:
+    def __init__(
+        self,
+        upstream: Stream[ChatCompletionChunk],
+        state: _CallState,
+        attempts: _StreamAttempts,
+        reopen: Callable[[], tuple[Stream[ChatCompletionChunk], _CallState]],
+    ) -> None:
         self._upstream = upstream
         self._state = state
+        self._attempts = attempts
+        self._reopen = reopen
+        self._lines: Iterator[str] = iter(())
+        self._closed = False
 
     def __iter__(self) -> Iterator[str]:
+        first = self._first_delta()
+        if first is None:
+            self._state.finish_stream()
+            return
+        yield first
         response = self._upstream.response
         try:
-            for line in response.iter_lines():
+            for line in self._lines:
                 data = _sse_data(line)
                 if data is None:
                     continue
@@ -415,13 +493,54 @@ class ChatStream:
             raise self._state.fail(exc) from None
         self._state.finish_stream()
 
+    def _first_delta(self) -> str | None:
+        """The first content delta (None: an empty answer), trying again while it fails."""
+        while True:
+            try:
+                return self._read_first_delta()
+            except UPSTREAM_ERRORS as exc:
+                error = self._state.fail(exc)
+            self._upstream.close()
+            delay = None if self._closed else self._attempts.after(error, retry=True)
+            if delay is None:
+                raise error from None
+            time.sleep(delay)
+            if self._closed:  # the consumer left meanwhile
+                raise error from None
+            self._upstream, self._state = self._reopen()
+            if self._closed:
+                self._upstream.close()
+                raise error from None
+
+    def _read_first_delta(self) -> str | None:
+        response = self._upstream.response
+        self._lines = lines = response.iter_lines()
+        for line in lines:
+            data = _sse_data(line)
+            if data is None:
+                if line and not line.startswith(_SSE_LINE_STARTS):
+                    raise ValueError(f"the stream's body is not an event stream: {line[:200]}")
+                continue
+            if data.startswith(_DONE):
+                break
+            delta = self._state.consume(_parse_chunk(data, response))
+            if delta:
+                return delta
+        if self._state.finish_reason is None:
+            raise ValueError("the stream ended before any content, without a finish_reason")
+        return None
+
     def result(self) -> ChatResult:
         return self._state.result()
 
     def close(self) -> None:
         # Log first: closing the upstream makes a read in another thread fail, and that
-        # failure must not be logged as the gateway's fault.
+        # failure must not be logged as the gateway's fault (nor retried).
+        self._closed = True
+        left_early = not self._state.logged
         self._state.close()
+        if left_early:
+            _shut_down(self._upstream.response)
         self._upstream.close()
 
     def __enter__(self) -> ChatStream:
@@ -434,6 +553,18 @@ class ChatStream:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _shut_down(response: httpx2.Response) -> None:
+    """Wake a read of this response blocked in another thread (the Flask relay's reader, while
+    the gateway is silent): closing the response does not, and the gateway would go on
+    generating until its next write. The connection is not reusable anyway: its body was left
+    unread."""
+    network_stream = response.extensions.get("network_stream")
+    sock = network_stream.get_extra_info("socket") if network_stream is not None else None
+    if isinstance(sock, socket.socket):
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 class AsyncChatService:
@@ -465,21 +596,16 @@ class AsyncChatService:
     async def open_stream(
         self, messages: Messages, *, model: str | None = None, call: CallInfo | None = None
     ) -> AsyncChatStream:
-        """Start a stream; failures before the first byte raise `GatewayError` here."""
+        """Start a stream, like `ChatService.open_stream`."""
         if not self.rollback.streaming:
             return _AsyncSingleDeltaStream(await self.complete(messages, model=model, call=call))
         listed, call = self.rollback.checked_input(messages), call or CallInfo()
-        models = self.rollback.models(model or self.default_model)
-        for name in models[:-1]:
-            try:
-                return await self._open_stream(
-                    listed, name, call, fallback_from=_origin(name, models)
-                )
-            except GatewayError as error:
-                if error.category not in FALLBACK_ON:
-                    raise
-        return await self._open_stream(
-            listed, models[-1], call, fallback_from=_origin(models[-1], models)
+        attempts = _StreamAttempts(
+            self.rollback.models(model or self.default_model), self._client.max_retries
+        )
+        upstream, state = await self._open_stream(listed, call, attempts)
+        return AsyncChatStream(
+            upstream, state, attempts, lambda: self._open_stream(listed, call, attempts)
         )
 
     async def _complete(
@@ -497,18 +623,29 @@ class AsyncChatService:
         return state.complete(completion, raw.headers)
 
     async def _open_stream(
-        self, messages: Messages, model: str, call: CallInfo, *, fallback_from: str | None
-    ) -> AsyncChatStream:
-        state = _CallState(model, call, stream=True)
-        state.fallback_from = fallback_from
-        try:
-            upstream: AsyncStream[ChatCompletionChunk] = await self._client.chat.completions.create(
-                **state.request_kwargs(messages)
-            )
-        except UPSTREAM_ERRORS as exc:
-            raise state.fail(exc) from None
-        state.opened_stream(upstream.response.headers)
-        return AsyncChatStream(upstream, state)
+        self, messages: Messages, call: CallInfo, attempts: _StreamAttempts
+    ) -> tuple[AsyncStream[ChatCompletionChunk], _CallState]:
+        """Open the stream on the next model to try, falling back while opening fails."""
+        while True:
+            state = attempts.new_state(call)
+            try:
+                upstream: AsyncStream[
+                    ChatCompletionChunk
+                ] = await self._client.chat.completions.create(**state.request_kwargs(messages))
+            except UPSTREAM_ERRORS as exc:
+                error, retry = state.fail(exc), False  # the SDK retried what it could
+            else:
+                try:
+                    state.opened_stream(upstream.response.headers)
+                    return upstream, state
+                except ValueError as exc:  # a 200 that is not a stream: news to the SDK
+                    with anyio.CancelScope(shield=True):
+                        await upstream.close()
+                    error, retry = state.fail(exc), True
+            delay = attempts.after(error, retry=retry)
+            if delay is None:
+                raise error from None
+            await anyio.sleep(delay)
 
 
 class AsyncChatStream:
@@ -518,13 +655,27 @@ class AsyncChatStream:
     connection can be reused.
     """
 
-    def __init__(self, upstream: AsyncStream[ChatCompletionChunk], state: _CallState) -> None:
+    def __init__(
+        self,
+        upstream: AsyncStream[ChatCompletionChunk],
+        state: _CallState,
+        attempts: _StreamAttempts,
+        reopen: Callable[[], Awaitable[tuple[AsyncStream[ChatCompletionChunk], _CallState]]],
+    ) -> None:
         self._upstream = upstream
         self._state = state
+        self._attempts = attempts
+        self._reopen = reopen
+        self._lines: AsyncIterator[str] | None = None
 
     async def __aiter__(self) -> AsyncIterator[str]:
+        first = await self._first_delta()
+        if first is None:
+            self._state.finish_stream()
+            return
+        yield first
         response = self._upstream.response
-        lines = response.aiter_lines()
+        lines = self._lines or response.aiter_lines()
         try:
             async for line in lines:
                 data = _sse_data(line)
@@ -541,6 +692,42 @@ class AsyncChatStream:
         except UPSTREAM_ERRORS as exc:
             raise self._state.fail(exc) from None
         self._state.finish_stream()
+
+    async def _first_delta(self) -> str | None:
+        """The first content delta (None: an empty answer), trying again while it fails."""
+        while True:
+            try:
+                return await self._read_first_delta()
+            except UPSTREAM_ERRORS as exc:
+                error = self._state.fail(exc)
+            with anyio.CancelScope(shield=True):
+                await self._upstream.close()
+            delay = self._attempts.after(error, retry=True)
+            if delay is None:
+                raise error from None
+            await anyio.sleep(delay)
+            self._upstream, self._state = await self._reopen()
+
+    async def _read_first_delta(self) -> str | None:
+        response = self._upstream.response
+        self._lines = lines = response.aiter_lines()
+        async for line in lines:
+            data = _sse_data(line)
+            if data is None:
+                if line and not line.startswith(_SSE_LINE_STARTS):
+                    raise ValueError(f"the stream's body is not an event stream: {line[:200]}")
+                continue
+            if data.startswith(_DONE):
+                with anyio.move_on_after(_DRAIN_S):
+                    async for _ in lines:
+                        pass
+                break
+            delta = self._state.consume(_parse_chunk(data, response))
+            if delta:
+                return delta
+        if self._state.finish_reason is None:
+            raise ValueError("the stream ended before any content, without a finish_reason")
+        return None
 
     def result(self) -> ChatResult:
         return self._state.result()

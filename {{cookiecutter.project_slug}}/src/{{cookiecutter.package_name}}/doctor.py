@@ -795,12 +795,9 @@ class _Doctor:
             )
             return self._gateway_failed("GET /models", error, charge=_FREE)
         except (*UPSTREAM_ERRORS, AttributeError) as exc:  # AttributeError: not a model list
-            error = classify(exc)
-            cause = exc.__cause__
-            if error.category in (Category.CONNECTION, Category.TIMEOUT) and cause is not None:
-                # The SDK says only "Connection error."; the transport says what failed.
-                error.upstream_message += f" ({type(cause).__name__}: {cause})"
-            return self._gateway_failed("GET /models", error, charge=_FREE)
+            # `classify` keeps the transport's cause of a connection error or timeout, as the
+            # chat calls' errors do.
+            return self._gateway_failed("GET /models", classify(exc), charge=_FREE)
         return _passed(
             f"GET /models: the key is accepted, {len(self.model_ids)} models",
             upstream_request_id=upstream_id,
@@ -898,12 +895,17 @@ class _Doctor:
             watch.close()
             limit = _seconds(self.limit_of(deadline))
             ttft = watch.ttft_ms()
+            # The stream had opened, so its headers gave the gateway's request id.
+            upstream_id = watch.stream.result().upstream_request_id if watch.stream else None
             if ttft is None:
-                error = GatewayError(Category.TIMEOUT, f"no first token within {limit}")
+                error = GatewayError(
+                    Category.TIMEOUT, f"no first token within {limit}", upstream_id
+                )
             else:
                 error = GatewayError(
                     Category.STREAM_INTERRUPTED,
                     f"first token after {_ms(ttft)}, but the stream had not ended within {limit}",
+                    upstream_id,
                 )
             return self._gateway_failed(
                 "", error, request_id=call.request_id, first_token_seen=ttft is not None

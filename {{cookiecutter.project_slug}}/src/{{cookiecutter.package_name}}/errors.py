@@ -114,8 +114,10 @@ class GatewayError(Exception):
 def classify(exc: BaseException, *, stream_started: bool = False) -> GatewayError:
     """Map an openai / httpx2 exception to a `GatewayError`.
 
-    Once a stream has started, every failure is `stream_interrupted`: the client already has
-    part of the answer, so "retry from scratch" is the only honest advice.
+    Once a stream has delivered content (`stream_started`), every failure is
+    `stream_interrupted`: the client already has part of the answer, so "retry from scratch" is
+    the only honest advice. Before that, a stream fails like any call (`timeout`, `connection`,
+    `upstream_unavailable`...), and is retried and falls back like one.
     """
     if isinstance(exc, GatewayError):
         return exc
@@ -190,6 +192,12 @@ def upstream_text(exc: BaseException) -> str:
             text = body
         else:
             text = exc.message
+        cause = exc.__cause__
+        if isinstance(exc, openai.APIConnectionError) and cause is not None:
+            # The SDK says only "Connection error." / "Request timed out."; the transport's
+            # error says what failed (refused, reset, DNS, TLS, which timeout).
+            reason = f": {cause}" if str(cause) else ""
+            text = f"{text} ({type(cause).__name__}{reason})"
     else:
         text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     return str(text)[:_MAX_UPSTREAM_MESSAGE]

@@ -121,6 +121,11 @@ class Settings(BaseSettings):
         models = [name.strip() for name in value.split(",")]
         if not all(models):
             raise ValueError("has an empty entry; list model names separated by single commas")
+        if spaced := next((name for name in models if any(c.isspace() for c in name)), None):
+            raise ValueError(
+                f"has a space inside {spaced!r}; separate model names with commas: "
+                '"gpt-4o,gpt-4o-mini"'
+            )
         if len(set(models)) != len(models):
             raise ValueError("lists a model twice")
         return ",".join(models)

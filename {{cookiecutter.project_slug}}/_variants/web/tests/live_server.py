@@ -19,7 +19,7 @@ from typing import Any
 import httpx2
 import pytest
 
-from {{ cookiecutter.package_name }}.settings import API_KEY_ENV
+from {{ cookiecutter.package_name }}.settings import API_KEY_ENV, ENV_NAMES
 
 from .conftest import SENTINEL_KEY
 from .fake_gateway import FakeGateway
@@ -71,8 +71,11 @@ def free_port() -> int:
 
 
 def server_env(gateway: FakeGateway, **overrides: str) -> dict[str, str]:
+    """The service's settings pointed at the fake; none of the service's variables set in the
+    environment the tests run in (a rollback switch, say) reaches the server."""
+    outside = {name: value for name, value in os.environ.items() if name not in ENV_NAMES.values()}
     env = {
-        **os.environ,
+        **outside,
         API_KEY_ENV: SENTINEL_KEY,
         "ALLTKN_BASE_URL": gateway.base_url,
         "ALLTKN_MODEL": "gpt-4o-mini",

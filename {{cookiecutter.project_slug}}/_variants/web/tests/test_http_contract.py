@@ -149,6 +149,7 @@ def test_bad_bodies_are_refused_before_any_gateway_call(
         pytest.param("fake-error-429", 429, "rate_limited", id="rate-limited"),
         pytest.param("fake-error-500", 502, "upstream_unavailable", id="unavailable"),
         pytest.param("fake-timeout", 504, "timeout", id="timeout"),
+        pytest.param("fake-html-200", 502, "upstream_unavailable", id="200-html-page"),
     ],
 )
 @pytest.mark.parametrize("path", ["/v1/chat", "/v1/chat/stream"])
@@ -244,6 +245,22 @@ def test_a_failure_after_the_stream_began_becomes_an_error_event(
     assert data["error"]["category"] == "stream_interrupted"
     assert data["error"]["request_id"] == response.headers["x-request-id"]
     assert all(name != "done" for name, _ in events)
+
+
+def test_a_stream_whose_first_token_never_comes_ends_as_a_timeout(
+    server: Server, gateway: FakeGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gateway, "hang_seconds", 1.5)  # past the server's 1 s read timeout
+    response = server.post("/v1/chat/stream", {"prompt": "hi", "model": "fake-stream-slow-start"})
+
+    # The gateway had accepted the stream, so the response (and its keep-alives) had started.
+    assert response.status_code == 200
+    events = parse_events(response.text)
+    assert [name for name, _ in events] == ["error"]
+    assert events[0][1]["error"]["category"] == "timeout"  # nothing was delivered: not a cut
+    entry = server.call_log(response.headers["x-request-id"])
+    assert (entry["status"], entry["category"], entry["ttft_ms"]) == ("error", "timeout", None)
+    assert entry["upstream_request_id"]
 
 
 def test_a_client_that_hangs_up_stops_the_upstream_stream(

@@ -85,3 +85,43 @@ def test_over_long_input_is_refused_with_400_before_any_upstream_call(
     assert f"the limit is {MAX_INPUT_CHARS} characters" in error["message"]
     assert error["request_id"] == response.headers["x-request-id"]
     assert gateway.requests == []
+
+
+@pytest.fixture(scope="module")
+def streaming_server(
+    gateway: FakeGateway, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """Streaming on, with a fallback and one retry: what happens before the first delta."""
+    with run_server(
+        gateway,
+        tmp_path_factory.mktemp("rollback-streaming"),
+        ALLTKN_FALLBACK_MODELS="gpt-4o",
+        ALLTKN_MAX_RETRIES="1",
+    ) as running:
+        yield running
+
+
+def test_a_stream_without_a_first_token_is_retried_then_falls_back(
+    streaming_server: Server, gateway: FakeGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gateway, "hang_seconds", 1.5)  # past the server's 1 s read timeout
+    response = streaming_server.post(
+        "/v1/chat/stream", {"prompt": "say hello please", "model": "fake-stream-slow-start"}
+    )
+
+    assert response.status_code == 200
+    events = parse_events(response.text)
+    assert "".join(data["delta"] for name, data in events if name == "message") == ANSWER
+    assert events[-1][0] == "done"
+    assert events[-1][1]["model"] == "gpt-4o"
+    assert len(gateway.requests_for("fake-stream-slow-start")) == 2  # tried, then retried once
+    assert len(gateway.requests_for("gpt-4o")) == 1
+    request_id = response.headers["x-request-id"]
+    streaming_server.call_log(request_id)
+    calls = [c for c in streaming_server.call_logs() if c["request_id"] == request_id]
+    assert [(c["model"], c["category"]) for c in calls] == [
+        ("fake-stream-slow-start", "timeout"),
+        ("fake-stream-slow-start", "timeout"),
+        ("gpt-4o", None),
+    ]
+    assert calls[-1]["fallback_from"] == "fake-stream-slow-start"

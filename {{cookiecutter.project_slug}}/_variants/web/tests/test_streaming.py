@@ -48,6 +48,26 @@ def test_keep_alives_flow_while_the_gateway_is_silent(server: Server) -> None:
     assert lines[-1].startswith('data: {"delta"')
 
 
+def test_a_client_leaving_before_the_first_token_stops_the_upstream_and_its_retries(
+    server: Server, gateway: FakeGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gateway, "hang_seconds", 1.0)  # the first token comes after 1 s
+    with httpx2.stream(
+        "POST",
+        server.url + "/v1/chat/stream",
+        json={"prompt": "hi", "model": "fake-stream-slow-start"},
+        headers={"X-Request-ID": "left-before-first-token"},
+        timeout=10,
+    ) as response:
+        for line in response.iter_lines():
+            if line == ": keep-alive":
+                break  # hang up while the gateway is still silent
+
+    assert gateway.wait_for(lambda: gateway.aborted_streams == 1, timeout=5)
+    assert server.call_log("left-before-first-token")["status"] == "client_disconnect"
+    assert len(gateway.requests_for("fake-stream-slow-start")) == 1  # not retried for nobody
+
+
 def test_a_client_that_stops_reading_does_not_pin_the_upstream(
     server: Server, gateway: FakeGateway
 ) -> None:
