@@ -79,7 +79,7 @@ def configure_logging(level: str = "INFO", secrets: Iterable[str] = ()) -> None:
     handler.setFormatter(JsonFormatter())
     logging.basicConfig(level=level, handlers=[handler], force=True)
     # The SDK and its transport log every request at DEBUG; the call log covers them.
-    for noisy in ("openai", "httpx2", "httpcore2"):
+    for noisy in ("openai", "httpx2", "httpcore2", "aiohttp"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

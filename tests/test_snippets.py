@@ -194,6 +194,8 @@ def client_settings(client: Any) -> dict[str, Any]:
         "max_retries": client.max_retries,
         # Header values the SDK leaves out are `Omit` sentinels, which compare by identity.
         "headers": {k: v for k, v in client.default_headers.items() if isinstance(v, str)},
+        # The transport: aiohttp for the async client, httpx2's for the sync one.
+        "http_client": type(client._client).__name__,
     }
 
 
@@ -467,6 +469,36 @@ def test_the_error_snippet_classifies_like_the_project(
     assert snippet.classify(caught.value) == expected.value.category.value
     has_id = snippet.upstream_request_id(caught.value) is not None
     assert has_id == (expected.value.upstream_request_id is not None)
+
+
+@pytest.mark.parametrize("scenario", ["fake-timeout", "fake-drop", "unreachable"])
+def test_the_error_snippet_classifies_async_transport_failures_like_the_project(
+    modules: dict[str, ModuleType], env: Callable[..., None], gateway: Any, scenario: str
+) -> None:
+    # The async client's aiohttp transport reports a refused or dropped connection as a
+    # connect timeout: both classifiers must see through it alike.
+    env(**{**scenario_env(gateway, scenario), "ALLTKN_MAX_RETRIES": "0"})
+    settings = modules["core.settings"].load_settings()
+    snippet = modules["alltkn_errors"]
+    messages = [{"role": "user", "content": "x"}]
+
+    async def project_category() -> str:
+        client = modules["core.client"].create_async_client(settings)
+        async with client:
+            service = modules["core.chat"].AsyncChatService(client, settings.model)
+            with pytest.raises(modules["core.errors"].GatewayError) as caught:
+                await service.complete(messages, model=model_for(scenario))
+        return str(caught.value.category.value)
+
+    async def snippet_category() -> str:
+        async with modules["alltkn_client"].make_async_client() as client:
+            with pytest.raises(snippet.UPSTREAM_ERRORS) as caught:
+                await client.chat.completions.create(model=model_for(scenario), messages=messages)
+        return str(snippet.classify(caught.value))
+
+    expected = "timeout" if scenario == "fake-timeout" else "connection"
+    assert asyncio.run(project_category()) == expected
+    assert asyncio.run(snippet_category()) == expected
 
 
 def test_the_error_snippet_runs_as_shown(project: Path, gateway: Any) -> None:

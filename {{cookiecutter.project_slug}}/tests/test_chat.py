@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -116,17 +117,19 @@ def test_a_failed_call_logs_category_and_gateway_text(
     assert entry["upstream_request_id"]
 
 
-def _async_service() -> AsyncChatService:
+@contextlib.asynccontextmanager
+async def _async_service() -> AsyncIterator[AsyncChatService]:
     settings = load_settings()
-    return AsyncChatService(create_async_client(settings), settings.model)
+    async with create_async_client(settings) as client:  # closes its connections
+        yield AsyncChatService(client, settings.model)
 
 
 def test_async_complete_and_stream(gateway: FakeGateway) -> None:
     async def run() -> tuple[str, list[str]]:
-        service = _async_service()
-        answer = (await service.complete(HELLO)).content
-        async with await service.open_stream(HELLO) as stream:
-            deltas = [delta async for delta in stream]
+        async with _async_service() as service:
+            answer = (await service.complete(HELLO)).content
+            async with await service.open_stream(HELLO) as stream:
+                deltas = [delta async for delta in stream]
         return answer, deltas
 
     answer, deltas = asyncio.run(run())
@@ -144,11 +147,12 @@ def test_async_stream_closed_on_cancellation_aborts_upstream(
 
     async def run() -> None:
         got_first = asyncio.Event()
-        task = asyncio.create_task(consume(_async_service(), got_first))
-        await asyncio.wait_for(got_first.wait(), timeout=2)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        async with _async_service() as service:
+            task = asyncio.create_task(consume(service, got_first))
+            await asyncio.wait_for(got_first.wait(), timeout=2)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
 
     asyncio.run(run())
     assert gateway.wait_for(lambda: gateway.aborted_streams == 1, timeout=2)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx2
 import openai
 import pytest
 
-from {{ cookiecutter.package_name }}.chat import ChatService
-from {{ cookiecutter.package_name }}.client import create_client
+from {{ cookiecutter.package_name }}.chat import AsyncChatService, ChatService
+from {{ cookiecutter.package_name }}.client import create_async_client, create_client
 from {{ cookiecutter.package_name }}.errors import Category, GatewayError, classify
 from {{ cookiecutter.package_name }}.settings import Settings, load_settings
 
@@ -117,6 +118,62 @@ def test_wrong_key_is_auth(gateway: FakeGateway) -> None:
 def test_unreachable_gateway_is_connection() -> None:
     error = _failure(_service(base_url="http://127.0.0.1:9/api/v1"), "gpt-4o-mini")
     assert error.category is Category.CONNECTION
+
+
+async def _async_call(service: AsyncChatService, model: str, *, stream: bool) -> None:
+    if stream:
+        async with await service.open_stream(HELLO, model=model) as chat_stream:
+            async for _ in chat_stream:
+                pass
+    else:
+        await service.complete(HELLO, model=model)
+
+
+async def _async_failure(settings: Settings, model: str, *, stream: bool) -> GatewayError:
+    async with create_async_client(settings) as client:
+        service = AsyncChatService(client, settings.model)
+        with pytest.raises(GatewayError) as caught:
+            await _async_call(service, model, stream=stream)
+    return caught.value
+
+
+@pytest.mark.usefixtures("gateway_env")
+@pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+@pytest.mark.parametrize(
+    ("overrides", "model", "category", "words"),
+    [
+        pytest.param(
+            {"base_url": "http://127.0.0.1:9/api/v1"},
+            "gpt-4o-mini",
+            Category.CONNECTION,
+            "connect",
+            id="refused",
+        ),
+        pytest.param({}, "fake-drop", Category.CONNECTION, "disconnect", id="dropped-unanswered"),
+        pytest.param({"timeout_s": 0.5}, "fake-timeout", Category.TIMEOUT, "imeout", id="timeout"),
+    ],
+)
+def test_transport_failures_map_alike_for_both_clients(
+    gateway: FakeGateway,
+    overrides: dict[str, Any],
+    model: str,
+    category: Category,
+    words: str,
+    flavour: str,
+    stream: bool,
+) -> None:
+    # The async client talks through aiohttp, whose transport reports a refused or dropped
+    # connection as a connect *timeout*; the category must still say what happened.
+    settings = load_settings().model_copy(update={"max_retries": 0, **overrides})
+    if flavour == "sync":
+        service = ChatService(create_client(settings), settings.model)
+        error = _failure(service, model, stream=stream)
+    else:
+        error = asyncio.run(_async_failure(settings, model, stream=stream))
+
+    assert error.category is category
+    assert words in error.upstream_message.lower()
 
 
 @pytest.mark.usefixtures("gateway_env")

@@ -252,6 +252,7 @@ LOGGERS = [
     "openai._base_client",
     "httpx2",
     "httpcore2.http11",
+    "aiohttp.client",
 ]
 
 

@@ -165,11 +165,15 @@ def test_the_async_service_retries_a_stream_before_its_first_delta(
 ) -> None:
     monkeypatch.setattr(gateway, "hang_seconds", 0.6)
     settings = load_settings().model_copy(update={"timeout_s": 0.3, "max_retries": 1})
-    service = AsyncChatService(create_async_client(settings), settings.model)
 
     async def attempt() -> GatewayError | None:
+        client = create_async_client(settings)
+        service = AsyncChatService(client, settings.model)
         try:
-            async with await service.open_stream(HELLO, model="fake-stream-slow-start") as stream:
+            async with (
+                client,
+                await service.open_stream(HELLO, model="fake-stream-slow-start") as stream,
+            ):
                 async for _ in stream:
                     pass
         except GatewayError as error:
@@ -208,9 +212,9 @@ def test_the_async_client_follows_the_same_policy(gateway: FakeGateway) -> None:
     settings = load_settings().model_copy(update={"max_retries": 1})
 
     async def fail(model: str) -> Category:
-        service = AsyncChatService(create_async_client(settings), settings.model)
-        with pytest.raises(GatewayError) as caught:
-            await service.complete(HELLO, model=model)
+        async with create_async_client(settings) as client:
+            with pytest.raises(GatewayError) as caught:
+                await AsyncChatService(client, settings.model).complete(HELLO, model=model)
         return caught.value.category
 
     assert asyncio.run(fail("fake-error-503-model")) is Category.MODEL_NOT_FOUND
@@ -241,7 +245,8 @@ def _response(status: int, body: Any = None, **headers: str) -> httpx2.Response:
         pytest.param(_response(429, {}, **{"retry-after-ms": "3000"}), False, id="429-ms-over-cap"),
         pytest.param(_response(429, {}, **{"Retry-After": "inf"}), False, id="429-infinite"),
         pytest.param(
-            _response(429, {}, **{"Retry-After": formatdate(time.time() + 60, usegmt=True)}),
+            # An hour ahead: made at collection, it must still be ahead when a long suite runs it.
+            _response(429, {}, **{"Retry-After": formatdate(time.time() + 3600, usegmt=True)}),
             False,
             id="429-http-date-over-cap",
         ),

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -33,11 +34,11 @@ def _service() -> ChatService:
     return ChatService(create_client(settings), settings.model, Rollback.from_settings(settings))
 
 
-def _async_service() -> AsyncChatService:
+@contextlib.asynccontextmanager
+async def _async_service() -> AsyncIterator[AsyncChatService]:
     settings = load_settings()
-    return AsyncChatService(
-        create_async_client(settings), settings.model, Rollback.from_settings(settings)
-    )
+    async with create_async_client(settings) as client:  # closes its connections
+        yield AsyncChatService(client, settings.model, Rollback.from_settings(settings))
 
 
 def _ask(*args: str) -> subprocess.CompletedProcess[str]:
@@ -152,10 +153,10 @@ def test_the_async_service_falls_back_too(
     monkeypatch.setenv("ALLTKN_FALLBACK_MODELS", "gpt-4o")
 
     async def run() -> tuple[str, str]:
-        service = _async_service()
-        answer = await service.complete(HELLO, model="fake-error-503-model")
-        async with await service.open_stream(HELLO, model="fake-error-404-model") as stream:
-            streamed = "".join([delta async for delta in stream])
+        async with _async_service() as service:
+            answer = await service.complete(HELLO, model="fake-error-503-model")
+            async with await service.open_stream(HELLO, model="fake-error-404-model") as stream:
+                streamed = "".join([delta async for delta in stream])
         assert streamed == ANSWER
         return answer.model, stream.result().model
 
@@ -200,8 +201,10 @@ def test_the_async_service_falls_back_before_the_first_delta(
     monkeypatch.setattr(gateway, "hang_seconds", 0.6)
 
     async def run() -> tuple[str, str]:
-        service = _async_service()
-        async with await service.open_stream(HELLO, model="fake-stream-slow-start") as stream:
+        async with (
+            _async_service() as service,
+            await service.open_stream(HELLO, model="fake-stream-slow-start") as stream,
+        ):
             streamed = "".join([delta async for delta in stream])
         return streamed, stream.result().model
 
@@ -263,7 +266,7 @@ def test_streaming_off_in_the_async_service(
     monkeypatch.setenv("ALLTKN_STREAMING", "OFF")
 
     async def run() -> list[str]:
-        async with await _async_service().open_stream(HELLO) as stream:
+        async with _async_service() as service, await service.open_stream(HELLO) as stream:
             return [delta async for delta in stream]
 
     assert asyncio.run(run()) == [ANSWER]

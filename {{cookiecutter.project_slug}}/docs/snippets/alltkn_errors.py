@@ -13,6 +13,7 @@ exit 2). Needs alltkn_client.py next to it.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import sys
 
@@ -96,11 +97,20 @@ def classify(exc: BaseException, *, stream_started: bool = False) -> str:
         if status == 429:
             return "rate_limited"
         return "upstream_unavailable" if status >= 500 else "invalid_request"
-    if isinstance(exc, (openai.APITimeoutError, httpx2.TimeoutException)):
+    if isinstance(exc, (openai.APITimeoutError, httpx2.TimeoutException)) and _timed_out(exc):
         return "timeout"
     if isinstance(exc, (openai.APIConnectionError, httpx2.TransportError)):
         return "connection"
     return "upstream_unavailable"
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """The SDK's aiohttp transport (make_async_client) reports a refused or dropped connection
+    as a connect timeout; the aiohttp error it wraps says whether anything timed out."""
+    cause = exc.__cause__
+    while cause is not None and not type(cause).__module__.startswith("aiohttp"):
+        cause = cause.__cause__
+    return cause is None or isinstance(cause, asyncio.TimeoutError)
 
 
 def upstream_text(exc: BaseException) -> str:

@@ -6,6 +6,7 @@ gateway's original text, which may be in Chinese, verbatim in `GatewayError.upst
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from dataclasses import dataclass
@@ -127,7 +128,7 @@ def classify(exc: BaseException, *, stream_started: bool = False) -> GatewayErro
         category = Category.STREAM_INTERRUPTED
     elif isinstance(exc, openai.APIStatusError):
         category = category_for_status(exc.status_code, exc.code, text)
-    elif isinstance(exc, (openai.APITimeoutError, httpx2.TimeoutException)):
+    elif isinstance(exc, (openai.APITimeoutError, httpx2.TimeoutException)) and _timed_out(exc):
         category = Category.TIMEOUT
     elif isinstance(exc, (openai.APIConnectionError, httpx2.TransportError)):
         category = Category.CONNECTION
@@ -137,6 +138,23 @@ def classify(exc: BaseException, *, stream_started: bool = False) -> GatewayErro
     if isinstance(exc, openai.APIStatusError) and category is Category.RATE_LIMITED:
         retry_after = exc.response.headers.get("retry-after")
     return GatewayError(category, text, request_id, retry_after)
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """False for a timeout the transport made up: the SDK's aiohttp transport (FastAPI) reports
+    every aiohttp connection error (refused, reset, server gone) as `httpx2.ConnectTimeout`;
+    the aiohttp error it wraps says whether anything timed out."""
+    transport_error = _aiohttp_cause(exc)
+    return transport_error is None or isinstance(transport_error, asyncio.TimeoutError)
+
+
+def _aiohttp_cause(exc: BaseException) -> BaseException | None:
+    cause = exc.__cause__
+    while cause is not None:
+        if type(cause).__module__.startswith("aiohttp"):
+            return cause
+        cause = cause.__cause__
+    return None
 
 
 def category_for_status(status: int, code: object, text: str) -> Category:
@@ -190,16 +208,19 @@ def upstream_text(exc: BaseException) -> str:
             text = body["message"]
         elif isinstance(body, str) and body:
             text = body
+        elif isinstance(exc, openai.APITimeoutError) and not _timed_out(exc):
+            text = "Connection error."  # the SDK's words for what did happen
         else:
             text = exc.message
-        cause = exc.__cause__
+        cause = _aiohttp_cause(exc) or exc.__cause__
         if isinstance(exc, openai.APIConnectionError) and cause is not None:
             # The SDK says only "Connection error." / "Request timed out."; the transport's
             # error says what failed (refused, reset, DNS, TLS, which timeout).
             reason = f": {cause}" if str(cause) else ""
             text = f"{text} ({type(cause).__name__}{reason})"
     else:
-        text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        source = _aiohttp_cause(exc) or exc
+        text = f"{type(source).__name__}: {source}" if str(source) else type(source).__name__
     return str(text)[:_MAX_UPSTREAM_MESSAGE]
 
 

@@ -37,7 +37,7 @@ SERVER_LOGGERS = (
     "gunicorn.access",
 )
 # The SDK and its transport log every request; the call log already covers them.
-TRANSPORT_LOGGERS = ("openai", "httpx2", "httpcore2")
+TRANSPORT_LOGGERS = ("openai", "httpx2", "httpcore2", "aiohttp")
 _PLAIN = (int, float, bool, type(None))
 
 RecordFactory = Callable[..., logging.LogRecord]
