@@ -1,7 +1,7 @@
 """Batch benchmark: the script variant's `batch` command against the ideal, and its memory.
 
 Run from the template root, in an environment with cookiecutter and the script variant's
-dependencies (`pip install cookiecutter openai pydantic-settings rich`):
+dependencies (`pip install cookiecutter "openai[aiohttp]" pydantic-settings rich`):
 
     python bench/bench_batch.py [--quick]
 

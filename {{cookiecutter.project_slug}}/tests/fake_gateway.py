@@ -45,7 +45,7 @@ Checks run in this order: route, bearer token (401), body (400 for malformed JSO
 ``fake-error-502``         502 with a non-JSON HTML page, like a reverse proxy's
 ``fake-html-200``          200 with an HTML page, like a captive portal's
 ``fake-timeout``           waits ``hang_seconds``, then answers if the client is still there
-``fake-stream-cut``        stream: role chunk, 2 deltas, then the socket closes mid-body
+``fake-stream-cut``        stream: role chunk, 2 deltas, then (50 ms on) the socket closes mid-body
 ``fake-stream-error``      stream: 1 delta, then ``data: {"error": ...}`` and the end, no [DONE]
 ``fake-stream-no-finish``  stream: all deltas, then [DONE] without a finish_reason chunk
 ``fake-slow``              10 deltas ("tok0 " .. "tok9 ") 0.2 s apart, whatever the timings
@@ -112,6 +112,7 @@ _FIREHOSE_DELTAS = ("x" * 500,) * 40_000  # 20 MB, more than socket buffers hold
 STATS_PATH = "/_fake/stats"
 _TIMEOUT_MODEL = "fake-timeout"
 _CUT_AFTER_DELTAS = 2
+_CUT_PAUSE_S = 0.05
 _RETRY_AFTER_SECONDS = "7"
 _RATE_LIMITED_ONCE_MODEL = "fake-429-once"
 _DROP_MODEL = "fake-drop"
@@ -633,6 +634,10 @@ class _Handler(BaseHTTPRequestHandler):
         for text in self._paced(deltas, reply):
             writer.event(chunks.delta({"content": text}))
         if scenario == "fake-stream-cut":
+            # The cut lands between deltas, after the client has read the last one: over
+            # aiohttp (the async client), a cut arriving *with* a delta loses that delta
+            # (README, Streaming), which would make every comparison of cut streams flaky.
+            self.server.gateway._pause(_CUT_PAUSE_S)
             self._cut_connection()
             return
         if scenario == "fake-stream-error":
