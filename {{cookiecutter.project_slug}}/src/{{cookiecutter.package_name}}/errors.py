@@ -141,7 +141,7 @@ def classify(exc: BaseException, *, stream_started: bool = False) -> GatewayErro
 
 
 def _timed_out(exc: BaseException) -> bool:
-    """False for a timeout the transport made up: the SDK's aiohttp transport (FastAPI) reports
+    """False for a timeout the transport made up: the async client's aiohttp transport reports
     every aiohttp connection error (refused, reset, server gone) as `httpx2.ConnectTimeout`;
     the aiohttp error it wraps says whether anything timed out."""
     transport_error = _aiohttp_cause(exc)
