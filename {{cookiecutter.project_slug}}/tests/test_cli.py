@@ -87,3 +87,26 @@ def test_ctrl_c_closes_the_stream_and_exits_130(gateway: FakeGateway) -> None:
     assert process.returncode == 130
     assert "Traceback" not in stderr
     assert gateway.wait_for(lambda: gateway.aborted_streams == 1, timeout=2)
+
+
+def test_a_reader_leaving_closes_the_stream_quietly(gateway: FakeGateway) -> None:
+    # `ask ... | head -c 5`: the pipe closes after the first delta.
+    process = subprocess.Popen(
+        [sys.executable, "-m", "{{ cookiecutter.package_name }}", "ask", "hi", "--model", "fake-slow"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ.copy(),
+    )
+    assert process.stdout is not None
+    assert process.stderr is not None
+    assert process.stdout.read(5) == "tok0 "
+    process.stdout.close()
+    stderr = process.stderr.read()
+    process.wait(timeout=10)
+
+    assert process.returncode == 141
+    assert "Traceback" not in stderr
+    assert "Exception ignored" not in stderr
+    assert '"status": "client_disconnect"' in stderr
+    assert gateway.wait_for(lambda: gateway.aborted_streams == 1, timeout=2)

@@ -7,13 +7,15 @@
 `<slug> batch INPUT.jsonl OUTPUT.jsonl` runs a file of prompts (see `batch.py`).
 {%- endif %}
 
-Exit codes: 0 answered, 1 the gateway call failed, 2 bad usage or configuration, 130 interrupted;
-for `doctor`: 0 every check passed (warnings allowed), 1 a check failed.
+Exit codes: 0 answered, 1 the gateway call failed, 2 bad usage or configuration, 130 interrupted,
+141 the reader of the output went away (`... | head`); for `doctor`: 0 every check passed
+(warnings allowed), 1 a check failed.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from importlib import metadata
@@ -35,6 +37,7 @@ from .settings import Settings, load_settings_or_exit
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what the shell reports for a tool killed by it
 
 
 class _Parser(argparse.ArgumentParser):
@@ -82,6 +85,16 @@ def _description() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except BrokenPipeError:
+        # The reader left (`| head`); a stream was closed upstream on the way out. Point stdout
+        # at /dev/null so that the flush at exit does not fail again with a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "doctor":
         return _doctor(args)
 {%- if cookiecutter.framework == "script" %}
