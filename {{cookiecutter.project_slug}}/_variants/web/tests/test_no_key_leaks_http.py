@@ -135,6 +135,16 @@ def test_a_client_that_leaves_a_stream(server: Server, gateway: FakeGateway) -> 
 
 
 def test_the_server_output_never_holds_the_key(server: Server) -> None:
+    # Its own calls, a success and a failure: run alone (or first, on a pytest-xdist worker),
+    # the module's server would have logged nothing yet.
+    for model, request_id in (("gpt-4o-mini", "output-ok"), ("fake-error-401", "output-auth")):
+        exchange(
+            server,
+            "/v1/chat",
+            {"prompt": "hi", "model": model},
+            headers={"X-Request-ID": request_id},
+        )
+        server.call_log(request_id)
     output = server.output()
 
     assert '"event": "upstream_call"' in output
