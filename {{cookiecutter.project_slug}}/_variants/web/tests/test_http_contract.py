@@ -42,6 +42,30 @@ def test_healthz_answers_without_calling_the_gateway(server: Server, gateway: Fa
 
 
 @pytest.mark.parametrize(
+    ("method", "path", "status", "message"),
+    [
+        pytest.param("POST", "/v1/chats", 404, "there is no endpoint at /v1/chats", id="404"),
+        pytest.param("GET", "/v1/chat", 405, "GET is not allowed on /v1/chat", id="405"),
+    ],
+)
+def test_a_request_no_endpoint_takes_gets_the_error_body(
+    server: Server, gateway: FakeGateway, method: str, path: str, status: int, message: str
+) -> None:
+    response = httpx2.request(
+        method, server.url + path, json={"prompt": "hi"}, headers={"X-Request-ID": "lost-client"}
+    )
+
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert (error["category"], error["message"]) == ("invalid_request", message)
+    assert "POST /v1/chat/stream" in error["hint"]
+    assert error["request_id"] == response.headers["x-request-id"] == "lost-client"
+    if status == 405:
+        assert "POST" in response.headers["allow"]
+    assert gateway.requests == []
+
+
+@pytest.mark.parametrize(
     "body",
     [
         pytest.param({"prompt": "say hello please"}, id="prompt"),

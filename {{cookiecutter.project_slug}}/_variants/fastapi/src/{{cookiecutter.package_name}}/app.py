@@ -17,6 +17,7 @@ import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__
@@ -30,6 +31,7 @@ from .http_contract import (
     demo_page,
     describe_errors,
     error_body,
+    no_route_body,
     request_id_from,
     result_body,
     retry_headers,
@@ -160,6 +162,13 @@ def create_app(settings: Settings) -> FastAPI:
         malformed = any(error.get("type") == "json_invalid" for error in errors)
         message = "the body is not valid JSON" if malformed else describe_errors(errors)
         return JSONResponse(bad_body(message, request.state.request_id), 400 if malformed else 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def no_route(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        body = no_route_body(
+            exc.status_code, request.method, request.url.path, request.state.request_id
+        )
+        return JSONResponse(body, exc.status_code, headers=exc.headers)  # e.g. Allow for a 405
 
     @app.exception_handler(GatewayError)
     async def gateway_failed(request: Request, exc: GatewayError) -> JSONResponse:

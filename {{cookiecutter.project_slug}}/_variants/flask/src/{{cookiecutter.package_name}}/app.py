@@ -14,6 +14,7 @@ from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
 from pydantic import ValidationError
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from .chat import CallInfo, ChatService, Rollback
 from .client import create_client
@@ -26,6 +27,7 @@ from .http_contract import (
     demo_page,
     describe_errors,
     error_body,
+    no_route_body,
     request_id_from,
     result_body,
     retry_headers,
@@ -53,6 +55,13 @@ def create_app(settings: Settings) -> Flask:
     @app.errorhandler(GatewayError)
     def gateway_failed(error: GatewayError) -> tuple[Response, int, dict[str, str]]:
         return jsonify(error_body(error, g.request_id)), status_for(error), retry_headers(error)
+
+    @app.errorhandler(HTTPException)
+    def no_route(error: HTTPException) -> tuple[Response, int, dict[str, str]]:
+        status = error.code or 500
+        body = no_route_body(status, request.method, request.path, g.request_id)
+        allowed = isinstance(error, MethodNotAllowed) and error.valid_methods
+        return jsonify(body), status, {"Allow": ", ".join(allowed)} if allowed else {}
 
     page = demo_page()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
+from http import HTTPStatus
 from importlib import resources
 from typing import Any, Literal, cast
 
@@ -20,6 +21,10 @@ REQUEST_ID_HEADER = "X-Request-ID"
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 BAD_BODY_HINT = (
     'Send JSON like {"prompt": "Hello"} or {"messages": [{"role": "user", "content": "Hello"}]}.'
+)
+ENDPOINTS_HINT = (
+    "The API is POST /v1/chat and POST /v1/chat/stream; GET /healthz is the health check "
+    "and GET / the demo page."
 )
 _STATUS_BY_CATEGORY = {
     Category.INVALID_REQUEST: 400,
@@ -111,6 +116,26 @@ def bad_body(message: str, request_id: str) -> dict[str, Any]:
             "category": Category.INVALID_REQUEST.value,
             "message": message,
             "hint": BAD_BODY_HINT,
+            "request_id": request_id,
+        }
+    }
+
+
+def no_route_body(status: int, method: str, path: str, request_id: str) -> dict[str, Any]:
+    """The error body for a request no endpoint takes: an unknown path (404), a method the path
+    does not allow (405), or another refusal of the framework's."""
+    path = path[:200]
+    if status == 404:
+        message = f"there is no endpoint at {path}"
+    elif status == 405:
+        message = f"{method} is not allowed on {path}"
+    else:
+        message = HTTPStatus(status).phrase
+    return {
+        "error": {
+            "category": Category.INVALID_REQUEST.value,
+            "message": message,
+            "hint": ENDPOINTS_HINT,
             "request_id": request_id,
         }
     }
