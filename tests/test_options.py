@@ -363,7 +363,7 @@ def test_the_image_is_multi_stage_slim_non_root(baked: dict[str, Path], name: st
     if name.startswith("fastapi"):
         assert "/healthz" in dockerfile
         assert "WEB_CONCURRENCY=" in dockerfile
-        assert "exec uvicorn alltkn_service.app:app --host 0.0.0.0" in dockerfile
+        assert "exec python -m alltkn_service serve --host 0.0.0.0" in dockerfile
     elif name.startswith("flask"):
         assert '"gunicorn", "-c", "gunicorn.conf.py"' in dockerfile
         assert "COPY gunicorn.conf.py" in dockerfile
@@ -376,10 +376,13 @@ def test_the_image_is_multi_stage_slim_non_root(baked: dict[str, Path], name: st
 @pytest.mark.parametrize("name", ids_with(lambda o, fw: fw == "fastapi"))
 def test_every_fastapi_command_keeps_the_asyncio_loop(baked: dict[str, Path], name: str) -> None:
     """uvloop misses client hang-ups (upstream streams run on, billed): the image's command,
-    `make run` and the README's production command all pin `--loop asyncio`."""
+    `make run` and the README's production command all pin `--loop asyncio`, on uvicorn's
+    command line or through `serve`, which pins it in the code."""
     project = baked[name]
     readme = (project / "README.md").read_text(encoding="utf-8")
-    production = re.search(r"^Production: `(uvicorn [^`]+)`", readme, re.MULTILINE)
+    serve = (project / "src" / "alltkn_service" / "cli.py").read_text(encoding="utf-8")
+    assert 'loop="asyncio"' in serve
+    production = re.search(r"^Production: `([^`]+)`", readme, re.MULTILINE)
     assert production is not None
     makefile = (project / "Makefile").read_text(encoding="utf-8")
     run_line = re.search(r"^run:.*\n\t(.+)$", makefile, re.MULTILINE)
@@ -391,6 +394,9 @@ def test_every_fastapi_command_keeps_the_asyncio_loop(baked: dict[str, Path], na
         )[-1]
     for where, command in commands.items():
         words = shlex.split(command)
+        if "serve" in words:
+            assert words[words.index("serve") - 1] == "alltkn_service", where
+            continue
         assert {"alltkn_service.app:app", "$(PACKAGE).app:app"} & set(words), where
         assert "--loop" in words, f"{where}: {command}"
         assert words[words.index("--loop") + 1 :][:1] == ["asyncio"], where

@@ -8,14 +8,24 @@ from gunicorn.glogging import Logger
 
 # All interfaces: inside a container the port is only reachable as published.
 bind = os.environ.get("BIND", "0.0.0.0:8000")
+
+
+def _count(name: str, default: int, high: int) -> int:
+    """A whole number from the environment; a bad one stops gunicorn with one line."""
+    raw = os.environ.get(name, "").strip() or str(default)
+    if not (raw.isdigit() and 1 <= int(raw) <= high):
+        sys.exit(f"config error: {name} must be a whole number from 1 to {high}")
+    return int(raw)
+
+
 # Worker processes: WEB_CONCURRENCY (the variable gunicorn, uvicorn and the Dockerfile share).
-workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+workers = _count("WEB_CONCURRENCY", 2, high=64)
 # Threaded workers: each stream holds a thread, not a whole process, and the sync worker's
 # request timeout (which would cut long streams) does not apply to them.
 worker_class = "gthread"
-threads = int(os.environ.get("GUNICORN_THREADS", "32"))
+threads = _count("GUNICORN_THREADS", 32, high=1024)
 # Idle time allowed to a worker before it is restarted; streams keep their worker busy.
-timeout = int(os.environ.get("GUNICORN_TIMEOUT", "120"))
+timeout = _count("GUNICORN_TIMEOUT", 120, high=86_400)
 graceful_timeout = 30
 keepalive = 5
 # Load the app in the master so a configuration error stops the server with one line

@@ -2,6 +2,10 @@
 
 `<slug> doctor [--json | --support]` checks the configuration and the gateway live (see
 `doctor.py`); a failed run also writes a support report to the current directory.
+{%- if cookiecutter.framework == "fastapi" %}
+
+`<slug> serve [--host H] [--port P]` runs the service: uvicorn, `WEB_CONCURRENCY` workers.
+{%- endif %}
 {%- if cookiecutter.framework == "script" %}
 
 `<slug> batch INPUT.jsonl OUTPUT.jsonl` runs a file of prompts (see `batch.py`).
@@ -38,6 +42,9 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what the shell reports for a tool killed by it
+{%- if cookiecutter.framework == "fastapi" %}
+MAX_WORKERS = 64
+{%- endif %}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -69,6 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument(
         "--support", action="store_true", help="print a support report to paste into a ticket"
     )
+{%- if cookiecutter.framework == "fastapi" %}
+    serve = commands.add_parser(
+        "serve",
+        help="run the service (uvicorn, WEB_CONCURRENCY worker processes, asyncio loop)",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+{%- endif %}
 {%- if cookiecutter.framework == "script" %}
     batch.add_parser(commands)
 {%- endif %}
@@ -97,6 +112,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     if args.command == "doctor":
         return _doctor(args)
+{%- if cookiecutter.framework == "fastapi" %}
+    if args.command == "serve":
+        return _serve(args)
+{%- endif %}
 {%- if cookiecutter.framework == "script" %}
     if args.command == "batch":
         return _batch(args)
@@ -173,6 +192,39 @@ def _ask(args: argparse.Namespace) -> int:
         print(file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0
+{%- if cookiecutter.framework == "fastapi" %}
+
+
+def _serve(args: argparse.Namespace) -> int:
+    # Settings are checked here, in the process that starts the workers: uvicorn imports the
+    # app only in the workers, and would respawn workers failing on a bad setting forever.
+    load_settings_or_exit()
+    workers = _web_concurrency()
+    import uvicorn  # only this command needs the server
+
+    uvicorn.run(
+        f"{__package__}.app:app",
+        host=args.host,
+        port=args.port,
+        workers=workers,
+        # Not uvloop: a relay under it was measured missing client hang-ups (README).
+        loop="asyncio",
+        timeout_graceful_shutdown=30,
+    )
+    return 0
+
+
+def _web_concurrency() -> int:
+    raw = os.environ.get("WEB_CONCURRENCY", "").strip() or "1"
+    if not (raw.isdigit() and 1 <= int(raw) <= MAX_WORKERS):
+        print(
+            f"config error: WEB_CONCURRENCY must be a whole number of worker processes "
+            f"from 1 to {MAX_WORKERS}",
+            file=sys.stderr,
+        )
+        raise SystemExit(EXIT_USAGE)
+    return int(raw)
+{%- endif %}
 {%- if cookiecutter.framework == "script" %}
 
 

@@ -9,12 +9,10 @@ def server_command(port: int) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "uvicorn",
-        "{{ cookiecutter.package_name }}.app:app",
+        "{{ cookiecutter.package_name }}",
+        "serve",
         "--host",
         "127.0.0.1",
         "--port",
         str(port),
-        "--loop",
-        "asyncio",
     ]

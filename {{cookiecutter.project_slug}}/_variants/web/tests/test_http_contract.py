@@ -315,17 +315,21 @@ def test_the_key_appears_in_no_response(server: Server) -> None:
 # -- start-up ------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("workers", ["1", "2"], ids=["1-worker", "2-workers"])
 @pytest.mark.parametrize(
     ("name", "value"),
     [
         pytest.param(API_KEY_ENV, None, id="key-missing"),
         pytest.param(API_KEY_ENV, "<your-alltkn-api-key>", id="key-placeholder"),
+        pytest.param("WEB_CONCURRENCY", "0", id="workers-zero"),
+        pytest.param("WEB_CONCURRENCY", "65", id="workers-too-many"),
     ],
 )
-def test_the_server_refuses_to_start_without_a_real_key(
-    gateway: FakeGateway, name: str, value: str | None
+def test_the_server_refuses_to_start_with_a_bad_setting(
+    gateway: FakeGateway, name: str, value: str | None, workers: str
 ) -> None:
-    env = server_env(gateway)
+    # With several workers too: the server must stop, not respawn workers that fail forever.
+    env = server_env(gateway, WEB_CONCURRENCY=workers)
     if value is None:
         env.pop(name)
     else:
@@ -343,4 +347,5 @@ def test_the_server_refuses_to_start_without_a_real_key(
     assert "Traceback" not in done.stderr
     problem = [line for line in done.stderr.splitlines() if name in line]
     assert len(problem) == 1
-    assert ".env.example" in problem[0]
+    if name == API_KEY_ENV:
+        assert ".env.example" in problem[0]
