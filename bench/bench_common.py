@@ -25,17 +25,23 @@ def bake(framework: str, into: Path) -> Path:
 
 
 @contextmanager
-def fake_gateway(project: Path, deltas: int = 20) -> Iterator[tuple[str, int]]:
+def fake_gateway(
+    project: Path,
+    deltas: int = 20,
+    *,
+    first_token_delay: float = 0.05,
+    delta_interval: float = 0.01,
+) -> Iterator[tuple[str, int]]:
     """The project's fake gateway in its own process, answering like a real model: first token
-    after 50 ms, then `deltas` deltas 10 ms apart. Yields (base_url, pid)."""
+    after 50 ms, then `deltas` deltas 10 ms apart (by default). Yields (base_url, pid)."""
     process = subprocess.Popen(
         [
             sys.executable,
             str(project / "tests" / "fake_gateway.py"),
             "--first-token-delay",
-            "0.05",
+            str(first_token_delay),
             "--delta-interval",
-            "0.01",
+            str(delta_interval),
             "--deltas",
             str(deltas),
         ],

@@ -74,7 +74,7 @@ PROXY = textwrap.dedent(
 PROBE = textwrap.dedent(
     """
     import json, os, time
-    from openai.resources.chat.completions import AsyncCompletions
+    from openai import AsyncOpenAI
     import alltkn_service.app as service_app
     import alltkn_service.chat as chat
 
@@ -88,6 +88,7 @@ PROBE = textwrap.dedent(
         marks["request entered the app"] = time.perf_counter()
 
         async def timed_receive():
+            marks.setdefault("app asked for the body", time.perf_counter())
             message = await receive()
             marks.setdefault("request body received", time.perf_counter())
             return message
@@ -100,15 +101,15 @@ PROBE = textwrap.dedent(
         await service_app.app(scope, timed_receive, timed_send)
         out.write(json.dumps(marks) + "\\n")
 
-    create = AsyncCompletions.create
+    post = AsyncOpenAI.post
 
-    async def timed_create(self, *args, **kwargs):
+    async def timed_post(self, *args, **kwargs):
         marks["handler called the SDK"] = time.perf_counter()
-        stream = await create(self, *args, **kwargs)
+        stream = await post(self, *args, **kwargs)
         marks["SDK returned (headers in)"] = time.perf_counter()
         return stream
 
-    AsyncCompletions.create = timed_create
+    AsyncOpenAI.post = timed_post
     consume = chat._CallState.consume
 
     def timed_consume(self, chunk):

@@ -63,9 +63,10 @@ Without ``"stream": true`` the stream-only scenarios answer like an ordinary mod
 Bookkeeping, all thread-safe: every request (rejected ones too) is appended to ``requests``
 before it is answered; ``aborted_streams`` counts streams whose client went away before the
 end (noticed at the next chunk, so within one ``delta_interval``); ``completed_streams`` counts
-streams written to the end of their scenario (the broken scenarios included). ``reset()``
-clears them all. No request can take the server down: handler failures are logged at DEBUG
-level and never printed.
+streams written to the end of their scenario (the broken scenarios included);
+``connections_opened`` counts accepted connections (a client that reuses its connections opens
+one). ``reset()`` clears them all. No request can take the server down: handler failures are
+logged at DEBUG level and never printed.
 """
 
 from __future__ import annotations
@@ -262,6 +263,7 @@ class FakeGateway:
         self.requests: list[RecordedRequest] = []
         self.aborted_streams = 0
         self.completed_streams = 0
+        self.connections_opened = 0
         self._answered_once: set[str] = set()
         self._port = port
         self._lock = threading.Lock()
@@ -339,11 +341,12 @@ class FakeGateway:
         return predicate()
 
     def reset(self) -> None:
-        """Forget recorded requests, zero the stream counters and re-arm the "once" scenarios."""
+        """Forget recorded requests, zero the counters and re-arm the "once" scenarios."""
         with self._lock:
             self.requests.clear()
             self.aborted_streams = 0
             self.completed_streams = 0
+            self.connections_opened = 0
             self._answered_once.clear()
 
     # -- used by the request handler ---------------------------------------------------------
@@ -372,6 +375,7 @@ class FakeGateway:
         with self._lock:
             if open_:
                 self._connections.add(connection)
+                self.connections_opened += 1
             else:
                 self._connections.discard(connection)
 
@@ -538,6 +542,7 @@ class _Handler(BaseHTTPRequestHandler):
         stats = {
             "aborted_streams": gateway.aborted_streams,
             "completed_streams": gateway.completed_streams,
+            "connections_opened": gateway.connections_opened,
             "requests": len(gateway.requests),
         }
         self._send_json(200, stats)

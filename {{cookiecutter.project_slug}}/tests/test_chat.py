@@ -38,14 +38,70 @@ def test_complete_returns_answer_model_usage_and_ids(gateway: FakeGateway) -> No
     assert result.upstream_request_id
 
 
-def test_upstream_request_carries_key_request_id_and_client_name(gateway: FakeGateway) -> None:
-    _service().complete(HELLO, call=CallInfo(request_id="req-abc"))
+def _call_sync(stream: bool, call: CallInfo) -> None:
+    if not stream:
+        _service().complete(HELLO, call=call)
+        return
+    with _service().open_stream(HELLO, call=call) as deltas:
+        assert "".join(deltas) == ANSWER
+
+
+def _call_async(stream: bool, call: CallInfo) -> None:
+    async def run() -> None:
+        async with _async_service() as service:
+            if not stream:
+                await service.complete(HELLO, call=call)
+                return
+            async with await service.open_stream(HELLO, call=call) as deltas:
+                assert "".join([delta async for delta in deltas]) == ANSWER
+
+    asyncio.run(run())
+
+
+# Streams are opened with the client's `post()`, answers with `chat.completions.create()`:
+# the gateway must see the same request either way.
+@pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
+@pytest.mark.parametrize("call", [_call_sync, _call_async], ids=["sync", "async"])
+def test_upstream_request_carries_key_request_id_client_name_and_body(
+    gateway: FakeGateway, call: Callable[[bool, CallInfo], None], stream: bool
+) -> None:
+    call(stream, CallInfo(request_id="req-abc"))
 
     (sent,) = gateway.requests_for("gpt-4o-mini")
+    assert sent.method == "POST"
+    assert sent.path == "/api/v1/chat/completions"
     assert sent.headers["authorization"] == f"Bearer {SENTINEL_KEY}"
     assert sent.headers["x-request-id"] == "req-abc"
     assert sent.headers["x-client-name"].startswith("{{ cookiecutter.project_slug }}/")
-    assert sent.path == "/api/v1/chat/completions"
+    assert sent.headers["content-type"] == "application/json"
+    sdk = "AsyncOpenAI/Python" if call is _call_async else "OpenAI/Python"
+    assert sent.headers["user-agent"].startswith(sdk)
+    expected: dict[str, Any] = {"model": "gpt-4o-mini", "messages": HELLO}
+    if stream:
+        expected |= {"stream": True, "stream_options": {"include_usage": True}}
+    assert sent.body == expected
+
+
+def test_sync_calls_reuse_one_connection_to_the_gateway(gateway: FakeGateway) -> None:
+    service = _service()
+    for _ in range(3):
+        assert service.complete(HELLO).content == ANSWER
+        with service.open_stream(HELLO) as stream:
+            assert "".join(stream) == ANSWER
+
+    assert gateway.connections_opened == 1
+
+
+def test_async_calls_reuse_one_connection_to_the_gateway(gateway: FakeGateway) -> None:
+    async def run() -> None:
+        async with _async_service() as service:
+            for _ in range(3):
+                assert (await service.complete(HELLO)).content == ANSWER
+                async with await service.open_stream(HELLO) as stream:
+                    assert "".join([delta async for delta in stream]) == ANSWER
+
+    asyncio.run(run())
+    assert gateway.connections_opened == 1
 
 
 def test_stream_yields_deltas_and_usage_from_the_final_chunk(gateway: FakeGateway) -> None:

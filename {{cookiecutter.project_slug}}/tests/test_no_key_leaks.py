@@ -274,7 +274,9 @@ def test_every_kind_of_log_content_is_redacted(
 ) -> None:
     _log_everything(logging.getLogger(name))
 
-    assert len(sink.seen) == 2 * 6
+    # Only this logger's records: an earlier test's abandoned response may be finalized (and
+    # logged by its transport) at any moment.
+    assert len([line for line in sink.seen if line.startswith(f"{name} ")]) == 6
     assert f"****{SENTINEL_KEY[-4:]}" in "\n".join(sink.seen)
     leaks()
 
