@@ -21,7 +21,7 @@ neighbouring floor, so that a machine whose load drifts still compares like with
 same reason the CPU target is judged on the baseline and the FastAPI service taking turns at 20
 clients (`cpu_duel`). It prints ratios to `direct` (and CPU ratios to `baseline`), then each
 target of the streaming issue with its measured value and PASS/FAIL, and writes
-bench/results/stream.json. About 3 minutes; `--quick` about 1.
+bench/results/stream.json. About 3.5 minutes; `--quick` about 1.5.
 """
 
 from __future__ import annotations
