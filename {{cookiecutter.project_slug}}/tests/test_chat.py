@@ -104,6 +104,48 @@ def test_async_calls_reuse_one_connection_to_the_gateway(gateway: FakeGateway) -
     assert gateway.connections_opened == 1
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
+def test_message_parts_given_as_a_generator_are_sent_as_a_list(
+    gateway: FakeGateway, stream: bool
+) -> None:
+    parts = ({"type": "text", "text": word} for word in ("say", "hello"))
+    messages: list[Any] = [{"role": "user", "content": parts}]
+
+    if stream:
+        with _service().open_stream(messages) as deltas:
+            assert "".join(deltas) == ANSWER
+    else:
+        assert _service().complete(messages).content == ANSWER
+
+    (sent,) = gateway.requests_for("gpt-4o-mini")
+    assert sent.body["messages"][0]["content"] == [
+        {"type": "text", "text": "say"},
+        {"type": "text", "text": "hello"},
+    ]
+
+
+def test_a_body_left_open_after_done_holds_neither_stream(
+    gateway: FakeGateway, upstream_calls: Callable[[], list[dict[str, Any]]]
+) -> None:
+    # fake-stream-linger keeps the body open for 2 s after [DONE]; the leftovers are read for
+    # at most 0.1 s, after the call was logged.
+    async def stream_async() -> str:
+        async with (
+            _async_service() as service,
+            await service.open_stream(HELLO, model="fake-stream-linger") as stream,
+        ):
+            return "".join([delta async for delta in stream])
+
+    started = time.monotonic()
+    with _service().open_stream(HELLO, model="fake-stream-linger") as stream:
+        assert "".join(stream) == ANSWER
+    assert asyncio.run(stream_async()) == ANSWER
+
+    assert time.monotonic() - started < 1.0
+    assert [call["status"] for call in upstream_calls()] == ["ok", "ok"]
+    assert all(call["duration_ms"] < 500 for call in upstream_calls())
+
+
 def test_stream_yields_deltas_and_usage_from_the_final_chunk(gateway: FakeGateway) -> None:
     with _service().open_stream(HELLO) as stream:
         deltas = list(stream)

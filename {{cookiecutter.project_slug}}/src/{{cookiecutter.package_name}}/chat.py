@@ -10,12 +10,13 @@ from __future__ import annotations
 import contextlib
 import random
 import socket
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeGuard, cast
 
 import anyio
 import httpx2
@@ -113,9 +114,10 @@ _DONE = "[DONE]"
 # key aliases and formats that chat messages do not have. Measured here (bench/bench_request.py)
 # that is most of the call's CPU: about 0.2 ms for one message and 4 ms for 40, all of it
 # before the request leaves, so it adds to the time to first token. `post()` sends the same
-# body as is; auth, retries, timeouts and error mapping are the client's, unchanged.
+# body as is (hence `_jsonable`); with the same auth option as `create()`, retries, timeouts
+# and error mapping are the client's, unchanged.
 _CHAT_COMPLETIONS = "/chat/completions"
-# How long an async stream's leftover bytes after [DONE] may take to arrive (see `_drain`).
+# How long a finished stream's leftover bytes after [DONE] may take to arrive (see `_drain`).
 _DRAIN_S = 0.1
 # What may precede the first delta of an event stream; any other line means the gateway did not
 # answer with one (a proxy's or captive portal's page, a JSON body).
@@ -133,19 +135,28 @@ def _sse_data(line: str) -> str | None:
     return line[5:].removeprefix(" ")
 
 
-def _drain(lines: Iterator[str]) -> None:
-    """Read what follows `[DONE]` (normally just the end of the chunked body), as the SDK's own
-    streams do, so that the connection goes back to the pool: a body left unread closes it, and
-    the next call pays a new TCP and TLS handshake before its first token. Bounded by the
-    client's read timeout, like the SDK's; a failure here costs that connection, not the
-    answer, which is complete."""
-    with contextlib.suppress(*UPSTREAM_ERRORS):
-        for _ in lines:
-            pass
+def _drain(lines: Iterator[str], response: httpx2.Response) -> None:
+    """Read what follows `[DONE]` of a finished stream (normally just the end of the chunked
+    body), so that its connection goes back to the pool: a body left unread closes it, and the
+    next call pays a new TCP and TLS handshake before its first token (the SDK's sync streams
+    do that). At most `_DRAIN_S`: a gateway that keeps the body open, or goes on sending
+    comments, has its connection cut. A failure here costs that connection, not the answer."""
+    # A timer thread, as a blocked sync read has no deadline of its own short of the read
+    # timeout. Should it fire just as the body ends, it cuts a connection that has gone back to
+    # the pool; the next request on it fails to connect and is retried like any other.
+    cut = threading.Timer(_DRAIN_S, _shut_down, (response,))
+    cut.daemon = True
+    cut.start()
+    try:
+        with contextlib.suppress(*UPSTREAM_ERRORS):
+            for _ in lines:
+                pass
+    finally:
+        cut.cancel()
 
 
 async def _drain_async(lines: AsyncIterator[str]) -> None:
-    """`_drain` for an async stream, which can afford a deadline: at most `_DRAIN_S`."""
+    """`_drain` for an async stream."""
     with anyio.move_on_after(_DRAIN_S), contextlib.suppress(*UPSTREAM_ERRORS):
         async for _ in lines:
             pass
@@ -188,7 +199,7 @@ class Rollback:
 
     def checked_input(self, messages: Messages) -> list[ChatCompletionMessageParam]:
         """The messages as a list (they may be read once per model), or `GatewayError`."""
-        listed = list(messages)
+        listed = [_listed(message) for message in messages]
         limit = self.max_input_chars
         if limit is not None and (size := input_chars(listed)) > limit:
             raise GatewayError(
@@ -202,6 +213,19 @@ class Rollback:
     def models(self, requested: str) -> list[str]:
         """The requested model, then the fallbacks other than it."""
         return [requested, *(name for name in self.fallback_models if name != requested)]
+
+
+def _listed(message: ChatCompletionMessageParam) -> ChatCompletionMessageParam:
+    """The message with its one-shot iterables (`content` parts or `tool_calls` given as a
+    generator, say) made lists: they are counted, sent as JSON, and maybe sent again."""
+    if not any(_one_shot(value) for value in message.values()):
+        return message
+    fields = {key: list(value) if _one_shot(value) else value for key, value in message.items()}
+    return cast("ChatCompletionMessageParam", fields)
+
+
+def _one_shot(value: object) -> TypeGuard[Iterable[object]]:
+    return isinstance(value, Iterable) and not isinstance(value, (str, bytes, list, tuple, dict))
 
 
 def input_chars(messages: Sequence[ChatCompletionMessageParam]) -> int:
@@ -469,7 +493,7 @@ class ChatService:
                     _CHAT_COMPLETIONS,
                     cast_to=ChatCompletion,
                     body=state.stream_body(messages),
-                    options={"headers": state.headers()},
+                    options={"headers": state.headers(), "security": {"bearer_auth": True}},
                     stream=True,
                     stream_cls=Stream[ChatCompletionChunk],
                 )
@@ -511,25 +535,23 @@ class ChatStream:
 
     def __iter__(self) -> Iterator[str]:
         first = self._first_delta()
-        if first is None:
-            self._state.finish_stream()
-            return
-        yield first
-        response = self._upstream.response
-        try:
-            for line in self._lines:
-                data = _sse_data(line)
-                if data is None:
-                    continue
-                if data.startswith(_DONE):
-                    _drain(self._lines)
-                    break
-                delta = self._state.consume(_parse_chunk(data, response))
-                if delta:
-                    yield delta
-        except UPSTREAM_ERRORS as exc:
-            raise self._state.fail(exc) from None
-        self._state.finish_stream()
+        if first is not None:
+            yield first
+            response = self._upstream.response
+            try:
+                for line in self._lines:
+                    data = _sse_data(line)
+                    if data is None:
+                        continue
+                    if data.startswith(_DONE):
+                        break
+                    delta = self._state.consume(_parse_chunk(data, response))
+                    if delta:
+                        yield delta
+            except UPSTREAM_ERRORS as exc:
+                raise self._state.fail(exc) from None
+        self._state.finish_stream()  # logged before the housekeeping: the answer is complete
+        _drain(self._lines, self._upstream.response)
 
     def _first_delta(self) -> str | None:
         """The first content delta (None: an empty answer), trying again while it fails."""
@@ -560,7 +582,6 @@ class ChatStream:
                     raise ValueError(f"the stream's body is not an event stream: {line[:200]}")
                 continue
             if data.startswith(_DONE):
-                _drain(lines)
                 break
             delta = self._state.consume(_parse_chunk(data, response))
             if delta:
@@ -675,7 +696,7 @@ class AsyncChatService:
                     _CHAT_COMPLETIONS,
                     cast_to=ChatCompletion,
                     body=state.stream_body(messages),
-                    options={"headers": state.headers()},
+                    options={"headers": state.headers(), "security": {"bearer_auth": True}},
                     stream=True,
                     stream_cls=AsyncStream[ChatCompletionChunk],
                 )
@@ -717,26 +738,24 @@ class AsyncChatStream:
 
     async def __aiter__(self) -> AsyncIterator[str]:
         first = await self._first_delta()
-        if first is None:
-            self._state.finish_stream()
-            return
-        yield first
         response = self._upstream.response
         lines = self._lines or response.aiter_lines()
-        try:
-            async for line in lines:
-                data = _sse_data(line)
-                if data is None:
-                    continue
-                if data.startswith(_DONE):
-                    await _drain_async(lines)
-                    break
-                delta = self._state.consume(_parse_chunk(data, response))
-                if delta:
-                    yield delta
-        except UPSTREAM_ERRORS as exc:
-            raise self._state.fail(exc) from None
-        self._state.finish_stream()
+        if first is not None:
+            yield first
+            try:
+                async for line in lines:
+                    data = _sse_data(line)
+                    if data is None:
+                        continue
+                    if data.startswith(_DONE):
+                        break
+                    delta = self._state.consume(_parse_chunk(data, response))
+                    if delta:
+                        yield delta
+            except UPSTREAM_ERRORS as exc:
+                raise self._state.fail(exc) from None
+        self._state.finish_stream()  # logged before the housekeeping: the answer is complete
+        await _drain_async(lines)
 
     async def _first_delta(self) -> str | None:
         """The first content delta (None: an empty answer), trying again while it fails."""
@@ -763,7 +782,6 @@ class AsyncChatStream:
                     raise ValueError(f"the stream's body is not an event stream: {line[:200]}")
                 continue
             if data.startswith(_DONE):
-                await _drain_async(lines)
                 break
             delta = self._state.consume(_parse_chunk(data, response))
             if delta:
