@@ -48,8 +48,8 @@ Checks run in this order: route, bearer token (401), body (400 for malformed JSO
 ``fake-stream-cut``        stream: role chunk, 2 deltas, then (50 ms on) the socket closes mid-body
 ``fake-stream-error``      stream: 1 delta, then ``data: {"error": ...}`` and the end, no [DONE]
 ``fake-stream-no-finish``  stream: all deltas, then [DONE] without a finish_reason chunk
-``fake-stream-linger``     stream: the usual answer and [DONE], then a ``: ping`` comment every
-                           0.1 s for 2 s before the body ends
+``fake-stream-linger``     stream: the usual answer and [DONE], then 2 s of silence before the
+                           body ends
 ``fake-slow``              10 deltas ("tok0 " .. "tok9 ") 0.2 s apart, whatever the timings
 ``fake-slow-start``        the usual answer, but the first token only after 1 s
 ``fake-stream-slow-start`` stream: the first token only after ``hang_seconds``
@@ -117,8 +117,7 @@ _TIMEOUT_MODEL = "fake-timeout"
 _CUT_AFTER_DELTAS = 2
 _CUT_PAUSE_S = 0.05
 _LINGER_MODEL = "fake-stream-linger"
-_LINGER_PINGS = 20
-_LINGER_PING_S = 0.1
+_LINGER_S = 2.0
 _RETRY_AFTER_SECONDS = "7"
 _RATE_LIMITED_ONCE_MODEL = "fake-429-once"
 _DROP_MODEL = "fake-drop"
@@ -446,10 +445,6 @@ class _ChunkedWriter:
         chunk = b"%x\r\n%s\r\n" % (len(payload), payload)
         self._write(chunk + b"0\r\n\r\n" if last else chunk)
 
-    def comment(self, text: str) -> None:
-        payload = f": {text}\n\n".encode()
-        self._write(b"%x\r\n%s\r\n" % (len(payload), payload))
-
     def end(self) -> None:
         self._write(b"0\r\n\r\n")
 
@@ -667,9 +662,7 @@ class _Handler(BaseHTTPRequestHandler):
                 writer.event(chunks.usage(reply.usage))
         if scenario == _LINGER_MODEL:
             writer.event("[DONE]")
-            for _ in range(_LINGER_PINGS):
-                self.server.gateway._pause(_LINGER_PING_S)
-                writer.comment("ping")
+            self.server.gateway._pause(_LINGER_S)
             writer.end()
             return
         writer.event("[DONE]", last=True)

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from openai.types.chat.chat_completion_message import FunctionCall
 
-from {{ cookiecutter.package_name }}.chat import AsyncChatService, CallInfo, ChatService, Usage
+from {{ cookiecutter.package_name }}.chat import (
+    AsyncChatService,
+    CallInfo,
+    ChatService,
+    Rollback,
+    Usage,
+)
 from {{ cookiecutter.package_name }}.client import create_async_client, create_client
 from {{ cookiecutter.package_name }}.settings import load_settings
 
@@ -105,30 +113,51 @@ def test_async_calls_reuse_one_connection_to_the_gateway(gateway: FakeGateway) -
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
-def test_message_parts_given_as_a_generator_are_sent_as_a_list(
+def test_message_parts_given_as_a_generator_reach_every_model_tried(
     gateway: FakeGateway, stream: bool
 ) -> None:
     parts = ({"type": "text", "text": word} for word in ("say", "hello"))
     messages: list[Any] = [{"role": "user", "content": parts}]
+    settings = load_settings()
+    service = ChatService(
+        create_client(settings), settings.model, Rollback(fallback_models=("gpt-4o-mini",))
+    )
 
     if stream:
-        with _service().open_stream(messages) as deltas:
+        with service.open_stream(messages, model="fake-error-503-model") as deltas:
             assert "".join(deltas) == ANSWER
     else:
-        assert _service().complete(messages).content == ANSWER
+        assert service.complete(messages, model="fake-error-503-model").content == ANSWER
+
+    sent = [*gateway.requests_for("fake-error-503-model"), *gateway.requests_for("gpt-4o-mini")]
+    assert len(sent) >= 2
+    for request in sent:
+        assert request.body["messages"][0]["content"] == [
+            {"type": "text", "text": "say"},
+            {"type": "text", "text": "hello"},
+        ]
+
+
+def test_a_pydantic_model_in_a_message_is_sent_as_its_json_object(gateway: FakeGateway) -> None:
+    call = FunctionCall(name="lookup", arguments="{}")
+    messages: list[Any] = [
+        *HELLO,
+        {"role": "assistant", "content": "looking it up", "function_call": call},
+        {"role": "user", "content": "and?"},
+    ]
+
+    with _service().open_stream(messages) as deltas:
+        assert "".join(deltas) == ANSWER
 
     (sent,) = gateway.requests_for("gpt-4o-mini")
-    assert sent.body["messages"][0]["content"] == [
-        {"type": "text", "text": "say"},
-        {"type": "text", "text": "hello"},
-    ]
+    assert sent.body["messages"][1]["function_call"] == {"name": "lookup", "arguments": "{}"}
 
 
 def test_a_body_left_open_after_done_holds_neither_stream(
     gateway: FakeGateway, upstream_calls: Callable[[], list[dict[str, Any]]]
 ) -> None:
-    # fake-stream-linger keeps the body open for 2 s after [DONE]; the leftovers are read for
-    # at most 0.1 s, after the call was logged.
+    # fake-stream-linger keeps the body open, silent, for 2 s after [DONE]; the leftovers are
+    # read for at most 0.1 s, after the call was logged.
     async def stream_async() -> str:
         async with (
             _async_service() as service,
@@ -144,6 +173,24 @@ def test_a_body_left_open_after_done_holds_neither_stream(
     assert time.monotonic() - started < 1.0
     assert [call["status"] for call in upstream_calls()] == ["ok", "ok"]
     assert all(call["duration_ms"] < 500 for call in upstream_calls())
+
+
+def test_closing_a_stream_wakes_its_drain_in_another_thread(gateway: FakeGateway) -> None:
+    # As in the Flask relay: a helper thread reads, the client leaves while it drains.
+    stream = _service().open_stream(HELLO, model="fake-stream-linger")
+    deltas: list[str] = []
+    reader = threading.Thread(target=lambda: deltas.extend(stream), daemon=True)
+    reader.start()
+    while "".join(deltas) != ANSWER:
+        time.sleep(0.001)
+    time.sleep(0.02)  # the reader is past [DONE], waiting on the silent gateway
+
+    closed = time.monotonic()
+    stream.close()
+    reader.join(timeout=5)
+
+    assert not reader.is_alive()
+    assert time.monotonic() - closed < 1.0  # not the gateway's 2 s
 
 
 def test_stream_yields_deltas_and_usage_from_the_final_chunk(gateway: FakeGateway) -> None:

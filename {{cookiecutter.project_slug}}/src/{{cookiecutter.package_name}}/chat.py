@@ -114,7 +114,7 @@ _DONE = "[DONE]"
 # key aliases and formats that chat messages do not have. Measured here (bench/bench_request.py)
 # that is most of the call's CPU: about 0.2 ms for one message and 4 ms for 40, all of it
 # before the request leaves, so it adds to the time to first token. `post()` sends the same
-# body as is (hence `_jsonable`); with the same auth option as `create()`, retries, timeouts
+# body as is (hence `_listed`); with the same auth option as `create()`, retries, timeouts
 # and error mapping are the client's, unchanged.
 _CHAT_COMPLETIONS = "/chat/completions"
 # How long a finished stream's leftover bytes after [DONE] may take to arrive (see `_drain`).
@@ -141,9 +141,11 @@ def _drain(lines: Iterator[str], response: httpx2.Response) -> None:
     next call pays a new TCP and TLS handshake before its first token (the SDK's sync streams
     do that). At most `_DRAIN_S`: a gateway that keeps the body open, or goes on sending
     comments, has its connection cut. A failure here costs that connection, not the answer."""
+    if response.is_closed:  # read to the end already
+        return
     # A timer thread, as a blocked sync read has no deadline of its own short of the read
-    # timeout. Should it fire just as the body ends, it cuts a connection that has gone back to
-    # the pool; the next request on it fails to connect and is retried like any other.
+    # timeout. `_shut_down` leaves a response read to the end alone, so the timer cuts a
+    # connection that went back to the pool only if it fires in the instant between the two.
     cut = threading.Timer(_DRAIN_S, _shut_down, (response,))
     cut.daemon = True
     cut.start()
@@ -224,8 +226,10 @@ def _listed(message: ChatCompletionMessageParam) -> ChatCompletionMessageParam:
     return cast("ChatCompletionMessageParam", fields)
 
 
-def _one_shot(value: object) -> TypeGuard[Iterable[object]]:
-    return isinstance(value, Iterable) and not isinstance(value, (str, bytes, list, tuple, dict))
+def _one_shot(value: object) -> TypeGuard[Iterator[object]]:
+    # Iterators (generators, `iter(...)`, `map(...)`): other values, pydantic models included,
+    # the SDK's JSON encoder handles.
+    return isinstance(value, Iterator)
 
 
 def input_chars(messages: Sequence[ChatCompletionMessageParam]) -> int:
@@ -597,10 +601,9 @@ class ChatStream:
         # Log first: closing the upstream makes a read in another thread fail, and that
         # failure must not be logged as the gateway's fault (nor retried).
         self._closed = True
-        left_early = not self._state.logged
         self._state.close()
-        if left_early:
-            _shut_down(self._upstream.response)
+        # Also when the call was logged: the reading thread may be draining the body.
+        _shut_down(self._upstream.response)
         self._upstream.close()
 
     def __enter__(self) -> ChatStream:
@@ -617,9 +620,12 @@ class ChatStream:
 
 def _shut_down(response: httpx2.Response) -> None:
     """Wake a read of this response blocked in another thread (the Flask relay's reader, while
-    the gateway is silent): closing the response does not, and the gateway would go on
-    generating until its next write. The connection is not reusable anyway: its body was left
-    unread."""
+    the gateway is silent, or a drain): closing the response does not, and the gateway would
+    go on generating until its next write. The connection is not reusable anyway: its body was
+    left unread. A response read to the end is left alone: its connection is back in the
+    pool."""
+    if response.is_closed:
+        return
     network_stream = response.extensions.get("network_stream")
     sock = network_stream.get_extra_info("socket") if network_stream is not None else None
     if isinstance(sock, socket.socket):
