@@ -47,9 +47,9 @@ MANIFEST_PREFIX = "alltkn-template-pre-gen-"
 # Larger files are neither hashed nor scanned (the scanner skips them too).
 MAX_HASHED_BYTES = 2 * 1024 * 1024
 _LAYERS = {
-    "fastapi": ("web", "fastapi"),
-    "flask": ("web", "flask"),
-    "script": ("script",),
+    "fastapi": ("web", "async", "fastapi"),
+    "flask": ("web", "sync", "flask"),
+    "script": ("sync", "async", "script"),
 }
 # Layers an option adds after the framework's: (answer name, value) -> layer.
 _OPTION_LAYERS = (

@@ -11,6 +11,7 @@ import json
 import re
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 import httpx2
 import openai
@@ -99,6 +100,8 @@ class GatewayError(Exception):
     upstream_request_id: str | None = None
     retry_after: str | None = None
     detail: str | None = None
+    # The HTTP status when the category's usual one does not fit (a refused parameter: 422).
+    status: int | None = None
 
     def __str__(self) -> str:
         return self.message
@@ -110,6 +113,27 @@ class GatewayError(Exception):
     @property
     def hint(self) -> str:
         return _EXPLANATIONS[self.category][1]
+
+
+class InStreamError(Exception):
+    """An error event inside a stream that opened fine: `data: {"error": {"message": ...}}`."""
+
+    @classmethod
+    def from_event(cls, error: object) -> InStreamError:
+        message = error.get("message") if isinstance(error, dict) else None
+        return cls(message if isinstance(message, str) and message else "An error occurred")
+
+
+def error_body(category: Category, message: str, hint: str, request_id: str) -> dict[str, Any]:
+    """The one error body every endpoint answers with (and the SSE `error` event carries)."""
+    return {
+        "error": {
+            "category": category.value,
+            "message": message,
+            "hint": hint,
+            "request_id": request_id,
+        }
+    }
 
 
 def classify(exc: BaseException, *, stream_started: bool = False) -> GatewayError:
@@ -202,7 +226,9 @@ def category_for_response(response: httpx2.Response) -> Category:
 
 def upstream_text(exc: BaseException) -> str:
     """The gateway's own words for the failure, verbatim (for logs and support)."""
-    if isinstance(exc, openai.APIError):
+    if isinstance(exc, InStreamError):
+        text = str(exc)
+    elif isinstance(exc, openai.APIError):
         body = exc.body
         if isinstance(body, dict) and isinstance(body.get("message"), str):
             text = body["message"]

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from .secret_scan import redact
+from .redaction import redact
 
 CALL_LOGGER = logging.getLogger(f"{__package__}.calls")
 CALL_EVENT = "upstream_call"

@@ -1,27 +1,27 @@
-"""The retry policy: which failures are retried, and which fall back to another model.
+"""The retry policy, in one place: what is retried, what falls back, how long to wait.
 
-The openai SDK's own retry loop does the retrying (`ALLTKN_MAX_RETRIES` is its `max_retries`):
-it already backs off exponentially with jitter (0.5 s doubling, at most 8 s), honours
-`Retry-After` / `retry-after-ms`, retries timeouts and connection errors, and only ever retries
-the request that opens a call, so a stream whose first byte arrived is never retried. What it
-does not know is the gateway: it would retry a 503 that means "no channel serves this model",
-OpenAI's 429 `insufficient_quota`, a 409, and wait out any `Retry-After` up to two minutes.
-So the client's response hook (`client.py`) classifies every answer the SDK would retry and
-vetoes the retry with the SDK's `x-should-retry: false` header unless the policy below allows
-it. One policy, in one place, for every caller of `create_client()`.
+The SDK's own loop retries the request that opens a call (`ALLTKN_MAX_RETRIES` is its
+`max_retries`), with its backoff and the server's `Retry-After`. It does not know the gateway:
+it would retry a 503 that means "no channel serves this model", OpenAI's 429
+`insufficient_quota`, a 409, and wait out any `Retry-After` up to a minute. So the clients'
+response hook vetoes every retry this policy refuses (`veto`). The chat services retry a stream
+that failed before its first delta, and the batch runner every row, with `backoff_s` and
+`retry_after_s` from here.
 """
 
 from __future__ import annotations
 
 import email.utils
 import math
+import random
 import time
+from collections.abc import Mapping
 
 import httpx2
 
-from .errors import Category, category_for_response
+from .errors import Category, GatewayError, category_for_response
 
-# Failures that may pass if tried again: retried before any byte was streamed.
+# Failures that may pass if tried again.
 RETRIED = frozenset(
     {Category.RATE_LIMITED, Category.UPSTREAM_UNAVAILABLE, Category.TIMEOUT, Category.CONNECTION}
 )
@@ -30,13 +30,18 @@ RETRIED = frozenset(
 FALLBACK_ON = frozenset({Category.MODEL_NOT_FOUND, Category.UPSTREAM_UNAVAILABLE, Category.TIMEOUT})
 # The statuses the SDK retries on its own; every other answer is final anyway.
 _SDK_RETRIED_STATUSES = frozenset({408, 409, 429})
+# Like the SDK's: 0.5 s doubling, at most 8 s, up to a quarter less at random.
+_BACKOFF_BASE_S = 0.5
+_BACKOFF_MAX_S = 8.0
 
 
-def sdk_would_retry(status: int) -> bool:
-    return status in _SDK_RETRIED_STATUSES or status >= 500
+def backoff_s(attempt: int) -> float:
+    """The pause before retry number `attempt` (1, 2, ...)."""
+    delay = min(_BACKOFF_BASE_S * 2.0 ** (attempt - 1), _BACKOFF_MAX_S)
+    return delay * (1 - 0.25 * random.random())  # noqa: S311 (jitter, not a secret)
 
 
-def retry_after_s(headers: httpx2.Headers) -> float | None:
+def retry_after_s(headers: Mapping[str, str]) -> float | None:
     """The server's requested delay in seconds (`retry-after-ms`, `Retry-After` as seconds or
     as an HTTP date), as the SDK reads it; None when absent or unreadable."""
     for name, divisor in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
@@ -44,23 +49,67 @@ def retry_after_s(headers: httpx2.Headers) -> float | None:
         if value is None:
             continue
         try:
-            return float(value) / divisor
+            delay = float(value) / divisor
         except ValueError:
             continue
-    parsed = email.utils.parsedate_tz(headers.get("retry-after", ""))
+        return None if math.isnan(delay) else delay
+    parsed = email.utils.parsedate_tz(headers.get("retry-after") or "")
     if parsed is None:
         return None
     return email.utils.mktime_tz(parsed) - time.time()
 
 
-def should_retry(response: httpx2.Response, retry_after_cap_s: float) -> bool:
-    """Whether an error answer (body already read) may be retried.
+def may_retry(category: Category, retry_after: float | None, cap_s: float) -> bool:
+    """A `Retry-After` above the cap fails fast rather than waiting: the caller gets the 429
+    and the gateway's delay, instead of a request hung for a minute."""
+    return category in RETRIED and (retry_after is None or retry_after <= cap_s)
 
-    A `Retry-After` above the cap fails fast rather than waiting the cap: retrying before the
-    gateway's delay is over would most likely be refused again and spend a request of the rate
-    limit, and the caller gets the 429 with the gateway's `Retry-After` to schedule its own retry.
-    """
-    if category_for_response(response) not in RETRIED:
-        return False
-    delay = retry_after_s(response.headers)
-    return delay is None or math.isnan(delay) or delay <= retry_after_cap_s
+
+def sdk_would_retry(status: int) -> bool:
+    return status in _SDK_RETRIED_STATUSES or status >= 500
+
+
+def veto(response: httpx2.Response, cap_s: float) -> None:
+    """For the clients' response hooks, on an answer the SDK would retry (body read): stop the
+    retry the policy refuses, with the SDK's own `x-should-retry: false` header."""
+    category = category_for_response(response)
+    if not may_retry(category, retry_after_s(response.headers), cap_s):
+        response.headers["x-should-retry"] = "false"
+
+
+class Attempts:
+    """The order in which one call is tried: the requested model, retried while it fails with a
+    category in `RETRIED` (at most `max_retries` times), then each fallback model while it
+    fails with one in `FALLBACK_ON`."""
+
+    def __init__(self, models: list[str], max_retries: int, retry_after_cap_s: float) -> None:
+        self.models = models
+        self._max_retries = max_retries
+        self._cap_s = retry_after_cap_s
+        self._index = 0
+        self._retried = 0
+
+    @property
+    def model(self) -> str:
+        return self.models[self._index]
+
+    @property
+    def fallback_from(self) -> str | None:
+        """The model first asked for, when the current one is a fallback."""
+        return self.models[0] if self._index else None
+
+    def after(self, error: GatewayError, *, retry: bool = True) -> float | None:
+        """Move on after `error`: the pause before the next attempt, or None if `error` is
+        final. `retry=False` when the SDK has already retried this attempt."""
+        wait = retry_after_s({"retry-after": error.retry_after}) if error.retry_after else None
+        if retry and self._retried < self._max_retries and may_retry(
+            error.category, wait, self._cap_s
+        ):
+            self._retried += 1
+            return max(wait, 0.0) if wait is not None else backoff_s(self._retried)
+        if error.category in FALLBACK_ON and self._index + 1 < len(self.models):
+            self._index += 1
+            self._retried = 0
+            return 0.0
+        return None
+

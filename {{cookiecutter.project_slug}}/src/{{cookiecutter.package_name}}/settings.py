@@ -30,6 +30,7 @@ ENV_NAMES = {
     "fallback_models": "ALLTKN_FALLBACK_MODELS",
     "streaming": "ALLTKN_STREAMING",
     "max_input_chars": "ALLTKN_MAX_INPUT_CHARS",
+    "max_output_tokens": "ALLTKN_MAX_OUTPUT_TOKENS",
 }
 # Values people paste from docs instead of a real key; refused at start.
 _PLACEHOLDER_MARKERS = (
@@ -85,6 +86,10 @@ class Settings(BaseSettings):
     streaming: Switch = Field("on", validation_alias=ENV_NAMES["streaming"])
     # Requests whose message contents hold more characters are refused before any call.
     max_input_chars: int | None = Field(None, gt=0, validation_alias=ENV_NAMES["max_input_chars"])
+    # The most tokens one answer may ask for: sent when a request names none, a 422 above it.
+    max_output_tokens: int = Field(
+        4096, gt=0, le=1_000_000, validation_alias=ENV_NAMES["max_output_tokens"]
+    )
 
     @field_validator("api_key")
     @classmethod

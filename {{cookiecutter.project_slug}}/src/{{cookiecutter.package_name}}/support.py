@@ -19,7 +19,7 @@ from typing import Any
 from . import TEMPLATE_VERSION, __version__
 from .client import CLIENT_HEADERS, CLIENT_NAME
 from .doctor import CheckResult, DoctorReport, Status
-from .secret_scan import redact
+from .redaction import redact
 from .settings import API_KEY_ENV
 
 # The web stack this project was generated with (reported with its versions).

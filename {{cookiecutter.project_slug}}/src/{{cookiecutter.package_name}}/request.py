@@ -1,0 +1,75 @@
+"""A chat request, as every entry point takes it, and the one place it becomes an SDK call.
+
+The HTTP body, the CLI's `ask` and each line of a batch file are this model. To pass another
+parameter to the gateway (`top_p`, `stop`, `response_format`...), add a field to `Parameters`
+and a line to `sdk_arguments`: the endpoints, the CLI (`--top-p`) and batch files take it then.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, cast
+
+from openai.types.chat import ChatCompletionMessageParam
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MAX_MESSAGES = 200
+MAX_CONTENT_CHARS = 200_000
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(min_length=1, max_length=MAX_CONTENT_CHARS)
+
+
+class Parameters(BaseModel):
+    """Generation parameters passed on to the gateway (None: the gateway's default)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_tokens: int | None = Field(
+        None, gt=0, description="most tokens to generate (capped by ALLTKN_MAX_OUTPUT_TOKENS)"
+    )
+    temperature: float | None = Field(None, ge=0, le=2, description="sampling temperature, 0-2")
+
+
+class ChatRequest(Parameters):
+    """`messages` or `prompt`, not both; `user` and `task` are logged with the call."""
+
+    messages: list[Message] | None = Field(None, min_length=1, max_length=MAX_MESSAGES)
+    prompt: str | None = Field(None, min_length=1, max_length=MAX_CONTENT_CHARS)
+    model: str | None = Field(None, min_length=1, max_length=200, pattern=r"^\S+$")
+    user: str | None = Field(None, max_length=256)
+    task: str | None = Field(None, max_length=128)
+
+    @model_validator(mode="after")
+    def _messages_or_prompt(self) -> ChatRequest:
+        if (self.messages is None) == (self.prompt is None):
+            raise ValueError("send either 'messages' or 'prompt', not both and not neither")
+        if self.prompt is not None and not self.prompt.strip():
+            raise ValueError("'prompt' is blank")
+        return self
+
+    def to_messages(self) -> list[ChatCompletionMessageParam]:
+        if self.prompt is not None:
+            return [{"role": "user", "content": self.prompt}]
+        # Each role is one of the Literal values above, so each dict is a valid message param.
+        return [cast("ChatCompletionMessageParam", m.model_dump()) for m in self.messages or []]
+
+    def input_chars(self) -> int:
+        if self.prompt is not None:
+            return len(self.prompt)
+        return sum(len(message.content) for message in self.messages or [])
+
+
+def sdk_arguments(request: ChatRequest, model: str, max_output_tokens: int) -> dict[str, Any]:
+    """The keyword arguments of `chat.completions.create()` for `request` on `model`; the
+    parameters the caller left out are not sent, except the server's output cap."""
+    arguments = {
+        "model": model,
+        "messages": request.to_messages(),
+        "max_tokens": request.max_tokens or max_output_tokens,
+        "temperature": request.temperature,
+    }
+    return {name: value for name, value in arguments.items() if value is not None}
