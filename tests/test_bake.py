@@ -189,3 +189,81 @@ def test_generated_code_passes_ruff(cookies: Any, answers: dict[str, str]) -> No
             check=False,
         )
         assert done.returncode == 0, done.stdout + done.stderr
+
+
+# Entry points of each variant: what its commands, servers and config files import first.
+ENTRY_MODULES = {
+    "fastapi": ["__main__", "cli", "app"],
+    "flask": ["__main__", "cli", "app"],
+    "script": ["__main__", "cli"],
+}
+# Distribution -> the import that uses it; `openai[aiohttp]` is used by the aiohttp client.
+DISTRIBUTION_IMPORTS = {
+    "openai": "openai",
+    "openai[aiohttp]": "DefaultAioHttpClient",
+    "pydantic": "pydantic",
+    "pydantic-settings": "pydantic_settings",
+    "fastapi": "fastapi",
+    "uvicorn": "uvicorn",
+    "httptools": "uvicorn",  # uvicorn's HTTP parser, picked up by uvicorn when installed
+    "flask": "flask",
+    "gunicorn": "gunicorn",
+    "rich": "rich",
+}
+
+
+def _imports(path: Path) -> tuple[set[str], set[str]]:
+    """(sibling modules imported with `from . import x` / `from .x import y`, every name
+    imported from outside the package)."""
+    import ast
+
+    siblings: set[str] = set()
+    external: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            if node.module:
+                siblings.add(node.module)
+            else:
+                siblings |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            external.add(node.module.split(".")[0])
+            external |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.Import):
+            external |= {alias.name.split(".")[0] for alias in node.names}
+    return siblings, external
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_each_variant_ships_only_what_it_runs(cookies: Any, framework: str) -> None:
+    """Every module of the bake is reachable from the variant's entry points, every class it
+    defines is used, and every dependency is imported by reachable code."""
+    project = bake(cookies, framework=framework)
+    package = project / "src" / "alltkn_service"
+    modules = {path.stem: path for path in package.glob("*.py")}
+    reached: set[str] = set()
+    external: set[str] = set()
+    todo = [name for name in ENTRY_MODULES[framework] if name in modules]
+    if (project / "gunicorn.conf.py").is_file():
+        external |= _imports(project / "gunicorn.conf.py")[1]
+    while todo:
+        name = todo.pop()
+        if name in reached:
+            continue
+        reached.add(name)
+        siblings, names = _imports(modules[name])
+        external |= names
+        todo += [sibling for sibling in siblings if sibling in modules]
+    assert set(modules) - {"__init__"} <= reached, f"never imported: {set(modules) - reached}"
+
+    source = {name: path.read_text(encoding="utf-8") for name, path in modules.items()}
+    for name, text in source.items():
+        for cls in re.findall(r"^class (\w+)", text, flags=re.MULTILINE):
+            uses = sum(len(re.findall(rf"\b{cls}\b", other)) for other in source.values())
+            assert uses > 1, f"{name}.py: class {cls} is never used"
+
+    pyproject = tomllib.loads((project / "pyproject.toml").read_text(encoding="utf-8"))
+    for dependency in pyproject["project"]["dependencies"]:
+        distribution = re.split(r"[<>=; ]", dependency)[0].lower()
+        used_by = DISTRIBUTION_IMPORTS[distribution]
+        assert used_by in external, f"{distribution} is a dependency but nothing imports it"
+    assert ("DefaultAioHttpClient" in external) == (framework != "flask")

@@ -44,6 +44,48 @@ def test_ask_no_stream_with_model_user_and_task(gateway: FakeGateway) -> None:
     assert '"task": "t1"' in done.stderr
 
 
+def test_parameters_reach_the_gateway(gateway: FakeGateway) -> None:
+    done = ask("hello", "--no-stream", "--temperature", "0.5", "--max-tokens", "30")
+    assert done.returncode == 0, done.stderr
+    body = gateway.requests_for("gpt-4o-mini")[0].body
+    assert (body["temperature"], body["max_tokens"]) == (0.5, 30)
+
+
+def test_the_output_cap_is_sent_when_no_max_tokens_is_given(gateway: FakeGateway) -> None:
+    done = ask("hello")
+    assert done.returncode == 0, done.stderr
+    assert gateway.requests_for("gpt-4o-mini")[0].body["max_tokens"] == 4096
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        pytest.param(("hello", "--temperature", "3"), "--temperature", id="temperature-above-2"),
+        pytest.param(("hello", "--max-tokens", "0"), "--max-tokens", id="max-tokens-zero"),
+        pytest.param(("hello", "--max-tokens", "many"), "--max-tokens", id="max-tokens-text"),
+        pytest.param(("   ",), "the prompt", id="blank-prompt"),
+    ],
+)
+def test_bad_options_exit_2_with_one_line(
+    gateway: FakeGateway, args: tuple[str, ...], named: str
+) -> None:
+    done = ask(*args)
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"error: {named}: ")
+    assert done.stderr.count("\n") == 1
+    assert not gateway.requests
+
+
+def test_max_tokens_above_the_cap_is_refused_before_any_call(
+    gateway: FakeGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ALLTKN_MAX_OUTPUT_TOKENS", "100")
+    done = ask("hello", "--max-tokens", "101")
+    assert done.returncode == 1
+    assert "ALLTKN_MAX_OUTPUT_TOKENS" in done.stderr
+    assert not gateway.requests
+
+
 @pytest.mark.parametrize(
     ("model", "category"),
     [

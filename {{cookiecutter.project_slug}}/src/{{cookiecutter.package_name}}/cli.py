@@ -1,41 +1,47 @@
 """Command line: `<slug> ask "prompt"`, or `python -m <package> ask "prompt"`.
 
-`<slug> doctor [--json | --support]` checks the configuration and the gateway live (see
-`doctor.py`); a failed run also writes a support report to the current directory.
+`<slug> doctor [--json | --support]` checks the configuration and the gateway live (`doctor.py`).
 {%- if cookiecutter.framework == "fastapi" %}
-
 `<slug> serve [--host H] [--port P]` runs the service: uvicorn, `WEB_CONCURRENCY` workers.
 {%- endif %}
 {%- if cookiecutter.framework == "script" %}
-
-`<slug> batch INPUT.jsonl OUTPUT.jsonl` runs a file of prompts (see `batch.py`).
+`<slug> batch INPUT.jsonl OUTPUT.jsonl` runs a file of prompts (`batch.py`).
 {%- endif %}
 
 Exit codes: 0 answered, 1 the gateway call failed, 2 bad usage or configuration, 130 interrupted,
-141 the reader of the output went away (`... | head`); for `doctor`: 0 every check passed
-(warnings allowed), 1 a check failed.
+141 the reader of the output went away (`... | head`).
 """
 
 from __future__ import annotations
 
 import argparse
+{%- if cookiecutter.framework == "fastapi" %}
+import asyncio
+{%- endif %}
+import json
 import os
 import sys
 from collections.abc import Sequence
 from importlib import metadata
-from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
-from openai.types.chat import ChatCompletionMessageParam
-{% if cookiecutter.framework == "script" %}
-from . import batch, doctor, support
-{%- else %}
-from . import doctor, support
+from pydantic import ValidationError
+
+{% if cookiecutter.framework == "script" -%}
+from . import batch, doctor
+{%- else -%}
+from . import doctor
 {%- endif %}
-from .chat import CallInfo, ChatService, Rollback
-from .client import CLIENT_NAME, create_client
+from .chat import CallInfo
+{%- if cookiecutter.framework == "fastapi" %}
+from .chat_async import AsyncChatService, create_async_client
+{%- else %}
+from .chat_sync import ChatService, create_client
+{%- endif %}
+from .client import CLIENT_NAME
 from .errors import GatewayError
 from .logs import configure_logging
+from .request import ChatRequest, Parameters
 from .settings import Settings, load_settings_or_exit
 
 EXIT_FAILED = 1
@@ -63,29 +69,25 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--no-stream", action="store_true", help="wait for the whole answer")
     ask.add_argument("--user", help="end user the call is made for (logged)")
     ask.add_argument("--task", help="kind of task, e.g. summarise (logged)")
-    check = commands.add_parser(
-        "doctor",
-        help="check the key, base URL, network, model and streaming live against the gateway",
-        description="Run the pre-launch checklist live against the configured gateway: one "
-        "short completion and one short stream on the configured model. Exit 0 if no check "
-        "failed (warnings allowed), 1 otherwise; a failed run also writes a support report "
-        "(support-report-<UTC time>.txt) to the current directory.",
-    )
-    output = check.add_mutually_exclusive_group()
-    output.add_argument("--json", action="store_true", help="print the results as JSON")
-    output.add_argument(
-        "--support", action="store_true", help="print a support report to paste into a ticket"
+    for name, field in Parameters.model_fields.items():  # --max-tokens, --temperature, ...
+        ask.add_argument(f"--{name.replace('_', '-')}", dest=name, help=field.description)
+    doctor.add_arguments(
+        commands.add_parser(
+            "doctor",
+            help="check the key, base URL, network, model and streaming live against the gateway",
+        )
     )
 {%- if cookiecutter.framework == "fastapi" %}
     serve = commands.add_parser(
-        "serve",
-        help="run the service (uvicorn, WEB_CONCURRENCY worker processes, asyncio loop)",
+        "serve", help="run the service (uvicorn, WEB_CONCURRENCY worker processes)"
     )
     serve.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
 {%- endif %}
 {%- if cookiecutter.framework == "script" %}
-    batch.add_parser(commands)
+    batch.add_arguments(
+        commands.add_parser("batch", help="run a JSONL file of prompts through the gateway")
+    )
 {%- endif %}
     return parser
 
@@ -101,26 +103,25 @@ def _description() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return _run(args)
-    except BrokenPipeError:
-        # The reader left (`| head`); a stream was closed upstream on the way out. Point stdout
-        # at /dev/null so that the flush at exit does not fail again with a traceback.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_BROKEN_PIPE
-
-
-def _run(args: argparse.Namespace) -> int:
-    if args.command == "doctor":
-        return _doctor(args)
+        if args.command == "doctor":
+            return doctor.main(args)
 {%- if cookiecutter.framework == "fastapi" %}
-    if args.command == "serve":
-        return _serve(args)
+        if args.command == "serve":
+            return _serve(args)
 {%- endif %}
 {%- if cookiecutter.framework == "script" %}
-    if args.command == "batch":
-        return _batch(args)
+        if args.command == "batch":
+            return batch.main(args, _setup())
 {%- endif %}
-    return _ask(args)
+        return _ask(args)
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader left (`| head`); the stream was closed upstream on the way out. Point
+        # stdout at /dev/null so that the flush at exit does not fail again with a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 def _setup() -> Settings:
@@ -129,43 +130,30 @@ def _setup() -> Settings:
     return settings
 
 
-def _doctor(args: argparse.Namespace) -> int:
-    """Settings problems are rows of the report here, not the usual exit 2."""
+def _request(args: argparse.Namespace) -> ChatRequest:
+    """The request `ask` sends, or exit 2 with one line naming the bad option."""
+    fields: dict[str, Any] = {"prompt": args.prompt, "model": args.model}
+    fields.update(user=args.user, task=args.task)
+    for name in Parameters.model_fields:
+        if (raw := getattr(args, name)) is not None:
+            fields[name] = _value(raw)
     try:
-        report = doctor.run_doctor()
-    except KeyboardInterrupt:
-        print(file=sys.stderr)
-        return EXIT_INTERRUPTED
-    text = support.build_support_report(report)
-    saved: Path | None = None
-    if not report.ok:
-        try:
-            saved = support.write_support_report(text, report, Path.cwd()).resolve()
-        except OSError as exc:
-            print(
-                f"doctor: could not write the support report ({exc}); run "
-                f"'{CLIENT_NAME} doctor --support' and copy its output instead",
-                file=sys.stderr,
-            )
-    if args.json:
-        _print(support.report_json(report, saved))
-    elif args.support:
-        _print(text)
-    else:
-        _print(support.render_text(report))
-    if saved is not None:
-        where = sys.stderr if args.json or args.support else sys.stdout
-        print(f"Support report: {saved} (paste it into a ticket; it holds no key)", file=where)
-    return report.exit_code
+        return ChatRequest.model_validate(fields)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False, include_input=False)[0]
+        name = str(error["loc"][0]) if error["loc"] else "prompt"
+        where = "the prompt" if name == "prompt" else "--" + name.replace("_", "-")
+        message = str(error["msg"]).removeprefix("Value error, ")
+        print(f"error: {where}: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
 
 
-def _print(text: str) -> None:
-    """Print, also where the terminal's encoding cannot show the gateway's Chinese text."""
+def _value(raw: str) -> object:
+    """An option's value as JSON when it is JSON (`0.5`, `["a"]`), else the text itself."""
     try:
-        print(text)
-    except UnicodeEncodeError:
-        encoding = sys.stdout.encoding or "ascii"
-        print(text.encode(encoding, "backslashreplace").decode(encoding))
+        return json.loads(raw)
+    except ValueError:
+        return raw
 
 
 def _report(error: GatewayError) -> None:
@@ -173,26 +161,46 @@ def _report(error: GatewayError) -> None:
 
 
 def _ask(args: argparse.Namespace) -> int:
-    if not args.prompt.strip():
-        print("error: the prompt is empty; pass the text to send", file=sys.stderr)
-        return EXIT_USAGE
+    request = _request(args)
     settings = _setup()
-    service = ChatService(create_client(settings), settings.model, Rollback.from_settings(settings))
     call = CallInfo(user=args.user, task=args.task)
-    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": args.prompt}]
     try:
+{%- if cookiecutter.framework == "fastapi" %}
+        asyncio.run(_ask_async(settings, request, call, stream=not args.no_stream))
+{%- else %}
+        service = ChatService(create_client(settings), settings)
         if args.no_stream:
-            print(service.complete(messages, model=args.model, call=call).content)
-        else:
-            _print_stream(service, messages, args.model, call)
+            print(service.complete(request, call).content)
+            return 0
+        with service.open_stream(request, call) as stream:
+            for delta in stream:
+                sys.stdout.write(delta)
+                sys.stdout.flush()
+        sys.stdout.write("\n")
+{%- endif %}
     except GatewayError as error:
         _report(error)
         return EXIT_FAILED
-    except KeyboardInterrupt:
-        print(file=sys.stderr)
-        return EXIT_INTERRUPTED
     return 0
 {%- if cookiecutter.framework == "fastapi" %}
+
+
+async def _ask_async(
+    settings: Settings, request: ChatRequest, call: CallInfo, *, stream: bool
+) -> None:
+    client = create_async_client(settings)
+    try:
+        service = AsyncChatService(client, settings)
+        if not stream:
+            print((await service.complete(request, call)).content)
+            return
+        async with await service.open_stream(request, call) as deltas:
+            async for delta in deltas:
+                sys.stdout.write(delta)
+                sys.stdout.flush()
+        sys.stdout.write("\n")
+    finally:
+        await client.close()
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -225,34 +233,3 @@ def _web_concurrency() -> int:
         raise SystemExit(EXIT_USAGE)
     return int(raw)
 {%- endif %}
-{%- if cookiecutter.framework == "script" %}
-
-
-def _batch(args: argparse.Namespace) -> int:
-    settings = _setup()
-    try:
-        outcome = batch.run_batch(batch.options_from(args), settings)
-    except batch.BatchUsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
-    if outcome.fatal is not None:
-        _report(outcome.fatal)
-    if outcome.write_error is not None:
-        print(f"error: {outcome.write_error}", file=sys.stderr)
-    return outcome.exit_code
-{%- endif %}
-
-
-def _print_stream(
-    service: ChatService,
-    messages: list[ChatCompletionMessageParam],
-    model: str | None,
-    call: CallInfo,
-) -> None:
-    with service.open_stream(messages, model=model, call=call) as stream:
-        for delta in stream:
-            sys.stdout.write(delta)
-            sys.stdout.flush()
-    sys.stdout.write("\n")
