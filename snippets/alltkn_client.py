@@ -30,7 +30,7 @@ from typing import Any
 import httpx2
 from openai import AsyncOpenAI, DefaultAioHttpClient, DefaultHttpx2Client, OpenAI
 
-API_KEY_ENV = "ALLTKN_API_KEY"
+API_KEY_ENV = "ALLTKN_API_KEY"  # pragma: allowlist secret
 DEFAULT_BASE_URL = "https://api.alltkn.com/api/v1"
 DEFAULT_MODEL = "gpt-4o-mini"
 # Your service's name and version, so the gateway's logs and support can tell who called.

@@ -30,7 +30,7 @@ from typing import Any
 import httpx2
 from openai import AsyncOpenAI, DefaultAioHttpClient, DefaultHttpx2Client, OpenAI
 
-API_KEY_ENV = {{ cookiecutter.api_key_env_var | tojson }}
+API_KEY_ENV = {{ cookiecutter.api_key_env_var | tojson }}  # pragma: allowlist secret
 DEFAULT_BASE_URL = {{ cookiecutter.alltkn_base_url | tojson }}
 DEFAULT_MODEL = {{ cookiecutter.default_model | tojson }}
 # Your service's name and version, so the gateway's logs and support can tell who called.
