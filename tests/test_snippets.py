@@ -957,34 +957,36 @@ def test_an_unmarked_python_block_is_refused() -> None:
     assert python_blocks("```python run\nprint(1)\n```\n", "x") == [("run", "print(1)\n")]
 
 
-def documents(project: Path) -> list[tuple[str, Path, Path]]:
-    """(name, markdown file, directory its runnable blocks run in)."""
-    found = [("template README.md", TEMPLATE_DIR / "README.md", project / SNIPPETS)]
+def documents(project: Path) -> list[tuple[str, Path]]:
+    """(name, markdown file); their blocks run, or are type-checked, in the snippets' directory."""
+    found = [("template README.md", TEMPLATE_DIR / "README.md")]
     for path in sorted([project / "README.md", *(project / "docs").rglob("*.md")]):
-        found.append((path.relative_to(project).as_posix(), path, project / SNIPPETS))
+        found.append((path.relative_to(project).as_posix(), path))
     return found
+
+
+def doc_blocks(project: Path, marker: str) -> list[tuple[str, str]]:
+    """(where, code) of every python block of the docs marked `marker`."""
+    return [
+        (f"{name} block {number}", code)
+        for name, path in documents(project)
+        for number, (mark, code) in enumerate(python_blocks(path.read_text("utf-8"), name))
+        if mark == marker
+    ]
 
 
 def test_every_python_block_in_the_docs_runs_against_the_fake(
     project: Path, gateway: Any, tmp_path: Path
 ) -> None:
-    ran = 0
-    for name, path, cwd in documents(project):
-        for number, (marker, code) in enumerate(python_blocks(path.read_text("utf-8"), name)):
-            script = tmp_path / f"block_{ran}_{number}.py"
-            script.write_text(code, encoding="utf-8")
-            if marker == "typecheck":
-                done = run_python(
-                    ["-m", "mypy", "--strict", "--no-incremental", str(script)],
-                    cwd,
-                    {**os.environ, "MYPYPATH": str(cwd)},
-                    timeout=120,
-                )
-            else:
-                done = run_python([str(script)], cwd, process_env(gateway, [cwd]))
-            assert done.returncode == 0, f"{name} block {number}:\n{code}\n{done.stderr}"
-            ran += 1
-    assert ran >= 1
+    """`run` blocks; the `typecheck` ones go through mypy with the snippets (below)."""
+    blocks = doc_blocks(project, "run")
+    assert blocks
+    for number, (where, code) in enumerate(blocks):
+        script = tmp_path / f"block_{number}.py"
+        script.write_text(code, encoding="utf-8")
+        cwd = project / SNIPPETS
+        done = run_python([str(script)], cwd, process_env(gateway, [cwd]))
+        assert done.returncode == 0, f"{where}:\n{code}\n{done.stderr}"
 
 
 # --- 10. secrets and types ----------------------------------------------------------------------
@@ -1033,9 +1035,25 @@ def test_no_snippet_holds_a_secret(project: Path, tmp_path: Path) -> None:
     assert KEY not in done.stdout + done.stderr
 
 
-def test_the_snippets_pass_mypy_strict(project: Path) -> None:
+def test_the_snippets_and_the_typecheck_blocks_pass_mypy_strict(
+    project: Path, tmp_path: Path
+) -> None:
+    """One mypy run (it is the slow part) over the snippets and every `typecheck` block."""
+    blocks = doc_blocks(project, "typecheck")
+    assert blocks
+    files = {}
+    for number, (where, code) in enumerate(blocks):
+        files[f"typecheck_block_{number}.py"] = where
+        (tmp_path / f"typecheck_block_{number}.py").write_text(code, encoding="utf-8")
     done = run_python(
-        ["-m", "mypy", "--strict", "--no-incremental", str(SNIPPETS)],
+        [
+            "-m",
+            "mypy",
+            "--strict",
+            "--no-incremental",
+            str(SNIPPETS),
+            *map(str, tmp_path.glob("*.py")),
+        ],
         project,
         {
             **os.environ,
@@ -1043,7 +1061,10 @@ def test_the_snippets_pass_mypy_strict(project: Path) -> None:
         },
         timeout=180,
     )
-    assert done.returncode == 0, done.stdout
+    report = done.stdout
+    for name, where in files.items():  # say which document a block is from
+        report = report.replace(str(tmp_path / name), where)
+    assert done.returncode == 0, report
 
 
 # --- refreshing snippets/ -----------------------------------------------------------------------
