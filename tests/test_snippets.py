@@ -618,11 +618,31 @@ def gunicorn_snippet(port: int) -> list[str]:
     return [sys.executable, "-m", "gunicorn", "-k", "gthread", "--threads", "32", "-b", bind]
 
 
-@pytest.fixture(scope="module", params=["fastapi", "flask"])
-def servers(request: pytest.FixtureRequest, gateway: Any) -> Iterator[dict[str, str]]:
+@pytest.fixture(scope="module")
+def started(gateway: Any) -> Iterator[Callable[[str, Path], dict[str, str]]]:
+    """Starts a framework's pair of servers on first use and keeps them for the module: the
+    tests of one framework may reach a worker in any order, the servers start once."""
+    pairs: dict[str, dict[str, str]] = {}
+    with contextlib.ExitStack() as stack:
+
+        def pair(framework: str, baked: Path) -> dict[str, str]:
+            if framework not in pairs:
+                pairs[framework] = stack.enter_context(server_pair(baked, gateway, framework))
+            return pairs[framework]
+
+        yield pair
+
+
+@pytest.fixture(params=["fastapi", "flask"])
+def servers(
+    request: pytest.FixtureRequest, started: Callable[[str, Path], dict[str, str]]
+) -> dict[str, str]:
     """The snippet's server and the generated service, same framework, same gateway."""
-    framework = request.param
-    baked: Path = request.getfixturevalue(f"{framework}_project")
+    return started(request.param, request.getfixturevalue(f"{request.param}_project"))
+
+
+@contextlib.contextmanager
+def server_pair(baked: Path, gateway: Any, framework: str) -> Iterator[dict[str, str]]:
     snippet_port, project_port = free_port(), free_port()
     if framework == "fastapi":
         snippet_command = uvicorn("sse_fastapi:app", snippet_port)
