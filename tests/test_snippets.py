@@ -756,7 +756,6 @@ def test_the_sse_snippets_deliver_incrementally_and_keep_alive(
 ) -> None:
     import httpx2
 
-    started = time.monotonic()
     lines: list[str] = []
     with httpx2.stream(
         "POST", servers["snippet"] + "/v1/chat/stream", json={"prompt": "x", "model": "fake-slow"}
@@ -765,11 +764,11 @@ def test_the_sse_snippets_deliver_incrementally_and_keep_alive(
             lines.append(line)
             if line.startswith("data: "):
                 break
-        first_delta_s = time.monotonic() - started
         completed_before_first_delta = gateway.completed_streams
     assert lines[-1] == 'data: {"delta":"tok0 "}'
-    assert completed_before_first_delta == 0  # the gateway was still generating
-    assert first_delta_s < 1.5  # the whole answer takes 2 s
+    # The gateway was still generating its 2 s answer (a bound on the time would fail on a
+    # loaded machine; this does not, and fails the same on a buffering relay).
+    assert completed_before_first_delta == 0
 
     lines = []
     with httpx2.stream(
@@ -876,16 +875,15 @@ def test_sse_streams_through_the_nginx_snippet(project: Path, gateway: Any, tmp_
             dict(os.environ),
         ) as proxy,
     ):
-        started = time.monotonic()
         with httpx2.stream(
             "POST", proxy + "/v1/chat/stream", json={"prompt": "x", "model": "fake-slow"}
         ) as response:
             for line in response.iter_lines():
                 if line.startswith("data: "):
                     break
-            first_delta_s = time.monotonic() - started
-        # Not buffered: the first delta came through long before the 2 s answer ended...
-        assert first_delta_s < 1.5
+            completed_before_first_delta = gateway.completed_streams
+        # Not buffered: the first delta came through while the gateway was still generating...
+        assert completed_before_first_delta == 0
         # ...and the hang-up travelled through nginx to the gateway.
         assert gateway.wait_for(lambda: gateway.aborted_streams == 1, timeout=3)
 
