@@ -621,13 +621,21 @@ def gunicorn_snippet(port: int) -> list[str]:
 @pytest.fixture(scope="module")
 def started(gateway: Any) -> Iterator[Callable[[str, Path], dict[str, str]]]:
     """Starts a framework's pair of servers on first use and keeps them for the module: the
-    tests of one framework may reach a worker in any order, the servers start once."""
+    tests of one framework may reach a worker in any order, the servers start once (and a pair
+    that failed to start is not tried again for every test)."""
     pairs: dict[str, dict[str, str]] = {}
+    failures: dict[str, str] = {}
     with contextlib.ExitStack() as stack:
 
         def pair(framework: str, baked: Path) -> dict[str, str]:
+            if framework in failures:
+                pytest.fail(failures[framework], pytrace=False)
             if framework not in pairs:
-                pairs[framework] = stack.enter_context(server_pair(baked, gateway, framework))
+                try:
+                    pairs[framework] = stack.enter_context(server_pair(baked, gateway, framework))
+                except pytest.fail.Exception as exc:
+                    failures[framework] = f"the {framework} servers did not start: {exc}"
+                    raise
             return pairs[framework]
 
         yield pair
