@@ -522,13 +522,13 @@ def test_template_dir_is_read_when_called_not_when_imported(
 
 @pytest.mark.parametrize("hook", HOOKS)
 @pytest.mark.parametrize(
-    "extension", [pytest.param(True, id="template-moved"), pytest.param(False, id="old-replay")]
+    "extension", [pytest.param(True, id="no-template-here"), pytest.param(False, id="no-extension")]
 )
 def test_a_hook_that_cannot_find_the_template_fails_closed_in_one_line(
     hook: str, extension: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Rendered where no template is (or from an old replay file without `_extensions`): one
-    `internal error` line, no traceback, no answer shown; the rendered copy is removed."""
+    """Rendered where no template is, or without the extension: one `internal error` line, no
+    traceback, no answer shown."""
     monkeypatch.syspath_prepend(str(TEMPLATE_DIR))
     monkeypatch.chdir(tmp_path)
     answers = {**cookiecutter_defaults(), "description": KEY}
