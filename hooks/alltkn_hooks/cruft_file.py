@@ -34,6 +34,8 @@ def template_source(answers: Mapping[str, object], template_dir: Path) -> str:
     """The template as git can clone it: a URL as given (credentials removed, `gh:` and the
     like expanded), else the local template directory, absolute."""
     template = str(answers.get("_template", ""))
+    if template.startswith("git+"):  # cookiecutter's way to name the VCS; git clones without it
+        template = template[len("git+") :]
     for prefix, url in _GIT_ABBREVIATIONS.items():
         if template.startswith(prefix):
             return url.format(template[len(prefix) :])
