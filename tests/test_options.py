@@ -182,7 +182,6 @@ def test_makefile_has_the_verbs_with_and_without_uv(baked: dict[str, Path], name
             assert '.venv/bin/python -m pip install -q -e ".[dev]"' in plan
             assert ".venv/bin/python -m pytest" in plan
         assert "-m alltkn_service doctor" in plan
-        assert "python3 src/alltkn_service/secret_scan.py" in plan
 
 
 @pytest.mark.parametrize("name", ["fastapi-defaults", "script-defaults"])
