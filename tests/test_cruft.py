@@ -197,6 +197,29 @@ def test_the_hook_leaves_cruft_json_to_cruft(answers: dict[str, object], by_cruf
     assert cruft_file.rendered_by_cruft(answers) is by_cruft
 
 
+@pytest.mark.parametrize(
+    ("template", "recorded"),
+    [
+        pytest.param("gh:org/tpl", "https://github.com/org/tpl.git", id="gh-abbreviation"),
+        pytest.param("gl:org/tpl", "https://gitlab.com/org/tpl.git", id="gl-abbreviation"),
+        pytest.param(
+            "https://ci:t0ken-value@git.example.org/org/tpl.git",  # secret-scan: allow
+            "https://git.example.org/org/tpl.git",
+            id="https-credentials-removed",
+        ),
+        pytest.param("git+https://h/org/tpl.git", "https://h/org/tpl.git", id="git-plus-https"),
+        pytest.param("file:///srv/tpl.git", "file:///srv/tpl.git", id="file-url"),
+        pytest.param("git@github.com:org/tpl.git", "git@github.com:org/tpl.git", id="scp-like"),
+        pytest.param("../tpl", "/abs/tpl", id="local-relative-path"),
+        pytest.param(".", "/abs/tpl", id="local-dot"),
+    ],
+)
+def test_template_source_is_what_git_can_clone(template: str, recorded: str) -> None:
+    answers = {"_template": template}
+
+    assert cruft_file.template_source(answers, Path("/abs/tpl")) == recorded
+
+
 # --- .cruft.json and detect-secrets ------------------------------------------------------------
 
 COMMIT = "c5f40ea80d416f250eeaf8a590b17f09564e3ac2"  # a commit id, not a secret

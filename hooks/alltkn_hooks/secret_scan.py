@@ -114,7 +114,6 @@ _NAME_PART_RE = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
 _ENV_NAME_RE = re.compile(r"^[A-Z][A-Z0-9_]*$")
 _DOTTED_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+$")
 _PATH_RE = re.compile(r"^(?:~|\.{1,2})?/[\w.-]+(?:/[\w.-]+)+/?$")
-# Written without two braces in a row so that the file reads the same through Jinja.
 _PLACEHOLDER_RE = re.compile(
     r"<[^>]*>|\$\{|\$\(|^\$[A-Za-z_]|\{\{|x{4,}|\*{4}|\.\.\.|"
     r"change[_-]?me|your|example|placeholder|replace[_-]?me|redacted|dummy|fake|sample",
