@@ -101,5 +101,6 @@ def main(answers: Mapping[str, object], rendered_copy: Path | None = None) -> in
 if __name__ == "__main__":
     TEMPLATE = r'''{{ template_dir()|tojson if template_dir is defined else '""' }}'''  # fmt: skip
     ANSWERS = r'''{{ cookiecutter | tojson }}'''  # fmt: skip
+    sys.dont_write_bytecode = True  # leave no __pycache__ in the template
     sys.path.insert(0, os.path.join(json.loads(TEMPLATE), "hooks"))
     sys.exit(main(json.loads(ANSWERS), rendered_copy=Path(__file__)))

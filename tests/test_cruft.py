@@ -340,6 +340,7 @@ def test_generation_works_without_proc(tmp_path: Path, flow: str) -> None:
     assert state["template"] == source
     assert state["commit"] == git(origin, env, "rev-parse", "HEAD")
     assert [p.name for p in (tmp_path / "home").rglob("tmp*.py")] == []
+    assert not (clone / "hooks" / "alltkn_hooks" / "__pycache__").exists()
 
 
 def test_a_secret_answer_is_refused_and_scrubbed_without_proc(tmp_path: Path) -> None:
