@@ -18,15 +18,6 @@ from alltkn_hooks.secret_scan import Finding
 DEFAULT_KEY_VAR = "ALLTKN_API_KEY"
 
 
-def secret_literals(answers: Mapping[str, object]) -> list[str]:
-    """Exact values to refuse: the key variable's value and every secret-named variable's."""
-    key_var = answer(answers, "api_key_env_var")
-    return [
-        *secret_scan.env_literals([key_var], os.environ),
-        *secret_scan.secret_env_values(os.environ),
-    ]
-
-
 def secret_answers(
     answers: Mapping[str, object], literals: Sequence[str]
 ) -> dict[str, list[Finding]]:
@@ -71,7 +62,8 @@ def secret_lines(
 
 def check_secrets(answers: Mapping[str, object]) -> tuple[set[str], list[str]]:
     """(refused variables, their error lines); scrubs the replay files when there are any."""
-    found = secret_answers(answers, secret_literals(answers))
+    live = secret_scan.live_values(answer(answers, "api_key_env_var"), os.environ)
+    found = secret_answers(answers, live)
     if not found:
         return set(), []
     values = sorted({f.value for findings in found.values() for f in findings})

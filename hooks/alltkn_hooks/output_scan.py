@@ -6,16 +6,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from alltkn_hooks import secret_scan
+from alltkn_hooks import answer, secret_scan
 from alltkn_hooks.cruft_file import CRUFT_FILE
 from alltkn_hooks.manifest import Manifest, remove_created
 from alltkn_hooks.secret_scan import Finding
-
-
-def key_literals(answers: Mapping[str, object], environ: Mapping[str, str]) -> list[str]:
-    """Exact values to find: the key variable's value and every secret-named variable's."""
-    key_var = str(answers.get("api_key_env_var", ""))
-    return [*secret_scan.env_literals([key_var], environ), *secret_scan.secret_env_values(environ)]
 
 
 def written_files(project_dir: Path, kept: set[str]) -> list[Path]:
@@ -72,9 +66,10 @@ def fail_on_secrets(
 ) -> list[str]:
     """Scan what this run wrote; on findings remove what it created and return the error
     lines, else []."""
+    live = secret_scan.live_values(answer(answers, "api_key_env_var"), environ)
     # .cruft.json repeats the answers: report a secret where the template put it first.
     files = sorted(written_files(project_dir, kept), key=lambda p: p.name == CRUFT_FILE)
-    findings = secret_scan.scan_files(project_dir, files, literals=key_literals(answers, environ))
+    findings = secret_scan.scan_files(project_dir, files, literals=live)
     if not findings:
         return []
     before = manifest.files if manifest else {}

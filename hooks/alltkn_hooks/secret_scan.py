@@ -416,3 +416,8 @@ def secret_env_values(environ: Mapping[str, str] | None = None) -> list[str]:
         for name, value in env.items()
         if SECRET_ENV_NAME_RE.search(name) and is_secret_env_value(value)
     ]
+
+
+def live_values(key_var: str, environ: Mapping[str, str] | None = None) -> list[str]:
+    """Exact values to find: the key variable's value and every secret-named variable's."""
+    return [*env_literals([key_var], environ), *secret_env_values(environ)]
