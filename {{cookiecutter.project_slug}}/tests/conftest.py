@@ -22,6 +22,7 @@ from typing import Any, Protocol, TypeVar
 import pytest
 
 from {{ cookiecutter.package_name }}.chat import CallInfo, ChatResult
+from {{ cookiecutter.package_name }}.errors import GatewayError
 from {{ cookiecutter.package_name }}.request import ChatRequest
 from {{ cookiecutter.package_name }}.settings import API_KEY_ENV, ENV_NAMES, Settings, load_settings
 
@@ -92,6 +93,18 @@ def upstream_calls(caplog: pytest.LogCaptureFixture) -> Callable[[], list[dict[s
 
 def ask(prompt: str = HELLO, **fields: Any) -> ChatRequest:
     return ChatRequest(prompt=prompt, **fields)
+
+
+def failure(
+    chat: Chat, model: str, *, stream: bool, received: list[str] | None = None
+) -> GatewayError:
+    """The `GatewayError` a call of `model` ends with (a test failure if it ends without)."""
+    with pytest.raises(GatewayError) as caught:
+        if stream:
+            chat.stream(ask(model=model), received=received)
+        else:
+            chat.complete(ask(model=model))
+    return caught.value
 
 
 class Chat(Protocol):

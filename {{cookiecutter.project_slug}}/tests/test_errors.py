@@ -13,20 +13,11 @@ import pytest
 from {{ cookiecutter.package_name }}.errors import Category, GatewayError, classify, error_body
 from {{ cookiecutter.package_name }}.settings import API_KEY_ENV
 
-from .conftest import SENTINEL_KEY, Chat, Driver, ask
+from .conftest import SENTINEL_KEY, Driver, failure
 from .fake_gateway import FakeGateway
 
 Calls = Callable[[], list[dict[str, Any]]]
 STREAM = [pytest.param(False, id="complete"), pytest.param(True, id="stream")]
-
-
-def failure(chat: Chat, model: str, *, stream: bool, received: list[str] | None = None) -> Any:
-    with pytest.raises(GatewayError) as caught:
-        if stream:
-            chat.stream(ask(model=model), received=received)
-        else:
-            chat.complete(ask(model=model))
-    return caught.value
 
 
 @pytest.mark.parametrize("stream", STREAM)
