@@ -99,11 +99,13 @@ def failure(
     chat: Chat, model: str, *, stream: bool, received: list[str] | None = None
 ) -> GatewayError:
     """The `GatewayError` a call of `model` ends with (a test failure if it ends without)."""
+    request = ask(model=model)
+
+    def run() -> ChatResult:
+        return chat.stream(request, received=received) if stream else chat.complete(request)
+
     with pytest.raises(GatewayError) as caught:
-        if stream:
-            chat.stream(ask(model=model), received=received)
-        else:
-            chat.complete(ask(model=model))
+        run()
     return caught.value
 
 
@@ -228,36 +230,62 @@ class _AsyncChat:
 
 
 class Driver:
-    """One of the project's chat services; `chat(...)` makes a service over a new client,
-    with the settings from the environment and `overrides`."""
+    """One of the project's chat services; `chat(...)` is the service for the settings from the
+    environment and `overrides`.
 
-    def __init__(self, name: str) -> None:
+    Clients are kept for the session, one per driver and settings: making one costs tens of
+    milliseconds of CPU (its TLS context), more than most tests here take. `fresh=True` makes
+    a client for this test alone, with no connection open yet.
+    """
+
+    def __init__(self, name: str, pool: dict[tuple[str, ...], Chat]) -> None:
         self.name = name
-        self._opened: list[Chat] = []
+        self._pool = pool
+        self._fresh: list[Chat] = []
 
-    def chat(self, **overrides: Any) -> Chat:
+    def chat(self, *, fresh: bool = False, **overrides: Any) -> Chat:
         settings = load_settings().model_copy(update=overrides)
+        key = (self.name, settings.api_key.get_secret_value(), repr(settings))
+        if not fresh and key in self._pool:
+            return self._pool[key]
         chat: Chat = _SyncChat(settings) if self.name == "sync" else _AsyncChat(settings)
-        self._opened.append(chat)
+        if fresh:
+            self._fresh.append(chat)
+        else:
+            self._pool[key] = chat
         return chat
 
     def close(self) -> None:
-        for chat in self._opened:
+        for chat in self._fresh:
             chat.close()
 
 
+@pytest.fixture(scope="session")
+def _chat_pool() -> Iterator[dict[tuple[str, ...], Chat]]:
+    pool: dict[tuple[str, ...], Chat] = {}
+    yield pool
+    for chat in pool.values():
+        chat.close()
+
+
 @pytest.fixture(params=DRIVERS)
-def driver(request: pytest.FixtureRequest, gateway_env: dict[str, str]) -> Iterator[Driver]:
-    opened = Driver(request.param)
+def driver(
+    request: pytest.FixtureRequest,
+    gateway_env: dict[str, str],
+    _chat_pool: dict[tuple[str, ...], Chat],
+) -> Iterator[Driver]:
+    opened = Driver(request.param, _chat_pool)
     yield opened
     opened.close()
 
 
 @pytest.fixture
-def async_driver(gateway_env: dict[str, str]) -> Iterator[Driver]:
+def async_driver(
+    gateway_env: dict[str, str], _chat_pool: dict[tuple[str, ...], Chat]
+) -> Iterator[Driver]:
     """The async service alone, for what only it has (task cancellation)."""
     if "async" not in DRIVERS:
         pytest.skip("this bake ships no async chat service")
-    opened = Driver("async")
+    opened = Driver("async", _chat_pool)
     yield opened
     opened.close()

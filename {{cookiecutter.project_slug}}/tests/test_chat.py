@@ -95,7 +95,7 @@ def test_the_gateway_gets_the_key_ids_and_exactly_the_body_built(
 
 
 def test_calls_reuse_one_connection_to_the_gateway(gateway: FakeGateway, driver: Driver) -> None:
-    chat = driver.chat()
+    chat = driver.chat(fresh=True)
     for _ in range(3):
         assert chat.complete(ask()).content == ANSWER
         assert chat.stream(ask()).content == ANSWER
@@ -127,9 +127,7 @@ def test_each_call_is_logged_once_with_support_fields(
         assert entry["ttft_ms"] is None
 
 
-def test_a_body_left_open_after_done_holds_no_stream(
-    driver: Driver, upstream_calls: Calls
-) -> None:
+def test_a_body_left_open_after_done_holds_no_stream(driver: Driver, upstream_calls: Calls) -> None:
     # fake-stream-linger keeps the body open, silent, for 2 s after [DONE].
     chat = driver.chat()
     started = time.monotonic()
@@ -147,7 +145,7 @@ def test_leaving_a_stream_early_closes_it_upstream_and_logs_it_once(
     # fake-slow: ten deltas 0.2 s apart.
     received: list[str] = []
     started = time.monotonic()
-    result = driver.chat().stream(ask(model="fake-slow"), received=received, stop_after=1)
+    driver.chat().stream(ask(model="fake-slow"), received=received, stop_after=1)
 
     assert received == ["tok0 "]
     assert time.monotonic() - started < 1.0, "the first delta did not wait for the rest"

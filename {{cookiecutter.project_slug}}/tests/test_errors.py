@@ -26,7 +26,9 @@ STREAM = [pytest.param(False, id="complete"), pytest.param(True, id="stream")]
     [
         pytest.param("fake-error-401", Category.AUTH, "无效的令牌", id="auth-401"),
         pytest.param("fake-error-quota", Category.QUOTA, "用户额度不足", id="quota-403"),
-        pytest.param("fake-error-402", Category.QUOTA, "exceeded your current quota", id="quota-402"),
+        pytest.param(
+            "fake-error-402", Category.QUOTA, "exceeded your current quota", id="quota-402"
+        ),
         pytest.param("fake-error-403", Category.PERMISSION, "无权", id="permission-403"),
         pytest.param(
             "fake-error-404-model", Category.MODEL_NOT_FOUND, "does not exist", id="model-404"
@@ -39,12 +41,15 @@ STREAM = [pytest.param(False, id="complete"), pytest.param(True, id="stream")]
         ),
         pytest.param("fake-error-429", Category.RATE_LIMITED, "Rate limit", id="rate-limited-429"),
         pytest.param(
-            "fake-error-500", Category.UPSTREAM_UNAVAILABLE, "server had an error", id="upstream-500"
+            "fake-error-500",
+            Category.UPSTREAM_UNAVAILABLE,
+            "server had an error",
+            id="upstream-500",
         ),
-        pytest.param("fake-error-502", Category.UPSTREAM_UNAVAILABLE, "502", id="upstream-502-html"),
         pytest.param(
-            "fake-html-200", Category.UPSTREAM_UNAVAILABLE, "200", id="upstream-200-html"
+            "fake-error-502", Category.UPSTREAM_UNAVAILABLE, "502", id="upstream-502-html"
         ),
+        pytest.param("fake-html-200", Category.UPSTREAM_UNAVAILABLE, "200", id="upstream-200-html"),
         pytest.param("fake-timeout", Category.TIMEOUT, "timed out", id="timeout"),
         pytest.param("fake-drop", Category.CONNECTION, "disconnect", id="connection-dropped"),
     ],

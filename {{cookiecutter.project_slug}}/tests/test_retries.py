@@ -122,7 +122,9 @@ def test_a_stream_that_started_is_never_retried(
 ) -> None:
     monkeypatch.setattr(gateway, "hang_seconds", 0.5)  # fake-stream-stall: past the timeout
     received: list[str] = []
-    error = failure(driver.chat(max_retries=2, timeout_s=0.2), model, stream=True, received=received)
+    error = failure(
+        driver.chat(max_retries=2, timeout_s=0.2), model, stream=True, received=received
+    )
 
     assert error.category is Category.STREAM_INTERRUPTED
     assert received, "the stream had started"
@@ -178,7 +180,9 @@ def test_a_retry_after_above_the_cap_fails_fast_and_keeps_the_delay(
     gateway: FakeGateway, driver: Driver
 ) -> None:
     started = time.monotonic()
-    error = failure(driver.chat(max_retries=3, retry_after_cap_s=0.5), "fake-429-once", stream=False)
+    error = failure(
+        driver.chat(max_retries=3, retry_after_cap_s=0.5), "fake-429-once", stream=False
+    )
 
     assert error.category is Category.RATE_LIMITED
     assert error.retry_after == "1"
@@ -282,22 +286,31 @@ UNAVAILABLE, NOT_FOUND = Category.UPSTREAM_UNAVAILABLE, Category.MODEL_NOT_FOUND
     [
         pytest.param(
             1,
-            [(UNAVAILABLE, "a", "retry"), (UNAVAILABLE, "b", "fallback"), (UNAVAILABLE, "b", "retry"),
-             (UNAVAILABLE, "c", "fallback"), (UNAVAILABLE, "c", "retry"), (UNAVAILABLE, "", "final")],
+            [
+                (UNAVAILABLE, "a", "retry"),
+                (UNAVAILABLE, "b", "fallback"),
+                (UNAVAILABLE, "b", "retry"),
+                (UNAVAILABLE, "c", "fallback"),
+                (UNAVAILABLE, "c", "retry"),
+                (UNAVAILABLE, "", "final"),
+            ],
             id="retried-then-each-fallback",
         ),
         pytest.param(
-            2, [(NOT_FOUND, "b", "fallback"), (NOT_FOUND, "c", "fallback"), (NOT_FOUND, "", "final")],
+            2,
+            [(NOT_FOUND, "b", "fallback"), (NOT_FOUND, "c", "fallback"), (NOT_FOUND, "", "final")],
             id="model-not-found-falls-back-without-retry",
         ),
         pytest.param(2, [(Category.AUTH, "", "final")], id="auth-is-final"),
         pytest.param(2, [(Category.QUOTA, "", "final")], id="quota-is-final"),
         pytest.param(
-            1, [(Category.CONNECTION, "a", "retry"), (Category.CONNECTION, "", "final")],
+            1,
+            [(Category.CONNECTION, "a", "retry"), (Category.CONNECTION, "", "final")],
             id="connection-retried-never-falls-back",
         ),
         pytest.param(
-            0, [(Category.TIMEOUT, "b", "fallback"), (Category.RATE_LIMITED, "", "final")],
+            0,
+            [(Category.TIMEOUT, "b", "fallback"), (Category.RATE_LIMITED, "", "final")],
             id="no-retries-timeout-falls-back",
         ),
         pytest.param(

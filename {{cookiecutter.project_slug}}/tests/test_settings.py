@@ -55,7 +55,9 @@ def test_a_local_env_file_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
         pytest.param(API_KEY_ENV, None, f"{API_KEY_ENV} is not set", id="key-missing"),
         pytest.param(API_KEY_ENV, "", f"{API_KEY_ENV} is empty or a placeholder", id="key-empty"),
         pytest.param(API_KEY_ENV, "<your-alltkn-api-key>", "placeholder", id="key-placeholder"),
-        pytest.param(API_KEY_ENV, "Bearer sk-abcdefgh12345678", "without 'Bearer '", id="key-bearer"),
+        pytest.param(
+            API_KEY_ENV, "Bearer sk-abcdefgh12345678", "without 'Bearer '", id="key-bearer"
+        ),
         pytest.param(
             "ALLTKN_BASE_URL", "ftp://gateway/api/v1", "must start with https://", id="url-scheme"
         ),
