@@ -129,6 +129,8 @@ def test_a_stream_that_started_is_never_retried(
     assert error.category is Category.STREAM_INTERRUPTED
     assert received, "the stream had started"
     assert len(gateway.requests) == 1
+    if model == "fake-stream-stall":  # timed out between deltas: closed upstream
+        assert gateway.wait_for(lambda: gateway.aborted_streams == 1, timeout=2)
 
 
 # A stream whose headers arrived but whose content did not has given the caller nothing yet, so

@@ -152,6 +152,8 @@ def test_a_stream_failing_before_its_first_delta_falls_back(
     assert failed["category"] in ("timeout", "upstream_unavailable")
     assert (used["model"], used["status"], used["fallback_from"]) == ("gpt-4o", "ok", primary)
     assert used["ttft_ms"] is not None
+    if primary == "fake-stream-slow-start":  # the attempt that timed out was closed upstream
+        assert gateway.wait_for(lambda: gateway.aborted_streams == 1, timeout=2)
 
 
 # -- ALLTKN_STREAMING=off ------------------------------------------------------------------
