@@ -3,13 +3,16 @@ connections, cleanup. Each test runs on every chat service the bake ships (`driv
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from typing import Any
 
+import httpx2
 import pytest
 
-from {{ cookiecutter.package_name }}.chat import CallInfo, Usage
+from {{ cookiecutter.package_name }}.chat import CallInfo, StreamProtocol, Usage
+from {{ cookiecutter.package_name }}.errors import InStreamError
 from {{ cookiecutter.package_name }}.request import ChatRequest, Message
 
 from .conftest import ANSWER, HELLO, SENTINEL_KEY, Driver, ask
@@ -153,6 +156,156 @@ def test_leaving_a_stream_early_closes_it_upstream_and_logs_it_once(
     (entry,) = upstream_calls()
     assert (entry["status"], entry["category"]) == ("client_disconnect", None)
     assert entry["ttft_ms"] is not None
+
+
+# -- the stream protocol, alone: lines in, deltas out -----------------------------------------
+
+
+def chunk(content: str | None = None, finish: str | None = None) -> str:
+    delta = {} if content is None else {"content": content}
+    choice = {"index": 0, "delta": delta, "finish_reason": finish}
+    return "data: " + json.dumps({"model": "m-1", "choices": [choice]}, ensure_ascii=False)
+
+
+USAGE = 'data: {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}}'
+KEEP_ALIVES = [": keep-alive", "", "event: message", "id: 7", "retry: 500"]
+ROLE = 'data: {"choices": [{"delta": {"role": "assistant"}}]}'
+DONE = "data: [DONE]"
+
+
+def feed(protocol: StreamProtocol, lines: list[str]) -> list[str]:
+    return [delta for line in lines if (delta := protocol.feed(line)) is not None]
+
+
+@pytest.mark.parametrize(
+    ("lines", "deltas", "finish_reason", "usage", "done"),
+    [
+        pytest.param(
+            [chunk("Hel"), chunk("lo"), chunk(finish="stop"), USAGE, DONE],
+            ["Hel", "lo"],
+            "stop",
+            Usage(prompt_tokens=3, completion_tokens=2, total_tokens=0),  # 0: not sent
+            True,
+            id="deltas-finish-usage-done",
+        ),
+        pytest.param(
+            [*KEEP_ALIVES, chunk("a"), ": ping", chunk(finish="length"), DONE],
+            ["a"],
+            "length",
+            None,
+            True,
+            id="comments-keep-alives-and-event-fields-skipped",
+        ),
+        pytest.param(
+            ['data:{"choices": [{"delta": {"content": "tight"}, "finish_reason": "stop"}]}'],
+            ["tight"],
+            "stop",
+            None,
+            False,
+            id="data-without-a-space",
+        ),
+        pytest.param(
+            [chunk(""), chunk(None), ROLE, chunk("x", finish="stop")],
+            ["x"],
+            "stop",
+            None,
+            False,
+            id="empty-and-role-deltas-yield-nothing",
+        ),
+        pytest.param(
+            [chunk("你好"), chunk(finish="stop"), DONE],
+            ["你好"],
+            "stop",
+            None,
+            True,
+            id="unicode",
+        ),
+    ],
+)
+def test_stream_protocol_reads(
+    lines: list[str],
+    deltas: list[str],
+    finish_reason: str,
+    usage: Usage | None,
+    done: bool,
+) -> None:
+    protocol = StreamProtocol()
+
+    assert feed(protocol, lines) == deltas
+    assert (protocol.finish_reason, protocol.usage, protocol.done) == (finish_reason, usage, done)
+    assert protocol.parts == deltas
+    protocol.end()  # a finish_reason was read: no complaint
+
+
+def test_stream_protocol_keeps_the_model_the_gateway_names() -> None:
+    protocol = StreamProtocol()
+    feed(protocol, [chunk("a"), chunk(finish="stop")])
+    assert protocol.model == "m-1"
+
+
+@pytest.mark.parametrize(
+    ("lines", "error", "words"),
+    [
+        pytest.param(
+            ["<html><body>Please sign in</body></html>"],
+            ValueError,
+            "not an event stream: <html>",
+            id="html-page-instead-of-a-stream",
+        ),
+        pytest.param(
+            ['{"error": {"message": "bad key"}}'],
+            ValueError,
+            "not an event stream",
+            id="json-body-instead-of-a-stream",
+        ),
+        pytest.param(["data: {not json"], ValueError, "", id="chunk-not-json"),
+        pytest.param(
+            [
+                chunk("a"),
+                'data: {"error": {"message": "上游负载已饱和", "code": "upstream_error"}}',
+            ],
+            InStreamError,
+            "上游负载已饱和",
+            id="in-stream-error-event",
+        ),
+        pytest.param(
+            ['data: {"error": "oops"}'],
+            InStreamError,
+            "An error occurred",
+            id="in-stream-error-without-a-message",
+        ),
+    ],
+)
+def test_stream_protocol_refuses(lines: list[str], error: type[Exception], words: str) -> None:
+    protocol = StreamProtocol()
+    with pytest.raises(error) as caught:
+        feed(protocol, lines)
+    assert words in str(caught.value)
+
+
+def test_a_stream_that_ends_without_a_finish_reason_is_refused_at_its_end() -> None:
+    protocol = StreamProtocol()
+    assert feed(protocol, [chunk("a"), chunk("b"), DONE]) == ["a", "b"]
+    with pytest.raises(ValueError, match="finish_reason"):
+        protocol.end()
+
+
+@pytest.mark.parametrize(
+    ("content_type", "refused"),
+    [
+        pytest.param("text/event-stream", False, id="event-stream"),
+        pytest.param("text/event-stream; charset=utf-8", False, id="event-stream-charset"),
+        pytest.param("text/html; charset=utf-8", True, id="html"),
+    ],
+)
+def test_stream_protocol_checks_the_content_type(content_type: str, refused: bool) -> None:
+    headers = httpx2.Headers({"content-type": content_type})
+    if refused:
+        with pytest.raises(ValueError, match="not an event stream"):
+            StreamProtocol.check_headers(headers)
+    else:
+        StreamProtocol.check_headers(headers)
+
 {%- if cookiecutter.framework != "flask" %}
 
 
