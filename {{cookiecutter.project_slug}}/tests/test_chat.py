@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx2
 import pytest
+from pydantic import ValidationError
 
 from {{ cookiecutter.package_name }}.chat import CallInfo, StreamProtocol, Usage
 from {{ cookiecutter.package_name }}.errors import InStreamError
@@ -156,6 +157,33 @@ def test_leaving_a_stream_early_closes_it_upstream_and_logs_it_once(
     (entry,) = upstream_calls()
     assert (entry["status"], entry["category"]) == ("client_disconnect", None)
     assert entry["ttft_ms"] is not None
+
+
+# -- the request, alone --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "words"),
+    [
+        pytest.param({}, "either 'messages' or 'prompt'", id="neither-messages-nor-prompt"),
+        pytest.param(
+            {"prompt": "hi", "messages": [{"role": "user", "content": "hi"}]},
+            "either 'messages' or 'prompt'",
+            id="both",
+        ),
+        pytest.param({"prompt": "   "}, "'prompt' is blank", id="blank-prompt"),
+        pytest.param({"messages": []}, "messages", id="no-messages"),
+        pytest.param({"messages": [{"role": "tool", "content": "x"}]}, "role", id="unknown-role"),
+        pytest.param({"prompt": "hi", "max_tokens": 0}, "max_tokens", id="max_tokens-0"),
+        pytest.param({"prompt": "hi", "temperature": 2.5}, "temperature", id="temperature-2.5"),
+        pytest.param({"prompt": "hi", "model": "gpt 4o"}, "model", id="model-with-a-space"),
+        pytest.param({"prompt": "hi", "top_k": 3}, "top_k", id="unknown-field"),
+    ],
+)
+def test_a_bad_request_is_refused_naming_what_is_wrong(fields: dict[str, Any], words: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        ChatRequest.model_validate(fields)
+    assert words in str(caught.value)
 
 
 # -- the stream protocol, alone: lines in, deltas out -----------------------------------------
