@@ -1,9 +1,11 @@
 """The retry policy (`retry.py`), observed where it matters: how many requests reach the gateway,
 and as functions.
 
-The SDK retries the request that opens a call, with its own backoff (0.5 s, jittered), which
-the retried cases here wait once; the services retry a stream that failed before its first
-delta with `retry.backoff_s`, shortened here (its values have a test of their own).
+The SDK retries the request that opens a call; the clients' hook vetoes what the policy does
+not retry. Its backoff (0.5 s, jittered) is waited here only after a timeout or a dropped
+connection: error answers are retried after 10 ms (`quick_sdk_retries`). The services retry a
+stream that failed before its first delta after `retry.backoff_s`, shortened here too
+(`quick_backoff`; its values have a test of their own).
 """
 
 from __future__ import annotations
