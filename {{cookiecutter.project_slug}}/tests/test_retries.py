@@ -73,29 +73,23 @@ def test_final_failures_reach_the_gateway_once(
     assert time.monotonic() - started < 2.0, "failed fast, without waiting out a Retry-After"
 
 
-# Error answers are retried after 10 ms (`quick_sdk_retries`); a timeout or a dropped
-# connection after the SDK's own backoff (0.5 s).
+# Error answers are retried after 10 ms (`quick_sdk_retries`), a dropped connection after the
+# SDK's own backoff (0.5 s); a timeout is retried by the same code of the SDK as a connection
+# error, so it is not waited out here again.
 @pytest.mark.parametrize(
     ("model", "stream"),
     [
         pytest.param("fake-error-500", False, id="upstream-500"),
         pytest.param("fake-error-502", False, id="upstream-502-html"),
         pytest.param("fake-error-500", True, id="upstream-500-opening-a-stream"),
-        pytest.param("fake-timeout", False, id="timeout"),
         pytest.param("fake-drop", True, id="connection-dropped-opening-a-stream"),
     ],
 )
 @pytest.mark.usefixtures("quick_sdk_retries")
 def test_transient_failures_are_retried_alltkn_max_retries_times(
-    gateway: FakeGateway,
-    monkeypatch: pytest.MonkeyPatch,
-    driver: Driver,
-    upstream_calls: Calls,
-    model: str,
-    stream: bool,
+    gateway: FakeGateway, driver: Driver, upstream_calls: Calls, model: str, stream: bool
 ) -> None:
-    monkeypatch.setattr(gateway, "hang_seconds", 0.4)
-    failure(driver.chat(max_retries=1, timeout_s=0.2), model, stream=stream)
+    failure(driver.chat(max_retries=1), model, stream=stream)
 
     assert len(gateway.requests) == 2
     assert len(upstream_calls()) == 1, "the SDK's retries are one call"
@@ -122,7 +116,7 @@ def test_a_stream_that_started_is_never_retried(
     quick_backoff: None,
     model: str,
 ) -> None:
-    monkeypatch.setattr(gateway, "hang_seconds", 0.5)  # fake-stream-stall: past the timeout
+    monkeypatch.setattr(gateway, "hang_seconds", 0.3)  # fake-stream-stall: past the timeout
     received: list[str] = []
     error = failure(
         driver.chat(max_retries=2, timeout_s=0.2), model, stream=True, received=received
