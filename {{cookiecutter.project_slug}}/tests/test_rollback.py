@@ -52,6 +52,7 @@ def test_fallbacks_are_tried_in_order_with_the_same_request_and_the_model_used_i
     for sent in gateway.requests:
         assert sent.body["messages"] == [{"role": "user", "content": HELLO}]
         assert (sent.body["max_tokens"], sent.body["temperature"]) == (50, 0.5)
+        assert sent.headers["x-request-id"] == result.request_id  # one call, one id
 
 
 @pytest.mark.parametrize(
