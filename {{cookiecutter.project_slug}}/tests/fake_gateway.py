@@ -64,8 +64,9 @@ Without ``"stream": true`` the stream-only scenarios answer like an ordinary mod
 
 Bookkeeping, all thread-safe: every request (rejected ones too) is appended to ``requests``
 before it is answered; ``aborted_streams`` counts streams whose client went away before the
-end (noticed at the next chunk, so within one ``delta_interval``); ``completed_streams`` counts
-streams written to the end of their scenario (the broken scenarios included);
+end (noticed at the next chunk, so within one ``delta_interval``; after ``[DONE]`` nothing is
+aborted); ``completed_streams`` counts streams written to the end of their scenario (the broken
+scenarios included);
 ``connections_opened`` counts accepted connections (a client that reuses its connections opens
 one). ``reset()`` clears them all. No request can take the server down: handler failures are
 logged at DEBUG level and never printed.
