@@ -198,9 +198,11 @@ def _ask(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     # Settings are checked here, in the process that starts the workers: uvicorn imports the
     # app only in the workers, and would respawn workers failing on a bad setting forever.
-    load_settings_or_exit()
+    settings = _setup()
     workers = _web_concurrency()
     import uvicorn  # only this command needs the server
+
+    from .logs import logging_config
 
     uvicorn.run(
         f"{__package__}.app:app",
@@ -210,6 +212,8 @@ def _serve(args: argparse.Namespace) -> int:
         # Not uvloop: a relay under it was measured missing client hang-ups (README).
         loop="asyncio",
         timeout_graceful_shutdown=30,
+        # uvicorn's own lines and its access lines in the service's JSON format (logs.py).
+        log_config=logging_config(settings.log_level),
     )
     return 0
 
