@@ -108,19 +108,18 @@ def _access_fields(record: logging.LogRecord) -> dict[str, Any] | None:
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         redact_record(record)
+        call = getattr(record, "call", None)
+        fields = dict(call) if isinstance(call, dict) else _access_fields(record)
+        fields = fields or {"message": record.getMessage()}
+        request_id = fields.pop("request_id", None) or REQUEST_ID.get()
         entry: dict[str, Any] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
+            **({"request_id": request_id} if request_id else {}),
+            **fields,
         }
-        if (request_id := REQUEST_ID.get()) is not None:
-            entry["request_id"] = request_id
-        call = getattr(record, "call", None)
-        if isinstance(call, dict):
-            entry.update(call)
-        else:
-            entry.update(_access_fields(record) or {"message": record.getMessage()})
         if record.exc_text:
             entry["exc"] = record.exc_text
         if record.stack_info:
