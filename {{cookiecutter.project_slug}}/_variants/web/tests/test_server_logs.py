@@ -25,11 +25,7 @@ from .conftest import SENTINEL_KEY
 from .fake_gateway import FakeGateway
 from .live_server import Server, run_server
 
-{%- if cookiecutter.framework == "fastapi" %}
-SERVER = "uvicorn"
-{%- else %}
-SERVER = "gunicorn"
-{%- endif %}
+SERVER = "{{ "uvicorn" if cookiecutter.framework == "fastapi" else "gunicorn" }}"
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
 
