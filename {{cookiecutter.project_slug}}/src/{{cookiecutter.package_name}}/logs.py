@@ -1,21 +1,17 @@
-"""Logging: one JSON line per record on stderr, for the service's loggers and the servers' own,
-configured in one place (`logging_config`), with every secret redacted.
+"""One log format: a JSON line per record on stderr, the servers' own lines included, every
+secret redacted, configured in one place: `logging_config(level)`, the `dictConfig` dictionary
+that `configure_logging` applies, `serve` gives uvicorn (`log_config`) and gunicorn.conf.py
+gives gunicorn (`logconfig_dict`).
 
-Every line has `ts`, `level`, `logger`, and `request_id` when known. A call line (one per
-upstream call, `event: upstream_call`) adds what a support ticket needs: model, user, task,
-status, category, the gateway's error text, timings, both request ids, token counts. An access
-line of uvicorn or gunicorn (`event: access`) adds method, path, status, client and, where the
-server measures it, duration_ms. Anything else adds `message`; a traceback adds `exc`.
+Every line has `ts`, `level`, `logger` and, when known, `request_id`; then the fields of the
+call (`event: upstream_call`, one line per upstream call: model, user, task, status, category,
+the gateway's error text, timings, both request ids, tokens), or of a server's access line
+(`event: access`: method, path, status, client, duration_ms where the server measures it), or
+`message`; `exc` holds a traceback and `stack` stack info.
 
-`logging_config(level)` is the `logging.config.dictConfig` dictionary that does all of this:
-`configure_logging` applies it, `serve` hands it to uvicorn (`log_config`) and gunicorn.conf.py
-to gunicorn (`logconfig_dict`), so their lines never come out in a format of their own.
-
-Redaction: the live key and every token of a known shape (any `sk-` token, bearer tokens,
-JWTs, ...; see `redaction.py`) are masked to their last four characters in the message, its
-arguments, exception text, tracebacks, stack info and call fields. Once `configure_logging` has
-run this happens as each record is created (a log-record factory), so any handler, on any
-logger, only sees redacted records; the JSON formatter redacts again, for lines written before.
+Redaction masks the live key and any token of a known shape (`redaction.py`) in the message,
+arguments, exception text, tracebacks, stack info and call fields, as each record is created
+(once `configure_logging` ran; so every handler gets redacted records) and again when written.
 """
 
 from __future__ import annotations
@@ -33,7 +29,6 @@ from .redaction import redact
 
 CALL_LOGGER = logging.getLogger(f"{__package__}.calls")
 CALL_EVENT = "upstream_call"
-ACCESS_EVENT = "access"
 # The request being served, for lines that do not carry its id (uvicorn's access line); the
 # web layer sets it where it assigns the id.
 REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
@@ -59,15 +54,16 @@ def _clean(value: object) -> object:
 
 
 def redact_record(record: logging.LogRecord) -> None:
-    """Redact `record` in place (idempotent). Arguments stay apart from the message where
-    possible: the access-line fields are read from them."""
+    """Redact `record` in place, once per set of secrets. Arguments stay apart from the message
+    where possible: the access-line fields are read from them."""
+    if record.__dict__.get("_redacted") == len(_secrets):
+        return
+    record._redacted = len(_secrets)  # secrets are only ever added
     record.msg = _clean(record.msg)
     if isinstance(record.args, tuple):
         record.args = tuple(_clean(arg) for arg in record.args)
-    elif isinstance(record.args, Mapping):
-        changed = {key: new for key, arg in record.args.items() if (new := _clean(arg)) is not arg}
-        if changed:
-            record.args = {**record.args, **changed}
+    elif isinstance(record.args, Mapping) and _clean(seen := tuple(record.args.values())) is not seen:
+        record.args = {key: _clean(arg) for key, arg in record.args.items()}  # gunicorn's: 50+
     try:
         message = record.getMessage()
     except Exception:  # a bad format string: keep what was logged, readable
@@ -102,7 +98,7 @@ def _access_fields(record: logging.LogRecord) -> dict[str, Any] | None:
         }
     else:
         return None
-    return {"event": ACCESS_EVENT, **{key: v for key, v in fields.items() if v is not None}}
+    return {"event": "access", **{key: v for key, v in fields.items() if v is not None}}
 
 
 class JsonFormatter(logging.Formatter):
@@ -130,13 +126,7 @@ class JsonFormatter(logging.Formatter):
 class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes to whatever `sys.stderr` is when a record arrives (tests swap it)."""
 
-    @property
-    def stream(self) -> Any:
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, _: object) -> None:
-        pass
+    stream = property(lambda self: sys.stderr, lambda self, _: None)
 
 
 def logging_config(level: str = "INFO") -> dict[str, Any]:
