@@ -33,6 +33,7 @@ TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 def server(gateway: FakeGateway, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     with run_server(gateway, tmp_path_factory.mktemp("server-logs"), LOG_LEVEL="INFO") as live:
         yield live
+    lines(live)  # its shutdown lines too
 
 
 def lines(server: Server) -> list[dict[str, Any]]:
@@ -60,19 +61,28 @@ def access_line(server: Server, request_id: str) -> dict[str, Any]:
         time.sleep(0.02)
 
 
-def test_a_request_gets_an_access_line_with_its_status_and_request_id(server: Server) -> None:
-    response = server.post("/v1/chat", {"prompt": "hi"}, headers={"X-Request-ID": "logs-ok-1"})
+@pytest.mark.parametrize(
+    ("model", "status", "outcome"),
+    [("gpt-4o-mini", 200, "ok"), ("fake-error-500", 502, "error")],
+)
+def test_a_request_gets_an_access_line_with_its_status_and_request_id(
+    server: Server, model: str, status: int, outcome: str
+) -> None:
+    request_id = f"logs-{outcome}-1"
+    response = server.post(
+        "/v1/chat", {"prompt": "hi", "model": model}, headers={"X-Request-ID": request_id}
+    )
 
-    assert response.status_code == 200
-    line = access_line(server, "logs-ok-1")
+    assert response.status_code == status
+    line = access_line(server, request_id)
     assert line["event"] == "access"
-    assert (line["method"], line["path"], line["status"]) == ("POST", "/v1/chat", 200)
+    assert (line["method"], line["path"], line["status"]) == ("POST", "/v1/chat", status)
     assert line["level"] == "INFO"
     assert line["client"].startswith("127.0.0.1")
 {%- if cookiecutter.framework == "flask" %}
     assert line["duration_ms"] >= 0
 {%- endif %}
-    assert server.call_log("logs-ok-1")["status"] == "ok"  # the call line shares the id
+    assert server.call_log(request_id)["status"] == outcome  # the call line shares the id
 
 
 def test_a_key_in_a_url_is_masked_in_the_access_line(server: Server) -> None:
