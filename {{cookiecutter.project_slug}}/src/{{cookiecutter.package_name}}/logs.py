@@ -62,8 +62,8 @@ def redact_record(record: logging.LogRecord) -> None:
     record.msg = _clean(record.msg)
     if isinstance(record.args, tuple):
         record.args = tuple(_clean(arg) for arg in record.args)
-    elif isinstance(record.args, Mapping) and _clean(seen := tuple(record.args.values())) is not seen:
-        record.args = {key: _clean(arg) for key, arg in record.args.items()}  # gunicorn's: 50+
+    elif isinstance(args := record.args, Mapping) and _clean(seen := (*args.values(),)) is not seen:
+        record.args = {key: _clean(arg) for key, arg in args.items()}  # gunicorn's: 50 and more
     try:
         message = record.getMessage()
     except Exception:  # a bad format string: keep what was logged, readable
