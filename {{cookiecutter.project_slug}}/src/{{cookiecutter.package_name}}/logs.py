@@ -10,8 +10,8 @@ the gateway's error text, timings, both request ids, tokens), or of a server's a
 `message`; `exc` holds a traceback and `stack` stack info.
 
 Redaction masks the live key and any token of a known shape (`redaction.py`) in the message,
-arguments, exception text, tracebacks, stack info and call fields, as each record is created
-(once `configure_logging` ran; so every handler gets redacted records) and again when written.
+arguments, exception text, tracebacks, stack info and call fields as each record is created,
+once `configure_logging` ran (so every handler gets redacted records); earlier ones when written.
 """
 
 from __future__ import annotations
