@@ -77,6 +77,7 @@ PROBE = textwrap.dedent(
     from openai import AsyncOpenAI
     import alltkn_service.app as service_app
     import alltkn_service.chat as chat
+    import alltkn_service.chat_async as chat_async
 
     marks = {}
     out = open(os.environ["PROBE_OUT"], "a", buffering=1)
@@ -101,24 +102,31 @@ PROBE = textwrap.dedent(
         await service_app.app(scope, timed_receive, timed_send)
         out.write(json.dumps(marks) + "\\n")
 
+    arguments = chat_async.sdk_arguments
+
+    def timed_arguments(*args, **kwargs):
+        marks["handler called the SDK"] = time.perf_counter()
+        return arguments(*args, **kwargs)
+
+    chat_async.sdk_arguments = timed_arguments
     post = AsyncOpenAI.post
 
     async def timed_post(self, *args, **kwargs):
-        marks["handler called the SDK"] = time.perf_counter()
+        marks["SDK built the request"] = time.perf_counter()
         stream = await post(self, *args, **kwargs)
         marks["SDK returned (headers in)"] = time.perf_counter()
         return stream
 
     AsyncOpenAI.post = timed_post
-    consume = chat._CallState.consume
+    feed = chat.StreamProtocol.feed
 
-    def timed_consume(self, chunk):
-        delta = consume(self, chunk)
+    def timed_feed(self, line):
+        delta = feed(self, line)
         if delta:
             marks.setdefault("first delta read from gateway", time.perf_counter())
         return delta
 
-    chat._CallState.consume = timed_consume
+    chat.StreamProtocol.feed = timed_feed
     """
 )
 

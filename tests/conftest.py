@@ -1,9 +1,12 @@
 """Shared helpers for the template's own test suite.
 
 - `TEMPLATE_DIR`, `PROJECT_TEMPLATE`, `SCANNER_PATH`: where things are in the template.
-- `load_hook("pre_gen_project")`: a hook file imported as a plain module (its answers live only
-  in its `__main__` block, so importing it renders nothing and runs nothing).
-- `load_scanner()`: the generated project's `secret_scan.py`, imported from the template.
+- `HOOKS_DIR` is put first on `sys.path`, as the rendered hooks do, so tests import the shared
+  package directly (`from alltkn_hooks import checks`).
+- `load_hook("pre_gen_project")`: a hook file imported as a plain module (its answers and the
+  template directory live only in its `__main__` block, so importing it renders nothing and
+  runs nothing).
+- `load_scanner()`: the template's generation-time scanner, `hooks/alltkn_hooks/secret_scan.py`.
 - `bake_cli(tmp_path, **answers)`: the real `cookiecutter` command in a subprocess, with its
   config, replay and cache directories inside `tmp_path`; the output goes to `out_dir(tmp_path)`.
   `run_cookiecutter` is the same with any options, and any template (`copy_template` makes one
@@ -37,7 +40,10 @@ import pytest
 TEMPLATE_DIR = Path(__file__).resolve().parents[1]
 HOOKS_DIR = TEMPLATE_DIR / "hooks"
 PROJECT_TEMPLATE = TEMPLATE_DIR / "{{cookiecutter.project_slug}}"
-SCANNER_PATH = PROJECT_TEMPLATE / "src" / "{{cookiecutter.package_name}}" / "secret_scan.py"
+SCANNER_PATH = HOOKS_DIR / "alltkn_hooks" / "secret_scan.py"
+EXTENSION_FILE = TEMPLATE_DIR / "alltkn_template_dir.py"
+if str(HOOKS_DIR) not in sys.path:
+    sys.path.insert(0, str(HOOKS_DIR))
 
 
 def load_module(path: Path, name: str) -> ModuleType:
@@ -60,7 +66,9 @@ def load_hook(name: str) -> ModuleType:
 
 
 def load_scanner() -> ModuleType:
-    return load_module(SCANNER_PATH, "template_secret_scan")
+    from alltkn_hooks import secret_scan
+
+    return secret_scan
 
 
 def cookiecutter_defaults() -> dict[str, str]:
@@ -78,7 +86,8 @@ def cookiecutter_defaults() -> dict[str, str]:
 
 
 def hook_answers(**overrides: object) -> dict[str, object]:
-    """The answers as the hooks get them from cookiecutter (with `_repo_dir`)."""
+    """The answers as the hooks get them from cookiecutter (with `_repo_dir`, which the hooks
+    do not use)."""
     return {**cookiecutter_defaults(), "_repo_dir": str(TEMPLATE_DIR), **overrides}
 
 
@@ -138,10 +147,12 @@ def run_cookiecutter(
 
 
 def copy_template(destination: Path) -> Path:
-    """A copy of the template (cookiecutter.json, hooks, project) that a test may alter."""
+    """A copy of the template (cookiecutter.json, the Jinja extension, hooks, project) that a
+    test may alter."""
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     destination.mkdir(parents=True)
     shutil.copy2(TEMPLATE_DIR / "cookiecutter.json", destination)
+    shutil.copy2(EXTENSION_FILE, destination)
     shutil.copytree(HOOKS_DIR, destination / "hooks", ignore=ignore)
     shutil.copytree(PROJECT_TEMPLATE, destination / PROJECT_TEMPLATE.name, ignore=ignore)
     return destination

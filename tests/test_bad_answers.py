@@ -115,7 +115,8 @@ def write_replay(path: Path, **answers: str) -> Path:
     """A replay file: the only way an out-of-list choice reaches the hooks."""
     raw = json.loads((Path(__file__).parents[1] / "cookiecutter.json").read_text("utf-8"))
     context = {**cookiecutter_defaults(), **answers}
-    context["_copy_without_render"] = raw["_copy_without_render"]
+    for setting in ("_copy_without_render", "_extensions"):
+        context[setting] = raw[setting]
     path.write_text(json.dumps({"cookiecutter": context, "_cookiecutter": {}}), "utf-8")
     return path
 
@@ -320,7 +321,6 @@ def test_overwrite_if_exists_regenerates_over_an_earlier_bake(tmp_path: Path) ->
     assert again.returncode == 0, again.stderr
     assert again.stderr == ""
     assert {name: files_in(project)[name] for name in MINE} == MINE
-    assert (project / "src" / "alltkn_service" / "secret_scan.py").is_file()
     assert list((tmp_path / "tmpdir").iterdir()) == []
 
 
@@ -333,6 +333,19 @@ def test_good_answers_bake_and_print_next_steps(tmp_path: Path) -> None:
     project = out_dir(tmp_path) / "alltkn-service"
     assert f"cd {project}" in result.stdout
     assert "ALLTKN_API_KEY" in result.stdout
-    assert (project / "src" / "alltkn_service" / "secret_scan.py").is_file()
+    assert not (project / "src" / "alltkn_service" / "secret_scan.py").exists()  # template-only
     assert not (project / "_variants").exists()
     assert list((tmp_path / "tmpdir").iterdir()) == []
+
+
+def test_a_replay_file_from_before_the_extension_still_finds_the_template(tmp_path: Path) -> None:
+    """A replay file written by an older template version has no `_extensions`; cookiecutter
+    adds the template's own settings that a replay file lacks, so the hooks still run."""
+    replay = write_replay(tmp_path / "answers.json", description=f"uses {KEY}")
+    data = json.loads(replay.read_text("utf-8"))
+    del data["cookiecutter"]["_extensions"]
+    replay.write_text(json.dumps(data), "utf-8")
+
+    result = run_cookiecutter(tmp_path, ["--replay-file", str(replay)])
+
+    assert_refused(result, tmp_path, "description", "looks like a secret (gateway_key)", (KEY,))

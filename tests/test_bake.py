@@ -11,6 +11,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from alltkn_hooks import variants
 from conftest import cookiecutter_defaults
 
 if sys.version_info >= (3, 11):
@@ -49,7 +50,7 @@ def expected_files(
     shared = [p for p in PROJECT_TEMPLATE.rglob("*") if VARIANTS_DIR not in p.parents]
     expected = {p.relative_to(PROJECT_TEMPLATE).as_posix() for p in shared if p.is_file()}
     expected.add(".cruft.json")
-    for layer in post_gen.layers_for(framework, chosen):
+    for layer in variants.layers_for(framework, chosen):
         layer_dir = VARIANTS_DIR / layer
         layer_files = [p for p in layer_dir.rglob("*") if p.is_file()]
         expected |= {p.relative_to(layer_dir).as_posix() for p in layer_files}

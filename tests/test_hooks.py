@@ -1,5 +1,6 @@
-"""The hooks as plain modules: answer validation, secrets in answers and the replay file, variant
-assembly, the post-gen secret scan and what it removes."""
+"""The hooks and their shared package as plain modules: answer validation, secrets in answers and
+the replay file, variant assembly, the post-gen secret scan and what it removes, and how the
+rendered hooks find the template."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import json
 import os
 import random
 import re
-import shutil
 import string
 import subprocess
 import sys
@@ -18,15 +18,8 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from conftest import (
-    HOOKS_DIR,
-    SCANNER_PATH,
-    TEMPLATE_DIR,
-    cookiecutter_defaults,
-    hook_answers,
-    load_hook,
-    load_scanner,
-)
+from alltkn_hooks import checks, discard_rendered_copy, manifest, replay, variants
+from conftest import HOOKS_DIR, TEMPLATE_DIR, cookiecutter_defaults, hook_answers, load_hook
 
 ERROR_LINE = re.compile(r"^error: [a-z_]+: [^\n]+\. [^\n]+$")
 _RNG = random.Random(2)  # test data, not crypto
@@ -156,20 +149,20 @@ BAD = [
 SECRET_VALUES = (KEY, PASSWORD)
 
 
-def check(pre_gen: ModuleType, variable: str) -> Any:
-    return getattr(pre_gen, f"check_{variable}")
+def check(variable: str) -> Any:
+    return getattr(checks, f"check_{variable}")
 
 
 @pytest.mark.parametrize(("variable", "value"), GOOD)
-def test_good_answer_passes(pre_gen: ModuleType, variable: str, value: str) -> None:
-    assert check(pre_gen, variable)(value) == []
+def test_good_answer_passes(variable: str, value: str) -> None:
+    assert check(variable)(value) == []
 
 
 @pytest.mark.parametrize(("variable", "value", "fix"), BAD)
 def test_bad_answer_gives_one_line_naming_variable_and_fix(
-    pre_gen: ModuleType, variable: str, value: str, fix: str
+    variable: str, value: str, fix: str
 ) -> None:
-    lines = check(pre_gen, variable)(value)
+    lines = check(variable)(value)
 
     assert lines, f"{value!r} was accepted"
     for line in lines:
@@ -180,10 +173,10 @@ def test_bad_answer_gives_one_line_naming_variable_and_fix(
     assert any(fix in line for line in lines), lines
 
 
-def test_base_url_with_credentials_is_never_echoed(pre_gen: ModuleType) -> None:
+def test_base_url_with_credentials_is_never_echoed() -> None:
     url = f"https://ops:{PASSWORD}@api.alltkn.com/api/v1/chat/completions?x=1"
 
-    lines = pre_gen.check_alltkn_base_url(url)
+    lines = checks.check_alltkn_base_url(url)
 
     assert len(lines) == 3  # credentials, query, /chat/completions: one line each
     assert not any(
@@ -191,11 +184,11 @@ def test_base_url_with_credentials_is_never_echoed(pre_gen: ModuleType) -> None:
     )
 
 
-def test_defaults_are_valid(pre_gen: ModuleType) -> None:
-    assert pre_gen.validate(cookiecutter_defaults()) == []
+def test_defaults_are_valid() -> None:
+    assert checks.validate(cookiecutter_defaults()) == []
 
 
-def test_every_problem_is_reported_in_variable_order(pre_gen: ModuleType) -> None:
+def test_every_problem_is_reported_in_variable_order() -> None:
     answers = {
         **cookiecutter_defaults(),
         "project_slug": "Bad Slug",
@@ -204,7 +197,7 @@ def test_every_problem_is_reported_in_variable_order(pre_gen: ModuleType) -> Non
         "default_model": "",
     }
 
-    lines = pre_gen.validate(answers)
+    lines = checks.validate(answers)
 
     assert [line.split(":")[1].strip() for line in lines] == [
         "project_slug",
@@ -223,7 +216,7 @@ def test_main_prints_problems_to_stderr_and_returns_1(
 
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert captured.err.splitlines() == pre_gen.validate(answers)
+    assert captured.err.splitlines() == checks.validate(answers)
     assert manifests(hook_home) == []  # nothing recorded for a refused run
 
 
@@ -261,15 +254,6 @@ def test_pre_gen_main_turns_an_internal_error_into_one_line(
     assert err.startswith("error: pre_gen_project: internal error (RuntimeError)")
     assert KEY not in err
     assert len(err.splitlines()) == 1
-
-
-def test_pre_gen_without_a_template_directory_fails_closed(
-    pre_gen: ModuleType, hook_home: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    answers = hook_answers(_repo_dir="no-such-template-here")
-
-    assert pre_gen.main(answers, hook_home) == 1
-    assert capsys.readouterr().err.startswith("error: pre_gen_project: internal error")
 
 
 # --- pre_gen_project: secrets in answers ---------------------------------------------------------
@@ -391,12 +375,12 @@ def test_the_message_says_when_no_replay_file_held_it(
     assert f"no cookiecutter replay file holds it (looked in {hook_home / 'replay'})" in err
 
 
-def test_replay_file_name_is_the_one_cookiecutter_uses(pre_gen: ModuleType, tmp_path: Path) -> None:
+def test_replay_file_name_is_the_one_cookiecutter_uses(tmp_path: Path) -> None:
     from cookiecutter.replay import get_file_name
 
     for template in (tmp_path / "alltkn-template", tmp_path / "checkout" / "templates.json"):
         expected = get_file_name(str(tmp_path / "r"), os.path.basename(template))
-        assert pre_gen.replay_file(tmp_path / "r", template) == Path(expected)
+        assert replay.replay_file(tmp_path / "r", template) == Path(expected)
 
 
 @pytest.mark.parametrize(
@@ -410,7 +394,6 @@ def test_replay_file_name_is_the_one_cookiecutter_uses(pre_gen: ModuleType, tmp_
     ],
 )
 def test_replay_dir_is_read_from_the_cookiecutter_config(
-    pre_gen: ModuleType,
     hook_home: Path,
     monkeypatch: pytest.MonkeyPatch,
     line: str,
@@ -421,61 +404,21 @@ def test_replay_dir_is_read_from_the_cookiecutter_config(
     monkeypatch.setenv("COOKIECUTTER_CONFIG", str(config))
     monkeypatch.setenv("REPLAY_ROOT", "/env/root")
 
-    assert pre_gen.replay_dir() == Path(expected.format(home=hook_home))
+    assert replay.replay_dir() == Path(expected.format(home=hook_home))
 
 
 def test_replay_dir_falls_back_to_cookiecutterrc_then_the_default(
-    pre_gen: ModuleType, hook_home: Path, monkeypatch: pytest.MonkeyPatch
+    hook_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("COOKIECUTTER_CONFIG")
-    assert pre_gen.replay_dir() == hook_home / ".cookiecutter_replay"
+    assert replay.replay_dir() == hook_home / ".cookiecutter_replay"
 
     (hook_home / ".cookiecutterrc").write_text("replay_dir: /from/rc\n")
-    assert pre_gen.replay_dir() == Path("/from/rc")
-
-
-def test_template_dir_resolves_a_relative_repo_dir_from_pwd(
-    pre_gen: ModuleType, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("PWD", str(TEMPLATE_DIR.parent))
-    monkeypatch.setattr(os, "getppid", lambda: 2**22 + 7)  # no such process: PWD decides
-
-    assert pre_gen.template_dir({"_repo_dir": TEMPLATE_DIR.name}) == TEMPLATE_DIR
-    assert pre_gen.template_dir({"_repo_dir": str(TEMPLATE_DIR)}) == TEMPLATE_DIR
-    with pytest.raises(FileNotFoundError):
-        pre_gen.template_dir({"_repo_dir": "not-a-template"})
-
-
-@pytest.mark.skipif(not Path("/proc/self/cwd").exists(), reason="needs /proc (Linux)")
-def test_template_dir_resolves_a_relative_repo_dir_from_the_parent_process() -> None:
-    """As under cookiecutter: the parent runs inside the template, the hook elsewhere, and
-    PWD is stale."""
-    path = str(HOOKS_DIR / "pre_gen_project.py")
-    hook = (
-        "import importlib.util; "
-        f"spec = importlib.util.spec_from_file_location('h', {path!r}); "
-        "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
-        "print(m.template_dir({'_repo_dir': '.'}))"
-    )
-    parent = (
-        "import subprocess, sys; "
-        f"sys.exit(subprocess.call([sys.executable, '-c', {hook!r}], cwd='/'))"
-    )
-
-    done = subprocess.run(
-        [sys.executable, "-c", parent],
-        cwd=TEMPLATE_DIR,
-        env={**os.environ, "PWD": "/nonexistent"},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-
-    assert done.stdout.strip() == str(TEMPLATE_DIR.resolve()), done.stderr
+    assert replay.replay_dir() == Path("/from/rc")
 
 
 def test_accepted_answers_record_what_the_output_directory_held(
-    pre_gen: ModuleType, post_gen: ModuleType, hook_home: Path
+    pre_gen: ModuleType, hook_home: Path
 ) -> None:
     project = hook_home / "out" / "svc"
     write_files(project, {"README.md": "mine", "docs/notes.md": "notes"})
@@ -484,61 +427,165 @@ def test_accepted_answers_record_what_the_output_directory_held(
 
     assert pre_gen.main(hook_answers(), project) == 0
 
-    manifest = post_gen.take_manifest(project)
-    assert set(manifest.files) == {"README.md", "docs/notes.md"}
-    assert manifest.dirs == {"docs"}
+    before = manifest.take_manifest(project)
+    assert set(before.files) == {"README.md", "docs/notes.md"}
+    assert before.dirs == {"docs"}
     assert manifests(hook_home) == []  # taken means deleted
 
 
-# --- both hooks: the answers arrive only as data ---------------------------------------------
+# --- both hooks: rendered by cookiecutter ---------------------------------------------------
+
+HOOKS = ["pre_gen_project", "post_gen_project"]
 
 
-@pytest.mark.parametrize("hook", ["pre_gen_project", "post_gen_project"])
-def test_answers_are_rendered_only_as_json_data(hook: str) -> None:
+def render_hook(hook: str, answers: dict[str, object], extension: bool = True) -> str:
+    """The hook's source rendered as cookiecutter renders it (with the template's extension)."""
     from cookiecutter.environment import StrictEnvironment
 
+    context = {**answers}
+    if extension:
+        context["_extensions"] = ["alltkn_template_dir.TemplateDirExtension"]
+    source = (HOOKS_DIR / f"{hook}.py").read_text(encoding="utf-8")
+    environment = StrictEnvironment(context={"cookiecutter": context})
+    return environment.from_string(source).render(cookiecutter=answers)
+
+
+def main_literals(rendered: str) -> dict[str, str]:
+    """{name: value} of the string constants assigned in the `__main__` block."""
+    (block,) = [
+        node
+        for node in ast.parse(rendered).body
+        if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test)
+    ]
+    return {
+        node.targets[0].id: node.value.value
+        for node in block.body
+        if isinstance(node, ast.Assign)
+        and isinstance(node.targets[0], ast.Name)
+        and isinstance(node.value, ast.Constant)
+    }
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_answers_are_rendered_only_as_json_data(hook: str, monkeypatch: pytest.MonkeyPatch) -> None:
     source = (HOOKS_DIR / f"{hook}.py").read_text(encoding="utf-8")
     tricky = "a ''' b \"\"\" c \\ d \\' e {{ f }} {% g %} \n h \u00e9 </script>"
     answers = {**cookiecutter_defaults(), "description": tricky, "project_name": tricky + "\\"}
+    monkeypatch.syspath_prepend(str(TEMPLATE_DIR))
 
-    rendered = (
-        StrictEnvironment(context={"cookiecutter": answers})
-        .from_string(source)
-        .render(cookiecutter=answers)
-    )
+    rendered = render_hook(hook, answers)
 
-    assert len(re.findall(r"\{\{|\{%|\{#", source)) == 1  # the one tojson in __main__
-    calls = [
-        node
-        for node in ast.walk(ast.parse(rendered))
-        if isinstance(node, ast.Call)
-        and ast.unparse(node.func) == "json.loads"
-        and isinstance(node.args[0], ast.Constant)
-    ]
-    assert len(calls) == 1
-    literal = calls[0].args[0]
-    assert isinstance(literal, ast.Constant)
-    assert json.loads(literal.value) == answers
+    # the answers and the template directory, in the __main__ block only
+    assert len(re.findall(r"\{\{|\{%|\{#", source)) == 2
+    literals = main_literals(rendered)
+    assert json.loads(literals["ANSWERS"]) == answers
+    assert json.loads(literals["TEMPLATE"]) == os.getcwd()
     assert rendered.count(tricky.splitlines()[0]) <= 1  # nowhere but inside the JSON
 
 
-@pytest.mark.parametrize("hook", ["pre_gen_project", "post_gen_project"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param("alltkn-template", id="plain"),
+        pytest.param("it'''s \"quoted\"", id="quotes"),
+        pytest.param("back\\slash\\", id="backslashes"),
+        pytest.param("caf\u00e9 {{ x }}", id="non-ascii-and-braces"),
+    ],
+)
+def test_the_template_directory_is_rendered_intact(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from alltkn_template_dir import template_dir
+
+    monkeypatch.syspath_prepend(str(TEMPLATE_DIR))
+    where = tmp_path / name
+    where.mkdir()
+    monkeypatch.chdir(where)
+
+    for hook in HOOKS:
+        literal = main_literals(render_hook(hook, cookiecutter_defaults()))["TEMPLATE"]
+        assert json.loads(literal) == str(where) == template_dir()
+
+
+def test_template_dir_is_read_when_called_not_when_imported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `cruft update` imports the extension once and renders two checkouts.
+    monkeypatch.syspath_prepend(str(TEMPLATE_DIR))
+    from alltkn_template_dir import template_dir
+
+    for checkout in ("current_template", "new_template"):
+        (tmp_path / checkout).mkdir()
+        monkeypatch.chdir(tmp_path / checkout)
+        assert template_dir() == str(tmp_path / checkout)
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+@pytest.mark.parametrize(
+    "extension", [pytest.param(True, id="no-template-here"), pytest.param(False, id="no-extension")]
+)
+def test_a_hook_that_cannot_find_the_template_fails_closed_in_one_line(
+    hook: str, extension: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rendered where no template is, or without the extension: one `internal error` line, no
+    traceback, no answer shown."""
+    monkeypatch.syspath_prepend(str(TEMPLATE_DIR))
+    monkeypatch.chdir(tmp_path)
+    answers = {**cookiecutter_defaults(), "description": KEY}
+    script = tmp_path / "tmpab12cd.py"
+    script.write_text(render_hook(hook, answers, extension), encoding="utf-8")
+    environ = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        env={**environ, "TMPDIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert done.stderr == (
+        f"error: {hook}: internal error (ModuleNotFoundError). "
+        "This is a template bug; please report it\n"
+    )
+
+
 def test_rendered_copy_is_discarded_only_from_the_temp_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    rendered = tmp_path / "tmpab12cd.py"
+    source = tmp_path / "hooks" / "pre_gen_project.py"
+    source.parent.mkdir()
+    rendered.write_text("answers", encoding="utf-8")
+    source.write_text("template", encoding="utf-8")
+
+    discard_rendered_copy(rendered)
+    discard_rendered_copy(source)
+
+    assert not rendered.exists()
+    assert source.exists()
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_main_discards_the_rendered_copy(
     hook: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     module = load_hook(hook)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     rendered = tmp_path / "tmpab12cd.py"
-    source = tmp_path / "hooks" / f"{hook}.py"
-    source.parent.mkdir()
     rendered.write_text("answers", encoding="utf-8")
-    source.write_text("template", encoding="utf-8")
+    if hook == "pre_gen_project":
+        monkeypatch.setattr(module, "review", lambda *args: [])
+    else:
+        monkeypatch.setattr(module, "run", lambda *args: 0)
 
-    module.discard_rendered_copy(rendered)
-    module.discard_rendered_copy(source)
+    module.main({}, rendered_copy=rendered)
 
     assert not rendered.exists()
-    assert source.exists()
 
 
 # --- post_gen_project: variant layers ----------------------------------------------------------
@@ -552,13 +599,13 @@ def test_rendered_copy_is_discarded_only_from_the_temp_dir(
         pytest.param("script", ["script"], id="script"),
     ],
 )
-def test_layers_for(post_gen: ModuleType, framework: str, layers: list[str]) -> None:
-    assert post_gen.layers_for(framework) == layers
+def test_layers_for(framework: str, layers: list[str]) -> None:
+    assert variants.layers_for(framework) == layers
 
 
-def test_layers_for_unknown_framework_raises(post_gen: ModuleType) -> None:
+def test_layers_for_unknown_framework_raises() -> None:
     with pytest.raises(ValueError, match="django"):
-        post_gen.layers_for("django")
+        variants.layers_for("django")
 
 
 VARIANT_FILES = {
@@ -592,15 +639,13 @@ def tree_files(root: Path) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("framework", ["fastapi", "flask", "script"])
-def test_assemble_variant_moves_exactly_the_selected_layers(
-    post_gen: ModuleType, tmp_path: Path, framework: str
-) -> None:
+def test_assemble_variant_moves_exactly_the_selected_layers(tmp_path: Path, framework: str) -> None:
     project = make_variant_tree(tmp_path / "proj")
     expected = {name: "base" for name in BASE_FILES}
-    for layer in post_gen.layers_for(framework):
+    for layer in variants.layers_for(framework):
         expected.update({name: layer for name in VARIANT_FILES[layer]})
 
-    moved = post_gen.assemble_variant(project, framework)
+    moved = variants.assemble_variant(project, framework)
 
     assert tree_files(project) == expected
     assert not (project / "_variants").exists()
@@ -609,46 +654,38 @@ def test_assemble_variant_moves_exactly_the_selected_layers(
     )
 
 
-def test_assemble_variant_refuses_to_overwrite_a_project_file(
-    post_gen: ModuleType, tmp_path: Path
-) -> None:
+def test_assemble_variant_refuses_to_overwrite_a_project_file(tmp_path: Path) -> None:
     project = make_variant_tree(tmp_path / "proj")
     write_files(project, {"src/pkg/app.py": "core"})
     before = tree_files(project)
 
-    with pytest.raises(post_gen.VariantCollision, match=r"_variants/fastapi/src/pkg/app\.py"):
-        post_gen.assemble_variant(project, "fastapi")
+    with pytest.raises(variants.VariantCollision, match=r"_variants/fastapi/src/pkg/app\.py"):
+        variants.assemble_variant(project, "fastapi")
 
     assert tree_files(project) == before  # nothing moved, nothing deleted
 
 
-def test_assemble_variant_refuses_two_layers_with_the_same_file(
-    post_gen: ModuleType, tmp_path: Path
-) -> None:
+def test_assemble_variant_refuses_two_layers_with_the_same_file(tmp_path: Path) -> None:
     project = make_variant_tree(tmp_path / "proj")
     write_files(project / "_variants" / "web", {"src/pkg/app.py": "web"})
 
-    with pytest.raises(post_gen.VariantCollision, match=r"app\.py"):
-        post_gen.assemble_variant(project, "flask")
+    with pytest.raises(variants.VariantCollision, match=r"app\.py"):
+        variants.assemble_variant(project, "flask")
 
 
-def test_assemble_variant_without_variants_dir_is_a_no_op(
-    post_gen: ModuleType, tmp_path: Path
-) -> None:
+def test_assemble_variant_without_variants_dir_is_a_no_op(tmp_path: Path) -> None:
     project = tmp_path / "proj"
     write_files(project, {name: "base" for name in BASE_FILES})
 
-    assert post_gen.assemble_variant(project, "script") == []
+    assert variants.assemble_variant(project, "script") == []
     assert tree_files(project) == {name: "base" for name in BASE_FILES}
 
 
-def test_assemble_variant_may_replace_a_file_left_from_before(
-    post_gen: ModuleType, tmp_path: Path
-) -> None:
+def test_assemble_variant_may_replace_a_file_left_from_before(tmp_path: Path) -> None:
     project = make_variant_tree(tmp_path / "proj")
     write_files(project, {"src/pkg/batch.py": "from an earlier bake"})
 
-    post_gen.assemble_variant(project, "script", {project / "src/pkg/batch.py"})
+    variants.assemble_variant(project, "script", {project / "src/pkg/batch.py"})
 
     assert (project / "src/pkg/batch.py").read_text() == "script"
 
@@ -661,21 +698,15 @@ def answers() -> dict[str, str]:
     return {**cookiecutter_defaults(), "package_name": "pkg", "framework": "script"}
 
 
-def add_scanner(root: Path) -> None:
-    (root / "src" / "pkg").mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(SCANNER_PATH, root / "src" / "pkg" / "secret_scan.py")
-
-
 @pytest.fixture
 def project(tmp_path: Path, hook_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A freshly rendered (not yet assembled) project with the real scanner, as the hook's
-    cwd, with the manifest pre-gen leaves for an output directory that did not exist."""
+    """A freshly rendered (not yet assembled) project, as the hook's cwd, with the manifest
+    pre-gen leaves for an output directory that did not exist."""
     root = tmp_path / "out" / "my-svc"
     root.mkdir(parents=True)
-    load_hook("post_gen_project").write_manifest(root, skip=load_scanner().is_skipped_dir)
+    manifest.write_manifest(root)
     make_variant_tree(root)
     write_files(root, {".env.example": "ALLTKN_API_KEY=\n", "README.md": "# my-svc\n"})
-    add_scanner(root)
     monkeypatch.chdir(root)
     return root
 
@@ -765,18 +796,6 @@ def test_run_can_skip_the_scan_for_the_benchmark_only(
     assert (project / "README.md").is_file()
 
 
-def test_run_fails_closed_when_the_scanner_is_missing(
-    post_gen: ModuleType, project: Path, answers: dict[str, str], capsys: pytest.CaptureFixture[str]
-) -> None:
-    (project / "src" / "pkg" / "secret_scan.py").unlink()
-
-    assert post_gen.run(answers, project, {}) == 1
-
-    err = capsys.readouterr().err
-    assert err.startswith("error: package_name: cannot load the generated secret scanner")
-    assert len(err.splitlines()) == 1
-
-
 def test_run_reports_a_variant_collision_as_one_line(
     post_gen: ModuleType, project: Path, answers: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -806,9 +825,8 @@ def existing(tmp_path: Path, hook_home: Path, monkeypatch: pytest.MonkeyPatch) -
     """An output directory that held files before this run (`--overwrite-if-exists`)."""
     root = tmp_path / "out" / "my-svc"
     write_files(root, MINE)
-    load_hook("post_gen_project").write_manifest(root, skip=load_scanner().is_skipped_dir)
+    manifest.write_manifest(root)
     make_variant_tree(root)  # what this run renders
-    add_scanner(root)
     monkeypatch.chdir(root)
     return root
 
@@ -851,7 +869,7 @@ def test_a_secret_written_over_existing_files_removes_only_what_this_run_created
 def test_without_a_manifest_every_file_counts_as_written(
     post_gen: ModuleType, project: Path, answers: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    post_gen.take_manifest(project)
+    manifest.take_manifest(project)
     write_files(project, {".env": f"ALLTKN_API_KEY={KEY}\n"})
 
     assert post_gen.run(answers, project, {}) == 1
@@ -860,16 +878,14 @@ def test_without_a_manifest_every_file_counts_as_written(
     assert list(project.iterdir()) == []
 
 
-def test_a_manifest_for_another_directory_is_ignored(
-    post_gen: ModuleType, tmp_path: Path, hook_home: Path
-) -> None:
+def test_a_manifest_for_another_directory_is_ignored(tmp_path: Path, hook_home: Path) -> None:
     one, two = tmp_path / "one", tmp_path / "two"
     one.mkdir()
     two.mkdir()
-    post_gen.write_manifest(one, skip=load_scanner().is_skipped_dir)
-    post_gen.manifest_path(one).rename(post_gen.manifest_path(two))
+    manifest.write_manifest(one)
+    manifest.manifest_path(one).rename(manifest.manifest_path(two))
 
-    assert post_gen.take_manifest(two) is None
+    assert manifest.take_manifest(two) is None
     assert manifests(hook_home) == []
 
 

@@ -30,6 +30,7 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
+from alltkn_hooks import checks, cruft_file, variants
 from conftest import bake_cli, out_dir
 from test_bake import baked_files, expected_files
 
@@ -182,7 +183,7 @@ def test_makefile_has_the_verbs_with_and_without_uv(baked: dict[str, Path], name
             assert '.venv/bin/python -m pip install -q -e ".[dev]"' in plan
             assert ".venv/bin/python -m pytest" in plan
         assert "-m alltkn_service doctor" in plan
-        assert "python3 src/alltkn_service/secret_scan.py" in plan
+        assert "-m detect_secrets.pre_commit_hook --baseline .secrets.baseline" in plan
 
 
 @pytest.mark.parametrize("name", ["fastapi-defaults", "script-defaults"])
@@ -225,10 +226,12 @@ def local_hooks_config(project: Path, destination: Path) -> Path:
     config = yaml.safe_load((project / ".pre-commit-config.yaml").read_text(encoding="utf-8"))
     config["repos"] = [repo for repo in config["repos"] if repo["repo"] == "local"]
     assert {hook["id"] for repo in config["repos"] for hook in repo["hooks"]} >= {
-        "secret-scan",
+        "detect-secrets",
         "ruff-check",
         "ruff-format",
     }
+    for repo in config["repos"]:  # detect-secrets' hook: tests/test_detect_secrets.py
+        repo["hooks"] = [hook for hook in repo["hooks"] if hook["id"] != "detect-secrets"]
     destination.write_text(yaml.safe_dump(config), encoding="utf-8")
     return destination
 
@@ -641,7 +644,7 @@ def test_the_deployment_reads_the_key_from_a_secret(baked: dict[str, Path], name
 def test_layers_for_options(
     post_gen: ModuleType, framework: str, options: dict[str, str], layers: list[str]
 ) -> None:
-    assert post_gen.layers_for(framework, options) == layers
+    assert variants.layers_for(framework, options) == layers
 
 
 @pytest.mark.parametrize(
@@ -667,7 +670,7 @@ def test_layers_for_options(
 def test_combination_problems(
     pre_gen: ModuleType, answers: dict[str, str], variables: list[str]
 ) -> None:
-    assert [name for name, _ in pre_gen.combination_problems(answers)] == variables
+    assert [name for name, _ in checks.combination_problems(answers)] == variables
 
 
 @pytest.mark.parametrize(
@@ -686,7 +689,7 @@ def test_combination_problems(
     ],
 )
 def test_cruft_template_source(post_gen: ModuleType, template: str, source: str) -> None:
-    assert post_gen.template_source({"_template": template, "_repo_dir": "/x"}) == source
+    assert cruft_file.template_source({"_template": template}, Path("/x")) == source
 
 
 def test_cruft_state_leaves_out_machine_details(post_gen: ModuleType, tmp_path: Path) -> None:
@@ -698,7 +701,7 @@ def test_cruft_state_leaves_out_machine_details(post_gen: ModuleType, tmp_path: 
         "_checkout": None,
         "_copy_without_render": ["x"],
     }
-    state = post_gen.cruft_state(answers, "a" * 40)
+    state = cruft_file.cruft_state(answers, tmp_path, "a" * 40)
 
     assert state["template"] == str(tmp_path.resolve())
     assert state["context"] == {

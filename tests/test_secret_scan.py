@@ -1,4 +1,5 @@
-"""The generated project's secret scanner, imported straight from the template.
+"""The template's generation-time secret scanner (`hooks/alltkn_hooks/secret_scan.py`): the
+detection rules the answers and the generated files are checked with.
 
 Key-shaped values are generated here at run time from a seeded generator; the repository
 holds no real-looking key.
@@ -8,18 +9,15 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import random
 import re
 import string
-import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
-import yaml
 from conftest import SCANNER_PATH, TEMPLATE_DIR
 
 _RNG = random.Random(4)  # test data, not crypto
@@ -321,18 +319,6 @@ def test_no_pattern_crosses_a_line_break(scanner: ModuleType) -> None:
     assert scanner.scan_text(text) == []
 
 
-def test_gateway_key_re_masks_any_sk_token(scanner: ModuleType) -> None:
-    short = SK + rand(20)
-    text = f"call failed for {KEY}; retry with {PROJ_KEY} or {short}"
-
-    redacted = scanner.GATEWAY_KEY_RE.sub(lambda m: scanner.mask(m.group(0)), text)
-
-    assert redacted == (
-        f"call failed for ****{KEY[-4:]}; retry with ****{PROJ_KEY[-4:]} or ****{short[-4:]}"
-    )
-    assert not scanner.GATEWAY_KEY_RE.search(SK + "a" * 19)
-
-
 def test_rules_are_a_table_of_named_detectors(scanner: ModuleType) -> None:
     kinds = [rule.kind for rule in scanner.RULES]
 
@@ -377,32 +363,6 @@ def test_answer_rules_also_flag_a_lone_opaque_token(scanner: ModuleType, value: 
 )
 def test_answer_rules_accept_ordinary_answers(scanner: ModuleType, value: str) -> None:
     assert scanner.scan_text(value, rules=scanner.ANSWER_RULES) == []
-
-
-# --- redaction -------------------------------------------------------------------------------
-
-
-def test_redact_masks_every_detector_and_literals(scanner: ModuleType) -> None:
-    live = rand(20)
-    text = (
-        f"key {KEY} proj {PROJ_KEY} gh {GH_PAT}\n"
-        f"{BEARER}{TOKEN} password={SECRET} jwt {JWT} live {live}"
-    )
-
-    redacted = scanner.redact(text, literals=[live])
-
-    for value in (KEY, PROJ_KEY, GH_PAT, TOKEN, SECRET, JWT, live):
-        assert value not in redacted
-        assert f"****{value[-4:]}" in redacted
-    assert redacted.startswith("key ****")
-    assert "\nAuthorization: Bearer ****" in redacted
-
-
-def test_redact_ignores_the_pragma_and_leaves_clean_text_alone(scanner: ModuleType) -> None:
-    clean = "model=gpt-4o-mini status=ok request_id=" + UUID
-
-    assert scanner.redact(clean) == clean
-    assert KEY not in scanner.redact(f"{KEY} # secret-scan: allow")
 
 
 # --- environment values ----------------------------------------------------------------------
@@ -464,7 +424,12 @@ def test_finding_is_frozen(scanner: ModuleType) -> None:
         finding.value = "other"  # type: ignore[misc]
 
 
-# --- scan_tree -------------------------------------------------------------------------------
+# --- files: what the post-gen hook scans ------------------------------------------------------
+
+
+def scan_tree(scanner: ModuleType, root: Path, literals: list[str] | None = None) -> list[Any]:
+    """Every file below `root`, as the post-gen hook scans a fresh project."""
+    return scanner.scan_files(root, scanner.iter_files(root), literals=literals or [])
 
 
 def write(root: Path, relative: str, content: str | bytes) -> None:
@@ -484,14 +449,14 @@ def test_scan_tree_reports_relative_posix_paths_in_order(
     write(tmp_path, "a/a.md", f"{BEARER}{TOKEN}\n")
     write(tmp_path, "clean.py", "print('hello')\n")
 
-    findings = scanner.scan_tree(tmp_path)
+    findings = scan_tree(scanner, tmp_path)
 
     assert [(f.path, f.line, f.kind) for f in findings] == [
         ("a/a.md", 1, "bearer_token"),
         ("a/b/c.env", 2, "secret_assignment"),
         ("z.txt", 1, "gateway_key"),
     ]
-    assert findings == scanner.scan_tree(tmp_path)  # deterministic
+    assert findings == scan_tree(scanner, tmp_path)  # deterministic
 
 
 @pytest.mark.parametrize(
@@ -514,14 +479,14 @@ def test_scan_tree_skips_tool_and_vcs_dirs(
 ) -> None:
     write(tmp_path, skipped, f"{KEY}\n")
 
-    assert scanner.scan_tree(tmp_path) == []
+    assert scan_tree(scanner, tmp_path) == []
 
 
 def test_scan_tree_skips_binary_files(scanner: ModuleType, tmp_path: Path) -> None:
     write(tmp_path, "logo.png", b"\x89PNG\r\n\x1a\n\0\0" + KEY.encode())
     write(tmp_path, "late-nul.bin", KEY.encode() + b"\n" + b"a" * 9000 + b"\0")
 
-    assert [f.path for f in scanner.scan_tree(tmp_path)] == ["late-nul.bin"]
+    assert [f.path for f in scan_tree(scanner, tmp_path)] == ["late-nul.bin"]
 
 
 def test_scan_tree_skips_files_over_2_mib(scanner: ModuleType, tmp_path: Path) -> None:
@@ -529,20 +494,20 @@ def test_scan_tree_skips_files_over_2_mib(scanner: ModuleType, tmp_path: Path) -
     write(tmp_path, "big.txt", KEY + "\n" + filler)
     write(tmp_path, "small.txt", KEY + "\n")
 
-    assert [f.path for f in scanner.scan_tree(tmp_path)] == ["small.txt"]
+    assert [f.path for f in scan_tree(scanner, tmp_path)] == ["small.txt"]
 
 
 def test_scan_tree_survives_undecodable_text(scanner: ModuleType, tmp_path: Path) -> None:
     write(tmp_path, "latin1.txt", b"caf\xe9 " + KEY.encode() + b"\n")
 
-    assert [f.kind for f in scanner.scan_tree(tmp_path)] == ["gateway_key"]
+    assert [f.kind for f in scan_tree(scanner, tmp_path)] == ["gateway_key"]
 
 
 def test_scan_tree_with_literals(scanner: ModuleType, tmp_path: Path) -> None:
     live = rand(20)
     write(tmp_path, "docs/owner.md", f"Owner: {live}\n")
 
-    findings = scanner.scan_tree(tmp_path, literals=[live])
+    findings = scan_tree(scanner, tmp_path, literals=[live])
 
     assert [(f.path, f.kind, f.value) for f in findings] == [("docs/owner.md", "env_value", live)]
 
@@ -554,178 +519,7 @@ def test_long_lines_scan_quickly(scanner: ModuleType) -> None:
     assert [f.kind for f in scanner.scan_text(line)] == []
 
 
-# --- the command line ------------------------------------------------------------------------
-
-
-def test_main_returns_0_on_a_clean_tree(
-    scanner: ModuleType,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    write(tmp_path, "a.py", "print('hi')\n")
-    write(tmp_path, "b.md", "# readme\n")
-    monkeypatch.chdir(tmp_path)
-
-    assert scanner.main(["--all-files"]) == 0
-
-    out, err = capsys.readouterr()
-    assert out == ""
-    assert err == "secret_scan: no secrets found in 2 file(s)\n"
-
-
-def test_main_reports_findings_masked_and_returns_1(
-    scanner: ModuleType,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    write(tmp_path, "src/settings.py", f"\n\nDEFAULT_KEY = '{KEY}'\n")
-    write(tmp_path, ".env", f"API_TOKEN={SECRET}\n")
-    monkeypatch.chdir(tmp_path)
-
-    assert scanner.main(["--all-files"]) == 1
-
-    out, err = capsys.readouterr()
-    assert out == ""
-    assert err.splitlines() == [
-        f".env:1: secret_assignment: ****{SECRET[-4:]}",
-        f"src/settings.py:3: gateway_key: ****{KEY[-4:]}",
-        (
-            "secret_scan: 2 possible secret(s) in 2 file(s); remove them, "
-            "or mark a deliberate fixture line with 'secret-scan: allow'"
-        ),
-    ]
-    for value in (KEY, SECRET, KEY[:-4], SECRET[:-4]):
-        assert value not in err
-
-
-def test_main_adds_env_values_as_literals(
-    scanner: ModuleType,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    live = rand(26)
-    write(tmp_path, "notes.txt", f"remember {live}\nand 1234567\n")
-    monkeypatch.setenv("MY_GATEWAY_KEY", live)
-    monkeypatch.setenv("SHORT_ONE", "1234567")
-    monkeypatch.delenv("UNSET_ONE", raising=False)
-
-    code = scanner.main(
-        ["--env", "MY_GATEWAY_KEY", "--env", "SHORT_ONE", "--env", "UNSET_ONE", str(tmp_path)]
-    )
-
-    err = capsys.readouterr().err
-    assert code == 1
-    assert f"notes.txt:1: env_value: ****{live[-4:]}" in err
-    assert ":2:" not in err
-    assert live not in err
-
-
-def test_main_secret_env_finds_values_of_secret_named_variables(
-    scanner: ModuleType,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    live = rand(26)
-    write(tmp_path, "notes.txt", f"pasted {live} here\n")
-    monkeypatch.setenv("TEAM_SERVICE_TOKEN", live)
-
-    assert scanner.main([str(tmp_path)]) == 0
-    assert scanner.main(["--secret-env", str(tmp_path)]) == 1
-    assert f"notes.txt:1: env_value: ****{live[-4:]}" in capsys.readouterr().err
-
-
-def test_main_scans_a_single_file(
-    scanner: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    write(tmp_path, "one.txt", f"{KEY}\n")
-
-    assert scanner.main([str(tmp_path / "one.txt")]) == 1
-    assert f"{(tmp_path / 'one.txt').as_posix()}:1: gateway_key:" in capsys.readouterr().err
-
-
-def test_main_rejects_a_missing_path(
-    scanner: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert scanner.main([str(tmp_path / "nope")]) == 2
-    err = capsys.readouterr().err
-    assert "no such file or directory" in err
-    assert len(err.splitlines()) == 1
-
-
-def git(repo: Path, *args: str) -> None:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "HOME": str(repo)}
-    env |= {"GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
-    subprocess.run(["git", *args], cwd=repo, env=env, check=True, capture_output=True)
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    """A git repository: a clean tracked file, an ignored .env holding a key."""
-    root = tmp_path / "repo"
-    write(root, "app.py", "print('hi')\n")
-    write(root, ".gitignore", ".env\n")
-    write(root, ".env", f"ALLTKN_API_KEY={KEY}\n")
-    git(root, "init", "-q")
-    git(root, "add", "app.py", ".gitignore")
-    return root
-
-
-def run_script(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """The scanner as CI runs it: a plain script, nothing installed, no package around it."""
-    return subprocess.run(
-        [sys.executable, "-I", str(SCANNER_PATH), *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-
-
-def test_script_in_a_git_repo_scans_tracked_files_only(repo: Path) -> None:
-    done = run_script(repo)
-
-    assert done.returncode == 0, done.stderr
-    assert done.stderr == "secret_scan: no secrets found in 2 file(s)\n"
-
-
-def test_script_in_a_git_repo_flags_a_tracked_env_file(repo: Path) -> None:
-    git(repo, "add", "-f", ".env")
-
-    done = run_script(repo)
-
-    assert done.returncode == 1
-    assert done.stderr.startswith(f".env:1: gateway_key: ****{KEY[-4:]}\n")
-    assert KEY not in done.stderr
-
-
-def test_script_all_files_includes_untracked_files(repo: Path) -> None:
-    done = run_script(repo, "--all-files")
-
-    assert done.returncode == 1
-    assert ".env:1: gateway_key" in done.stderr
-
-
-def test_script_outside_git_scans_every_file(tmp_path: Path) -> None:
-    write(tmp_path, "plain/.env", f"ALLTKN_API_KEY={KEY}\n")
-
-    done = run_script(tmp_path / "plain")
-
-    assert done.returncode == 1
-    assert ".env:1: gateway_key" in done.stderr
-
-
 # --- the file itself, and the template it lives in ------------------------------------------
-
-
-def test_scanner_source_reads_the_same_through_jinja() -> None:
-    # cookiecutter may render it (a _copy_without_render pattern that misses); it must not change.
-    source = SCANNER_PATH.read_text(encoding="utf-8")
-
-    assert not re.search(r"\{\{|\{%|\{#", source)
 
 
 def test_scanner_source_is_clean_under_its_own_scan(scanner: ModuleType) -> None:
@@ -735,71 +529,15 @@ def test_scanner_source_is_clean_under_its_own_scan(scanner: ModuleType) -> None
 
 
 def test_the_template_repository_passes_the_scan(scanner: ModuleType) -> None:
-    findings = scanner.scan_tree(TEMPLATE_DIR)
+    findings = scan_tree(scanner, TEMPLATE_DIR)
 
     assert [str(finding) for finding in findings] == []
-
-
-FRAMEWORKS = ["fastapi", "flask", "script"]
-CHECKOUT_PIN = re.compile(r"^actions/checkout@[0-9a-f]{40}$")
 
 
 def bake(cookies: Any, **answers: str) -> Path:
     result = cookies.bake(extra_context=answers)
     assert result.exit_code == 0, result.exception
     return Path(str(result.project_path))
-
-
-def committed(project: Path) -> Path:
-    git(project, "init", "-q")
-    git(project, "add", "-A")
-    git(project, "commit", "-q", "-m", "generated")
-    return project
-
-
-@pytest.mark.parametrize("framework", FRAMEWORKS)
-def test_every_baked_variant_passes_its_own_ci_scan(cookies: Any, framework: str) -> None:
-    project = committed(bake(cookies, framework=framework))
-    ci = yaml.safe_load((project / ".github" / "workflows" / "secret-scan.yml").read_text())
-    (checkout, scan) = ci["jobs"]["secret-scan"]["steps"]
-
-    done = subprocess.run(
-        scan["run"].split(), cwd=project, capture_output=True, text=True, check=False
-    )
-
-    assert done.returncode == 0, done.stderr
-    assert re.fullmatch(r"secret_scan: no secrets found in \d+ file\(s\)\n", done.stderr)
-    assert scan["run"] == "python3 src/alltkn_service/secret_scan.py"
-    assert ci["permissions"] == {"contents": "read"}
-    assert CHECKOUT_PIN.match(checkout["uses"])
-    assert checkout["with"] == {"persist-credentials": False}
-    assert set(ci[True]) == {"push", "pull_request"}  # YAML 1.1 reads `on:` as True
-
-
-def test_the_pre_commit_hook_scans_the_staged_files(cookies: Any) -> None:
-    project = committed(bake(cookies, framework="script"))
-    config = yaml.safe_load((project / ".pre-commit-config.yaml").read_text())
-    (scan,) = [h for repo in config["repos"] for h in repo["hooks"] if h["id"] == "secret-scan"]
-    write(project, "src/alltkn_service/extra.py", f"FALLBACK = '{GH_PAT}'\n")
-    write(project, "README.md", "# still clean\n")
-    git(project, "add", "-A")
-    staged = subprocess.run(
-        ["git", "diff", "--cached", "--name-only"],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-
-    done = subprocess.run(
-        [*scan["entry"].split(), *staged], cwd=project, capture_output=True, text=True, check=False
-    )
-
-    assert scan["language"] == "system"
-    assert sorted(staged) == ["README.md", "src/alltkn_service/extra.py"]
-    assert done.returncode == 1
-    assert done.stderr.startswith(f"src/alltkn_service/extra.py:1: github_token: ****{GH_PAT[-4:]}")
-    assert GH_PAT not in done.stderr
 
 
 def test_no_generated_file_keeps_the_answers(cookies: Any) -> None:

@@ -38,7 +38,7 @@ from typing import Any
 
 import httpx2
 import pytest
-from conftest import TEMPLATE_DIR, bake_cli, load_module, out_dir
+from conftest import TEMPLATE_DIR, bake_cli, load_module, load_scanner, out_dir
 
 PACKAGE = "alltkn_service"
 SNIPPETS = Path("docs", "snippets")
@@ -1018,47 +1018,43 @@ def test_every_python_block_in_the_docs_runs_against_the_fake(
 # --- 10. secrets and types ----------------------------------------------------------------------
 
 
-# detect-secrets' own plugins miss a gateway key (`sk-` + hex has too little entropy, and a
-# name like FALLBACK_KEY is no keyword), so the scan adds the project's gateway-key plugin; in a
-# bake without it (tools/ is added with the project's `make secrets`), this stand-in.
-GATEWAY_KEY_PLUGIN = Path("tools", "detect_secrets_gateway.py")
-STAND_IN_PLUGIN = """
-import re
-from detect_secrets.plugins.base import RegexBasedDetector
-class GatewayKeyDetector(RegexBasedDetector):
-    \"\"\"Scans for AI gateway API keys.\"\"\"
-    secret_type = "AI Gateway Key"
-    denylist = (re.compile(r"sk-[A-Za-z0-9]{20,}"),)
-"""
+def detect_secrets_findings(project: Path, directory: Path) -> list[str]:
+    """The project's own check (`make secrets`: detect-secrets with `.secrets.baseline`, its
+    plugins, the gateway-key one among them, and its filters) over the files of `directory`."""
+    files = [str(directory / name) for name in snippet_files(directory)]
+    command = ["-m", "detect_secrets.pre_commit_hook", "--baseline", ".secrets.baseline", *files]
+    done = run_python(command, project, dict(os.environ))
+    assert done.returncode in (0, 1), done.stdout + done.stderr
+    assert KEY not in done.stdout + done.stderr
+    located = re.findall(r"^Location:\s+(.+):\d+$", done.stdout, re.MULTILINE)
+    return sorted({Path(path).relative_to(directory).as_posix() for path in located})
 
 
-def detect_secrets(
-    project: Path, directory: Path, tmp_path: Path
-) -> subprocess.CompletedProcess[str]:
-    """detect-secrets' pre-commit check (every default plugin and filter) over `directory`."""
-    plugin = project / GATEWAY_KEY_PLUGIN
-    if not plugin.is_file():
-        plugin = tmp_path / "gateway_key_plugin.py"
-        plugin.write_text(STAND_IN_PLUGIN, encoding="utf-8")
-    files = [str(path) for path in snippet_files(directory)]
-    command = ["-m", "detect_secrets.pre_commit_hook", "--plugin", str(plugin), *files]
-    return run_python(command, directory, dict(os.environ))
+def template_scanner_findings(project: Path, directory: Path) -> list[str]:
+    """The template's generation-time scanner (projects ship none)."""
+    scanner = load_scanner()
+    return sorted({f.path for f in scanner.scan_files(directory, scanner.iter_files(directory))})
 
 
-def test_no_snippet_holds_a_secret(project: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "findings",
+    [
+        pytest.param(detect_secrets_findings, id="project-detect-secrets"),
+        pytest.param(template_scanner_findings, id="template-scanner"),
+    ],
+)
+def test_no_snippet_holds_a_secret(
+    project: Path, tmp_path: Path, findings: Callable[[Path, Path], list[str]]
+) -> None:
     for target in (project / SNIPPETS, TEMPLATE_SNIPPETS):
-        done = detect_secrets(project, target, tmp_path)
-        assert done.returncode == 0, done.stdout + done.stderr
+        assert findings(project, target) == []
 
     # The same scan does catch a key pasted into a snippet.
     leaked = tmp_path / "snippets"
     shutil.copytree(project / SNIPPETS, leaked)
     with (leaked / "alltkn_client.py").open("a", encoding="utf-8") as out:
         out.write(f'FALLBACK_KEY = "{KEY}"\n')
-    done = detect_secrets(project, leaked, tmp_path)
-    assert done.returncode == 1
-    assert "Location:    alltkn_client.py:" in done.stdout
-    assert KEY not in done.stdout + done.stderr
+    assert findings(project, leaked) == ["alltkn_client.py"]
 
 
 def test_the_snippets_and_the_typecheck_blocks_pass_mypy_strict(

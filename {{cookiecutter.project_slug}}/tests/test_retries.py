@@ -1,229 +1,194 @@
-"""The retry policy, observed where it matters: how many requests reach the gateway.
+"""The retry policy (`retry.py`), observed where it matters: how many requests reach the gateway,
+and as functions.
 
-Retry budgets are small and the fake's timeouts short, so the suite stays fast; the SDK's
-backoff (0.5 s doubling, jittered) is what the retried cases wait.
+The SDK retries the request that opens a call; the clients' hook vetoes what the policy does
+not retry. Its backoff (0.5 s, jittered) is waited here only after a timeout or a dropped
+connection: error answers are retried after 10 ms (`quick_sdk_retries`). The services retry a
+stream that failed before its first delta after `retry.backoff_s`, shortened here too
+(`quick_backoff`; its values have a test of their own).
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from email.utils import formatdate
 from typing import Any
 
 import httpx2
-import openai
 import pytest
 
-from {{ cookiecutter.package_name }}.chat import AsyncChatService, ChatService
-from {{ cookiecutter.package_name }}.client import create_async_client, create_client
-from {{ cookiecutter.package_name }}.errors import Category, GatewayError, classify
-from {{ cookiecutter.package_name }}.retry import retry_after_s, should_retry
-from {{ cookiecutter.package_name }}.settings import load_settings
+from {{ cookiecutter.package_name }} import retry
+from {{ cookiecutter.package_name }}.errors import Category, GatewayError
+from {{ cookiecutter.package_name }}.retry import Attempts, backoff_s, may_retry, retry_after_s
 
+from .conftest import ANSWER, Driver, ask, failure
 from .fake_gateway import FakeGateway
 
-HELLO = [{"role": "user", "content": "hello"}]
-
-pytestmark = pytest.mark.usefixtures("gateway_env")
-
-
-def _service(**overrides: Any) -> ChatService:
-    settings = load_settings().model_copy(update={"timeout_s": 0.3, **overrides})
-    return ChatService(create_client(settings), settings.model)
+Calls = Callable[[], list[dict[str, Any]]]
+STREAM = [pytest.param(False, id="complete"), pytest.param(True, id="stream")]
 
 
-def _attempt(service: ChatService, model: str, *, stream: bool) -> GatewayError | None:
-    try:
-        if stream:
-            with service.open_stream(HELLO, model=model) as chat_stream:
-                list(chat_stream)
-        else:
-            service.complete(HELLO, model=model)
-    except GatewayError as error:
-        return error
-    return None
+@pytest.fixture
+def quick_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The services' own retries (of a stream before its first delta) wait 10 ms."""
+    monkeypatch.setattr(retry, "backoff_s", lambda attempt: 0.01)
 
 
-NEVER_RETRIED = [
-    pytest.param("fake-error-401", Category.AUTH, id="auth-401"),
-    pytest.param("fake-error-quota", Category.QUOTA, id="quota-403-insufficient-user-quota"),
-    pytest.param("fake-error-402", Category.QUOTA, id="quota-402"),
-    pytest.param("fake-error-403", Category.PERMISSION, id="permission-403"),
-    pytest.param("fake-error-404-model", Category.MODEL_NOT_FOUND, id="model-not-found-404"),
-    pytest.param("fake-error-503-model", Category.MODEL_NOT_FOUND, id="model-not-found-503"),
-    pytest.param("fake-error-400", Category.INVALID_REQUEST, id="invalid-request-400"),
-    # Retry-After: 7 is above the cap of 5 s: fail fast, the caller gets the 429 and the delay.
-    pytest.param("fake-error-429", Category.RATE_LIMITED, id="rate-limited-retry-after-over-cap"),
-]
-RETRIED = [
-    pytest.param("fake-error-500", Category.UPSTREAM_UNAVAILABLE, id="upstream-500"),
-    pytest.param("fake-error-502", Category.UPSTREAM_UNAVAILABLE, id="upstream-502-html"),
-    pytest.param("fake-timeout", Category.TIMEOUT, id="timeout"),
-    pytest.param("fake-drop", Category.CONNECTION, id="connection-dropped"),
-]
+@pytest.fixture
+def quick_sdk_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SDK's retries of an error answer wait 10 ms: after the policy has had its say, the
+    clients' hook adds the server-directed delay the SDK honours (`retry-after-ms`)."""
+    veto = retry.veto
+
+    def veto_then_hurry(response: httpx2.Response, cap_s: float) -> None:
+        veto(response, cap_s)
+        response.headers.setdefault("retry-after-ms", "10")
+
+    monkeypatch.setattr(retry, "veto", veto_then_hurry)
 
 
-@pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
-@pytest.mark.parametrize(("model", "category"), NEVER_RETRIED)
-def test_final_categories_reach_the_gateway_once(
-    gateway: FakeGateway, model: str, category: Category, stream: bool
+@pytest.mark.parametrize("stream", STREAM)
+@pytest.mark.parametrize(
+    "model",
+    [
+        pytest.param("fake-error-401", id="auth"),
+        pytest.param("fake-error-quota", id="quota-403"),
+        pytest.param("fake-error-402", id="quota-402"),
+        pytest.param("fake-error-403", id="permission"),
+        pytest.param("fake-error-400", id="invalid-request"),
+        pytest.param("fake-error-404-model", id="model-not-found-404"),
+        # The SDK would retry a 503 and a 429: the clients' hook vetoes these two.
+        pytest.param("fake-error-503-model", id="model-not-found-503"),
+        pytest.param("fake-error-429", id="rate-limited-retry-after-7-over-the-cap-of-5"),
+    ],
+)
+def test_final_failures_reach_the_gateway_once(
+    gateway: FakeGateway, driver: Driver, model: str, stream: bool
 ) -> None:
-    error = _attempt(_service(max_retries=2), model, stream=stream)
+    started = time.monotonic()
+    failure(driver.chat(max_retries=2), model, stream=stream)
 
-    assert error is not None
-    assert error.category is category
-    assert len(gateway.requests_for(model)) == 1
+    assert len(gateway.requests) == 1
+    assert time.monotonic() - started < 2.0, "failed fast, without waiting out a Retry-After"
 
 
-@pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
-@pytest.mark.parametrize(("model", "category"), RETRIED)
-def test_transient_categories_are_retried_max_retries_times(
-    gateway: FakeGateway, model: str, category: Category, stream: bool
+# Error answers are retried after 10 ms (`quick_sdk_retries`), a dropped connection after the
+# SDK's own backoff (0.5 s); a timeout is retried by the same code of the SDK as a connection
+# error, so it is not waited out here again.
+@pytest.mark.parametrize(
+    ("model", "stream"),
+    [
+        pytest.param("fake-error-500", False, id="upstream-500"),
+        pytest.param("fake-error-502", False, id="upstream-502-html"),
+        pytest.param("fake-error-500", True, id="upstream-500-opening-a-stream"),
+        pytest.param("fake-drop", True, id="connection-dropped-opening-a-stream"),
+    ],
+)
+@pytest.mark.usefixtures("quick_sdk_retries")
+def test_transient_failures_are_retried_alltkn_max_retries_times(
+    gateway: FakeGateway, driver: Driver, upstream_calls: Calls, model: str, stream: bool
 ) -> None:
-    error = _attempt(_service(max_retries=1), model, stream=stream)
+    failure(driver.chat(max_retries=1), model, stream=stream)
 
-    assert error is not None
-    assert error.category is category
-    assert len(gateway.requests_for(model)) == 2
-
-
-def test_the_retry_budget_is_alltkn_max_retries(gateway: FakeGateway) -> None:
-    _attempt(_service(max_retries=2), "fake-error-500", stream=False)
-    _attempt(_service(max_retries=0), "fake-error-502", stream=False)
-
-    assert len(gateway.requests_for("fake-error-500")) == 3
-    assert len(gateway.requests_for("fake-error-502")) == 1
+    assert len(gateway.requests) == 2
+    assert len(upstream_calls()) == 1, "the SDK's retries are one call"
 
 
-def test_the_wrong_base_path_is_not_retried(
-    gateway: FakeGateway, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("ALLTKN_BASE_URL", gateway.base_url.removesuffix("/api/v1") + "/v1")
-    error = _attempt(_service(max_retries=2), "gpt-4o-mini", stream=False)
+@pytest.mark.usefixtures("quick_sdk_retries")
+def test_the_retry_budget_is_alltkn_max_retries(gateway: FakeGateway, driver: Driver) -> None:
+    failure(driver.chat(max_retries=3), "fake-error-500", stream=False)
+    assert len(gateway.requests) == 4
 
-    assert error is not None
-    assert error.category is Category.BAD_BASE_URL
-    assert len(gateway.requests_for("gpt-4o-mini")) == 1
+
+def test_no_retries_with_alltkn_max_retries_0(gateway: FakeGateway, driver: Driver) -> None:
+    failure(driver.chat(max_retries=0), "fake-error-500", stream=False)
+    assert len(gateway.requests) == 1
 
 
 @pytest.mark.parametrize(
     "model", ["fake-stream-cut", "fake-stream-error", "fake-stream-stall"], ids=str
 )
-def test_a_stream_that_started_is_never_retried(gateway: FakeGateway, model: str) -> None:
+def test_a_stream_that_started_is_never_retried(
+    gateway: FakeGateway,
+    monkeypatch: pytest.MonkeyPatch,
+    driver: Driver,
+    quick_backoff: None,
+    model: str,
+) -> None:
+    monkeypatch.setattr(gateway, "hang_seconds", 0.3)  # fake-stream-stall: past the timeout
     received: list[str] = []
-    service = _service(max_retries=2)
-    with pytest.raises(GatewayError) as caught, service.open_stream(HELLO, model=model) as stream:
-        received.extend(stream)
+    error = failure(
+        driver.chat(max_retries=2, timeout_s=0.2), model, stream=True, received=received
+    )
 
-    assert caught.value.category is Category.STREAM_INTERRUPTED
+    assert error.category is Category.STREAM_INTERRUPTED
     assert received, "the stream had started"
-    assert len(gateway.requests_for(model)) == 1
+    assert len(gateway.requests) == 1
+    if model == "fake-stream-stall":  # timed out between deltas: closed upstream
+        assert gateway.wait_for(lambda: gateway.aborted_streams == 1, timeout=2)
 
 
-# A stream whose headers arrived but whose content did not has given the caller nothing yet, so it
-# is retried like a failed open (the SDK itself retries only the request that opens it).
-BEFORE_THE_FIRST_DELTA = [
-    pytest.param("fake-stream-slow-start", Category.TIMEOUT, id="first-token-too-late"),
-    pytest.param("fake-html-200", Category.UPSTREAM_UNAVAILABLE, id="200-with-an-html-page"),
-]
-
-
-@pytest.mark.parametrize(("model", "category"), BEFORE_THE_FIRST_DELTA)
+# A stream whose headers arrived but whose content did not has given the caller nothing yet, so
+# it is retried like a failed open.
+@pytest.mark.parametrize(
+    ("model", "category"),
+    [
+        pytest.param("fake-stream-slow-start", Category.TIMEOUT, id="first-token-too-late"),
+        pytest.param("fake-html-200", Category.UPSTREAM_UNAVAILABLE, id="200-with-an-html-page"),
+    ],
+)
 def test_a_stream_failing_before_its_first_delta_is_retried(
     gateway: FakeGateway,
     monkeypatch: pytest.MonkeyPatch,
-    upstream_calls: Callable[[], list[dict[str, Any]]],
+    driver: Driver,
+    upstream_calls: Calls,
+    quick_backoff: None,
     model: str,
     category: Category,
 ) -> None:
-    monkeypatch.setattr(gateway, "hang_seconds", 0.6)  # past the 0.3 s read timeout
-    error = _attempt(_service(max_retries=2), model, stream=True)
+    monkeypatch.setattr(gateway, "hang_seconds", 0.4)  # past the 0.2 s read timeout
+    error = failure(driver.chat(max_retries=1, timeout_s=0.2), model, stream=True)
 
-    assert error is not None
     assert error.category is category
-    assert len(gateway.requests_for(model)) == 3
+    assert len(gateway.requests) == 2
     calls = upstream_calls()
-    assert [call["category"] for call in calls] == [category.value] * 3
-    assert [call["ttft_ms"] for call in calls] == [None] * 3  # no content ever arrived
+    assert [call["category"] for call in calls] == [category.value] * 2
+    assert [call["ttft_ms"] for call in calls] == [None] * 2  # no content ever arrived
+    if model == "fake-stream-slow-start":
+        # Each timed-out attempt was closed: the late first token found nobody listening.
+        assert gateway.wait_for(lambda: gateway.aborted_streams == 2, timeout=2)
 
 
-def test_a_stream_timing_out_before_its_first_delta_is_closed_upstream(
-    gateway: FakeGateway, monkeypatch: pytest.MonkeyPatch
+def test_a_retry_after_within_the_cap_is_waited_then_retried(
+    gateway: FakeGateway, driver: Driver, upstream_calls: Calls
 ) -> None:
-    monkeypatch.setattr(gateway, "hang_seconds", 0.6)
-    _attempt(_service(max_retries=1), "fake-stream-slow-start", stream=True)
+    # fake-429-once: a 429 with Retry-After: 1 (the cap is 5 s), then the answer.
+    started = time.monotonic()
+    result = driver.chat(max_retries=1).stream(ask(model="fake-429-once"))
 
-    # Each timed-out attempt was closed: the fake's late first token finds nobody listening.
-    assert gateway.wait_for(lambda: gateway.aborted_streams == 2, timeout=5)
-    assert gateway.completed_streams == 0
+    assert result.content == ANSWER
+    assert time.monotonic() - started >= 0.9, "Retry-After: 1 was waited"
+    assert len(gateway.requests) == 2
+    (entry,) = upstream_calls()
+    assert entry["status"] == "ok"
 
 
-def test_the_async_service_retries_a_stream_before_its_first_delta(
-    gateway: FakeGateway, monkeypatch: pytest.MonkeyPatch
+def test_a_retry_after_above_the_cap_fails_fast_and_keeps_the_delay(
+    gateway: FakeGateway, driver: Driver
 ) -> None:
-    monkeypatch.setattr(gateway, "hang_seconds", 0.6)
-    settings = load_settings().model_copy(update={"timeout_s": 0.3, "max_retries": 1})
-
-    async def attempt() -> GatewayError | None:
-        client = create_async_client(settings)
-        service = AsyncChatService(client, settings.model)
-        try:
-            async with (
-                client,
-                await service.open_stream(HELLO, model="fake-stream-slow-start") as stream,
-            ):
-                async for _ in stream:
-                    pass
-        except GatewayError as error:
-            return error
-        return None
-
-    error = asyncio.run(attempt())
-    assert error is not None
-    assert error.category is Category.TIMEOUT
-    assert len(gateway.requests_for("fake-stream-slow-start")) == 2
-
-
-def test_retry_after_within_the_cap_is_waited_then_retried(gateway: FakeGateway) -> None:
     started = time.monotonic()
-    result = _service(max_retries=1, retry_after_cap_s=2.0).complete(HELLO, model="fake-429-once")
-    waited = time.monotonic() - started
+    error = failure(
+        driver.chat(max_retries=3, retry_after_cap_s=0.5), "fake-429-once", stream=False
+    )
 
-    assert result.content
-    assert len(gateway.requests_for("fake-429-once")) == 2
-    assert waited >= 0.9, "Retry-After: 1 was honoured"
-
-
-def test_retry_after_above_the_cap_fails_fast_and_keeps_the_delay(gateway: FakeGateway) -> None:
-    started = time.monotonic()
-    error = _attempt(_service(max_retries=3, retry_after_cap_s=0.5), "fake-429-once", stream=False)
-    waited = time.monotonic() - started
-
-    assert error is not None
     assert error.category is Category.RATE_LIMITED
     assert error.retry_after == "1"
-    assert len(gateway.requests_for("fake-429-once")) == 1
-    assert waited < 0.5, "no wait beyond the cap"
+    assert len(gateway.requests) == 1
+    assert time.monotonic() - started < 0.9, "Retry-After: 1 was not waited"
 
 
-def test_the_async_client_follows_the_same_policy(gateway: FakeGateway) -> None:
-    settings = load_settings().model_copy(update={"max_retries": 1})
-
-    async def fail(model: str) -> Category:
-        async with create_async_client(settings) as client:
-            with pytest.raises(GatewayError) as caught:
-                await AsyncChatService(client, settings.model).complete(HELLO, model=model)
-        return caught.value.category
-
-    assert asyncio.run(fail("fake-error-503-model")) is Category.MODEL_NOT_FOUND
-    assert asyncio.run(fail("fake-error-500")) is Category.UPSTREAM_UNAVAILABLE
-    assert len(gateway.requests_for("fake-error-503-model")) == 1
-    assert len(gateway.requests_for("fake-error-500")) == 2
-
-
-# -- the policy as a function ------------------------------------------------------------
+# -- the policy as functions -------------------------------------------------------------------
 
 
 def _response(status: int, body: Any = None, **headers: str) -> httpx2.Response:
@@ -263,76 +228,120 @@ def _response(status: int, body: Any = None, **headers: str) -> httpx2.Response:
         pytest.param(_response(409, {"error": {"message": "conflict"}}), False, id="409"),
     ],
 )
-def test_should_retry(response: httpx2.Response, retried: bool) -> None:
-    assert should_retry(response, retry_after_cap_s=2.0) is retried
-
-
-def test_retry_after_parsing() -> None:
-    assert retry_after_s(httpx2.Headers({"retry-after": "7"})) == 7.0
-    assert retry_after_s(httpx2.Headers({"retry-after-ms": "250", "retry-after": "9"})) == 0.25
-    in_a_minute = formatdate(time.time() + 60, usegmt=True)
-    assert 55 < (retry_after_s(httpx2.Headers({"retry-after": in_a_minute})) or 0) <= 60
-    assert retry_after_s(httpx2.Headers({"retry-after": "soon"})) is None
-    assert retry_after_s(httpx2.Headers()) is None
-
-
-# -- the gateway's request id and words ----------------------------------------------------
-
-
-def _status_error(message: str, **headers: str) -> openai.APIStatusError:
-    body = {"message": message, "type": "new_api_error", "code": "server_error"}
-    response = _response(500, {"error": body}, **headers)
-    return openai.APIStatusError(message, response=response, body=body)
+def test_the_client_hook_vetoes_what_the_policy_does_not_retry(
+    response: httpx2.Response, retried: bool
+) -> None:
+    assert retry.sdk_would_retry(response.status_code)
+    retry.veto(response, 2.0)
+    assert (response.headers.get("x-should-retry") != "false") is retried
 
 
 @pytest.mark.parametrize(
-    ("exc", "expected"),
+    ("headers", "seconds"),
     [
-        pytest.param(
-            _status_error("boom", **{"x-request-id": "abc-1"}), "abc-1", id="x-request-id"
-        ),
-        pytest.param(
-            _status_error("boom", **{"X-Oneapi-Request-Id": "2026112811"}),
-            "2026112811",
-            id="x-oneapi-request-id",
-        ),
-        pytest.param(
-            _status_error("上游服务出错 (request id: 20261128abcXYZ)"),
-            "20261128abcXYZ",
-            id="message-suffix",
-        ),
-        pytest.param(
-            openai.APIError(
-                "流中断 (request id: in-stream-7)",
-                httpx2.Request("POST", "http://gateway.test/api/v1/chat/completions"),
-                body={"message": "流中断 (request id: in-stream-7)"},
-            ),
-            "in-stream-7",
-            id="in-stream-error-suffix",
-        ),
-        pytest.param(_status_error("boom"), None, id="none"),
+        pytest.param({"retry-after": "7"}, 7.0, id="seconds"),
+        pytest.param({"retry-after": "0.5"}, 0.5, id="fraction"),
+        pytest.param({"retry-after-ms": "250", "retry-after": "9"}, 0.25, id="ms-first"),
+        pytest.param({"retry-after": "soon"}, None, id="garbage"),
+        pytest.param({"retry-after": "nan"}, None, id="nan"),
+        pytest.param({}, None, id="absent"),
     ],
 )
-def test_the_upstream_request_id_is_found_in_each_place(
-    exc: openai.APIError, expected: str | None
-) -> None:
-    assert classify(exc).upstream_request_id == expected
+def test_retry_after_s(headers: dict[str, str], seconds: float | None) -> None:
+    assert retry_after_s(headers) == seconds
 
 
-def test_the_fake_gateways_request_id_header_and_suffix_agree(gateway: FakeGateway) -> None:
-    error = _attempt(_service(), "fake-error-quota", stream=False)
-    assert error is not None
-    assert error.upstream_request_id
-    assert f"(request id: {error.upstream_request_id})" in error.upstream_message
+def test_retry_after_s_reads_an_http_date() -> None:
+    in_a_minute = formatdate(time.time() + 60, usegmt=True)
+    assert 55 < (retry_after_s({"retry-after": in_a_minute}) or 0) <= 60
+    assert retry_after_s(httpx2.Headers({"Retry-After": in_a_minute})) is not None
 
 
-def test_chinese_gateway_text_stays_in_logs_while_clients_get_the_category(
-    gateway: FakeGateway,
-) -> None:
-    error = _attempt(_service(), "fake-error-503-model", stream=False)
+def test_may_retry() -> None:
+    assert may_retry(Category.RATE_LIMITED, 5.0, 5.0)
+    assert not may_retry(Category.RATE_LIMITED, 5.1, 5.0)
+    assert may_retry(Category.UPSTREAM_UNAVAILABLE, None, 0.0)
+    assert not may_retry(Category.MODEL_NOT_FOUND, None, 5.0)
+    assert not may_retry(Category.STREAM_INTERRUPTED, None, 5.0)
 
-    assert error is not None
-    assert "无可用渠道" in error.upstream_message
-    assert str(error) == error.message == "The requested model is not available on the gateway."
-    assert "ALLTKN_MODEL" in error.hint
-    assert "无可用渠道" not in error.message + error.hint
+
+def test_backoff_doubles_with_jitter_up_to_8_s() -> None:
+    for attempt, full in [(1, 0.5), (2, 1.0), (3, 2.0), (5, 8.0), (9, 8.0)]:
+        assert all(0.75 * full <= backoff_s(attempt) <= full for _ in range(20))
+
+
+def _error(category: Category, retry_after: str | None = None) -> GatewayError:
+    return GatewayError(category, retry_after=retry_after)
+
+
+# Each step: the failure of the current attempt -> the model of the next one ("" for none),
+# "retry" / "fallback" / "final".
+UNAVAILABLE, NOT_FOUND = Category.UPSTREAM_UNAVAILABLE, Category.MODEL_NOT_FOUND
+
+
+@pytest.mark.parametrize(
+    ("max_retries", "steps"),
+    [
+        pytest.param(
+            1,
+            [
+                (UNAVAILABLE, "a", "retry"),
+                (UNAVAILABLE, "b", "fallback"),
+                (UNAVAILABLE, "b", "retry"),
+                (UNAVAILABLE, "c", "fallback"),
+                (UNAVAILABLE, "c", "retry"),
+                (UNAVAILABLE, "", "final"),
+            ],
+            id="retried-then-each-fallback",
+        ),
+        pytest.param(
+            2,
+            [(NOT_FOUND, "b", "fallback"), (NOT_FOUND, "c", "fallback"), (NOT_FOUND, "", "final")],
+            id="model-not-found-falls-back-without-retry",
+        ),
+        pytest.param(2, [(Category.AUTH, "", "final")], id="auth-is-final"),
+        pytest.param(2, [(Category.QUOTA, "", "final")], id="quota-is-final"),
+        pytest.param(
+            1,
+            [(Category.CONNECTION, "a", "retry"), (Category.CONNECTION, "", "final")],
+            id="connection-retried-never-falls-back",
+        ),
+        pytest.param(
+            0,
+            [(Category.TIMEOUT, "b", "fallback"), (Category.RATE_LIMITED, "", "final")],
+            id="no-retries-timeout-falls-back",
+        ),
+        pytest.param(
+            1, [(Category.STREAM_INTERRUPTED, "", "final")], id="interrupted-stream-is-final"
+        ),
+    ],
+)
+def test_attempts_order(max_retries: int, steps: list[tuple[Category, str, str]]) -> None:
+    attempts = Attempts(["a", "b", "c"], max_retries, retry_after_cap_s=5.0)
+    for category, model, move in steps:
+        before = attempts.model
+        delay = attempts.after(_error(category))
+        if move == "final":
+            assert delay is None
+            continue
+        assert delay is not None
+        assert attempts.model == model
+        if move == "retry":
+            assert model == before
+            assert delay > 0
+        else:
+            assert delay == 0.0
+            assert attempts.fallback_from == "a"
+
+
+def test_attempts_wait_out_retry_after_within_the_cap_only() -> None:
+    attempts = Attempts(["a"], max_retries=3, retry_after_cap_s=5.0)
+    assert attempts.after(_error(Category.RATE_LIMITED, retry_after="2")) == 2.0
+    assert attempts.after(_error(Category.RATE_LIMITED, retry_after="7")) is None
+
+
+def test_attempts_after_an_sdk_retry_only_fall_back() -> None:
+    attempts = Attempts(["a", "b"], max_retries=3, retry_after_cap_s=5.0)
+    assert attempts.after(_error(UNAVAILABLE), retry=False) == 0.0
+    assert (attempts.model, attempts.fallback_from) == ("b", "a")
+    assert attempts.after(_error(UNAVAILABLE), retry=False) is None

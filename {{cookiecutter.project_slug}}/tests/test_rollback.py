@@ -1,77 +1,58 @@
-"""The rollback switches (docs/RUNBOOK.md), each set through the environment as operators do."""
+"""The rollback switches (docs/RUNBOOK.md) and the server's limits, each set through the
+environment as operators do, on every chat service the bake ships."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import subprocess
-import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from {{ cookiecutter.package_name }}.chat import (
-    AsyncChatService,
-    ChatService,
-    Rollback,
-    input_chars,
-)
-from {{ cookiecutter.package_name }}.client import create_async_client, create_client
 from {{ cookiecutter.package_name }}.errors import Category, GatewayError
-from {{ cookiecutter.package_name }}.settings import ConfigError, load_settings
+from {{ cookiecutter.package_name }}.request import ChatRequest, Message
+from {{ cookiecutter.package_name }}.settings import load_settings
 
+from .conftest import ANSWER, HELLO, Chat, Driver, ask, failure
 from .fake_gateway import FakeGateway
 
-HELLO = [{"role": "user", "content": "say hello please"}]
-ANSWER = "Hello from the fake gateway."
-
-pytestmark = pytest.mark.usefixtures("gateway_env")
+Calls = Callable[[], list[dict[str, Any]]]
+STREAM = [pytest.param(False, id="complete"), pytest.param(True, id="stream")]
 
 
-def _service() -> ChatService:
-    settings = load_settings()
-    return ChatService(create_client(settings), settings.model, Rollback.from_settings(settings))
-
-
-@contextlib.asynccontextmanager
-async def _async_service() -> AsyncIterator[AsyncChatService]:
-    settings = load_settings()
-    async with create_async_client(settings) as client:  # closes its connections
-        yield AsyncChatService(client, settings.model, Rollback.from_settings(settings))
-
-
-def _ask(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "{{ cookiecutter.package_name }}", "ask", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+def call(chat: Chat, request: ChatRequest, *, stream: bool) -> Any:
+    return chat.stream(request) if stream else chat.complete(request)
 
 
 # -- ALLTKN_FALLBACK_MODELS ----------------------------------------------------------------
 
 
-def test_fallbacks_are_tried_in_order_and_the_model_used_is_returned_and_logged(
+@pytest.mark.parametrize("stream", STREAM)
+def test_fallbacks_are_tried_in_order_with_the_same_request_and_the_model_used_is_logged(
     gateway: FakeGateway,
     monkeypatch: pytest.MonkeyPatch,
-    upstream_calls: Callable[[], list[dict[str, Any]]],
+    driver: Driver,
+    upstream_calls: Calls,
+    stream: bool,
 ) -> None:
     monkeypatch.setenv("ALLTKN_FALLBACK_MODELS", "fake-error-500, gpt-4o, gpt-4o-mini")
-    result = _service().complete(HELLO, model="fake-error-503-model")
+    request = ask(model="fake-error-503-model", max_tokens=50, temperature=0.5)
+    result = call(driver.chat(), request, stream=stream)
 
     assert (result.content, result.model) == (ANSWER, "gpt-4o")
-    tried = [entry["model"] for entry in upstream_calls()]
-    assert tried == ["fake-error-503-model", "fake-error-500", "gpt-4o"]
-    assert [entry["fallback_from"] for entry in upstream_calls()] == [
-        None,
-        "fake-error-503-model",
-        "fake-error-503-model",
+    assert [(e["model"], e["status"], e["fallback_from"]) for e in upstream_calls()] == [
+        ("fake-error-503-model", "error", None),
+        ("fake-error-500", "error", "fake-error-503-model"),
+        ("gpt-4o", "ok", "fake-error-503-model"),
     ]
-    assert [entry["status"] for entry in upstream_calls()] == ["error", "error", "ok"]
-    assert gateway.requests_for("gpt-4o-mini") == []
+    assert [r.body["model"] for r in gateway.requests] == [
+        "fake-error-503-model",
+        "fake-error-500",
+        "gpt-4o",
+    ]
+    for sent in gateway.requests:
+        assert sent.body["messages"] == [{"role": "user", "content": HELLO}]
+        assert (sent.body["max_tokens"], sent.body["temperature"]) == (50, 0.5)
+        assert sent.headers["x-request-id"] == result.request_id  # one call, one id
 
 
 @pytest.mark.parametrize(
@@ -90,78 +71,58 @@ def test_fallbacks_are_tried_in_order_and_the_model_used_is_returned_and_logged(
         pytest.param("fake-drop", False, id="never-on-connection"),
     ],
 )
-@pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
+@pytest.mark.parametrize("stream", STREAM)
 def test_which_failures_fall_back(
     gateway: FakeGateway,
     monkeypatch: pytest.MonkeyPatch,
+    driver: Driver,
     primary: str,
     falls_back: bool,
     stream: bool,
 ) -> None:
     monkeypatch.setenv("ALLTKN_FALLBACK_MODELS", "gpt-4o")
-    monkeypatch.setenv("ALLTKN_TIMEOUT_S", "0.3")
-    service = _service()
-    try:
-        if stream:
-            with service.open_stream(HELLO, model=primary) as chat_stream:
-                content = "".join(chat_stream)
-                model = chat_stream.result().model
-        else:
-            result = service.complete(HELLO, model=primary)
-            content, model = result.content, result.model
-    except GatewayError:
-        assert not falls_back
+    monkeypatch.setenv("ALLTKN_TIMEOUT_S", "0.2")
+    monkeypatch.setattr(gateway, "hang_seconds", 0.4)
+    chat = driver.chat()
+    if falls_back:
+        result = call(chat, ask(model=primary), stream=stream)
+        assert (result.content, result.model) == (ANSWER, "gpt-4o")
     else:
-        assert falls_back
-        assert (content, model) == (ANSWER, "gpt-4o")
+        failure(chat, primary, stream=stream)
     assert len(gateway.requests_for("gpt-4o")) == (1 if falls_back else 0)
     assert len(gateway.requests_for(primary)) == 1
 
 
 def test_when_every_model_fails_the_last_failure_is_raised(
-    gateway: FakeGateway, monkeypatch: pytest.MonkeyPatch
+    gateway: FakeGateway, monkeypatch: pytest.MonkeyPatch, driver: Driver
 ) -> None:
     monkeypatch.setenv("ALLTKN_FALLBACK_MODELS", "fake-error-500,fake-error-404-model")
-    with pytest.raises(GatewayError) as caught:
-        _service().complete(HELLO, model="fake-error-503-model")
+    error = failure(driver.chat(), "fake-error-503-model", stream=False)
 
-    assert caught.value.category is Category.MODEL_NOT_FOUND
-    assert "fake-error-404-model" in caught.value.upstream_message
-    for model in ("fake-error-503-model", "fake-error-500", "fake-error-404-model"):
-        assert len(gateway.requests_for(model)) == 1
+    assert error.category is Category.MODEL_NOT_FOUND
+    assert "fake-error-404-model" in error.upstream_message
+    assert len(gateway.requests) == 3
+
+
+def test_the_requested_model_is_not_tried_again_as_a_fallback(
+    gateway: FakeGateway, monkeypatch: pytest.MonkeyPatch, driver: Driver
+) -> None:
+    monkeypatch.setenv("ALLTKN_FALLBACK_MODELS", "fake-error-500,gpt-4o")
+    assert driver.chat().complete(ask(model="fake-error-500")).model == "gpt-4o"
+    assert len(gateway.requests_for("fake-error-500")) == 1
 
 
 def test_a_stream_that_started_does_not_fall_back(
-    gateway: FakeGateway, monkeypatch: pytest.MonkeyPatch
+    gateway: FakeGateway, monkeypatch: pytest.MonkeyPatch, driver: Driver, upstream_calls: Calls
 ) -> None:
     monkeypatch.setenv("ALLTKN_FALLBACK_MODELS", "gpt-4o")
     received: list[str] = []
-    with (
-        pytest.raises(GatewayError) as caught,
-        _service().open_stream(HELLO, model="fake-stream-cut") as stream,
-    ):
-        received.extend(stream)
+    error = failure(driver.chat(), "fake-stream-cut", stream=True, received=received)
 
-    assert caught.value.category is Category.STREAM_INTERRUPTED
+    assert error.category is Category.STREAM_INTERRUPTED
     assert received
     assert gateway.requests_for("gpt-4o") == []
-
-
-def test_the_async_service_falls_back_too(
-    gateway: FakeGateway, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("ALLTKN_FALLBACK_MODELS", "gpt-4o")
-
-    async def run() -> tuple[str, str]:
-        async with _async_service() as service:
-            answer = await service.complete(HELLO, model="fake-error-503-model")
-            async with await service.open_stream(HELLO, model="fake-error-404-model") as stream:
-                streamed = "".join([delta async for delta in stream])
-        assert streamed == ANSWER
-        return answer.model, stream.result().model
-
-    assert asyncio.run(run()) == ("gpt-4o", "gpt-4o")
-    assert len(gateway.requests_for("gpt-4o")) == 2
+    assert [e["category"] for e in upstream_calls()] == ["stream_interrupted"]
 
 
 @pytest.mark.parametrize(
@@ -174,234 +135,144 @@ def test_the_async_service_falls_back_too(
 def test_a_stream_failing_before_its_first_delta_falls_back(
     gateway: FakeGateway,
     monkeypatch: pytest.MonkeyPatch,
-    upstream_calls: Callable[[], list[dict[str, Any]]],
+    driver: Driver,
+    upstream_calls: Calls,
     primary: str,
 ) -> None:
     monkeypatch.setenv("ALLTKN_FALLBACK_MODELS", "gpt-4o")
-    monkeypatch.setenv("ALLTKN_TIMEOUT_S", "0.3")
-    monkeypatch.setattr(gateway, "hang_seconds", 0.6)
-    with _service().open_stream(HELLO, model=primary) as stream:
-        received = list(stream)
+    monkeypatch.setenv("ALLTKN_TIMEOUT_S", "0.2")
+    monkeypatch.setattr(gateway, "hang_seconds", 0.4)
+    received: list[str] = []
+    result = driver.chat().stream(ask(model=primary), received=received)
 
     assert "".join(received) == ANSWER
-    assert stream.result().model == "gpt-4o"
+    assert result.model == "gpt-4o"
     assert len(gateway.requests_for(primary)) == 1
     failed, used = upstream_calls()
     assert (failed["model"], failed["status"]) == (primary, "error")
     assert failed["category"] in ("timeout", "upstream_unavailable")
     assert (used["model"], used["status"], used["fallback_from"]) == ("gpt-4o", "ok", primary)
     assert used["ttft_ms"] is not None
-
-
-def test_the_async_service_falls_back_before_the_first_delta(
-    gateway: FakeGateway, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("ALLTKN_FALLBACK_MODELS", "gpt-4o")
-    monkeypatch.setenv("ALLTKN_TIMEOUT_S", "0.3")
-    monkeypatch.setattr(gateway, "hang_seconds", 0.6)
-
-    async def run() -> tuple[str, str]:
-        async with (
-            _async_service() as service,
-            await service.open_stream(HELLO, model="fake-stream-slow-start") as stream,
-        ):
-            streamed = "".join([delta async for delta in stream])
-        return streamed, stream.result().model
-
-    assert asyncio.run(run()) == (ANSWER, "gpt-4o")
-    assert len(gateway.requests_for("fake-stream-slow-start")) == 1
-
-
-def test_the_cli_retries_then_falls_back_before_the_first_delta(
-    gateway: FakeGateway, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("ALLTKN_TIMEOUT_S", "0.3")
-    monkeypatch.setenv("ALLTKN_MAX_RETRIES", "1")
-    monkeypatch.setattr(gateway, "hang_seconds", 0.6)
-    alone = _ask("--model", "fake-stream-slow-start", "hi")
-    assert alone.returncode == 1
-    assert "error[timeout]: " in alone.stderr
-    assert len(gateway.requests_for("fake-stream-slow-start")) == 2
-
-    monkeypatch.setenv("ALLTKN_FALLBACK_MODELS", "gpt-4o")
-    rescued = _ask("--model", "fake-stream-slow-start", "hi")
-    assert rescued.returncode == 0, rescued.stderr
-    assert rescued.stdout == ANSWER + "\n"
-    assert len(gateway.requests_for("fake-stream-slow-start")) == 4  # tried and retried again
-    assert len(gateway.requests_for("gpt-4o")) == 1
-
-
-def test_the_primary_is_not_tried_twice(
-    gateway: FakeGateway, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("ALLTKN_FALLBACK_MODELS", "fake-error-500,gpt-4o")
-    _service().complete(HELLO, model="fake-error-500")
-    assert len(gateway.requests_for("fake-error-500")) == 1
+    if primary == "fake-stream-slow-start":  # the attempt that timed out was closed upstream
+        assert gateway.wait_for(lambda: gateway.aborted_streams == 1, timeout=2)
 
 
 # -- ALLTKN_STREAMING=off ------------------------------------------------------------------
 
 
 def test_streaming_off_answers_a_stream_with_one_delta_from_one_plain_call(
-    gateway: FakeGateway,
-    monkeypatch: pytest.MonkeyPatch,
-    upstream_calls: Callable[[], list[dict[str, Any]]],
+    gateway: FakeGateway, monkeypatch: pytest.MonkeyPatch, driver: Driver, upstream_calls: Calls
 ) -> None:
     monkeypatch.setenv("ALLTKN_STREAMING", "off")
-    with _service().open_stream(HELLO) as stream:
-        deltas = list(stream)
-        result = stream.result()
+    received: list[str] = []
+    result = driver.chat().stream(ask(), received=received)
 
-    assert deltas == [ANSWER]
+    assert received == [ANSWER]
     assert (result.model, result.usage is not None) == ("gpt-4o-mini", True)
-    (sent,) = gateway.requests_for("gpt-4o-mini")
+    (sent,) = gateway.requests
     assert "stream" not in sent.body
     (entry,) = upstream_calls()
     assert (entry["stream"], entry["status"]) == (False, "ok")
 
 
-def test_streaming_off_in_the_async_service(
-    gateway: FakeGateway, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("ALLTKN_STREAMING", "OFF")
-
-    async def run() -> list[str]:
-        async with _async_service() as service, await service.open_stream(HELLO) as stream:
-            return [delta async for delta in stream]
-
-    assert asyncio.run(run()) == [ANSWER]
-    assert "stream" not in gateway.requests_for("gpt-4o-mini")[0].body
-
-
-def test_streaming_off_keeps_failures_before_the_answer_as_errors(
-    gateway: FakeGateway, monkeypatch: pytest.MonkeyPatch
+def test_streaming_off_keeps_a_failure_an_error(
+    monkeypatch: pytest.MonkeyPatch, driver: Driver
 ) -> None:
     monkeypatch.setenv("ALLTKN_STREAMING", "off")
-    with pytest.raises(GatewayError) as caught:
-        _service().open_stream(HELLO, model="fake-error-quota")
-    assert caught.value.category is Category.QUOTA
+    assert failure(driver.chat(), "fake-error-quota", stream=True).category is Category.QUOTA
 
 
-def test_streaming_off_through_the_cli(
-    gateway: FakeGateway, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("ALLTKN_STREAMING", "off")
-    done = _ask("say hello")
-
-    assert done.returncode == 0, done.stderr
-    assert done.stdout == ANSWER + "\n"
-    assert "stream" not in gateway.requests_for("gpt-4o-mini")[0].body
+# -- ALLTKN_MAX_INPUT_CHARS and ALLTKN_MAX_OUTPUT_TOKENS ---------------------------------------
 
 
-# -- ALLTKN_MAX_INPUT_CHARS ----------------------------------------------------------------
-
-
-@pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
+@pytest.mark.parametrize("stream", STREAM)
 def test_over_long_input_is_refused_before_any_upstream_call(
     gateway: FakeGateway,
     monkeypatch: pytest.MonkeyPatch,
-    upstream_calls: Callable[[], list[dict[str, Any]]],
+    driver: Driver,
+    upstream_calls: Calls,
     stream: bool,
 ) -> None:
     monkeypatch.setenv("ALLTKN_MAX_INPUT_CHARS", "20")
-    messages = [
-        {"role": "system", "content": "be brief"},  # 8
-        {"role": "user", "content": [{"type": "text", "text": "thirteen char"}]},  # 13
-    ]
-    service = _service()
-    call: Callable[[Any], object] = service.open_stream if stream else service.complete
+    request = ChatRequest(
+        messages=[
+            Message(role="system", content="be brief"),  # 8
+            Message(role="user", content="thirteen char"),  # 13
+        ]
+    )
     with pytest.raises(GatewayError) as caught:
-        call(messages)
+        call(driver.chat(), request, stream=stream)
 
     assert caught.value.category is Category.INVALID_REQUEST
     assert "21 characters" in caught.value.message
     assert "limit is 20" in caught.value.message
+    assert caught.value.status is None  # the category's 400
     assert gateway.requests == []
     assert upstream_calls() == []
 
 
-def test_input_at_the_limit_is_sent(gateway: FakeGateway, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ALLTKN_MAX_INPUT_CHARS", str(len("say hello please")))
-    assert _service().complete(HELLO).content == ANSWER
+def test_input_at_the_limit_is_sent(monkeypatch: pytest.MonkeyPatch, driver: Driver) -> None:
+    monkeypatch.setenv("ALLTKN_MAX_INPUT_CHARS", str(len(HELLO)))
+    assert driver.chat().complete(ask()).content == ANSWER
 
 
-def test_input_chars_counts_text_of_every_message() -> None:
-    messages: Any = [
-        {"role": "system", "content": "abc"},
-        {"role": "user", "content": [{"type": "text", "text": "de"}, {"type": "image_url"}]},
-        {"role": "assistant", "content": None},
-    ]
-    assert input_chars(messages) == 5
-
-
-def test_over_long_input_through_the_cli(
-    gateway: FakeGateway, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("stream", STREAM)
+def test_max_tokens_above_the_cap_is_refused_with_422_before_any_upstream_call(
+    gateway: FakeGateway,
+    monkeypatch: pytest.MonkeyPatch,
+    driver: Driver,
+    upstream_calls: Calls,
+    stream: bool,
 ) -> None:
-    monkeypatch.setenv("ALLTKN_MAX_INPUT_CHARS", "5")
-    done = _ask("far more than five characters")
+    monkeypatch.setenv("ALLTKN_MAX_OUTPUT_TOKENS", "100")
+    with pytest.raises(GatewayError) as caught:
+        call(driver.chat(), ask(max_tokens=101), stream=stream)
 
-    assert done.returncode == 1
-    assert done.stdout == ""
-    (line,) = done.stderr.strip().splitlines()
-    assert line.startswith("error[invalid_request]: ")
-    assert "the limit is 5 characters" in line
+    assert (caught.value.category, caught.value.status) == (Category.INVALID_REQUEST, 422)
+    assert "max_tokens" in caught.value.message
+    assert "ALLTKN_MAX_OUTPUT_TOKENS" in caught.value.message
     assert gateway.requests == []
+    assert upstream_calls() == []
 
 
-# -- invalid values --------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("name", "value", "problem"),
-    [
-        pytest.param("ALLTKN_STREAMING", "maybe", "must be on or off", id="streaming-maybe"),
-        pytest.param("ALLTKN_MAX_INPUT_CHARS", "-5", "greater than 0", id="max-chars-negative"),
-        pytest.param("ALLTKN_MAX_INPUT_CHARS", "0", "greater than 0", id="max-chars-zero"),
-        pytest.param("ALLTKN_MAX_INPUT_CHARS", "lots", "integer", id="max-chars-not-a-number"),
-        pytest.param("ALLTKN_FALLBACK_MODELS", "gpt-4o,,gpt-4o-mini", "empty entry", id="fb-gap"),
-        pytest.param("ALLTKN_FALLBACK_MODELS", "gpt-4o,", "empty entry", id="fallback-trailing"),
-        pytest.param("ALLTKN_FALLBACK_MODELS", "gpt-4o,gpt-4o", "twice", id="fallback-twice"),
-        pytest.param(
-            "ALLTKN_FALLBACK_MODELS",
-            "gpt-4o gpt-4o-mini",
-            "has a space inside 'gpt-4o gpt-4o-mini'; separate model names with commas",
-            id="fallback-space-separated",
-        ),
-        pytest.param("ALLTKN_RETRY_AFTER_CAP_S", "-1", "greater than or equal", id="cap-negative"),
-        pytest.param("ALLTKN_RETRY_AFTER_CAP_S", "600", "less than or equal", id="cap-too-long"),
-    ],
-)
-def test_invalid_switch_values_fail_in_one_line_naming_the_variable(
-    monkeypatch: pytest.MonkeyPatch, name: str, value: str, problem: str
+@pytest.mark.parametrize("stream", STREAM)
+def test_the_output_cap_is_sent_when_the_request_names_none(
+    gateway: FakeGateway, monkeypatch: pytest.MonkeyPatch, driver: Driver, stream: bool
 ) -> None:
-    monkeypatch.setenv(name, value)
-    with pytest.raises(ConfigError) as caught:
-        load_settings()
+    monkeypatch.setenv("ALLTKN_MAX_OUTPUT_TOKENS", "100")
+    chat = driver.chat()
+    call(chat, ask(), stream=stream)
+    call(chat, ask(max_tokens=100), stream=stream)
 
-    message = str(caught.value)
-    assert "\n" not in message
-    assert message.startswith(name + " ")
-    assert problem in message
+    assert [sent.body["max_tokens"] for sent in gateway.requests] == [100, 100]
 
 
-def test_an_invalid_switch_stops_the_cli_with_exit_2(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ALLTKN_STREAMING", "maybe")
-    done = _ask("hello")
-
-    assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == [
-        "config error: ALLTKN_STREAMING must be on or off. "
-        "Set it in the environment or in .env (see .env.example)."
-    ]
-
-
-def test_switch_defaults_and_accepted_forms(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert Rollback.from_settings(load_settings()) == Rollback()
-    monkeypatch.setenv("ALLTKN_FALLBACK_MODELS", " gpt-4o , gpt-4o-mini ")
-    monkeypatch.setenv("ALLTKN_STREAMING", "Off")
-    monkeypatch.setenv("ALLTKN_MAX_INPUT_CHARS", "12000")
-    assert Rollback.from_settings(load_settings()) == Rollback(
-        fallback_models=("gpt-4o", "gpt-4o-mini"), streaming=False, max_input_chars=12000
+def test_input_chars_counts_the_text_of_every_message() -> None:
+    assert ask("twelve chars").input_chars() == 12
+    request = ChatRequest(
+        messages=[Message(role="system", content="abc"), Message(role="user", content="de")]
     )
+    assert request.input_chars() == 5
+
+
+# -- accepted forms ----------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("gateway_env")
+def test_switch_defaults_and_accepted_forms(monkeypatch: pytest.MonkeyPatch) -> None:
+    defaults = load_settings()
+    assert defaults.fallback_model_list == ()
+    assert (defaults.streaming, defaults.max_input_chars) == ("on", None)
+    assert defaults.max_output_tokens == 4096
+
+    monkeypatch.setenv("ALLTKN_FALLBACK_MODELS", " gpt-4o , gpt-4o-mini ")
+    monkeypatch.setenv("ALLTKN_STREAMING", " Off ")
+    monkeypatch.setenv("ALLTKN_MAX_INPUT_CHARS", "12000")
+    monkeypatch.setenv("ALLTKN_MAX_OUTPUT_TOKENS", "512")
+    switched = load_settings()
+    assert switched.fallback_model_list == ("gpt-4o", "gpt-4o-mini")
+    assert (switched.streaming, switched.max_input_chars) == ("off", 12000)
+    assert switched.max_output_tokens == 512
+
     monkeypatch.setenv("ALLTKN_MAX_INPUT_CHARS", "")
     assert load_settings().max_input_chars is None

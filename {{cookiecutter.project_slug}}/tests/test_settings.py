@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from {{ cookiecutter.package_name }}.settings import API_KEY_ENV, ConfigError, load_settings
+from {{ cookiecutter.package_name }}.settings import (
+    API_KEY_ENV,
+    ConfigError,
+    load_settings,
+    load_settings_or_exit,
+)
 
 from .conftest import SENTINEL_KEY
 
@@ -24,9 +26,9 @@ def test_defaults_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = load_settings()
 
     assert settings.api_key.get_secret_value() == SENTINEL_KEY
-    assert settings.timeout_s == 60
-    assert settings.max_retries == 1
+    assert (settings.timeout_s, settings.max_retries, settings.retry_after_cap_s) == (60, 1, 5)
     assert settings.log_level == "DEBUG"
+    assert settings.max_output_tokens == 4096
 
 
 def test_the_key_never_shows_in_repr_str_or_dumps() -> None:
@@ -40,12 +42,10 @@ def test_the_key_never_shows_in_repr_str_or_dumps() -> None:
         assert SENTINEL_KEY not in shown
 
 
-def test_a_local_env_file_is_read(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: pytest.TempPathFactory
-) -> None:
+def test_a_local_env_file_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("ALLTKN_MODEL")
-    (tmp_path / ".env").write_text("ALLTKN_MODEL=model-from-dotenv\n")  # type: ignore[operator]
-    monkeypatch.chdir(tmp_path)  # type: ignore[arg-type]
+    (tmp_path / ".env").write_text("ALLTKN_MODEL=model-from-dotenv\n")
+    monkeypatch.chdir(tmp_path)
     assert load_settings().model == "model-from-dotenv"
 
 
@@ -56,7 +56,10 @@ def test_a_local_env_file_is_read(
         pytest.param(API_KEY_ENV, "", f"{API_KEY_ENV} is empty or a placeholder", id="key-empty"),
         pytest.param(API_KEY_ENV, "<your-alltkn-api-key>", "placeholder", id="key-placeholder"),
         pytest.param(
-            "ALLTKN_BASE_URL", "ftp://gateway/api/v1", "ALLTKN_BASE_URL must start", id="url-scheme"
+            API_KEY_ENV, "Bearer sk-abcdefgh12345678", "without 'Bearer '", id="key-bearer"
+        ),
+        pytest.param(
+            "ALLTKN_BASE_URL", "ftp://gateway/api/v1", "must start with https://", id="url-scheme"
         ),
         pytest.param(
             "ALLTKN_BASE_URL",
@@ -64,14 +67,31 @@ def test_a_local_env_file_is_read(
             "without /chat/completions",
             id="url-endpoint",
         ),
-        pytest.param("ALLTKN_TIMEOUT_S", "soon", "ALLTKN_TIMEOUT_S", id="timeout-not-number"),
-        pytest.param("ALLTKN_TIMEOUT_S", "0", "ALLTKN_TIMEOUT_S", id="timeout-zero"),
-        pytest.param("ALLTKN_MAX_RETRIES", "-1", "ALLTKN_MAX_RETRIES", id="retries-negative"),
-        pytest.param("ALLTKN_MODEL", "  ", "ALLTKN_MODEL", id="model-blank"),
-        pytest.param("LOG_LEVEL", "LOUD", "LOG_LEVEL", id="log-level-unknown"),
+        pytest.param("ALLTKN_TIMEOUT_S", "soon", "number", id="timeout-not-a-number"),
+        pytest.param("ALLTKN_TIMEOUT_S", "0", "greater than 0", id="timeout-zero"),
+        pytest.param("ALLTKN_MAX_RETRIES", "-1", "greater than or equal", id="retries-negative"),
+        pytest.param("ALLTKN_MODEL", "  ", "without surrounding spaces", id="model-blank"),
+        pytest.param("LOG_LEVEL", "LOUD", "'DEBUG', 'INFO', 'WARNING' or 'ERROR'", id="log-level"),
+        pytest.param("ALLTKN_STREAMING", "maybe", "must be on or off", id="streaming-maybe"),
+        pytest.param("ALLTKN_MAX_INPUT_CHARS", "-5", "greater than 0", id="max-chars-negative"),
+        pytest.param("ALLTKN_MAX_INPUT_CHARS", "0", "greater than 0", id="max-chars-zero"),
+        pytest.param("ALLTKN_MAX_INPUT_CHARS", "lots", "integer", id="max-chars-not-a-number"),
+        pytest.param("ALLTKN_MAX_OUTPUT_TOKENS", "0", "greater than 0", id="max-tokens-zero"),
+        pytest.param("ALLTKN_MAX_OUTPUT_TOKENS", "4k", "integer", id="max-tokens-not-a-number"),
+        pytest.param("ALLTKN_FALLBACK_MODELS", "gpt-4o,,gpt-4o-mini", "empty entry", id="fb-gap"),
+        pytest.param("ALLTKN_FALLBACK_MODELS", "gpt-4o,", "empty entry", id="fallback-trailing"),
+        pytest.param("ALLTKN_FALLBACK_MODELS", "gpt-4o,gpt-4o", "twice", id="fallback-twice"),
+        pytest.param(
+            "ALLTKN_FALLBACK_MODELS",
+            "gpt-4o gpt-4o-mini",
+            "has a space inside 'gpt-4o gpt-4o-mini'; separate model names with commas",
+            id="fallback-space-separated",
+        ),
+        pytest.param("ALLTKN_RETRY_AFTER_CAP_S", "-1", "greater than or equal", id="cap-negative"),
+        pytest.param("ALLTKN_RETRY_AFTER_CAP_S", "600", "less than or equal", id="cap-too-long"),
     ],
 )
-def test_bad_settings_fail_in_one_line_naming_the_variable(
+def test_a_bad_setting_fails_in_one_line_naming_the_variable(
     monkeypatch: pytest.MonkeyPatch, name: str, value: str | None, expected: str
 ) -> None:
     if value is None:
@@ -83,24 +103,43 @@ def test_bad_settings_fail_in_one_line_naming_the_variable(
         load_settings()
 
     message = str(caught.value)
+    assert message.startswith(f"{name} ")
     assert expected in message
     assert "\n" not in message
-    assert ".env.example" in message
+    assert message.endswith("Set it in the environment or in .env (see .env.example).")
     assert SENTINEL_KEY not in message
 
 
-def test_the_suite_ignores_the_services_variables_set_in_its_shell() -> None:
-    # An operator's shell with rollback switches thrown must not change what the tests see.
-    switches = {"ALLTKN_MAX_INPUT_CHARS": "5", "ALLTKN_STREAMING": "off"}
-    root = Path(__file__).resolve().parents[1]
-    one_test = "tests/test_cli.py::test_ask_streams_the_answer"
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", one_test],
-        cwd=root,
-        env={**os.environ, **switches},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout[-2000:]
+def test_entry_points_exit_2_with_the_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("ALLTKN_STREAMING", "maybe")
+    with pytest.raises(SystemExit) as caught:
+        load_settings_or_exit()
+
+    assert caught.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "config error: ALLTKN_STREAMING must be on or off. "
+        "Set it in the environment or in .env (see .env.example)."
+    ]
+
+
+class TestTheSuiteIgnoresTheServicesVariablesSetInItsShell:
+    """An operator's shell with rollback switches thrown must not change what the tests see:
+    `gateway_env` clears them."""
+
+    @pytest.fixture(autouse=True)
+    def _switches_thrown_in_the_shell(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        # Autouse: set before the module's `gateway_env` runs, as a shell's would be.
+        for name, value in {
+            "ALLTKN_STREAMING": "off",
+            "ALLTKN_MAX_INPUT_CHARS": "5",
+            "ALLTKN_FALLBACK_MODELS": "gpt-4o",
+            "ALLTKN_MAX_OUTPUT_TOKENS": "7",
+        }.items():
+            monkeypatch.setenv(name, value)
+
+    def test_the_switches_are_cleared(self) -> None:
+        settings = load_settings()
+        assert (settings.streaming, settings.max_input_chars) == ("on", None)
+        assert (settings.fallback_model_list, settings.max_output_tokens) == ((), 4096)

@@ -6,6 +6,8 @@ from typing import Any
 
 from gunicorn.glogging import Logger
 
+from {{ cookiecutter.package_name }}.logs import logging_config
+
 # All interfaces: inside a container the port is only reachable as published.
 bind = os.environ.get("BIND", "0.0.0.0:8000")
 
@@ -31,7 +33,10 @@ keepalive = 5
 # Load the app in the master so a configuration error stops the server with one line
 # instead of workers failing to boot in a loop.
 preload_app = True
-accesslog = None
+# One log format: gunicorn's own lines and its access lines (on stderr) are the service's JSON
+# lines (see logs.py); the app applies LOG_LEVEL when it loads.
+accesslog = "-"
+logconfig_dict = logging_config()
 
 
 class StreamLogger(Logger):

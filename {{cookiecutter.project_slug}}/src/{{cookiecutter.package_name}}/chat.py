@@ -215,6 +215,7 @@ class CallRecord:
 
     def completed(self, completion: ChatCompletion, headers: httpx2.Headers) -> ChatResult:
         self.upstream_request_id = request_id_from_headers(headers)
+        completion = checked_completion(completion)  # raises ValueError for a portal's page
         self.model = completion.model or self.model
         if completion.usage is not None:
             u = completion.usage

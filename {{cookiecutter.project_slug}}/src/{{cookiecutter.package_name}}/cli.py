@@ -206,9 +206,11 @@ async def _ask_async(
 def _serve(args: argparse.Namespace) -> int:
     # Settings are checked here, in the process that starts the workers: uvicorn imports the
     # app only in the workers, and would respawn workers failing on a bad setting forever.
-    load_settings_or_exit()
+    settings = _setup()
     workers = _web_concurrency()
     import uvicorn  # only this command needs the server
+
+    from .logs import logging_config
 
     uvicorn.run(
         f"{__package__}.app:app",
@@ -218,6 +220,8 @@ def _serve(args: argparse.Namespace) -> int:
         # Not uvloop: a relay under it was measured missing client hang-ups (README).
         loop="asyncio",
         timeout_graceful_shutdown=30,
+        # uvicorn's own lines and its access lines in the service's JSON format (logs.py).
+        log_config=logging_config(settings.log_level),
     )
     return 0
 

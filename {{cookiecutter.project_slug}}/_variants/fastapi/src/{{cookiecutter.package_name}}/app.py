@@ -37,7 +37,7 @@ from .http_contract import (
     retry_headers,
     status_for,
 )
-from .logs import configure_logging
+from .logs import REQUEST_ID, configure_logging
 from .settings import Settings, load_settings_or_exit
 from .sse import KEEPALIVE, MEDIA_TYPE, STREAM_HEADERS, relay
 
@@ -58,6 +58,7 @@ class RequestIdMiddleware:
         inbound = dict(scope["headers"]).get(b"x-request-id")
         request_id = request_id_from(inbound.decode("latin-1") if inbound else None)
         scope.setdefault("state", {})["request_id"] = request_id
+        REQUEST_ID.set(request_id)  # for uvicorn's access line (logs.py)
         header = (b"x-request-id", request_id.encode())
 
         async def send_with_id(message: Message) -> None:

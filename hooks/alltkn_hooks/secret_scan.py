@@ -1,12 +1,7 @@
-"""Find secrets (API keys, tokens, passwords, private keys) in text, files and git repositories.
+"""The template's generation-time secret scanner: answers, generated files, replay files.
 
-This is the project's one secret scanner, standard-library-only Python. The template's hooks use
-it on the answers (before anything is rendered) and on the generated files; the project runs it
-as `python -m <package>.secret_scan` or, without installing anything (pre-commit, CI), as
-`python3 src/<package>/secret_scan.py`; the log redaction uses `redact`.
-
-Run with no arguments inside a git repository it scans the files git tracks (so an untracked,
-ignored `.env` is not reported, but a committed one is); outside one, every file below `.`.
+Standard-library-only; used by the hooks only (`answer_secrets`, `output_scan`), never copied
+into a generated project (projects use detect-secrets).
 
 A finding never carries the raw value into `str()` or `repr()`: output shows only the last
 four characters (`****abcd`). A line containing the pragma `secret-scan: allow` is skipped;
@@ -23,15 +18,10 @@ import bisect
 import math
 import os
 import re
-import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    import argparse
 
 ALLOW_PRAGMA = "secret-scan: allow"
 MIN_LITERAL_LEN = 8
@@ -60,9 +50,6 @@ SECRET_ENV_NAME_RE = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL", 
 
 # Each pattern starts with its literal prefix (the regex engine then skips ahead quickly) and
 # checks the character before that prefix with a lookbehind.
-# Any `sk-` token, as broad as possible: what the log redaction masks.
-GATEWAY_KEY_RE = re.compile(r"sk-(?<![A-Za-z0-9_-]sk-)[A-Za-z0-9_-]{20,}")
-
 # Gateway keys: `sk-` + 32 to 64 letters and digits, optionally `-<digits>`.
 _GATEWAY_RE = re.compile(r"sk-(?<![A-Za-z0-9_-]sk-)[A-Za-z0-9]{32,64}(?:-[0-9]+)?(?![A-Za-z0-9_-])")
 # OpenAI project, service-account and admin keys, and any key with the `T3BlbkFJ` marker.
@@ -127,7 +114,6 @@ _NAME_PART_RE = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
 _ENV_NAME_RE = re.compile(r"^[A-Z][A-Z0-9_]*$")
 _DOTTED_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+$")
 _PATH_RE = re.compile(r"^(?:~|\.{1,2})?/[\w.-]+(?:/[\w.-]+)+/?$")
-# Written without two braces in a row so that the file reads the same through Jinja.
 _PLACEHOLDER_RE = re.compile(
     r"<[^>]*>|\$\{|\$\(|^\$[A-Za-z_]|\{\{|x{4,}|\*{4}|\.\.\.|"
     r"change[_-]?me|your|example|placeholder|replace[_-]?me|redacted|dummy|fake|sample",
@@ -283,8 +269,6 @@ RULES: tuple[Rule, ...] = (
 )
 # A template answer is one short value: a lone random-looking run is a pasted secret there.
 ANSWER_RULES: tuple[Rule, ...] = (*RULES, Rule("opaque_token", _OPAQUE_RE, accept=_accept_opaque))
-# Log redaction masks everything the scanner finds, and any `sk-` token besides.
-REDACTION_RULES: tuple[Rule, ...] = (*RULES, Rule("sk_token", GATEWAY_KEY_RE))
 
 
 def usable_literals(literals: Iterable[str]) -> list[str]:
@@ -355,17 +339,6 @@ def scan_text(
     return findings
 
 
-def redact(text: str, literals: Iterable[str] = ()) -> str:
-    """`text` with every secret the scanner (or any `sk-` token, or a literal) finds masked.
-
-    The allow pragma does not apply: redaction is for output, not for source files.
-    """
-    chosen = _select(_hits(text, rules_with(literals, REDACTION_RULES)))
-    for hit in sorted(chosen, key=lambda h: h.start, reverse=True):
-        text = text[: hit.start] + mask(hit.value) + text[hit.end :]
-    return text
-
-
 def is_skipped_dir(name: str) -> bool:
     """Tool, cache and VCS directories that are never scanned."""
     return name in SKIP_DIRS or name.endswith(SKIP_DIR_SUFFIXES)
@@ -384,29 +357,6 @@ def iter_files(root: Path) -> list[Path]:
             if not candidate.is_symlink() and candidate.is_file():
                 found.append(candidate)
     return sorted(found, key=lambda path: path.relative_to(root).as_posix())
-
-
-def tracked_files(root: Path) -> list[Path] | None:
-    """The files git tracks below `root` (sorted), or None if `root` is not in a git work tree
-    or git is not available."""
-    import subprocess  # here, not at the top: the hooks and the log redaction never need it
-
-    try:
-        done = subprocess.run(
-            ["git", "ls-files", "-z", "--", "."],  # noqa: S607 - git from PATH, like a user
-            cwd=root,
-            capture_output=True,
-            check=False,
-            timeout=60,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if done.returncode != 0:
-        return None
-    names = os.fsdecode(done.stdout).split("\0")
-    files = [root / name for name in names if name]
-    kept = [path for path in files if not path.is_symlink() and path.is_file()]
-    return sorted(kept, key=lambda path: path.relative_to(root).as_posix())
 
 
 def read_text_file(path: Path) -> str | None:
@@ -436,28 +386,6 @@ def scan_files(root: Path, files: Iterable[Path], *, literals: Iterable[str] = (
         display = file.relative_to(root).as_posix()
         findings.extend(scan_file(file, display=display, literals=kept))
     return findings
-
-
-def scan_tree(root: Path, *, literals: Iterable[str] = ()) -> list[Finding]:
-    """Scan every text file below `root`; paths are relative to `root`, POSIX style, sorted."""
-    return scan_files(root, iter_files(root), literals=literals)
-
-
-def scan_path(
-    target: Path, *, literals: Iterable[str] = (), use_git: bool = True
-) -> tuple[list[Finding], int]:
-    """Scan a file, or a directory (its git-tracked files if `use_git` and it is in a git work
-    tree, else every file); paths are shown under `target`. Returns (findings, files scanned)."""
-    if not target.is_dir():
-        return scan_file(target, display=target.as_posix(), literals=literals), 1
-    files = tracked_files(target) if use_git else None
-    if files is None:
-        files = iter_files(target)
-    findings = [
-        Finding((target / f.path).as_posix(), f.line, f.kind, f.value)
-        for f in scan_files(target, files, literals=literals)
-    ]
-    return findings, len(files)
 
 
 def env_literals(names: Iterable[str], environ: Mapping[str, str] | None = None) -> list[str]:
@@ -490,68 +418,6 @@ def secret_env_values(environ: Mapping[str, str] | None = None) -> list[str]:
     ]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    import argparse  # here, not at the top: only the command line needs it
-
-    parser = argparse.ArgumentParser(
-        prog="secret_scan",
-        description=(
-            "Find API keys, tokens, passwords and private keys in files. A directory inside a "
-            "git work tree is scanned as the files git tracks."
-        ),
-        epilog=f"Lines containing '{ALLOW_PRAGMA}' are skipped. Exit status 1 on findings.",
-    )
-    parser.add_argument("paths", nargs="*", default=["."], help="files or directories")
-    parser.add_argument(
-        "--env",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="also find the exact value of environment variable NAME (repeatable)",
-    )
-    parser.add_argument(
-        "--secret-env",
-        action="store_true",
-        help="also find the exact value of every variable named like *KEY*, *TOKEN*, *SECRET*",
-    )
-    parser.add_argument(
-        "--all-files",
-        action="store_true",
-        help="scan every file below a directory, not only the files git tracks",
-    )
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Scan the given paths; print findings and a summary to stderr; 1 if anything was found."""
-    args = build_parser().parse_args(argv)
-    literals = env_literals(args.env) + (secret_env_values() if args.secret_env else [])
-    findings: list[Finding] = []
-    scanned = 0
-    for raw in args.paths:
-        target = Path(raw)
-        if not target.exists():
-            print(
-                f"secret_scan: error: {raw}: no such file or directory. Pass existing paths",
-                file=sys.stderr,
-            )
-            return 2
-        found, count = scan_path(target, literals=literals, use_git=not args.all_files)
-        findings.extend(found)
-        scanned += count
-    for finding in findings:
-        print(finding, file=sys.stderr)
-    if findings:
-        files = len({finding.path for finding in findings})
-        print(
-            f"secret_scan: {len(findings)} possible secret(s) in {files} file(s); remove them, "
-            f"or mark a deliberate fixture line with '{ALLOW_PRAGMA}'",
-            file=sys.stderr,
-        )
-        return 1
-    print(f"secret_scan: no secrets found in {scanned} file(s)", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def live_values(key_var: str, environ: Mapping[str, str] | None = None) -> list[str]:
+    """Exact values to find: the key variable's value and every secret-named variable's."""
+    return [*env_literals([key_var], environ), *secret_env_values(environ)]

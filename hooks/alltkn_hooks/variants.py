@@ -1,0 +1,86 @@
+"""Variant layers: move the files of the selected `_variants/<layer>/` directories to the same
+relative paths in the project, then delete `_variants/`."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+VARIANTS_DIR = "_variants"
+_LAYERS = {
+    "fastapi": ("web", "async", "fastapi"),
+    "flask": ("web", "sync", "flask"),
+    "script": ("sync", "async", "script"),
+}
+# Layers an option adds after the framework's: (answer name, value) -> layer.
+_OPTION_LAYERS = (
+    (("docker", "yes"), "docker"),
+    (("kubernetes", "yes"), "k8s"),
+    (("ci", "github"), "ci-github"),
+    (("ci", "gitlab"), "ci-gitlab"),
+)
+
+
+class VariantCollision(Exception):
+    """A variant file would overwrite a file that is already in the project (template bug)."""
+
+
+def layers_for(framework: str, options: Mapping[str, object] | None = None) -> list[str]:
+    """The `_variants/` layers assembled for `framework` and the other `options` (answers such
+    as docker, kubernetes, ci), in order."""
+    try:
+        layers = list(_LAYERS[framework])
+    except KeyError:
+        raise ValueError(f"unknown framework {framework!r}") from None
+    chosen = options or {}
+    return layers + [layer for (name, value), layer in _OPTION_LAYERS if chosen.get(name) == value]
+
+
+def variant_moves(
+    project_dir: Path,
+    framework: str,
+    replaceable: Iterable[Path] = (),
+    options: Mapping[str, object] | None = None,
+) -> list[tuple[Path, Path]]:
+    """(source, destination) for every file of the selected layers, checked for collisions.
+
+    A destination in `replaceable` (a file left from before this run) may be overwritten.
+    """
+    moves: list[tuple[Path, Path]] = []
+    claimed: dict[Path, Path] = {}
+    stale = set(replaceable)
+    for layer in layers_for(framework, options):
+        layer_dir = project_dir / VARIANTS_DIR / layer
+        if not layer_dir.is_dir():
+            continue
+        for source in sorted(p for p in layer_dir.rglob("*") if p.is_file() or p.is_symlink()):
+            relative = source.relative_to(layer_dir)
+            destination = project_dir / relative
+            taken = destination.exists() or destination.is_symlink()
+            if (taken and destination not in stale) or destination in claimed:
+                raise VariantCollision(
+                    f"{VARIANTS_DIR}/{layer}/{relative.as_posix()} would overwrite "
+                    f"{relative.as_posix()}"
+                )
+            claimed[destination] = source
+            moves.append((source, destination))
+    return moves
+
+
+def assemble_variant(
+    project_dir: Path,
+    framework: str,
+    replaceable: Iterable[Path] = (),
+    options: Mapping[str, object] | None = None,
+) -> list[Path]:
+    """Move the selected layers' files into place and delete `_variants/`; returns the moved
+    destinations. Nothing is moved if any file would collide."""
+    moves = variant_moves(project_dir, framework, replaceable, options)
+    for source, destination in moves:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(source), str(destination))
+    variants = project_dir / VARIANTS_DIR
+    if variants.exists():
+        shutil.rmtree(variants)
+    return [destination for _, destination in moves]
