@@ -76,6 +76,14 @@ UPSTREAM_ERRORS = (openai.OpenAIError, httpx2.HTTPError, ValueError)
 _REQUEST_ID_SUFFIX = re.compile(r"\(request id: ?([A-Za-z0-9_.:-]+)\)")
 
 
+class NotJsonAnswer(ValueError):
+    """A 200 answer that is not JSON (a proxy's or captive portal's page), with its headers."""
+
+    def __init__(self, message: str, headers: httpx2.Headers) -> None:
+        super().__init__(message)
+        self.headers = headers
+
+
 def classify(exc: BaseException, *, stream_started: bool = False) -> str:
     """The category of a failed call; after a stream began, always `stream_interrupted`."""
     if stream_started:
@@ -123,20 +131,24 @@ def upstream_text(exc: BaseException) -> str:
 
 def upstream_request_id(exc: BaseException) -> str | None:
     """The gateway's request id for a support ticket: a header, or the message's suffix."""
-    if isinstance(exc, openai.APIStatusError):
-        for header in ("x-oneapi-request-id", "x-request-id"):
-            if found := exc.response.headers.get(header):
-                return found
+    headers = exc.response.headers if isinstance(exc, openai.APIStatusError) else None
+    if isinstance(exc, NotJsonAnswer):
+        headers = exc.headers
+    for header in ("x-oneapi-request-id", "x-request-id"):
+        if headers is not None and (found := headers.get(header)):
+            return found
     match = _REQUEST_ID_SUFFIX.search(upstream_text(exc))
     return match.group(1) if match else None
 
 
 def ask(client: OpenAI, prompt: str, model: str = DEFAULT_MODEL) -> str:
-    completion = client.chat.completions.create(
+    raw = client.chat.completions.with_raw_response.create(
         model=model, messages=[{"role": "user", "content": prompt}]
     )
-    if not isinstance(completion, ChatCompletion):  # a proxy's or captive portal's page
-        raise ValueError(f"the gateway answered 200 with a non-JSON body: {completion!s:.200}")
+    completion = raw.parse()
+    if not isinstance(completion, ChatCompletion):  # the SDK hands back the page's text
+        text = f"the gateway answered 200 with a non-JSON body: {completion!s:.200}"
+        raise NotJsonAnswer(text, raw.headers)
     return completion.choices[0].message.content or ""
 
 
