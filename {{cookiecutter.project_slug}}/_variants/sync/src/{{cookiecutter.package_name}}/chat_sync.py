@@ -27,7 +27,7 @@ from .chat import (
     check_request,
 )
 from .client import client_options
-from .errors import GatewayError, request_id_from_headers
+from .errors import request_id_from_headers
 from .request import ChatRequest, sdk_arguments
 from .retry import Attempts
 from .settings import Settings
@@ -198,6 +198,9 @@ class ChatStream:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.close()
