@@ -51,7 +51,12 @@ Switch = Literal["on", "off"]
 
 
 class ConfigError(Exception):
-    """A setting is missing or invalid; the message is one line and never holds the key."""
+    """A setting is missing or invalid; the message is one line and never holds the key.
+    `problems` maps each variable to fix to what is wrong with it (doctor's rows)."""
+
+    def __init__(self, message: str, problems: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or {}
 
 
 class Settings(BaseSettings):
@@ -169,11 +174,14 @@ def load_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        raise ConfigError(_describe(exc)) from None
+        problems = _problems(exc)
+        described = "; ".join(f"{name} {reason}" for name, reason in problems.items())
+        message = f"{described}. Set it in the environment or in .env (see .env.example)."
+        raise ConfigError(message, problems) from None
 
 
-def _describe(exc: ValidationError) -> str:
-    problems = []
+def _problems(exc: ValidationError) -> dict[str, str]:
+    problems: dict[str, str] = {}
     for error in exc.errors(include_input=False, include_url=False):
         name = str(error["loc"][0]) if error["loc"] else "settings"
         env_name = ENV_NAMES.get(name, name)
@@ -182,8 +190,8 @@ def _describe(exc: ValidationError) -> str:
             if error["type"] == "missing"
             else error["msg"].removeprefix("Value error, ")
         )
-        problems.append(f"{env_name} {reason}")
-    return "; ".join(problems) + ". Set it in the environment or in .env (see .env.example)."
+        problems[env_name] = f"{problems[env_name]}; {reason}" if env_name in problems else reason
+    return problems
 
 
 def load_settings_or_exit() -> Settings:
