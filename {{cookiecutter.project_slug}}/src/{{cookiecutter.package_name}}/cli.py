@@ -24,16 +24,15 @@ import sys
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from openai.types.chat import ChatCompletionMessageParam
 {% if cookiecutter.framework == "script" %}
-from . import batch, doctor, support
+from . import batch, doctor
 {%- else %}
-from . import doctor, support
+from . import doctor
 {%- endif %}
-from .chat import CallInfo, ChatService, Rollback
-from .client import CLIENT_NAME, create_client
+from .client import CLIENT_NAME
 from .errors import GatewayError
 from .logs import configure_logging
 from .settings import Settings, load_settings_or_exit
@@ -66,16 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser(
         "doctor",
         help="check the key, base URL, network, model and streaming live against the gateway",
-        description="Run the pre-launch checklist live against the configured gateway: one "
-        "short completion and one short stream on the configured model. Exit 0 if no check "
-        "failed (warnings allowed), 1 otherwise; a failed run also writes a support report "
-        "(support-report-<UTC time>.txt) to the current directory.",
     )
-    output = check.add_mutually_exclusive_group()
-    output.add_argument("--json", action="store_true", help="print the results as JSON")
-    output.add_argument(
-        "--support", action="store_true", help="print a support report to paste into a ticket"
-    )
+    doctor.add_arguments(check)
 {%- if cookiecutter.framework == "fastapi" %}
     serve = commands.add_parser(
         "serve",
@@ -111,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     if args.command == "doctor":
-        return _doctor(args)
+        return doctor.main(args)
 {%- if cookiecutter.framework == "fastapi" %}
     if args.command == "serve":
         return _serve(args)
@@ -127,36 +118,6 @@ def _setup() -> Settings:
     settings = load_settings_or_exit()
     configure_logging(settings.log_level, secrets=[settings.api_key.get_secret_value()])
     return settings
-
-
-def _doctor(args: argparse.Namespace) -> int:
-    """Settings problems are rows of the report here, not the usual exit 2."""
-    try:
-        report = doctor.run_doctor()
-    except KeyboardInterrupt:
-        print(file=sys.stderr)
-        return EXIT_INTERRUPTED
-    text = support.build_support_report(report)
-    saved: Path | None = None
-    if not report.ok:
-        try:
-            saved = support.write_support_report(text, report, Path.cwd()).resolve()
-        except OSError as exc:
-            print(
-                f"doctor: could not write the support report ({exc}); run "
-                f"'{CLIENT_NAME} doctor --support' and copy its output instead",
-                file=sys.stderr,
-            )
-    if args.json:
-        _print(support.report_json(report, saved))
-    elif args.support:
-        _print(text)
-    else:
-        _print(support.render_text(report))
-    if saved is not None:
-        where = sys.stderr if args.json or args.support else sys.stdout
-        print(f"Support report: {saved} (paste it into a ticket; it holds no key)", file=where)
-    return report.exit_code
 
 
 def _print(text: str) -> None:
@@ -176,6 +137,9 @@ def _ask(args: argparse.Namespace) -> int:
     if not args.prompt.strip():
         print("error: the prompt is empty; pass the text to send", file=sys.stderr)
         return EXIT_USAGE
+    from .chat import CallInfo, ChatService, Rollback  # type: ignore[attr-defined]  # old core
+    from .client import create_client  # type: ignore[attr-defined]
+
     settings = _setup()
     service = ChatService(create_client(settings), settings.model, Rollback.from_settings(settings))
     call = CallInfo(user=args.user, task=args.task)
@@ -246,10 +210,10 @@ def _batch(args: argparse.Namespace) -> int:
 
 
 def _print_stream(
-    service: ChatService,
+    service: Any,
     messages: list[ChatCompletionMessageParam],
     model: str | None,
-    call: CallInfo,
+    call: Any,
 ) -> None:
     with service.open_stream(messages, model=model, call=call) as stream:
         for delta in stream:
