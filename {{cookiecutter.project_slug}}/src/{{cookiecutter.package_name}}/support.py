@@ -1,28 +1,28 @@
-"""The support report: the evidence a gateway support ticket needs, from one `doctor` run.
+"""The doctor's report: its rows, their text and JSON, and the support report a ticket needs.
 
-Client name and version, template version, Python, openai and framework versions, model, the
-gateway's host (never the full URL), the time in UTC, and for each failed check the gateway's
-own error text (verbatim, often Chinese), its request id, the category and whether a charge is
-likely. The key appears only as its last four characters; the whole text goes through the
-secret scanner's redaction once more before it leaves this module.
+The support report has the client, template, Python, openai and framework versions, the model,
+the gateway's host (never the URL), the UTC time, and for each failed check the gateway's own
+words (verbatim, often Chinese), its request id, the category and whether a charge is likely.
+The key shows only as its last four characters, and every text is redacted once more here.
 """
 
 from __future__ import annotations
 
 import json
 import platform
+import sys
+from dataclasses import dataclass
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Literal
 
 from . import TEMPLATE_VERSION, __version__
 from .client import CLIENT_HEADERS, CLIENT_NAME
-from .doctor import CheckResult, DoctorReport, Status
+from .errors import GatewayError
 from .redaction import redact
 from .settings import API_KEY_ENV
 
-# The web stack this project was generated with (reported with its versions).
 {% if cookiecutter.framework == "fastapi" -%}
 FRAMEWORK_DISTRIBUTIONS: tuple[str, ...] = ("fastapi", "uvicorn")
 {% elif cookiecutter.framework == "flask" -%}
@@ -31,160 +31,154 @@ FRAMEWORK_DISTRIBUTIONS: tuple[str, ...] = ("flask", "gunicorn")
 FRAMEWORK_DISTRIBUTIONS: tuple[str, ...] = ()
 {% endif -%}
 REPORT_PREFIX = "support-report-"
-_LABEL_WIDTH = 22
-_MS_PER_S = 1000
+STATUSES = ("pass", "warn", "fail", "skip")
 
 
-def _version(distribution: str) -> str:
-    try:
-        return metadata.version(distribution)
-    except metadata.PackageNotFoundError:
-        return "not installed"
+@dataclass
+class Check:
+    status: Literal["pass", "warn", "fail", "skip"]
+    detail: str
+    hint: str | None = None
+    error: GatewayError | None = None  # a gateway call, or the way to the gateway, failed
+    request_id: str | None = None  # the X-Request-ID this check sent
+    upstream_request_id: str | None = None
+    charge: tuple[str, str] | None = None  # (no | unlikely | possible | yes, why)
+    id: str = ""
+    title: str = ""
+    duration_ms: float | None = None
+    blocked_by: str | None = None  # skipped because this check failed
+
+
+@dataclass
+class Report:
+    checks: list[Check]
+    started_at: datetime
+    duration_ms: float
+    model: str
+    gateway_host: str  # host[:port] of the base URL, never its path or credentials
+    gateway_scheme: str
+    timeout_s: float
+    key_shown: str
+
+    @property
+    def failed(self) -> list[Check]:
+        return [check for check in self.checks if check.status == "fail"]
+
+    def summary(self) -> str:
+        n = {status: sum(c.status == status for c in self.checks) for status in STATUSES}
+        s = "" if n["warn"] == 1 else "s"
+        return f"{n['fail']} failed, {n['warn']} warning{s}, {n['pass']} passed, {n['skip']} skipped"
 
 
 def versions() -> dict[str, str]:
-    """What the report says about the software, also used by `doctor --json`."""
-    framework = ", ".join(f"{name} {_version(name)}" for name in FRAMEWORK_DISTRIBUTIONS)
+    def version(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    system = f"({platform.python_implementation()}) on {platform.system()} {platform.machine()}"
+    framework = ", ".join(f"{name} {version(name)}" for name in FRAMEWORK_DISTRIBUTIONS)
     return {
         "client": f"{CLIENT_NAME} {__version__}",
         "template": TEMPLATE_VERSION,
-        "python": f"{platform.python_version()} ({platform.python_implementation()}) on "
-        f"{platform.system()} {platform.machine()}",
-        "openai": _version("openai"),
+        "python": f"{platform.python_version()} {system}",
+        "openai": version("openai"),
         "framework": framework or "none (command-line script)",
     }
 
 
-def _line(label: str, value: object) -> str:
-    return f"{label + ':':<{_LABEL_WIDTH}} {value}"
+def _duration(ms: float) -> str:
+    return "<1 ms" if ms < 1 else f"{ms:.0f} ms" if ms < 1000 else f"{ms / 1000:.2f} s"
 
 
-def _utc(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def render_rows(report: DoctorReport, *, hints: bool = True) -> list[str]:
-    """The checks as aligned rows: STATUS, title, time, detail (and the hint below)."""
-    width = max(len(check.title) for check in report.checks)
-    rows = []
-    for check in report.checks:
-        took = "" if check.duration_ms is None else _duration(check.duration_ms)
-        status = check.status.value.upper()
-        rows.append(f"{status:<4}  {check.title:<{width}}  {took:>7}  {check.detail}")
-        if hints and check.hint and check.status in (Status.FAIL, Status.WARN):
-            rows.append(f"{'':<4}  {'':<{width}}  {'':>7}  hint: {check.hint}")
+def render_rows(report: Report, *, hints: bool = True) -> list[str]:
+    """STATUS, title, time, detail; the hint of a failure or warning below."""
+    width, rows = max(len(check.title) for check in report.checks), []
+    for c in report.checks:
+        took = "" if c.duration_ms is None else _duration(c.duration_ms)
+        rows.append(f"{c.status.upper():<4}  {c.title:<{width}}  {took:>7}  {c.detail}")
+        if hints and c.hint and c.status in ("fail", "warn"):
+            rows.append(f"{'':<4}  {'':<{width}}  {'':>7}  hint: {c.hint}")
     return rows
 
 
-def _duration(ms: float) -> str:
-    if ms < 1:
-        return "<1 ms"
-    return f"{ms:.0f} ms" if ms < _MS_PER_S else f"{ms / _MS_PER_S:.2f} s"
-
-
-def render_text(report: DoctorReport) -> str:
-    """The human-readable doctor output."""
+def render_text(report: Report) -> str:
     header = (
-        f"{CLIENT_NAME} doctor: model {report.model} at {report.gateway_host}, "
-        f"ALLTKN_TIMEOUT_S={report.timeout_s:g} (this run takes at most "
-        f"{2 * report.timeout_s:g} s)"
+        f"{CLIENT_NAME} doctor: model {report.model} at {report.gateway_host}, ALLTKN_TIMEOUT_S="
+        f"{report.timeout_s:g} (this run takes at most {2 * report.timeout_s:g} s)"
     )
-    verdict = "FAILED" if report.failed else "OK"
-    footer = f"{verdict}: {report.summary()} in {_duration(report.duration_ms)}"
-    return redact("\n".join([header, *render_rows(report), footer]))
+    footer = f"{'FAILED' if report.failed else 'OK'}: {report.summary()} in "
+    return redact("\n".join([header, *render_rows(report), footer + _duration(report.duration_ms)]))
 
 
-def _failure(check: CheckResult) -> list[str]:
-    lines = [f"{check.title}: {check.detail}"]
-    error = check.error
-    if error is None:
-        lines.append(_line("  Category", "none: checked on this host, nothing sent to the gateway"))
-    else:
-        lines.append(_line("  Category", error.category.value))
-        lines.append(_line("  Error text", error.upstream_message or "(none)"))
-        lines.append(_line("  Gateway request id", check.upstream_request_id or "(none)"))
-    if check.request_id:
-        lines.append(_line("  Our request id", f"{check.request_id} (sent as X-Request-ID)"))
-    charge = check.charge
-    lines.append(_line("  Charge likely", f"{charge.likely}: {charge.reason}" if charge else "no"))
-    if check.hint:
-        lines.append(_line("  Hint", check.hint))
-    return lines
-
-
-def build_support_report(report: DoctorReport) -> str:
-    """The report as text, ready to paste into a ticket; never holds the key."""
+def build_support_report(report: Report) -> str:
+    """The report as text, ready to paste into a ticket; it never holds the key."""
     about = versions()
-    lines = [
-        "ALLTKN support report (generated by doctor; it holds no key)",
-        "",
-        _line("Time", _utc(report.started_at)),
-        _line("Client", f"{about['client']} (X-Client-Name: {CLIENT_HEADERS['X-Client-Name']})"),
-        _line("Template version", about["template"]),
-        _line("Python", about["python"]),
-        _line("openai", about["openai"]),
-        _line("Framework", about["framework"]),
-        _line("Model", report.model),
-        _line("Gateway host", f"{report.gateway_host} ({report.gateway_scheme or '?'})"),
-        _line("Key", f"{API_KEY_ENV} = {report.key_shown} (last 4 characters only)"),
-        _line("Timeout", f"ALLTKN_TIMEOUT_S = {report.timeout_s:g} s"),
-        _line("Result", report.summary()),
-        "",
-    ]
-    if report.failed:
-        lines += ["Failed checks", "-------------"]
-        for check in report.failed:
-            lines += [*_failure(check), ""]
-    else:
-        lines += ["Every check passed.", ""]
-    lines += ["All checks", "----------", *render_rows(report, hints=False), ""]
+    facts = {
+        "Time": report.started_at.strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "Client": f"{about['client']} (X-Client-Name: {CLIENT_HEADERS['X-Client-Name']})",
+        "Template version": about["template"],
+        "Python": about["python"],
+        "openai": about["openai"],
+        "Framework": about["framework"],
+        "Model": report.model,
+        "Gateway host": f"{report.gateway_host} ({report.gateway_scheme or '?'})",
+        "Key": f"{API_KEY_ENV} = {report.key_shown} (last 4 characters only)",
+        "Timeout": f"ALLTKN_TIMEOUT_S = {report.timeout_s:g} s",
+        "Result": report.summary(),
+    }
+    lines = ["ALLTKN support report (generated by doctor; it holds no key)", ""]
+    lines += [f"{label + ':':<22} {value}" for label, value in facts.items()]
+    lines += ["", "Failed checks", "-------------"] if report.failed else ["", "Every check passed."]
+    for c in report.failed:
+        e, charge = c.error, f"{c.charge[0]}: {c.charge[1]}" if c.charge else "no"
+        failure = {
+            "Category": e.category.value if e else "none: checked on this host, nothing sent",
+            "Error text": (e.upstream_message or "(none)") if e else None,
+            "Gateway request id": (c.upstream_request_id or "(none)") if e else None,
+            "Our request id": f"{c.request_id} (sent as X-Request-ID)" if c.request_id else None,
+            "Charge likely": charge,
+            "Hint": c.hint,
+        }
+        lines += [f"{c.title}: {c.detail}"]
+        lines += [f"  {k + ':':<20} {v}" for k, v in failure.items() if v is not None] + [""]
+    lines += ["", "All checks", "----------", *render_rows(report, hints=False), ""]
     return redact("\n".join(lines))
 
 
-def report_json(report: DoctorReport, support_report: Path | None) -> str:
-    """`doctor --json`: the same facts for machines, one JSON document."""
-    checks: list[dict[str, Any]] = []
-    for check in report.checks:
-        error = check.error
-        checks.append(
-            {
-                "id": check.id,
-                "title": check.title,
-                "status": check.status.value,
-                "duration_ms": check.duration_ms,
-                "detail": check.detail,
-                "hint": check.hint,
-                "category": error.category.value if error else None,
-                "error": error.upstream_message if error else None,
-                "request_id": check.request_id,
-                "upstream_request_id": check.upstream_request_id,
-                "charge": check.charge.likely if check.charge else None,
-                "charge_reason": check.charge.reason if check.charge else None,
-            }
-        )
+def report_json(report: Report, support_report: Path | None) -> str:
+    """`doctor --json`: the same facts for machines."""
+    checks = [
+        {
+            **{k: getattr(c, k) for k in ("id", "title", "status", "duration_ms", "detail", "hint")},
+            "category": c.error.category.value if c.error else None,
+            "error": c.error.upstream_message if c.error else None,
+            "request_id": c.request_id,
+            "upstream_request_id": c.upstream_request_id,
+            "charge": c.charge[0] if c.charge else None,
+            "charge_reason": c.charge[1] if c.charge else None,
+        }
+        for c in report.checks
+    ]
     document = {
-        "ok": report.ok,
-        "exit_code": report.exit_code,
+        "ok": not report.failed,
+        "exit_code": 1 if report.failed else 0,
         "time": report.started_at.isoformat().replace("+00:00", "Z"),
-        "duration_ms": report.duration_ms,
+        **{k: getattr(report, k) for k in ("duration_ms", "model", "gateway_host", "timeout_s")},
         "versions": versions(),
-        "model": report.model,
-        "gateway_host": report.gateway_host,
-        "timeout_s": report.timeout_s,
         "key": report.key_shown,
-        "summary": report.counts(),
+        "summary": {status: sum(c.status == status for c in report.checks) for status in STATUSES},
         "checks": checks,
         "support_report": str(support_report) if support_report else None,
     }
     return redact(json.dumps(document, ensure_ascii=False, indent=2))
 
 
-def write_support_report(text: str, report: DoctorReport, directory: Path) -> Path:
-    """Write `text` to `support-report-<UTC time>.txt` in `directory` (never overwriting) and
-    return the path; raises OSError if it cannot be written."""
+def write_support_report(text: str, report: Report, directory: Path) -> Path:
+    """`support-report-<UTC time>.txt` in `directory`, never overwriting; OSError if it fails."""
     stamp = report.started_at.strftime("%Y%m%dT%H%M%SZ")
-    for attempt in range(1, 100):
-        suffix = "" if attempt == 1 else f"-{attempt}"
+    for suffix in ["", *(f"-{n}" for n in range(2, 100))]:
         path = directory / f"{REPORT_PREFIX}{stamp}{suffix}.txt"
         try:
             with path.open("x", encoding="utf-8") as file:
@@ -193,3 +187,25 @@ def write_support_report(text: str, report: DoctorReport, directory: Path) -> Pa
             continue
         return path
     raise FileExistsError(f"{directory / REPORT_PREFIX}{stamp}*.txt: too many reports")
+
+
+def output(report: Report, mode: Literal["text", "json", "support"]) -> int:
+    """Print the report; a failed run also writes the support report to the current directory."""
+    text, saved = build_support_report(report), None
+    if report.failed:
+        try:
+            saved = write_support_report(text, report, Path.cwd()).resolve()
+        except OSError as exc:
+            again = f"run '{CLIENT_NAME} doctor --support' and copy its output instead"
+            print(f"doctor: could not write the support report ({exc}); {again}", file=sys.stderr)
+    shown = {"json": lambda: report_json(report, saved), "support": lambda: text}
+    printed = shown.get(mode, lambda: render_text(report))()
+    try:
+        print(printed)
+    except UnicodeEncodeError:  # a terminal that cannot show the gateway's Chinese text
+        encoding = sys.stdout.encoding or "ascii"
+        print(printed.encode(encoding, "backslashreplace").decode(encoding))
+    if saved is not None:
+        where = sys.stdout if mode == "text" else sys.stderr
+        print(f"Support report: {saved} (paste it into a ticket; it holds no key)", file=where)
+    return 1 if report.failed else 0
