@@ -19,7 +19,7 @@ from typing import Literal
 
 from . import TEMPLATE_VERSION, __version__
 from .client import CLIENT_HEADERS, CLIENT_NAME
-from .errors import GatewayError
+from .errors import Category, GatewayError
 from .redaction import redact
 from .settings import API_KEY_ENV
 
@@ -32,6 +32,9 @@ FRAMEWORK_DISTRIBUTIONS: tuple[str, ...] = ()
 {% endif -%}
 REPORT_PREFIX = "support-report-"
 STATUSES = ("pass", "warn", "fail", "skip")
+NOTHING_GENERATED = {Category.AUTH, Category.QUOTA, Category.PERMISSION, Category.CONNECTION}
+NOTHING_GENERATED |= {Category.MODEL_NOT_FOUND, Category.BAD_BASE_URL, Category.RATE_LIMITED}
+NOTHING_GENERATED |= {Category.INVALID_REQUEST}
 
 
 @dataclass
@@ -68,6 +71,17 @@ class Report:
         n = {status: sum(c.status == status for c in self.checks) for status in STATUSES}
         s = "" if n["warn"] == 1 else "s"
         return f"{n['fail']} failed, {n['warn']} warning{s}, {n['pass']} passed, {n['skip']} skipped"
+
+
+def charge_for(error: GatewayError, first_token_seen: bool = False) -> tuple[str, str]:
+    """Whether a failed call is likely billed (one-api bills what it generated)."""
+    if error.category in NOTHING_GENERATED:
+        return "no", "the gateway refused the request, or never got it: it generated nothing"
+    if error.category is Category.UPSTREAM_UNAVAILABLE:
+        return "unlikely", "the gateway answered with an error instead of an answer"
+    if first_token_seen:
+        return "possible", "tokens were generated before the stream broke off"
+    return "possible", "the gateway may have generated an answer that nobody read"
 
 
 def versions() -> dict[str, str]:
