@@ -240,12 +240,12 @@ FAILURES = [
     ),
     pytest.param(
         {"ALLTKN_BASE_URL": "http://127.0.0.1:{closed}/api/v1"},
-        *("auth", Category.CONNECTION, "no", "^TCP: cannot connect to 127.0.0.1:"),
+        *("auth", Category.CONNECTION, "no", "^TCP: 127.0.0.1:.*refused"),
         id="closed-port",
     ),
     pytest.param(
         {"ALLTKN_BASE_URL": "https://nonexistent.invalid/api/v1"},
-        *("auth", Category.CONNECTION, "no", "^DNS: cannot resolve nonexistent.invalid"),
+        *("auth", Category.CONNECTION, "no", "^DNS: nonexistent.invalid:443: "),
         id="unresolvable-host",
     ),
     pytest.param(
@@ -255,7 +255,7 @@ FAILURES = [
     ),
     pytest.param(
         {"ALLTKN_BASE_URL": "https://127.0.0.1:{port}/api/v1"},
-        *("auth", Category.CONNECTION, "no", "^TLS: no handshake with 127.0.0.1:"),
+        *("auth", Category.CONNECTION, "no", "^TLS: 127.0.0.1:"),
         id="https-to-a-plain-http-port",
     ),
     pytest.param(
@@ -396,42 +396,34 @@ def test_model_and_fallbacks_must_be_listed(
 # -- settings and the base URL: rows of the report, never a config error exit -------------------
 
 SETTINGS_PROBLEMS = [
-    pytest.param({API_KEY_ENV: None}, "key", f"{API_KEY_ENV} is not set", id="missing-key"),
-    pytest.param(
-        {API_KEY_ENV: "Bearer " + SENTINEL_KEY}, "key", "contains spaces", id="bearer-key"
-    ),
-    pytest.param(
-        {"ALLTKN_MAX_RETRIES": "many"}, "settings", "ALLTKN_MAX_RETRIES", id="bad-other-setting"
-    ),
+    pytest.param({API_KEY_ENV: None}, f"{API_KEY_ENV} is not set", id="missing-key"),
+    pytest.param({API_KEY_ENV: "Bearer " + SENTINEL_KEY}, "contains spaces", id="bearer-key"),
+    pytest.param({"ALLTKN_MAX_RETRIES": "many"}, "ALLTKN_MAX_RETRIES", id="bad-other-setting"),
     pytest.param(
         {"ALLTKN_BASE_URL": "api.alltkn.com/api/v1"},
-        *("base_url", "must start with https://"),
+        "ALLTKN_BASE_URL must start with https://",
         id="base-url-without-scheme",
     ),
 ]
 
 
-@pytest.mark.parametrize(("overrides", "failing", "detail"), SETTINGS_PROBLEMS)
-def test_settings_problems_are_failed_rows_and_nothing_is_sent(
+@pytest.mark.parametrize(("overrides", "detail"), SETTINGS_PROBLEMS)
+def test_settings_problems_are_a_failed_row_and_nothing_is_sent(
     doctor_env: Callable[..., None],
     gateway: FakeGateway,
     capsys: pytest.CaptureFixture[str],
     overrides: dict[str, str | None],
-    failing: str,
     detail: str,
 ) -> None:
     doctor_env(**overrides)
-    code, out, err = run_doctor(capsys, "--json")
-    checks = checks_of(json.loads(out))
+    code, out, err = run_doctor(capsys)
 
     assert code == 1
     assert "config error" not in err
-    assert [check_id for check_id, c in checks.items() if c["status"] == "fail"] == [failing]
-    assert detail in checks[failing]["detail"]
-    assert ".env" in checks[failing]["hint"] or "ALLTKN_BASE_URL" in checks[failing]["hint"]
-    for later in ("auth", "completion", "stream"):
-        assert checks[later]["status"] == "skip"
-        assert checks[failing]["title"] in checks[later]["detail"]
+    assert re.search(rf"^FAIL  settings .*{re.escape(detail)}.*\(see \.env\.example\)", out, re.M)
+    for title in ("API key", "base URL", "auth (GET /models)", "completion", "stream"):
+        assert re.search(rf"^SKIP  {re.escape(title)} .*needs the settings check", out, re.M)
+    assert out.count("FAIL  ") == 1
     assert not gateway.requests
 
 
@@ -491,7 +483,7 @@ def test_a_proxy_is_diagnosed_and_its_credentials_are_not_shown(
     auth = checks_of(document)["auth"]
 
     assert auth["category"] == "connection"  # the requests really go through the proxy
-    assert auth["detail"].startswith(f"TCP: cannot connect to the proxy 127.0.0.1:{closed_port}")
+    assert auth["detail"].startswith(f"TCP: the proxy 127.0.0.1:{closed_port}: ")
     assert password not in json.dumps(document)
 
 
@@ -548,7 +540,7 @@ def test_tls_diagnosis_names_an_untrusted_certificate(
     monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # now this host trusts it
     trusted = checks_of(doctor_json(capsys))["auth"]
 
-    assert untrusted["detail"].startswith("TLS: the certificate of 127.0.0.1 is not trusted")
+    assert untrusted["detail"].startswith(f"TLS certificate: 127.0.0.1:{port}: self-signed")
     assert "SSL_CERT_FILE" in untrusted["hint"]
     assert trusted["detail"].startswith(f"DNS, TCP and TLS work, but 127.0.0.1:{port}")
 
@@ -617,7 +609,9 @@ def test_support_report_has_the_evidence_and_no_key(
     assert code == 1
     request_id = REQUEST_ID.findall(out)[0]  # the gateway's id, as it wrote it in its message
     assert field(out, "Gateway request id") == request_id
-    assert field(out, "Error text") == f"用户额度不足, 剩余额度: $0.000000 (request id: {request_id})"
+    assert (
+        field(out, "Error text") == f"用户额度不足, 剩余额度: $0.000000 (request id: {request_id})"
+    )
     assert field(out, "Category") == "quota"
     assert field(out, "Charge likely").startswith("no: ")
     assert re.fullmatch(r"[0-9a-f]{32} \(sent as X-Request-ID\)", field(out, "Our request id"))
@@ -673,7 +667,7 @@ def test_unwritable_directory_still_reports(
     code, out, err = run_doctor(capsys)
 
     assert code == 1
-    assert "FAIL  API key" in out
+    assert "FAIL  settings" in out
     assert "could not write the support report" in err
     assert "doctor --support" in err
 

@@ -16,7 +16,6 @@ import re
 import socket
 import ssl
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -36,10 +35,10 @@ from .chat_sync import ChatService, create_client
 {%- endif %}
 from .errors import Category, GatewayError, classify
 from .logs import configure_logging
-from .redaction import mask, redact
+from .redaction import mask
 from .request import ChatRequest
 from .settings import API_KEY_ENV, DEFAULT_BASE_URL, ConfigError, Settings, load_settings
-from .support import Check, Report, charge_for, output
+from .support import Check, Report, failed, output, run_checks
 
 T = TypeVar("T")
 # Shares of ALLTKN_TIMEOUT_S: each step's own limit, and the whole run's.
@@ -52,7 +51,7 @@ ROTATE = "rotate the key: anything once committed stays in the history of every 
 STEP_HINTS = {
     "DNS": "Check the host name in ALLTKN_BASE_URL, and this host's DNS (/etc/resolv.conf).",
     "TCP": "Check the host and port in ALLTKN_BASE_URL, and this host's firewall and proxy.",
-    "TLS": "Something there does not speak TLS: check the scheme and port of ALLTKN_BASE_URL.",
+    "TLS": "Check the scheme and port of ALLTKN_BASE_URL: something there does not speak TLS.",
     "TLS certificate": "Update the CA certificates, or set SSL_CERT_FILE to a bundle with its CA.",
 }
 CHECKS = {  # id: (title, the checks it needs)
@@ -70,8 +69,7 @@ CHECKS = {  # id: (title, the checks it needs)
 
 
 def _bounded(seconds: float, work: Callable[[], T]) -> T:
-    """`work()` in a daemon thread, abandoned (`Overrun`) after `seconds`: a hung DNS lookup or
-    a silent socket holds neither the doctor nor the process at exit."""
+    """`work()` in a daemon thread, abandoned after `seconds`: nothing can hang the doctor."""
     future: Future[T] = Future()
 
     def target() -> None:
@@ -86,7 +84,7 @@ def _bounded(seconds: float, work: Callable[[], T]) -> T:
 
 # The live calls go through the chat service this project runs; `seen` gets each delta's time.
 {%- if cookiecutter.framework == "fastapi" %}
-# FastAPI ships only the async one: each call gets an event loop (and a client) of its own.
+# FastAPI ships only the async one: each call runs in an event loop with a client of its own.
 Service = AsyncChatService
 Work = Callable[[AsyncChatService], Awaitable[T]]
 Chat = Callable[[Service, ChatRequest, CallInfo, list[float]], Awaitable[ChatResult]]
@@ -100,8 +98,8 @@ def _call(settings: Settings, work: Work[T]) -> T:
     return asyncio.run(run())
 
 
-async def _read(service: Service, request: ChatRequest, call: CallInfo, seen: list[float]) -> ChatResult:
-    async with await service.open_stream(request, call) as stream:
+async def _read(chat: Service, req: ChatRequest, call: CallInfo, seen: list[float]) -> ChatResult:
+    async with await chat.open_stream(req, call) as stream:
         async for _ in stream:
             seen.append(time.monotonic())
         return stream.result()
@@ -115,8 +113,8 @@ def _call(settings: Settings, work: Work[T]) -> T:
     return work(ChatService(create_client(settings), settings))
 
 
-def _read(service: Service, request: ChatRequest, call: CallInfo, seen: list[float]) -> ChatResult:
-    with service.open_stream(request, call) as stream:
+def _read(chat: Service, req: ChatRequest, call: CallInfo, seen: list[float]) -> ChatResult:
+    with chat.open_stream(req, call) as stream:
         for _ in stream:
             seen.append(time.monotonic())
         return stream.result()
@@ -126,7 +124,7 @@ def _read(service: Service, request: ChatRequest, call: CallInfo, seen: list[flo
 class _Doctor:
     def __init__(self) -> None:
         self.started, self.started_at = time.monotonic(), datetime.now(timezone.utc)
-        self.rows: dict[str, Check] = {}
+        self.rows: list[Check] = []
         try:
             self.settings, self.problem = load_settings(), ""
         except (ConfigError, OSError, ValueError) as exc:  # OSError, ValueError: a bad .env
@@ -134,38 +132,17 @@ class _Doctor:
             self.problem = str(exc) if isinstance(exc, ConfigError) else bad_env
             self.settings = Settings.model_construct()  # the defaults, no key
         self.key = "" if self.problem else self.settings.api_key.get_secret_value()
-        self.timeout_s = self.settings.timeout_s
+        self.timeout_s, url = self.settings.timeout_s, urlsplit(self.settings.base_url)
+        # What the report says of the configuration: model, gateway host[:port] and scheme.
+        shown = (self.settings.model, url.netloc.rpartition("@")[2], url.scheme)
+        self.shown = ("unknown", "unknown", "") if self.problem else shown
         self.deadline, self.model_ids = self.started + SHARES["all"] * self.timeout_s, list[str]()
 
-    def run(self, check_id: str, needs: tuple[str, ...]) -> None:
-        """Add the row of `check_id`, or a skip naming the failure of a check it needs."""
-        started = time.perf_counter()
-        if cause := next((r.blocked_by or n for n in needs if self._blocks(r := self.rows[n])), ""):
-            skip = f"needs the {CHECKS[cause][0]} check, which failed"
-            row = Check("skip", skip, blocked_by=cause)
-        else:
-            try:
-                row = getattr(self, f"check_{check_id}")()
-            except Exception as exc:  # a bug here must still give a report, not a traceback
-                hint = "This is a bug in the doctor; please report it with this output."
-                row = Check("fail", f"the check failed: {type(exc).__name__}: {exc}", hint)
-            row.duration_ms = round((time.perf_counter() - started) * 1000, 1)
-        row.id, row.title, row.detail = check_id, CHECKS[check_id][0], redact(row.detail, [self.key])
-        row.hint = redact(row.hint, [self.key]) if row.hint else None
-        if row.error is not None:
-            row.error.upstream_message = redact(row.error.upstream_message, [self.key])
-        self.rows[check_id] = row
-
-    def _blocks(self, row: Check) -> bool:
-        return row.status == "fail" or row.blocked_by is not None
-
     def report(self) -> Report:
-        url, took = urlsplit(self.settings.base_url), (time.monotonic() - self.started) * 1000
-        host = "unknown" if self.problem else url.netloc.rpartition("@")[2]
-        model = "unknown" if self.problem else self.settings.model
-        key = "not set" if f"{API_KEY_ENV} is not set" in self.problem else "unknown"
-        key, rows, took = mask(self.key) if self.key else key, list(self.rows.values()), round(took, 1)
-        return Report(rows, self.started_at, took, model, host, url.scheme, self.timeout_s, key)
+        unset = f"{API_KEY_ENV} is not set" in self.problem
+        key = mask(self.key) if self.key else "not set" if unset else "unknown"
+        took = round((time.monotonic() - self.started) * 1000, 1)
+        return Report(self.rows, self.started_at, took, *self.shown, self.timeout_s, key)
 
     def check_settings(self) -> Check:
         if self.problem:  # ConfigError's one line names each variable to fix
@@ -229,14 +206,10 @@ class _Doctor:
         if local:
             hint = "Fine for testing; use https in production."
             return Check("warn", f"{url}: plain http to a loopback address (a local gateway)", hint)
-        if not re.search(r"/v\d+$", parts.path):
-            hint = "Check the path against the gateway's docs; GET /models below will tell."
-            return Check("warn", f"{url}: the path is not an /api/v1-style root", hint)
         return Check("pass", url)
 
     def _live(self, share: str, work: Work[T]) -> T:
-        """`work(service)` with the doctor's settings (no retries, no fallbacks, streaming on,
-        its share of the time as the timeout); any failure is a `GatewayError`."""
+        """`work(service)`, without retries or fallbacks, in its share of the time, or raises."""
         seconds = max(0.01, min(SHARES[share] * self.timeout_s, self.deadline - time.monotonic()))
         update = {"timeout_s": seconds, "max_retries": 0, "fallback_models": "", "streaming": "on"}
         settings = self.settings.model_copy(update=update)
@@ -248,17 +221,12 @@ class _Doctor:
         except (*UPSTREAM_ERRORS, AttributeError) as exc:  # AttributeError: not a model list
             raise classify(exc) from None
 
-    def _failed(self, error: GatewayError, call: CallInfo | None, first: bool = False) -> Check:
-        detail = f"error[{error.category.value}] {error.upstream_message or error.message}"
-        charge = charge_for(error, first) if call else ("no", "listing models generates nothing")
-        request_id, upstream_id = call.request_id if call else None, error.upstream_request_id
-        return Check("fail", detail, error.hint, error, request_id, upstream_id, charge)
-
     def check_auth(self) -> Check:
         try:
             page = self._live("models", lambda service: service.client.models.list())
         except GatewayError as error:
-            row = self._failed(error, None)
+            row = failed(error, None)
+            row.charge, row.charge_reason = "no", "listing the models generates nothing"
             if error.category in (Category.CONNECTION, Category.TIMEOUT):
                 step, hint = _diagnose(self.settings.base_url, SHARES["step"] * self.timeout_s)
                 row.detail, row.hint = f"{step} (GET /models: {row.detail})", hint or row.hint
@@ -271,9 +239,9 @@ class _Doctor:
         if model not in self.model_ids:
             close = ", ".join(difflib.get_close_matches(model, self.model_ids, n=3)) or "none"
             hint = "Set ALLTKN_MODEL to a listed model, or ask the key owner for access to it."
-            error = GatewayError(Category.MODEL_NOT_FOUND, f"{model} is not in GET /models")
             detail = f"{model} is not among the {listed}; closest: {close}"
-            return Check("fail", detail, hint, error, charge=("no", "nothing was sent"))
+            nothing_sent = ("no", "nothing was sent")
+            return Check("fail", detail, hint, "model_not_found", None, None, None, *nothing_sent)
         fallbacks = self.settings.fallback_model_list
         if missing := ", ".join(name for name in fallbacks if name not in self.model_ids):
             detail = f"{model} is listed, but ALLTKN_FALLBACK_MODELS names unlisted {missing}"
@@ -289,19 +257,18 @@ class _Doctor:
         try:
             result = self._live(share, lambda service: work(service, request, call, seen))
         except GatewayError as error:
-            return self._failed(error, call, first=len(seen) > 1)
+            return failed(error, call.request_id, first_token_seen=len(seen) > 1)
         detail = f"{result.model} answered {' '.join(result.content.split())[:40]!r}"
         if seen:  # a stream: the time to its first token (TTFT), or an empty answer
-            ms = [f"{(moment - seen[0]) * 1000:.0f} ms" for moment in [*seen[1:2], time.monotonic()]]
-            first = f"first token after {ms[0]}, {len(seen) - 1} deltas" if seen[1:] else "no content"
-            detail = f"{first}, done in {ms[-1]}"
+            ms = [f"{(t - seen[0]) * 1000:.0f} ms" for t in (*seen[1:2], time.monotonic())]
+            first = f"first token after {ms[0]}, {len(seen) - 1} deltas" if seen[1:] else ""
+            detail = f"{first or 'no content'}, done in {ms[-1]}"
         detail += f" ({result.usage.total_tokens} tokens)" if result.usage else ""
-        row = Check("pass", detail, None, None, call.request_id, result.upstream_request_id)
-        row.charge = ("yes", "a few tokens")
-        return row
+        ids, charge = (call.request_id, result.upstream_request_id), ("yes", "a few tokens")
+        return Check("pass", detail, None, None, None, *ids, *charge)
 
     def check_completion(self) -> Check:
-        return self._chat("completion", lambda service, request, call, _: service.complete(request, call), [])
+        return self._chat("completion", lambda service, r, c, _: service.complete(r, c), [])
 
     def check_stream(self) -> Check:
         row = self._chat("stream", _read, [time.monotonic()])
@@ -318,12 +285,11 @@ class _Doctor:
 
 
 def _diagnose(url: str, seconds: float) -> tuple[str, str | None]:
-    """The first of DNS, TCP and TLS that fails on the way to the gateway (or to the proxy the
-    SDK takes from *_PROXY, by host and port: its URL may hold credentials), and what to do."""
+    """The first of DNS, TCP and TLS that fails on the way to the gateway (or its proxy)."""
     parts, proxies = urlsplit(url), urllib.request.getproxies_environment()
     host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
     where, tls, proxy = f"{host}:{port}", parts.scheme == "https", proxies.get(parts.scheme)
-    if (proxy := proxy or proxies.get("all")) and not urllib.request.proxy_bypass(host):
+    if proxy and not urllib.request.proxy_bypass(host):  # by host and port: it may hold a password
         proxied = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
         host, port, tls = proxied.hostname or "", proxied.port or 80, False
         where = f"the proxy {host}:{port}"
@@ -345,21 +311,18 @@ def _diagnose(url: str, seconds: float) -> tuple[str, str | None]:
 
 
 def run() -> Report:
-    """Every check, against the gateway the environment and `.env` (in the current directory,
-    as the service reads it) configure. The per-call log lines only at LOG_LEVEL=DEBUG."""
+    """Every check; the settings are read as the service reads them (call logs: DEBUG only)."""
     doctor = _Doctor()
     debug = not doctor.problem and doctor.settings.log_level == "DEBUG"
     configure_logging("DEBUG" if debug else "ERROR", secrets=[doctor.key])
-    for check_id, (_, needs) in CHECKS.items():
-        doctor.run(check_id, needs)
+    checks = {k: (t, needs, getattr(doctor, f"check_{k}")) for k, (t, needs) in CHECKS.items()}
+    doctor.rows = run_checks(checks, doctor.key)
     return doctor.report()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = (
-        "Run the pre-launch checklist live against the configured gateway. Exit 0 if no check "
-        "failed (warnings allowed), else 1, and write support-report-<UTC time>.txt here."
-    )
+    parser.description = "Check the configuration and the gateway, live. Exit 0 if no check "
+    parser.description += "failed (warnings allowed), else 1 and write support-report-<time>.txt."
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print the results as JSON")
     output.add_argument("--support", action="store_true", help="print a report for a ticket")
@@ -370,6 +333,5 @@ def main(args: argparse.Namespace) -> int:
     try:
         report = run()
     except KeyboardInterrupt:
-        print(file=sys.stderr)
         return 130
     return output(report, "json" if args.json else "support" if args.support else "text")

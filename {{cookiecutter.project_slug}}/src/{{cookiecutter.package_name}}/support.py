@@ -1,9 +1,9 @@
-"""The doctor's report: its rows, their text and JSON, and the support report a ticket needs.
+"""The doctor's report: its rows, printed as text or JSON, and the support report for a ticket.
 
-The support report has the client, template, Python, openai and framework versions, the model,
-the gateway's host (never the URL), the UTC time, and for each failed check the gateway's own
-words (verbatim, often Chinese), its request id, the category and whether a charge is likely.
-The key shows only as its last four characters, and every text is redacted once more here.
+The support report holds what a gateway ticket needs: versions, model, the gateway's host
+(never the URL), the UTC time and, for each failed check, the gateway's own words (verbatim,
+often Chinese), its request id, the category and whether a charge is likely. It holds no key:
+rows are redacted with the live key as they are made, and every text once more on the way out.
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import platform
 import sys
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
@@ -32,24 +34,82 @@ FRAMEWORK_DISTRIBUTIONS: tuple[str, ...] = ()
 {% endif -%}
 REPORT_PREFIX = "support-report-"
 STATUSES = ("pass", "warn", "fail", "skip")
+Needs = tuple[str, ...]
 NOTHING_GENERATED = {Category.AUTH, Category.QUOTA, Category.PERMISSION, Category.CONNECTION}
 NOTHING_GENERATED |= {Category.MODEL_NOT_FOUND, Category.BAD_BASE_URL, Category.RATE_LIMITED}
 NOTHING_GENERATED |= {Category.INVALID_REQUEST}
+FAILURE_LABELS = {
+    "category": "Category",
+    "error": "Error text",
+    "upstream_request_id": "Gateway request id",
+    "request_id": "Our request id",
+    "charge": "Charge likely",
+    "hint": "Hint",
+}
 
 
 @dataclass
 class Check:
+    """One row; the fields are those of `doctor --json`, but `blocked_by`."""
+
     status: Literal["pass", "warn", "fail", "skip"]
     detail: str
     hint: str | None = None
-    error: GatewayError | None = None  # a gateway call, or the way to the gateway, failed
+    category: str | None = None  # set when a gateway call, or the way to it, failed
+    error: str | None = None  # the gateway's (or the transport's) own words
     request_id: str | None = None  # the X-Request-ID this check sent
     upstream_request_id: str | None = None
-    charge: tuple[str, str] | None = None  # (no | unlikely | possible | yes, why)
+    charge: str | None = None  # no | unlikely | possible | yes
+    charge_reason: str | None = None
     id: str = ""
     title: str = ""
     duration_ms: float | None = None
     blocked_by: str | None = None  # skipped because this check failed
+
+
+def failed(error: GatewayError, request_id: str | None, first_token_seen: bool = False) -> Check:
+    """The row of a failed gateway call, and whether it is likely billed (one-api bills what
+    it generated)."""
+    charge = ("no", "the gateway refused the request, or never got it: it generated nothing")
+    if error.category is Category.UPSTREAM_UNAVAILABLE:
+        charge = ("unlikely", "the gateway answered with an error instead of an answer")
+    elif error.category not in NOTHING_GENERATED:
+        charge = ("possible", "tokens were generated before the stream broke off")
+        if not first_token_seen:
+            charge = ("possible", "the gateway may have generated an answer that nobody read")
+    said = error.upstream_message or error.message
+    detail, upstream_id = f"error[{error.category.value}] {said}", error.upstream_request_id
+    category, text = error.category.value, error.upstream_message
+    return Check("fail", detail, error.hint, category, text, request_id, upstream_id, *charge)
+
+
+def run_checks(checks: dict[str, tuple[str, Needs, Callable[[], Check]]], key: str) -> list[Check]:
+    """Each check in order (id: title, the checks it needs, the check), or a skip naming the
+    failed check it needs; timed, and redacted with the live key."""
+    rows: dict[str, Check] = {}
+    for check_id, (title, needs, check) in checks.items():
+        started, failed = time.perf_counter(), [rows[n] for n in needs if _blocks(rows[n])]
+        if failed:
+            cause = failed[0].blocked_by or failed[0].id
+            skip = f"needs the {rows[cause].title} check, which failed"
+            row = Check("skip", skip, blocked_by=cause)
+        else:
+            try:
+                row = check()
+            except Exception as exc:  # a bug here must still give a report, not a traceback
+                hint = "This is a bug in the doctor; please report it with this output."
+                row = Check("fail", f"the check failed: {type(exc).__name__}: {exc}", hint)
+            if row.status != "skip":
+                row.duration_ms = round((time.perf_counter() - started) * 1000, 1)
+        row.id, row.title, row.detail = check_id, title, redact(row.detail, [key])
+        row.hint = redact(row.hint, [key]) if row.hint else None
+        row.error = redact(row.error, [key]) if row.error else row.error
+        rows[check_id] = row
+    return list(rows.values())
+
+
+def _blocks(row: Check) -> bool:
+    return row.status == "fail" or row.blocked_by is not None
 
 
 @dataclass
@@ -61,27 +121,15 @@ class Report:
     gateway_host: str  # host[:port] of the base URL, never its path or credentials
     gateway_scheme: str
     timeout_s: float
-    key_shown: str
+    key: str  # the key masked to its last four characters, "not set" or "unknown"
 
-    @property
-    def failed(self) -> list[Check]:
-        return [check for check in self.checks if check.status == "fail"]
+    def counts(self) -> dict[str, int]:
+        return {status: sum(c.status == status for c in self.checks) for status in STATUSES}
 
     def summary(self) -> str:
-        n = {status: sum(c.status == status for c in self.checks) for status in STATUSES}
-        s = "" if n["warn"] == 1 else "s"
-        return f"{n['fail']} failed, {n['warn']} warning{s}, {n['pass']} passed, {n['skip']} skipped"
-
-
-def charge_for(error: GatewayError, first_token_seen: bool = False) -> tuple[str, str]:
-    """Whether a failed call is likely billed (one-api bills what it generated)."""
-    if error.category in NOTHING_GENERATED:
-        return "no", "the gateway refused the request, or never got it: it generated nothing"
-    if error.category is Category.UPSTREAM_UNAVAILABLE:
-        return "unlikely", "the gateway answered with an error instead of an answer"
-    if first_token_seen:
-        return "possible", "tokens were generated before the stream broke off"
-    return "possible", "the gateway may have generated an answer that nobody read"
+        n = self.counts()
+        w = "warning" if n["warn"] == 1 else "warnings"
+        return f"{n['fail']} failed, {n['warn']} {w}, {n['pass']} passed, {n['skip']} skipped"
 
 
 def versions() -> dict[str, str]:
@@ -102,88 +150,80 @@ def versions() -> dict[str, str]:
     }
 
 
-def _duration(ms: float) -> str:
+def _took(ms: float) -> str:
     return "<1 ms" if ms < 1 else f"{ms:.0f} ms" if ms < 1000 else f"{ms / 1000:.2f} s"
 
 
 def render_rows(report: Report, *, hints: bool = True) -> list[str]:
-    """STATUS, title, time, detail; the hint of a failure or warning below."""
+    """STATUS, title, time, detail; below a failure or a warning, its hint."""
     width, rows = max(len(check.title) for check in report.checks), []
     for c in report.checks:
-        took = "" if c.duration_ms is None else _duration(c.duration_ms)
+        took = "" if c.duration_ms is None else _took(c.duration_ms)
         rows.append(f"{c.status.upper():<4}  {c.title:<{width}}  {took:>7}  {c.detail}")
         if hints and c.hint and c.status in ("fail", "warn"):
-            rows.append(f"{'':<4}  {'':<{width}}  {'':>7}  hint: {c.hint}")
+            rows.append(f"{'':<{width + 15}}  hint: {c.hint}")
     return rows
 
 
 def render_text(report: Report) -> str:
-    header = (
-        f"{CLIENT_NAME} doctor: model {report.model} at {report.gateway_host}, ALLTKN_TIMEOUT_S="
-        f"{report.timeout_s:g} (this run takes at most {2 * report.timeout_s:g} s)"
-    )
-    footer = f"{'FAILED' if report.failed else 'OK'}: {report.summary()} in "
-    return redact("\n".join([header, *render_rows(report), footer + _duration(report.duration_ms)]))
+    header = f"{CLIENT_NAME} doctor: model {report.model} at {report.gateway_host}, "
+    header += f"ALLTKN_TIMEOUT_S={report.timeout_s:g} (this run takes at most "
+    header += f"{2 * report.timeout_s:g} s)"
+    verdict = "FAILED" if report.counts()["fail"] else "OK"
+    footer = f"{verdict}: {report.summary()} in {_took(report.duration_ms)}"
+    return redact("\n".join([header, *render_rows(report), footer]))
 
 
 def build_support_report(report: Report) -> str:
-    """The report as text, ready to paste into a ticket; it never holds the key."""
-    about = versions()
+    """The report as text, ready to paste into a ticket."""
+    about, failures = versions(), [c for c in report.checks if c.status == "fail"]
     facts = {
         "Time": report.started_at.strftime("%Y-%m-%d %H:%M:%S UTC"),
         "Client": f"{about['client']} (X-Client-Name: {CLIENT_HEADERS['X-Client-Name']})",
         "Template version": about["template"],
-        "Python": about["python"],
-        "openai": about["openai"],
-        "Framework": about["framework"],
+        **{name: about[name.lower()] for name in ("Python", "openai", "Framework")},
         "Model": report.model,
         "Gateway host": f"{report.gateway_host} ({report.gateway_scheme or '?'})",
-        "Key": f"{API_KEY_ENV} = {report.key_shown} (last 4 characters only)",
+        "Key": f"{API_KEY_ENV} = {report.key} (last 4 characters only)",
         "Timeout": f"ALLTKN_TIMEOUT_S = {report.timeout_s:g} s",
         "Result": report.summary(),
     }
     lines = ["ALLTKN support report (generated by doctor; it holds no key)", ""]
     lines += [f"{label + ':':<22} {value}" for label, value in facts.items()]
-    lines += ["", "Failed checks", "-------------"] if report.failed else ["", "Every check passed."]
-    for c in report.failed:
-        e, charge = c.error, f"{c.charge[0]}: {c.charge[1]}" if c.charge else "no"
-        failure = {
-            "Category": e.category.value if e else "none: checked on this host, nothing sent",
-            "Error text": (e.upstream_message or "(none)") if e else None,
-            "Gateway request id": (c.upstream_request_id or "(none)") if e else None,
-            "Our request id": f"{c.request_id} (sent as X-Request-ID)" if c.request_id else None,
-            "Charge likely": charge,
-            "Hint": c.hint,
-        }
+    lines += ["", "Failed checks", "-------------"] if failures else ["", "Every check passed."]
+    for c in failures:
+        values = asdict(c) | {"category": c.category or "none: checked on this host, nothing sent"}
+        values["charge"] = f"{c.charge}: {c.charge_reason}" if c.charge else "no"
+        if c.category:  # the gateway's words and id, also when it gave none
+            values["error"] = c.error or "(none)"
+            values["upstream_request_id"] = c.upstream_request_id or "(none)"
+        if c.request_id:
+            values["request_id"] = f"{c.request_id} (sent as X-Request-ID)"
         lines += [f"{c.title}: {c.detail}"]
-        lines += [f"  {k + ':':<20} {v}" for k, v in failure.items() if v is not None] + [""]
+        shown = [(label, values[name]) for name, label in FAILURE_LABELS.items() if values[name]]
+        lines += [f"  {label + ':':<20} {value}" for label, value in shown] + [""]
     lines += ["", "All checks", "----------", *render_rows(report, hints=False), ""]
     return redact("\n".join(lines))
 
 
+def _fields(check: Check) -> dict[str, object]:
+    return {name: value for name, value in asdict(check).items() if name != "blocked_by"}
+
+
 def report_json(report: Report, support_report: Path | None) -> str:
     """`doctor --json`: the same facts for machines."""
-    checks = [
-        {
-            **{k: getattr(c, k) for k in ("id", "title", "status", "duration_ms", "detail", "hint")},
-            "category": c.error.category.value if c.error else None,
-            "error": c.error.upstream_message if c.error else None,
-            "request_id": c.request_id,
-            "upstream_request_id": c.upstream_request_id,
-            "charge": c.charge[0] if c.charge else None,
-            "charge_reason": c.charge[1] if c.charge else None,
-        }
-        for c in report.checks
-    ]
     document = {
-        "ok": not report.failed,
-        "exit_code": 1 if report.failed else 0,
+        "ok": not report.counts()["fail"],
+        "exit_code": 1 if report.counts()["fail"] else 0,
         "time": report.started_at.isoformat().replace("+00:00", "Z"),
-        **{k: getattr(report, k) for k in ("duration_ms", "model", "gateway_host", "timeout_s")},
+        "duration_ms": report.duration_ms,
         "versions": versions(),
-        "key": report.key_shown,
-        "summary": {status: sum(c.status == status for c in report.checks) for status in STATUSES},
-        "checks": checks,
+        "model": report.model,
+        "gateway_host": report.gateway_host,
+        "timeout_s": report.timeout_s,
+        "key": report.key,
+        "summary": report.counts(),
+        "checks": [{"id": c.id, "title": c.title, **_fields(c)} for c in report.checks],
         "support_report": str(support_report) if support_report else None,
     }
     return redact(json.dumps(document, ensure_ascii=False, indent=2))
@@ -204,16 +244,17 @@ def write_support_report(text: str, report: Report, directory: Path) -> Path:
 
 
 def output(report: Report, mode: Literal["text", "json", "support"]) -> int:
-    """Print the report; a failed run also writes the support report to the current directory."""
-    text, saved = build_support_report(report), None
-    if report.failed:
+    """Print the report; a failed run also writes the support report to the current directory.
+    The exit status: 1 if a check failed, else 0."""
+    text, saved, failed = build_support_report(report), None, report.counts()["fail"] > 0
+    if failed:
         try:
             saved = write_support_report(text, report, Path.cwd()).resolve()
         except OSError as exc:
             again = f"run '{CLIENT_NAME} doctor --support' and copy its output instead"
             print(f"doctor: could not write the support report ({exc}); {again}", file=sys.stderr)
-    shown = {"json": lambda: report_json(report, saved), "support": lambda: text}
-    printed = shown.get(mode, lambda: render_text(report))()
+    printed = text if mode == "support" else render_text(report)
+    printed = report_json(report, saved) if mode == "json" else printed
     try:
         print(printed)
     except UnicodeEncodeError:  # a terminal that cannot show the gateway's Chinese text
@@ -222,4 +263,4 @@ def output(report: Report, mode: Literal["text", "json", "support"]) -> int:
     if saved is not None:
         where = sys.stdout if mode == "text" else sys.stderr
         print(f"Support report: {saved} (paste it into a ticket; it holds no key)", file=where)
-    return 1 if report.failed else 0
+    return 1 if failed else 0
