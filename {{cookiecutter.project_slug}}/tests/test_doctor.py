@@ -540,7 +540,7 @@ def test_tls_diagnosis_names_an_untrusted_certificate(
     monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # now this host trusts it
     trusted = checks_of(doctor_json(capsys))["auth"]
 
-    assert untrusted["detail"].startswith(f"TLS certificate: 127.0.0.1:{port}: self-signed")
+    assert untrusted["detail"].startswith(f"TLS: 127.0.0.1:{port}: self-signed certificate")
     assert "SSL_CERT_FILE" in untrusted["hint"]
     assert trusted["detail"].startswith(f"DNS, TCP and TLS work, but 127.0.0.1:{port}")
 

@@ -1,7 +1,7 @@
 """`doctor`: the pre-launch checklist, live against the gateway, within 2 x ALLTKN_TIMEOUT_S.
 
-One row per check: pass, warn, fail, or skip naming the failed check it needs. The live checks
-use this project's chat service; a diagnosis names the first of DNS, TCP and TLS that fails.
+A row per check: pass, warn, fail or skip (naming the failed check it needs). The live checks use
+the project's chat service; a diagnosis names the first of DNS, TCP and TLS that fails.
 """
 
 from __future__ import annotations
@@ -51,8 +51,7 @@ ROTATE = "rotate the key: anything once committed stays in the history of every 
 STEP_HINTS = {
     "DNS": "Check the host name in ALLTKN_BASE_URL, and this host's DNS (/etc/resolv.conf).",
     "TCP": "Check the host and port in ALLTKN_BASE_URL, and this host's firewall and proxy.",
-    "TLS": "Check the scheme and port of ALLTKN_BASE_URL: something there does not speak TLS.",
-    "TLS certificate": "Update the CA certificates, or set SSL_CERT_FILE to a bundle with its CA.",
+    "TLS": "Check the scheme and port of ALLTKN_BASE_URL, and the CA certificates (SSL_CERT_FILE).",
 }
 CHECKS = {  # id: (title, the checks it needs)
     "settings": ("settings", ()),
@@ -82,9 +81,9 @@ def _bounded(seconds: float, work: Callable[[], T]) -> T:
     return future.result(timeout=max(0.0, seconds))
 
 
-# The live calls go through the chat service this project runs; `seen` gets each delta's time.
+# The live calls go through the project's own chat service (FastAPI: the async one, so each call
+# runs in an event loop of its own); `seen` gets the time of each delta.
 {%- if cookiecutter.framework == "fastapi" %}
-# FastAPI ships only the async one: each call runs in an event loop with a client of its own.
 Service = AsyncChatService
 Work = Callable[[AsyncChatService], Awaitable[T]]
 Chat = Callable[[Service, ChatRequest, CallInfo, list[float]], Awaitable[ChatResult]]
@@ -124,7 +123,6 @@ def _read(chat: Service, req: ChatRequest, call: CallInfo, seen: list[float]) ->
 class _Doctor:
     def __init__(self) -> None:
         self.started, self.started_at = time.monotonic(), datetime.now(timezone.utc)
-        self.rows: list[Check] = []
         try:
             self.settings, self.problem = load_settings(), ""
         except (ConfigError, OSError, ValueError) as exc:  # OSError, ValueError: a bad .env
@@ -133,22 +131,20 @@ class _Doctor:
             self.settings = Settings.model_construct()  # the defaults, no key
         self.key = "" if self.problem else self.settings.api_key.get_secret_value()
         self.timeout_s, url = self.settings.timeout_s, urlsplit(self.settings.base_url)
-        # What the report says of the configuration: model, gateway host[:port] and scheme.
         shown = (self.settings.model, url.netloc.rpartition("@")[2], url.scheme)
         self.shown = ("unknown", "unknown", "") if self.problem else shown
         self.deadline, self.model_ids = self.started + SHARES["all"] * self.timeout_s, list[str]()
 
-    def report(self) -> Report:
+    def report(self, rows: list[Check]) -> Report:
         unset = f"{API_KEY_ENV} is not set" in self.problem
         key = mask(self.key) if self.key else "not set" if unset else "unknown"
         took = round((time.monotonic() - self.started) * 1000, 1)
-        return Report(self.rows, self.started_at, took, *self.shown, self.timeout_s, key)
+        return Report(rows, self.started_at, took, *self.shown, self.timeout_s, key)
 
     def check_settings(self) -> Check:
         if self.problem:  # ConfigError's one line names each variable to fix
             return Check("fail", self.problem, "The service would refuse to start with it too.")
-        s = self.settings
-        return Check("pass", f"model {s.model}, timeout {s.timeout_s:g} s, retries {s.max_retries}")
+        return Check("pass", f"model {self.shown[0]}, timeout {self.timeout_s:g} s")
 
     def check_key(self) -> Check:
         source = "the environment" if API_KEY_ENV in os.environ else ".env"
@@ -156,13 +152,11 @@ class _Doctor:
         if KEY_SHAPE.fullmatch(self.key):
             return Check("pass", f"{shown} ({KEY_SHAPE_TEXT})")
         detail = f"{shown}: {len(self.key)} characters, not the usual {KEY_SHAPE_TEXT}"
-        hint = "If the gateway issued it so, ignore this; else copy it again from its console."
-        return Check("warn", detail, hint)
+        return Check("warn", detail, "If the gateway issued it so, fine; else copy it again.")
 
     def _git(self, *args: str, stdin: str = "") -> str | None:
-        """git's output here (git from PATH, as the user runs it), or None outside a work tree."""
         timeout, given = SHARES["git"] * self.timeout_s, stdin.encode()
-        try:
+        try:  # git from PATH, as the user runs it; None outside a work tree
             done = subprocess.run(["git", *args], input=given, capture_output=True, timeout=timeout)  # noqa: S603, S607
         except (OSError, subprocess.SubprocessError):
             return None
@@ -170,11 +164,9 @@ class _Doctor:
 
     def check_env_file(self) -> Check:
         # -t: "H path" for a tracked file, "? path" for one neither tracked nor ignored.
-        listed = self._git("ls-files", "-zt", "--cached", "--others", "--exclude-standard")
-        if listed is None:
+        if (listed := self._git("ls-files", "-zt", "-co", "--exclude-standard")) is None:
             return Check("skip", "not inside a git work tree")
-        entries = [entry.partition(" ")[::2] for entry in listed.split("\0")]
-        env = [(tag, path) for tag, path in entries if Path(path).name.startswith(".env")]
+        env = [(e[0], e[2:]) for e in listed.split("\0") if Path(e[2:]).name.startswith(".env")]
         if tracked := [path for tag, path in env if tag != "?" and path != ".env.example"]:
             hint = f"Untrack it (git rm --cached <file>; keep .env* in .gitignore) and {ROTATE}"
             return Check("fail", f"git tracks {', '.join(tracked)}", hint)
@@ -225,8 +217,7 @@ class _Doctor:
         try:
             page = self._live("models", lambda service: service.client.models.list())
         except GatewayError as error:
-            row = failed(error, None)
-            row.charge, row.charge_reason = "no", "listing the models generates nothing"
+            row = failed(error, None)  # no request id: a listing, which generates nothing
             if error.category in (Category.CONNECTION, Category.TIMEOUT):
                 step, hint = _diagnose(self.settings.base_url, SHARES["step"] * self.timeout_s)
                 row.detail, row.hint = f"{step} (GET /models: {row.detail})", hint or row.hint
@@ -251,7 +242,6 @@ class _Doctor:
         return Check("pass", f"{model}{also} among the {listed}")
 
     def _chat(self, share: str, work: Chat, seen: list[float]) -> Check:
-        """One short completion or stream on the configured model, through the service."""
         call, tokens = CallInfo(task="doctor"), min(MAX_TOKENS, self.settings.max_output_tokens)
         request = ChatRequest(prompt=PROMPT, max_tokens=tokens)
         try:
@@ -268,7 +258,7 @@ class _Doctor:
         return Check("pass", detail, None, None, None, *ids, *charge)
 
     def check_completion(self) -> Check:
-        return self._chat("completion", lambda service, r, c, _: service.complete(r, c), [])
+        return self._chat("completion", lambda chat, r, c, _: chat.complete(r, c), [])
 
     def check_stream(self) -> Check:
         row = self._chat("stream", _read, [time.monotonic()])
@@ -286,14 +276,13 @@ class _Doctor:
 
 def _diagnose(url: str, seconds: float) -> tuple[str, str | None]:
     """The first of DNS, TCP and TLS that fails on the way to the gateway (or its proxy)."""
-    parts, proxies = urlsplit(url), urllib.request.getproxies_environment()
+    parts, proxies, step = urlsplit(url), urllib.request.getproxies_environment(), "DNS"
     host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
     where, tls, proxy = f"{host}:{port}", parts.scheme == "https", proxies.get(parts.scheme)
     if proxy and not urllib.request.proxy_bypass(host):  # by host and port: it may hold a password
         proxied = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
         host, port, tls = proxied.hostname or "", proxied.port or 80, False
         where = f"the proxy {host}:{port}"
-    step = "DNS"
     try:
         lookup = _bounded(seconds, lambda: socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
         with socket.socket(lookup[0][0], socket.SOCK_STREAM) as sock:
@@ -304,25 +293,22 @@ def _diagnose(url: str, seconds: float) -> tuple[str, str | None]:
             if tls:
                 ssl.create_default_context().wrap_socket(sock, server_hostname=host).close()
     except (Overrun, OSError) as exc:
-        step = "TLS certificate" if isinstance(exc, ssl.SSLCertVerificationError) else step
         reason = getattr(exc, "verify_message", None) or exc or "no answer in time"
         return f"{step}: {where}: {reason}", STEP_HINTS[step]
     return f"{'DNS, TCP and TLS' if tls else 'DNS and TCP'} work, but {where} did not answer", None
 
 
 def run() -> Report:
-    """Every check; the settings are read as the service reads them (call logs: DEBUG only)."""
+    """Every check; the settings are read from the environment and `.env`, like the service."""
     doctor = _Doctor()
-    debug = not doctor.problem and doctor.settings.log_level == "DEBUG"
-    configure_logging("DEBUG" if debug else "ERROR", secrets=[doctor.key])
+    level = "DEBUG" if doctor.settings.log_level == "DEBUG" else "ERROR"  # the call logs: DEBUG
+    configure_logging(level, secrets=[doctor.key])
     checks = {k: (t, needs, getattr(doctor, f"check_{k}")) for k, (t, needs) in CHECKS.items()}
-    doctor.rows = run_checks(checks, doctor.key)
-    return doctor.report()
+    return doctor.report(run_checks(checks, doctor.key))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = "Check the configuration and the gateway, live. Exit 0 if no check "
-    parser.description += "failed (warnings allowed), else 1 and write support-report-<time>.txt."
+    parser.description = "Exit 0 if no check failed; else 1, and write support-report-<time>.txt."
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print the results as JSON")
     output.add_argument("--support", action="store_true", help="print a report for a ticket")

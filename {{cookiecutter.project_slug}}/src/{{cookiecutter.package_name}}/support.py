@@ -68,10 +68,12 @@ class Check:
 
 
 def failed(error: GatewayError, request_id: str | None, first_token_seen: bool = False) -> Check:
-    """The row of a failed gateway call, and whether it is likely billed (one-api bills what
-    it generated)."""
+    """The row of a failed gateway call (`request_id` None: GET /models), and whether it is
+    likely billed: one-api bills what it generated."""
     charge = ("no", "the gateway refused the request, or never got it: it generated nothing")
-    if error.category is Category.UPSTREAM_UNAVAILABLE:
+    if request_id is None:
+        charge = ("no", "listing the models generates nothing")
+    elif error.category is Category.UPSTREAM_UNAVAILABLE:
         charge = ("unlikely", "the gateway answered with an error instead of an answer")
     elif error.category not in NOTHING_GENERATED:
         charge = ("possible", "tokens were generated before the stream broke off")
