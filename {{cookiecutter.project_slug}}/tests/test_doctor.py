@@ -585,7 +585,7 @@ def test_env_file_and_key_in_git(
     assert re.search(rf"{statuses[1].upper()}  key not in git ", out)
     if tracked:
         assert "git tracks .env" in out
-        assert "the key is in 2 tracked file(s): .env:1, notes.md:3" in out
+        assert "the key is in tracked files, at 2 place(s): .env:1, notes.md:3" in out
         reports = list(tmp_path.glob("support-report-*.txt"))
         assert len(reports) == 1
         ignored = subprocess.run(["git", "check-ignore", "-q", reports[0].name], check=False)

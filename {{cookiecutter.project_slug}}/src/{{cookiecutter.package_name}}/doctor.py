@@ -78,7 +78,7 @@ def _bounded(seconds: float, work: Callable[[], T]) -> T:
             future.set_exception(exc)
 
     threading.Thread(target=target, name="doctor-step", daemon=True).start()
-    return future.result(timeout=max(0.0, seconds))
+    return future.result(timeout=seconds)
 
 
 # The live calls go through the project's own chat service (FastAPI: the async one, so each call
@@ -180,7 +180,7 @@ class _Doctor:
         if (found := self._git("grep", "-znoaF", "-f", "-", stdin=self.key)) is None:
             return Check("skip", "not inside a git work tree (or git did not answer in time)")
         if hits := [":".join(hit.split("\0")[:2]) for hit in found.splitlines()]:
-            detail = f"the key is in {len(hits)} tracked file(s): {', '.join(hits[:5])}"
+            detail = f"the key is in tracked files, at {len(hits)} place(s): {', '.join(hits[:5])}"
             return Check("fail", detail, f"Remove it from those files and {ROTATE}")
         return Check("pass", "the key is in no file git tracks here")
 
@@ -206,7 +206,7 @@ class _Doctor:
         update = {"timeout_s": seconds, "max_retries": 0, "fallback_models": "", "streaming": "on"}
         settings = self.settings.model_copy(update=update)
         try:
-            limit = min(1.5 * seconds, self.deadline - time.monotonic())  # the SDK's is per read
+            limit = max(0.01, min(1.5 * seconds, self.deadline - time.monotonic()))  # SDK: per read
             return _bounded(limit, lambda: _call(settings, work))
         except Overrun:
             raise GatewayError(Category.TIMEOUT, f"no answer within {limit:.3g} s") from None
@@ -293,7 +293,7 @@ def _diagnose(url: str, seconds: float) -> tuple[str, str | None]:
             if tls:
                 ssl.create_default_context().wrap_socket(sock, server_hostname=host).close()
     except (Overrun, OSError) as exc:
-        reason = getattr(exc, "verify_message", None) or exc or "no answer in time"
+        reason = getattr(exc, "verify_message", None) or str(exc) or "no answer in time"
         return f"{step}: {where}: {reason}", STEP_HINTS[step]
     return f"{'DNS, TCP and TLS' if tls else 'DNS and TCP'} work, but {where} did not answer", None
 
