@@ -51,12 +51,7 @@ Switch = Literal["on", "off"]
 
 
 class ConfigError(Exception):
-    """A setting is missing or invalid; the message is one line and never holds the key.
-    `problems` maps each variable to fix to what is wrong with it (doctor's rows)."""
-
-    def __init__(self, message: str, problems: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.problems = problems or {}
+    """A setting is missing or invalid; the message is one line and never holds the key."""
 
 
 class Settings(BaseSettings):
@@ -174,14 +169,11 @@ def load_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        problems = _problems(exc)
-        described = "; ".join(f"{name} {reason}" for name, reason in problems.items())
-        message = f"{described}. Set it in the environment or in .env (see .env.example)."
-        raise ConfigError(message, problems) from None
+        raise ConfigError(_describe(exc)) from None
 
 
-def _problems(exc: ValidationError) -> dict[str, str]:
-    problems: dict[str, str] = {}
+def _describe(exc: ValidationError) -> str:
+    problems = []
     for error in exc.errors(include_input=False, include_url=False):
         name = str(error["loc"][0]) if error["loc"] else "settings"
         env_name = ENV_NAMES.get(name, name)
@@ -190,8 +182,8 @@ def _problems(exc: ValidationError) -> dict[str, str]:
             if error["type"] == "missing"
             else error["msg"].removeprefix("Value error, ")
         )
-        problems[env_name] = f"{problems[env_name]}; {reason}" if env_name in problems else reason
-    return problems
+        problems.append(f"{env_name} {reason}")
+    return "; ".join(problems) + ". Set it in the environment or in .env (see .env.example)."
 
 
 def load_settings_or_exit() -> Settings:
