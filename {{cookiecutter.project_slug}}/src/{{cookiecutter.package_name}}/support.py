@@ -1,13 +1,13 @@
-"""The doctor's report: its rows, printed as text or JSON, and the support report for a ticket.
+"""The doctor's report: its rows, as text or JSON, and the support report for a ticket.
 
-The support report holds what a gateway ticket needs: versions, model, the gateway's host
-(never the URL), the UTC time and, for each failed check, the gateway's own words (verbatim,
-often Chinese), its request id, the category and whether a charge is likely. It holds no key:
-rows are redacted with the live key as they are made, and every text once more on the way out.
+The support report holds versions, model, gateway host (never the URL), UTC time and, per failed
+check, the gateway's own words, its request id, the category and whether a charge is likely.
+No key: rows are redacted with the live key as they are made, every text again on the way out.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import sys
@@ -220,10 +220,7 @@ def report_json(report: Report, support_report: Path | None) -> str:
         "time": report.started_at.isoformat().replace("+00:00", "Z"),
         "duration_ms": report.duration_ms,
         "versions": versions(),
-        "model": report.model,
-        "gateway_host": report.gateway_host,
-        "timeout_s": report.timeout_s,
-        "key": report.key,
+        **{name: getattr(report, name) for name in ("model", "gateway_host", "timeout_s", "key")},
         "summary": report.counts(),
         "checks": [{"id": c.id, "title": c.title, **_fields(c)} for c in report.checks],
         "support_report": str(support_report) if support_report else None,
@@ -234,14 +231,11 @@ def report_json(report: Report, support_report: Path | None) -> str:
 def write_support_report(text: str, report: Report, directory: Path) -> Path:
     """`support-report-<UTC time>.txt` in `directory`, never overwriting; OSError if it fails."""
     stamp = report.started_at.strftime("%Y%m%dT%H%M%SZ")
-    for suffix in ["", *(f"-{n}" for n in range(2, 100))]:
-        path = directory / f"{REPORT_PREFIX}{stamp}{suffix}.txt"
-        try:
-            with path.open("x", encoding="utf-8") as file:
-                file.write(text)
-        except FileExistsError:
-            continue
-        return path
+    for n in range(1, 100):
+        path = directory / f"{REPORT_PREFIX}{stamp}{'' if n == 1 else f'-{n}'}.txt"
+        with contextlib.suppress(FileExistsError), path.open("x", encoding="utf-8") as file:
+            file.write(text)
+            return path
     raise FileExistsError(f"{directory / REPORT_PREFIX}{stamp}*.txt: too many reports")
 
 
