@@ -204,7 +204,8 @@ def build_support_report(report: Report) -> str:
         lines += [f"{c.title}: {c.detail}"]
         shown = [(label, values[name]) for name, label in FAILURE_LABELS.items() if values[name]]
         lines += [f"  {label + ':':<20} {value}" for label, value in shown] + [""]
-    lines += ["", "All checks", "----------", *render_rows(report, hints=False), ""]
+    lines += [""] * (not failures) + ["All checks", "----------", *render_rows(report, hints=False)]
+    lines += [""]
     return redact("\n".join(lines))
 
 
