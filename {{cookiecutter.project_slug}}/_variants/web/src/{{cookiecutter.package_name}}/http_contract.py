@@ -1,4 +1,7 @@
-"""The HTTP contract both web variants serve: request body, request ids, error bodies, statuses."""
+"""The HTTP contract both web variants serve: request ids, statuses, error bodies, SSE events.
+
+The request body is `request.ChatRequest`; every error body is `errors.error_body`.
+"""
 
 from __future__ import annotations
 
@@ -7,20 +10,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from http import HTTPStatus
 from importlib import resources
-from typing import Any, Literal, cast
+from typing import Any
 
-from openai.types.chat import ChatCompletionMessageParam
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import to_json
 
-from .chat import ChatResult, Usage, new_request_id
-from .errors import Category, GatewayError
+from .chat import ChatResult, new_request_id
+from .errors import Category, GatewayError, error_body
+from .request import ChatRequest
 
-MAX_MESSAGES = 200
-MAX_CONTENT_CHARS = 200_000
 REQUEST_ID_HEADER = "X-Request-ID"
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 BAD_BODY_HINT = (
-    'Send JSON like {"prompt": "Hello"} or {"messages": [{"role": "user", "content": "Hello"}]}.'
+    'Send JSON like {"prompt": "Hello"} or {"messages": [{"role": "user", "content": "Hello"}]}'
+    ', optionally with "model", "max_tokens", "temperature", "user", "task".'
 )
 ENDPOINTS_HINT = (
     "The API is POST /v1/chat and POST /v1/chat/stream; GET /healthz is the health check "
@@ -40,42 +42,11 @@ DEMO_PAGE_HEADERS = {
     ),
     "Cache-Control": "no-cache",
 }
-
-
-class Message(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    role: Literal["system", "user", "assistant"]
-    content: str = Field(min_length=1, max_length=MAX_CONTENT_CHARS)
-
-
-class ChatRequest(BaseModel):
-    """Body of `POST /v1/chat` and `POST /v1/chat/stream`: `messages` or `prompt`, not both."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    messages: list[Message] | None = Field(None, min_length=1, max_length=MAX_MESSAGES)
-    prompt: str | None = Field(None, min_length=1, max_length=MAX_CONTENT_CHARS)
-    model: str | None = Field(None, min_length=1, max_length=200, pattern=r"^\S+$")
-    user: str | None = Field(None, max_length=256)
-    task: str | None = Field(None, max_length=128)
-
-    @model_validator(mode="after")
-    def _messages_or_prompt(self) -> ChatRequest:
-        if (self.messages is None) == (self.prompt is None):
-            raise ValueError("send either 'messages' or 'prompt', not both and not neither")
-        if self.prompt is not None and not self.prompt.strip():
-            raise ValueError("'prompt' is blank")
-        return self
-
-    def to_messages(self) -> list[ChatCompletionMessageParam]:
-        if self.prompt is not None:
-            return [{"role": "user", "content": self.prompt}]
-        # The role is one of the Literal values above, so each dict is a valid message param.
-        return [
-            cast("ChatCompletionMessageParam", message.model_dump())
-            for message in self.messages or []
-        ]
+# Proxies (nginx, many CDNs) buffer responses unless told not to; a buffered stream looks
+# like a hang followed by the whole answer at once.
+STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+MEDIA_TYPE = "text/event-stream"
+KEEPALIVE = b": keep-alive\n\n"  # an SSE comment: keeps proxies from timing a silence out
 
 
 def request_id_from(header_value: str | None) -> str:
@@ -86,39 +57,28 @@ def request_id_from(header_value: str | None) -> str:
 
 
 def describe_errors(errors: Sequence[Mapping[str, Any]]) -> str:
-    """One line naming the first bad field, e.g. `messages.0.role: Input should be ...`."""
+    """One line naming the first bad field and what it takes, e.g.
+    `temperature: Input should be less than or equal to 2 - sampling temperature, 0-2`."""
     first = errors[0]
-    where = ".".join(str(part) for part in first["loc"] if part != "body") or "body"
+    loc = [str(part) for part in first["loc"] if part != "body"]
     message = str(first["msg"]).removeprefix("Value error, ")
+    field = ChatRequest.model_fields.get(loc[0]) if len(loc) == 1 else None
+    about = f" - {field.description}" if field and field.description else ""
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"{where}: {message}{more}"
+    return f"{'.'.join(loc) or 'body'}: {message}{more}{about}"
 
 
 def status_for(error: GatewayError) -> int:
-    return _STATUS_BY_CATEGORY.get(error.category, _UPSTREAM_FAILURE_STATUS)
+    return error.status or _STATUS_BY_CATEGORY.get(error.category, _UPSTREAM_FAILURE_STATUS)
 
 
-def error_body(error: GatewayError, request_id: str) -> dict[str, Any]:
-    return {
-        "error": {
-            "category": error.category.value,
-            "message": error.message,
-            "hint": error.hint,
-            "request_id": request_id,
-        }
-    }
+def gateway_error_body(error: GatewayError, request_id: str) -> dict[str, Any]:
+    return error_body(error.category, error.message, error.hint, request_id)
 
 
 def bad_body(message: str, request_id: str) -> dict[str, Any]:
-    """The error body for a request we refuse before calling the gateway."""
-    return {
-        "error": {
-            "category": Category.INVALID_REQUEST.value,
-            "message": message,
-            "hint": BAD_BODY_HINT,
-            "request_id": request_id,
-        }
-    }
+    """The error body for a request body refused before any gateway call."""
+    return error_body(Category.INVALID_REQUEST, message, BAD_BODY_HINT, request_id)
 
 
 def no_route_body(status: int, method: str, path: str, request_id: str) -> dict[str, Any]:
@@ -131,14 +91,7 @@ def no_route_body(status: int, method: str, path: str, request_id: str) -> dict[
         message = f"{method} is not allowed on {path}"
     else:
         message = HTTPStatus(status).phrase
-    return {
-        "error": {
-            "category": Category.INVALID_REQUEST.value,
-            "message": message,
-            "hint": ENDPOINTS_HINT,
-            "request_id": request_id,
-        }
-    }
+    return error_body(Category.INVALID_REQUEST, message, ENDPOINTS_HINT, request_id)
 
 
 def retry_headers(error: GatewayError) -> dict[str, str]:
@@ -146,15 +99,11 @@ def retry_headers(error: GatewayError) -> dict[str, str]:
     return {"Retry-After": error.retry_after} if error.retry_after else {}
 
 
-def usage_body(usage: Usage | None) -> dict[str, int] | None:
-    return asdict(usage) if usage else None
-
-
 def result_body(result: ChatResult) -> dict[str, Any]:
     return {
         "content": result.content,
         "model": result.model,
-        "usage": usage_body(result.usage),
+        "usage": asdict(result.usage) if result.usage else None,
         "request_id": result.request_id,
     }
 
@@ -162,3 +111,26 @@ def result_body(result: ChatResult) -> dict[str, Any]:
 def demo_page() -> bytes:
     """The static demo page served at `GET /` (static/index.html, shipped in the package)."""
     return (resources.files(__package__) / "static" / "index.html").read_bytes()
+
+
+# -- server-sent events: one `data:` event per delta, then `event: done` or `event: error` --
+
+
+def _event(data: Mapping[str, object], event: str | None = None) -> bytes:
+    # pydantic-core's encoder: compact UTF-8 JSON, several times faster than `json.dumps`.
+    payload = b"data: " + to_json(data) + b"\n\n"
+    return f"event: {event}\n".encode() + payload if event else payload
+
+
+def delta_event(text: str) -> bytes:
+    return _event({"delta": text})
+
+
+def done_event(result: ChatResult) -> bytes:
+    body = result_body(result)
+    del body["content"]  # the client has it, delta by delta
+    return _event(body, "done")
+
+
+def error_event(error: GatewayError, request_id: str) -> bytes:
+    return _event(gateway_error_body(error, request_id), "error")
