@@ -35,10 +35,13 @@ class Server:
         self.log = log
         self.seen: list[str] = []  # every response head and body, for the key-leak check
 
-    def post(self, path: str, body: Any, **kwargs: Any) -> httpx2.Response:
-        response = httpx2.post(self.url + path, json=body, timeout=10, **kwargs)
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx2.Response:
+        response = httpx2.request(method, self.url + path, timeout=10, **kwargs)
         self.remember(response, response.text)
         return response
+
+    def post(self, path: str, body: Any, **kwargs: Any) -> httpx2.Response:
+        return self.request("POST", path, json=body, **kwargs)
 
     def remember(self, response: httpx2.Response, body: str) -> None:
         self.seen.append(f"{response.status_code} {dict(response.headers)} {body}")

@@ -1,7 +1,9 @@
-"""The HTTP contract, tested against the real server process on loopback, as clients see it.
+"""The HTTP contract, tested against the real server process on loopback, as clients see it:
+statuses, bodies, request ids, parameters, streams, and the key in no response and no log line.
 
 Streaming and disconnects only behave for real over a socket, so nothing here uses an
-in-process test client.
+in-process test client. One server for the module, at LOG_LEVEL=DEBUG so that the key checks
+cover every logger's output (the SDK's, the transport's, the server's).
 """
 
 from __future__ import annotations
@@ -22,11 +24,25 @@ from .live_server import PROJECT_ROOT, Server, free_port, parse_events, run_serv
 from .server import server_command
 
 ANSWER = "Hello from the fake gateway."
+MAX_OUTPUT_TOKENS = 512
+PATHS = ["/v1/chat", "/v1/chat/stream"]
+# The key, and pieces of it long enough that no mask could contain them.
+KEY_PIECES = (SENTINEL_KEY, SENTINEL_KEY[:20], SENTINEL_KEY[3:23], SENTINEL_KEY[-12:])
+
+
+def assert_no_key(text: str) -> None:
+    for piece in KEY_PIECES:
+        assert piece not in text
 
 
 @pytest.fixture(scope="module")
 def server(gateway: FakeGateway, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with run_server(gateway, tmp_path_factory.mktemp("server")) as running:
+    with run_server(
+        gateway,
+        tmp_path_factory.mktemp("server"),
+        LOG_LEVEL="DEBUG",
+        ALLTKN_MAX_OUTPUT_TOKENS=str(MAX_OUTPUT_TOKENS),
+    ) as running:
         yield running
 
 
@@ -34,7 +50,7 @@ def server(gateway: FakeGateway, tmp_path_factory: pytest.TempPathFactory) -> It
 
 
 def test_healthz_answers_without_calling_the_gateway(server: Server, gateway: FakeGateway) -> None:
-    response = httpx2.get(server.url + "/healthz")
+    response = server.request("GET", "/healthz")
     assert response.status_code == 200
     assert response.json() == {"status": "ok"}
     assert response.headers["x-request-id"]
@@ -51,8 +67,8 @@ def test_healthz_answers_without_calling_the_gateway(server: Server, gateway: Fa
 def test_a_request_no_endpoint_takes_gets_the_error_body(
     server: Server, gateway: FakeGateway, method: str, path: str, status: int, message: str
 ) -> None:
-    response = httpx2.request(
-        method, server.url + path, json={"prompt": "hi"}, headers={"X-Request-ID": "lost-client"}
+    response = server.request(
+        method, path, json={"prompt": "hi"}, headers={"X-Request-ID": "lost-client"}
     )
 
     assert response.status_code == status
@@ -93,6 +109,46 @@ def test_chat_returns_the_answer(
     assert payload["request_id"] == response.headers["x-request-id"]
     (sent,) = gateway.requests_for("gpt-4o-mini")
     assert sent.headers["authorization"] == f"Bearer {SENTINEL_KEY}"
+    prompt = [{"role": "user", "content": body.get("prompt")}]
+    assert sent.body["messages"] == body.get("messages", prompt)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_temperature_and_max_tokens_reach_the_gateway(
+    server: Server, gateway: FakeGateway, path: str
+) -> None:
+    response = server.post(path, {"prompt": "hi", "temperature": 0.3, "max_tokens": 50})
+
+    assert response.status_code == 200, response.text
+    sent = gateway.requests[-1].body
+    assert (sent["temperature"], sent["max_tokens"]) == (0.3, 50)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_the_output_cap_is_sent_when_the_request_names_no_max_tokens(
+    server: Server, gateway: FakeGateway, path: str
+) -> None:
+    response = server.post(path, {"prompt": "hi"})
+
+    assert response.status_code == 200, response.text
+    sent = gateway.requests[-1].body
+    assert sent["max_tokens"] == MAX_OUTPUT_TOKENS  # ALLTKN_MAX_OUTPUT_TOKENS
+    assert "temperature" not in sent  # left to the gateway
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_max_tokens_above_the_cap_is_a_422_naming_the_setting_without_an_upstream_call(
+    server: Server, gateway: FakeGateway, path: str
+) -> None:
+    response = server.post(path, {"prompt": "hi", "max_tokens": MAX_OUTPUT_TOKENS + 1})
+
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["category"] == "invalid_request"
+    assert "ALLTKN_MAX_OUTPUT_TOKENS" in error["message"]
+    assert f"at most {MAX_OUTPUT_TOKENS}" in error["message"]
+    assert error["request_id"] == response.headers["x-request-id"]
+    assert gateway.requests == []
 
 
 def test_request_id_is_reused_echoed_sent_upstream_and_logged(
@@ -120,7 +176,7 @@ def test_an_invalid_request_id_is_replaced(server: Server) -> None:
     assert response.headers["x-request-id"] not in ("", "bad id\twith spaces")
 
 
-@pytest.mark.parametrize("path", ["/v1/chat", "/v1/chat/stream"])
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize(
     ("body", "status", "names"),
     [
@@ -137,7 +193,12 @@ def test_an_invalid_request_id_is_replaced(server: Server) -> None:
         pytest.param({"messages": [{"role": "robot", "content": "x"}]}, 422, "role", id="bad-role"),
         pytest.param({"messages": [{"role": "user"}]}, 422, "content", id="no-content"),
         pytest.param({"prompt": "x", "model": "two words"}, 422, "model", id="bad-model-name"),
-        pytest.param({"prompt": "x", "temperature": 3}, 422, "temperature", id="unknown-field"),
+        pytest.param({"prompt": "x", "temperature": 3}, 422, "temperature", id="temperature-3"),
+        pytest.param({"prompt": "x", "temperature": -1}, 422, "0-2", id="temperature-negative"),
+        pytest.param({"prompt": "x", "max_tokens": 0}, 422, "max_tokens", id="max-tokens-0"),
+        pytest.param({"prompt": "x", "max_tokens": 2.5}, 422, "max_tokens", id="max-tokens-2.5"),
+        pytest.param({"prompt": "x", "max_tokens": "many"}, 422, "integer", id="max-tokens-text"),
+        pytest.param({"prompt": "x", "top_k": 3}, 422, "top_k", id="unknown-field"),
         pytest.param([1, 2], 422, "", id="not-an-object"),
     ],
 )
@@ -145,8 +206,8 @@ def test_bad_bodies_are_refused_before_any_gateway_call(
     server: Server, gateway: FakeGateway, path: str, body: Any, status: int, names: str
 ) -> None:
     if isinstance(body, bytes):
-        response = httpx2.post(
-            server.url + path, content=body, headers={"Content-Type": "application/json"}
+        response = server.request(
+            "POST", path, content=body, headers={"Content-Type": "application/json"}
         )
     else:
         response = server.post(path, body)
@@ -166,20 +227,30 @@ def test_bad_bodies_are_refused_before_any_gateway_call(
     [
         pytest.param("fake-error-401", 502, "auth", id="auth"),
         pytest.param("fake-error-quota", 502, "quota", id="quota"),
+        pytest.param("fake-error-402", 502, "quota", id="quota-402"),
         pytest.param("fake-error-403", 502, "permission", id="permission"),
         pytest.param("fake-error-404-model", 502, "model_not_found", id="model-404"),
         pytest.param("fake-error-503-model", 502, "model_not_found", id="model-503"),
         pytest.param("fake-error-400", 400, "invalid_request", id="invalid-upstream"),
         pytest.param("fake-error-429", 429, "rate_limited", id="rate-limited"),
-        pytest.param("fake-error-500", 502, "upstream_unavailable", id="unavailable"),
+        pytest.param("fake-error-500", 502, "upstream_unavailable", id="unavailable-500"),
+        pytest.param("fake-error-502", 502, "upstream_unavailable", id="unavailable-502"),
         pytest.param("fake-timeout", 504, "timeout", id="timeout"),
         pytest.param("fake-html-200", 502, "upstream_unavailable", id="200-html-page"),
+        pytest.param("fake-drop", 502, "connection", id="connection"),
     ],
 )
-@pytest.mark.parametrize("path", ["/v1/chat", "/v1/chat/stream"])
+@pytest.mark.parametrize("path", PATHS)
 def test_gateway_failures_map_to_status_and_category(
-    server: Server, path: str, model: str, status: int, category: str
+    server: Server,
+    gateway: FakeGateway,
+    monkeypatch: pytest.MonkeyPatch,
+    path: str,
+    model: str,
+    status: int,
+    category: str,
 ) -> None:
+    monkeypatch.setattr(gateway, "hang_seconds", 1.2)  # just past the server's 1 s timeout
     response = server.post(path, {"prompt": "hi", "model": model})
 
     assert response.status_code == status
@@ -188,8 +259,10 @@ def test_gateway_failures_map_to_status_and_category(
     assert error["category"] == category
     assert error["message"]
     assert error["hint"]
+    assert error["request_id"] == response.headers["x-request-id"]
     assert "Traceback" not in response.text
     assert "用户额度不足" not in response.text  # the gateway's own words stay in the logs
+    assert_no_key(server.seen[-1])
     if category == "rate_limited":
         assert response.headers["retry-after"] == "7"
 
@@ -254,6 +327,7 @@ def test_stream_deltas_reach_the_client_before_the_gateway_finishes(
     [
         pytest.param("fake-stream-cut", id="cut"),
         pytest.param("fake-stream-error", id="error-event"),
+        pytest.param("fake-stream-no-finish", id="no-finish-reason"),
     ],
 )
 def test_a_failure_after_the_stream_began_becomes_an_error_event(
@@ -267,14 +341,16 @@ def test_a_failure_after_the_stream_began_becomes_an_error_event(
     name, data = events[-1]
     assert name == "error"
     assert data["error"]["category"] == "stream_interrupted"
+    assert data["error"]["hint"]
     assert data["error"]["request_id"] == response.headers["x-request-id"]
     assert all(name != "done" for name, _ in events)
+    assert_no_key(server.seen[-1])
 
 
 def test_a_stream_whose_first_token_never_comes_ends_as_a_timeout(
     server: Server, gateway: FakeGateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(gateway, "hang_seconds", 1.5)  # past the server's 1 s read timeout
+    monkeypatch.setattr(gateway, "hang_seconds", 1.2)  # past the server's 1 s read timeout
     response = server.post("/v1/chat/stream", {"prompt": "hi", "model": "fake-stream-slow-start"})
 
     # The gateway had accepted the stream, so the response (and its keep-alives) had started.
@@ -285,6 +361,8 @@ def test_a_stream_whose_first_token_never_comes_ends_as_a_timeout(
     entry = server.call_log(response.headers["x-request-id"])
     assert (entry["status"], entry["category"], entry["ttft_ms"]) == ("error", "timeout", None)
     assert entry["upstream_request_id"]
+    # The gateway notices the closed connection when it wakes; not in the next test's count.
+    assert gateway.wait_for(lambda: gateway.aborted_streams == 1, timeout=2)
 
 
 def test_a_client_that_hangs_up_stops_the_upstream_stream(
@@ -297,39 +375,70 @@ def test_a_client_that_hangs_up_stops_the_upstream_stream(
         headers={"X-Request-ID": "hang-up-1"},
         timeout=10,
     ) as response:
-        next(response.iter_lines())
+        first = next(response.iter_lines())
+        assert_no_key(f"{response.headers} {first}")
     # The relay notices at its next write (fake-slow sends every 0.2 s), then closes upstream.
     assert gateway.wait_for(lambda: gateway.aborted_streams == 1, timeout=3)
     entry = server.call_log("hang-up-1")
     assert entry["status"] == "client_disconnect"
+    assert gateway.completed_streams == 0
 
 
-def test_the_key_appears_in_no_response(server: Server) -> None:
-    server.post("/v1/chat/stream", {"prompt": "hi"})
-    server.post("/v1/chat", {"prompt": "hi", "model": "fake-error-401"})
+# -- the key -------------------------------------------------------------------------------
+
+
+def test_a_key_sent_by_the_client_is_not_logged(server: Server) -> None:
+    """A client pastes the key into a prompt and a query string: neither the access log nor
+    the call log may hold it."""
+    response = server.post(
+        "/v1/chat",
+        {"prompt": f"is {SENTINEL_KEY} valid?"},
+        params={"k": SENTINEL_KEY},
+        headers={"X-Request-ID": "pasted-key"},
+    )
+
+    assert response.status_code == 200
+    server.call_log("pasted-key")
+    assert_no_key(server.output())
+
+
+def test_the_key_is_in_no_response_and_no_server_output(server: Server) -> None:
+    # Its own calls, a success and a failure of each endpoint: run alone (or first, on a
+    # pytest-xdist worker), the module's server would have answered and logged nothing yet.
+    for path in PATHS:
+        for model in ("gpt-4o-mini", "fake-error-401"):
+            request_id = f"key-check-{model}-{path.count('/')}"
+            server.post(path, {"prompt": "hi", "model": model}, headers={"X-Request-ID": request_id})
+            server.call_log(request_id)
+
     assert server.seen
-    assert all(SENTINEL_KEY not in seen for seen in server.seen)
-    assert all(SENTINEL_KEY[-12:] not in seen for seen in server.seen)
+    for seen in server.seen:
+        assert_no_key(seen)
+    output = server.output()
+    assert '"event": "upstream_call"' in output
+    assert '"level": "DEBUG"' in output  # the loggers that could leak it were all on
+    assert_no_key(output)
 
 
 # -- start-up ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("workers", ["1", "2"], ids=["1-worker", "2-workers"])
 @pytest.mark.parametrize(
-    ("name", "value"),
+    ("name", "value", "workers"),
     [
-        pytest.param(API_KEY_ENV, None, id="key-missing"),
-        pytest.param(API_KEY_ENV, "<your-alltkn-api-key>", id="key-placeholder"),
-        pytest.param("WEB_CONCURRENCY", "0", id="workers-zero"),
-        pytest.param("WEB_CONCURRENCY", "65", id="workers-too-many"),
+        # With several workers too: the server must stop, not respawn failing workers forever.
+        pytest.param(API_KEY_ENV, None, "2", id="key-missing-2-workers"),
+        pytest.param(API_KEY_ENV, "<your-alltkn-api-key>", "1", id="key-placeholder"),
+        pytest.param("WEB_CONCURRENCY", "0", None, id="workers-zero"),
+        pytest.param("WEB_CONCURRENCY", "65", None, id="workers-too-many"),
     ],
 )
 def test_the_server_refuses_to_start_with_a_bad_setting(
-    gateway: FakeGateway, name: str, value: str | None, workers: str
+    gateway: FakeGateway, name: str, value: str | None, workers: str | None
 ) -> None:
-    # With several workers too: the server must stop, not respawn workers that fail forever.
-    env = server_env(gateway, WEB_CONCURRENCY=workers)
+    env = server_env(gateway)
+    if workers is not None:
+        env["WEB_CONCURRENCY"] = workers
     if value is None:
         env.pop(name)
     else:

@@ -1,5 +1,6 @@
-"""Streams under the conditions that break them in production: a silent gateway, a client that
-stops reading, many clients hanging up at once. Real server processes on loopback only."""
+"""Streams under the conditions that break them in production: a silent gateway, a first token
+that never comes, a client that stops reading, many clients hanging up at once. Real server
+processes on loopback only."""
 
 from __future__ import annotations
 
@@ -12,30 +13,39 @@ import httpx2
 import pytest
 
 from .fake_gateway import FakeGateway
-from .live_server import Server, run_server
+from .live_server import Server, parse_events, run_server
 
-KEEPALIVE_S = 0.2
+ANSWER = "Hello from the fake gateway."
+KEEPALIVE_S = 0.1
 SEND_TIMEOUT_S = 0.5
+TIMEOUT_S = 1.0
 
 
 @pytest.fixture(scope="module")
 def server(gateway: FakeGateway, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """Short keep-alive and send timeouts; one retry and a fallback model, so that what is (and
+    is not) retried before the first delta shows."""
     with run_server(
         gateway,
         tmp_path_factory.mktemp("streaming"),
         ALLTKN_SSE_KEEPALIVE_S=str(KEEPALIVE_S),
         ALLTKN_SSE_SEND_TIMEOUT_S=str(SEND_TIMEOUT_S),
-        ALLTKN_TIMEOUT_S="10",
+        ALLTKN_TIMEOUT_S=str(TIMEOUT_S),
+        ALLTKN_MAX_RETRIES="1",
+        ALLTKN_FALLBACK_MODELS="gpt-4o",
     ) as running:
         yield running
 
 
-def test_keep_alives_flow_while_the_gateway_is_silent(server: Server) -> None:
+def test_keep_alives_flow_while_the_gateway_is_silent(
+    server: Server, gateway: FakeGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gateway, "hang_seconds", 0.6)  # the first token after 0.6 s
     lines: list[str] = []
     with httpx2.stream(
         "POST",
         server.url + "/v1/chat/stream",
-        json={"prompt": "hi", "model": "fake-slow-start"},  # first token after 1 s
+        json={"prompt": "hi", "model": "fake-stream-slow-start"},
         timeout=10,
     ) as response:
         for line in response.iter_lines():
@@ -44,14 +54,15 @@ def test_keep_alives_flow_while_the_gateway_is_silent(server: Server) -> None:
                 break
 
     keepalives = [line for line in lines if line == ": keep-alive"]
-    assert len(keepalives) >= 3  # about one per 0.2 s during the 1 s of silence
+    assert len(keepalives) >= 3  # about one per 0.1 s during the 0.6 s of silence
     assert lines[-1].startswith('data: {"delta"')
 
 
 def test_a_client_leaving_before_the_first_token_stops_the_upstream_and_its_retries(
     server: Server, gateway: FakeGateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(gateway, "hang_seconds", 1.0)  # the first token comes after 1 s
+    monkeypatch.setattr(gateway, "hang_seconds", 0.6)  # the first token comes after 0.6 s
+    monkeypatch.setattr(gateway, "delta_interval", 0.05)  # then one every 50 ms
     with httpx2.stream(
         "POST",
         server.url + "/v1/chat/stream",
@@ -62,10 +73,44 @@ def test_a_client_leaving_before_the_first_token_stops_the_upstream_and_its_retr
         for line in response.iter_lines():
             if line == ": keep-alive":
                 break  # hang up while the gateway is still silent
+    left = time.monotonic()
 
-    assert gateway.wait_for(lambda: gateway.aborted_streams == 1, timeout=5)
+    # Logged at the relay's next keep-alive, well before the first token.
     assert server.call_log("left-before-first-token")["status"] == "client_disconnect"
-    assert len(gateway.requests_for("fake-stream-slow-start")) == 1  # not retried for nobody
+    assert time.monotonic() - left < 0.5
+    # Upstream closed by the time the gateway sends its first token (FastAPI at once; Flask's
+    # reader thread, blocked in its read, lets go when that token arrives): it never finishes.
+    assert gateway.wait_for(lambda: gateway.aborted_streams == 1, timeout=3)
+    assert gateway.completed_streams == 0
+    assert len(gateway.requests) == 1  # neither retried nor fallen back for nobody
+
+
+def test_a_stream_without_a_first_token_is_retried_then_falls_back(
+    server: Server, gateway: FakeGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gateway, "hang_seconds", TIMEOUT_S + 0.2)  # past the read timeout
+    response = server.post(
+        "/v1/chat/stream", {"prompt": "say hello please", "model": "fake-stream-slow-start"}
+    )
+
+    assert response.status_code == 200
+    events = parse_events(response.text)
+    assert "".join(data["delta"] for name, data in events if name == "message") == ANSWER
+    assert events[-1][0] == "done"
+    assert events[-1][1]["model"] == "gpt-4o"
+    assert len(gateway.requests_for("fake-stream-slow-start")) == 2  # tried, then retried once
+    assert len(gateway.requests_for("gpt-4o")) == 1
+    request_id = response.headers["x-request-id"]
+    server.call_log(request_id)
+    calls = [c for c in server.call_logs() if c["request_id"] == request_id]
+    assert [(c["model"], c["category"]) for c in calls] == [
+        ("fake-stream-slow-start", "timeout"),
+        ("fake-stream-slow-start", "timeout"),
+        ("gpt-4o", None),
+    ]
+    assert calls[-1]["fallback_from"] == "fake-stream-slow-start"
+    # Both timed-out attempts are seen as aborted when the gateway wakes: not in the next test.
+    assert gateway.wait_for(lambda: gateway.aborted_streams == 2, timeout=3)
 
 
 def test_a_client_that_stops_reading_does_not_pin_the_upstream(
