@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -109,7 +110,7 @@ def run_server(gateway: FakeGateway, log_dir: Path, **env: str) -> Iterator[Serv
         _wait_until_healthy(running)
         yield running
     finally:
-        process.terminate()
+        process.send_signal(signal.SIGINT)  # gunicorn's quick shutdown; uvicorn's usual one
         process.wait(timeout=10)
     output = running.output()
     assert SENTINEL_KEY not in output

@@ -408,7 +408,8 @@ def test_the_key_is_in_no_response_and_no_server_output(server: Server) -> None:
     for path in PATHS:
         for model in ("gpt-4o-mini", "fake-error-401"):
             request_id = f"key-check-{model}-{path.count('/')}"
-            server.post(path, {"prompt": "hi", "model": model}, headers={"X-Request-ID": request_id})
+            headers = {"X-Request-ID": request_id}
+            server.post(path, {"prompt": "hi", "model": model}, headers=headers)
             server.call_log(request_id)
 
     assert server.seen

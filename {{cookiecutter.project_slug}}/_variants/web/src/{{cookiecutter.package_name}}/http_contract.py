@@ -20,9 +20,10 @@ from .request import ChatRequest
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_OPTIONAL = [name for name in ChatRequest.model_fields if name not in ("messages", "prompt")]
 BAD_BODY_HINT = (
     'Send JSON like {"prompt": "Hello"} or {"messages": [{"role": "user", "content": "Hello"}]}'
-    ', optionally with "model", "max_tokens", "temperature", "user", "task".'
+    f", optionally with {', '.join(_OPTIONAL)}."
 )
 ENDPOINTS_HINT = (
     "The API is POST /v1/chat and POST /v1/chat/stream; GET /healthz is the health check "
