@@ -219,6 +219,7 @@ def test_bad_bodies_are_refused_before_any_gateway_call(
     assert "\n" not in error["message"]
     assert error["hint"]
     assert error["request_id"] == response.headers["x-request-id"]
+    assert_no_key(server.seen[-1])
     assert gateway.requests == []
 
 

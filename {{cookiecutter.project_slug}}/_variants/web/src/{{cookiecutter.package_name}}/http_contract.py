@@ -33,8 +33,7 @@ _STATUS_BY_CATEGORY = {
     Category.INVALID_REQUEST: 400,
     Category.RATE_LIMITED: 429,
     Category.TIMEOUT: 504,
-}
-_UPSTREAM_FAILURE_STATUS = 502
+}  # every other gateway failure: 502
 # The demo page may only talk to this service; it holds no key and no setting.
 DEMO_PAGE_HEADERS = {
     "Content-Security-Policy": (
@@ -70,7 +69,7 @@ def describe_errors(errors: Sequence[Mapping[str, Any]]) -> str:
 
 
 def status_for(error: GatewayError) -> int:
-    return error.status or _STATUS_BY_CATEGORY.get(error.category, _UPSTREAM_FAILURE_STATUS)
+    return error.status or _STATUS_BY_CATEGORY.get(error.category, 502)
 
 
 def gateway_error_body(error: GatewayError, request_id: str) -> dict[str, Any]:
