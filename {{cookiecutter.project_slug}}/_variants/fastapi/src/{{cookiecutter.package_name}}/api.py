@@ -18,8 +18,9 @@ router = APIRouter()
 _DEMO_PAGE = demo_page()
 
 
-def get_chat(request: Request) -> AsyncChatService:
-    """The process's chat service, made in the app's lifespan (see `app.py`)."""
+async def get_chat(request: Request) -> AsyncChatService:
+    """The process's chat service, made in the app's lifespan (see `app.py`). Async, so that
+    FastAPI calls it on the event loop rather than in its thread pool."""
     return cast(AsyncChatService, request.app.state.chat)
 
 
