@@ -13,7 +13,6 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import httpx2
 import pytest
 
 from {{ cookiecutter.package_name }}.settings import API_KEY_ENV
@@ -308,12 +307,7 @@ def test_stream_deltas_reach_the_client_before_the_gateway_finishes(
     server: Server, gateway: FakeGateway
 ) -> None:
     started = time.monotonic()
-    with httpx2.stream(
-        "POST",
-        server.url + "/v1/chat/stream",
-        json={"prompt": "hi", "model": "fake-slow"},
-        timeout=10,
-    ) as response:
+    with server.stream({"prompt": "hi", "model": "fake-slow"}) as response:
         first_line = next(response.iter_lines())
         first_after = time.monotonic() - started
     assert first_line == 'data: {"delta":"tok0 "}'
@@ -369,12 +363,8 @@ def test_a_stream_whose_first_token_never_comes_ends_as_a_timeout(
 def test_a_client_that_hangs_up_stops_the_upstream_stream(
     server: Server, gateway: FakeGateway
 ) -> None:
-    with httpx2.stream(
-        "POST",
-        server.url + "/v1/chat/stream",
-        json={"prompt": "hi", "model": "fake-slow"},
-        headers={"X-Request-ID": "hang-up-1"},
-        timeout=10,
+    with server.stream(
+        {"prompt": "hi", "model": "fake-slow"}, headers={"X-Request-ID": "hang-up-1"}
     ) as response:
         first = next(response.iter_lines())
         assert_no_key(f"{response.headers} {first}")

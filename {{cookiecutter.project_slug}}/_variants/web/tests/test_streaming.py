@@ -9,7 +9,6 @@ import threading
 import time
 from collections.abc import Iterator
 
-import httpx2
 import pytest
 
 from .fake_gateway import FakeGateway
@@ -42,12 +41,7 @@ def test_keep_alives_flow_while_the_gateway_is_silent(
 ) -> None:
     monkeypatch.setattr(gateway, "hang_seconds", 0.6)  # the first token after 0.6 s
     lines: list[str] = []
-    with httpx2.stream(
-        "POST",
-        server.url + "/v1/chat/stream",
-        json={"prompt": "hi", "model": "fake-stream-slow-start"},
-        timeout=10,
-    ) as response:
+    with server.stream({"prompt": "hi", "model": "fake-stream-slow-start"}) as response:
         for line in response.iter_lines():
             lines.append(line)
             if line.startswith("data: "):
@@ -63,12 +57,9 @@ def test_a_client_leaving_before_the_first_token_stops_the_upstream_and_its_retr
 ) -> None:
     monkeypatch.setattr(gateway, "hang_seconds", 0.6)  # the first token comes after 0.6 s
     monkeypatch.setattr(gateway, "delta_interval", 0.05)  # then one every 50 ms
-    with httpx2.stream(
-        "POST",
-        server.url + "/v1/chat/stream",
-        json={"prompt": "hi", "model": "fake-stream-slow-start"},
+    with server.stream(
+        {"prompt": "hi", "model": "fake-stream-slow-start"},
         headers={"X-Request-ID": "left-before-first-token"},
-        timeout=10,
     ) as response:
         for line in response.iter_lines():
             if line == ": keep-alive":
@@ -140,12 +131,7 @@ def test_many_clients_hanging_up_at_once_all_stop_their_upstream(
     first_delta = threading.Barrier(clients + 1)
 
     def hang_up_after_first_delta() -> None:
-        with httpx2.stream(
-            "POST",
-            server.url + "/v1/chat/stream",
-            json={"prompt": "hi", "model": "fake-slow"},
-            timeout=10,
-        ) as response:
+        with server.stream({"prompt": "hi", "model": "fake-slow"}) as response:
             for line in response.iter_lines():
                 if line.startswith("data: "):
                     break
