@@ -85,12 +85,8 @@ def no_route_body(status: int, method: str, path: str, request_id: str) -> dict[
     """The error body for a request no endpoint takes: an unknown path (404), a method the path
     does not allow (405), or another refusal of the framework's."""
     path = path[:200]
-    if status == 404:
-        message = f"there is no endpoint at {path}"
-    elif status == 405:
-        message = f"{method} is not allowed on {path}"
-    else:
-        message = HTTPStatus(status).phrase
+    known = {404: f"there is no endpoint at {path}", 405: f"{method} is not allowed on {path}"}
+    message = known.get(status) or HTTPStatus(status).phrase
     return error_body(Category.INVALID_REQUEST, message, ENDPOINTS_HINT, request_id)
 
 
