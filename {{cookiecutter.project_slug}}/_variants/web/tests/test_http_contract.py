@@ -113,14 +113,23 @@ def test_chat_returns_the_answer(
 
 
 @pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize(
+    ("temperature", "max_tokens"),
+    [
+        pytest.param(0.3, 50, id="typical"),
+        pytest.param(0, MAX_OUTPUT_TOKENS, id="zero-temperature-and-the-cap-itself"),
+        pytest.param(2, 1, id="the-other-edges"),
+    ],
+)
 def test_temperature_and_max_tokens_reach_the_gateway(
-    server: Server, gateway: FakeGateway, path: str
+    server: Server, gateway: FakeGateway, path: str, temperature: float, max_tokens: int
 ) -> None:
-    response = server.post(path, {"prompt": "hi", "temperature": 0.3, "max_tokens": 50})
+    body = {"prompt": "hi", "temperature": temperature, "max_tokens": max_tokens}
+    response = server.post(path, body)
 
     assert response.status_code == 200, response.text
     sent = gateway.requests[-1].body
-    assert (sent["temperature"], sent["max_tokens"]) == (0.3, 50)
+    assert (sent["temperature"], sent["max_tokens"]) == (temperature, max_tokens)
 
 
 @pytest.mark.parametrize("path", PATHS)
