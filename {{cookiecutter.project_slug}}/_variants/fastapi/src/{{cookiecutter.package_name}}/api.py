@@ -12,7 +12,7 @@ from .chat import CallInfo
 from .chat_async import AsyncChatService
 from .http_contract import DEMO_PAGE_HEADERS, demo_page, result_body
 from .request import ChatRequest
-from .sse import EventStreamResponse, relay
+from .sse import EventStreamResponse
 
 router = APIRouter()
 _DEMO_PAGE = demo_page()
@@ -54,7 +54,8 @@ async def chat_stream(body: ChatRequest, request: Request, service: Chat) -> Eve
     # Opened before the response starts, so a refused call still gets its own status.
     stream = await service.open_stream(body, call)
     return EventStreamResponse(
-        relay(stream, call.request_id),
+        stream,
+        call.request_id,
         keepalive_s=service.settings.sse_keepalive_s,
         send_timeout_s=service.settings.sse_send_timeout_s,
     )

@@ -16,18 +16,10 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__, api
+from . import http_contract as contract
 from .chat_async import AsyncChatService, create_async_client
 from .client import CLIENT_NAME
 from .errors import GatewayError
-from .http_contract import (
-    bad_body,
-    describe_errors,
-    gateway_error_body,
-    no_route_body,
-    request_id_from,
-    retry_headers,
-    status_for,
-)
 from .logs import REQUEST_ID, configure_logging
 from .settings import Settings, load_settings_or_exit
 
@@ -44,7 +36,7 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         inbound = dict(scope["headers"]).get(b"x-request-id")
-        request_id = request_id_from(inbound.decode("latin-1") if inbound else None)
+        request_id = contract.request_id_from(inbound.decode("latin-1") if inbound else None)
         scope.setdefault("state", {})["request_id"] = request_id
         REQUEST_ID.set(request_id)  # for uvicorn's access line (logs.py)
         header = (b"x-request-id", request_id.encode())
@@ -75,20 +67,19 @@ def create_app(settings: Settings) -> FastAPI:
     async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors, request_id = exc.errors(), request.state.request_id
         if any(error.get("type") == "json_invalid" for error in errors):
-            return JSONResponse(bad_body("the body is not valid JSON", request_id), 400)
-        return JSONResponse(bad_body(describe_errors(errors), request_id), 422)
+            return JSONResponse(contract.bad_body("the body is not valid JSON", request_id), 400)
+        return JSONResponse(contract.bad_body(contract.describe_errors(errors), request_id), 422)
 
     @app.exception_handler(HTTPException)
     async def no_route(request: Request, exc: HTTPException) -> JSONResponse:
-        body = no_route_body(
-            exc.status_code, request.method, request.url.path, request.state.request_id
-        )
-        return JSONResponse(body, exc.status_code, headers=exc.headers)  # a 405's Allow
+        status, request_id = exc.status_code, request.state.request_id
+        body = contract.no_route_body(status, request.method, request.url.path, request_id)
+        return JSONResponse(body, status, headers=exc.headers)  # a 405's Allow
 
     @app.exception_handler(GatewayError)
     async def gateway_failed(request: Request, exc: GatewayError) -> JSONResponse:
-        body = gateway_error_body(exc, request.state.request_id)
-        return JSONResponse(body, status_for(exc), headers=retry_headers(exc))
+        body = contract.gateway_error_body(exc, request.state.request_id)
+        return JSONResponse(body, contract.status_for(exc), headers=contract.retry_headers(exc))
 
     return app
 

@@ -1,11 +1,10 @@
-"""Server-sent events for `/v1/chat/stream`: a chat stream relayed as SSE bytes, written by a
-response that must stay cheap per chunk and must not outlive its client."""
+"""`EventStreamResponse`: a chat stream relayed as server-sent events, written straight to the
+ASGI server by a response that stays cheap per chunk and does not outlive its client."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator
 
 import anyio
 from fastapi.responses import Response
@@ -23,27 +22,13 @@ from .http_contract import (
 )
 
 
-async def relay(stream: AsyncChatStream, request_id: str) -> AsyncGenerator[bytes, None]:
-    """SSE bytes for a stream; the response that writes them adds the keep-alives. Leaving
-    early (the client hung up, the task was cancelled) closes the stream upstream, so the
-    gateway stops generating for nobody."""
-    async with stream:
-        try:
-            async for delta in stream:
-                yield delta_event(delta)
-        except GatewayError as error:
-            yield error_event(error, request_id)
-            return
-    yield done_event(stream.result())
-
-
 class EventStreamResponse(Response):
-    """An SSE response written straight to the ASGI server:
+    """One `data:` event per delta, then `event: done` or `event: error`;
 
     - a client that hangs up is noticed at once, and one that accepts no write for
       `send_timeout_s` is dropped: a stalled reader must not pin the upstream stream;
     - a `: keep-alive` comment goes out when nothing was written for `keepalive_s`;
-    - leaving, for any reason, closes the event source, which closes the upstream stream.
+    - leaving, for any reason, closes the stream upstream: the gateway stops generating.
 
     Both timers live in one watchdog task per stream that sleeps until the next deadline, so a
     flowing stream pays nothing per chunk for them (racing each read against a timeout cost a
@@ -51,32 +36,35 @@ class EventStreamResponse(Response):
     """
 
     def __init__(
-        self, events: AsyncGenerator[bytes, None], *, keepalive_s: float, send_timeout_s: float
+        self, stream: AsyncChatStream, request_id: str, *, keepalive_s: float, send_timeout_s: float
     ) -> None:
         self.status_code = 200
         self.media_type = MEDIA_TYPE
         self.background = None
         self.init_headers(STREAM_HEADERS)
-        self.events = events
-        self.keepalive_s = keepalive_s
-        self.send_timeout_s = send_timeout_s
+        self.stream, self.request_id = stream, request_id
+        self.keepalive_s, self.send_timeout_s = keepalive_s, send_timeout_s
         self._write_lock = asyncio.Lock()  # the watchdog's keep-alives and the events share it
         self._last_write = time.monotonic()
         self._write_started: float | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async with self.stream, anyio.create_task_group() as tasks:
+            tasks.start_soon(self._cancel_on_disconnect, receive, tasks.cancel_scope)
+            tasks.start_soon(self._watchdog, send, tasks.cancel_scope)
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            await self._relay(send)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            tasks.cancel_scope.cancel()
+
+    async def _relay(self, send: Send) -> None:
         try:
-            async with anyio.create_task_group() as tasks:
-                tasks.start_soon(self._cancel_on_disconnect, receive, tasks.cancel_scope)
-                tasks.start_soon(self._watchdog, send, tasks.cancel_scope)
-                start = {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
-                await send(start)
-                async for event in self.events:
-                    await self._write(send, event)
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-                tasks.cancel_scope.cancel()
-        finally:
-            await self.events.aclose()
+            async for delta in self.stream:
+                await self._write(send, delta_event(delta))
+        except GatewayError as error:  # after the response started: an event, not a status
+            await self._write(send, error_event(error, self.request_id))
+            return
+        await self._write(send, done_event(self.stream.result()))
 
     async def _write(self, send: Send, chunk: bytes) -> None:
         async with self._write_lock:

@@ -1,7 +1,5 @@
-"""The HTTP contract both web variants serve: request ids, statuses, error bodies, SSE events.
-
-The request body is `request.ChatRequest`; every error body is `errors.error_body`.
-"""
+"""The HTTP contract both web variants serve: request ids, statuses, answer and error bodies
+(`errors.error_body`), SSE events. The request body is `request.ChatRequest`."""
 
 from __future__ import annotations
 
@@ -29,19 +27,14 @@ ENDPOINTS_HINT = (
     "The API is POST /v1/chat and POST /v1/chat/stream; GET /healthz is the health check "
     "and GET / the demo page."
 )
-_STATUS_BY_CATEGORY = {
-    Category.INVALID_REQUEST: 400,
-    Category.RATE_LIMITED: 429,
-    Category.TIMEOUT: 504,
-}  # every other gateway failure: 502
+# Every other gateway failure is a 502.
+_STATUSES = {Category.INVALID_REQUEST: 400, Category.RATE_LIMITED: 429, Category.TIMEOUT: 504}
 # The demo page may only talk to this service; it holds no key and no setting.
-DEMO_PAGE_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
-        "connect-src 'self'; base-uri 'none'; form-action 'none'"
-    ),
-    "Cache-Control": "no-cache",
-}
+_DEMO_PAGE_POLICY = (
+    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'"
+)
+DEMO_PAGE_HEADERS = {"Content-Security-Policy": _DEMO_PAGE_POLICY, "Cache-Control": "no-cache"}
 # Proxies (nginx, many CDNs) buffer responses unless told not to; a buffered stream looks
 # like a hang followed by the whole answer at once.
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -57,8 +50,7 @@ def request_id_from(header_value: str | None) -> str:
 
 
 def describe_errors(errors: Sequence[Mapping[str, Any]]) -> str:
-    """One line naming the first bad field and what it takes, e.g.
-    `temperature: Input should be less than or equal to 2 - sampling temperature, 0-2`."""
+    """One line naming the first bad field and what it takes (the field's description)."""
     first = errors[0]
     loc = [str(part) for part in first["loc"] if part != "body"]
     message = str(first["msg"]).removeprefix("Value error, ")
@@ -69,7 +61,7 @@ def describe_errors(errors: Sequence[Mapping[str, Any]]) -> str:
 
 
 def status_for(error: GatewayError) -> int:
-    return error.status or _STATUS_BY_CATEGORY.get(error.category, 502)
+    return error.status or _STATUSES.get(error.category, 502)
 
 
 def gateway_error_body(error: GatewayError, request_id: str) -> dict[str, Any]:
@@ -82,8 +74,7 @@ def bad_body(message: str, request_id: str) -> dict[str, Any]:
 
 
 def no_route_body(status: int, method: str, path: str, request_id: str) -> dict[str, Any]:
-    """The error body for a request no endpoint takes: an unknown path (404), a method the path
-    does not allow (405), or another refusal of the framework's."""
+    """The error body for an unknown path (404), a method not allowed (405) and the like."""
     path = path[:200]
     known = {404: f"there is no endpoint at {path}", 405: f"{method} is not allowed on {path}"}
     message = known.get(status) or HTTPStatus(status).phrase
@@ -109,7 +100,7 @@ def demo_page() -> bytes:
     return (resources.files(__package__) / "static" / "index.html").read_bytes()
 
 
-# -- server-sent events: one `data:` event per delta, then `event: done` or `event: error` --
+# Server-sent events: one `data:` event per delta, then `event: done` or `event: error`.
 
 
 def _event(data: Mapping[str, object], event: str | None = None) -> bytes:
