@@ -8,22 +8,14 @@ from typing import Any, NoReturn, cast
 from flask import Blueprint, Response, abort, current_app, g, jsonify, request
 from pydantic import ValidationError
 
+from . import http_contract as contract
 from .chat import CallInfo
 from .chat_sync import ChatService
-from .http_contract import (
-    DEMO_PAGE_HEADERS,
-    MEDIA_TYPE,
-    STREAM_HEADERS,
-    bad_body,
-    demo_page,
-    describe_errors,
-    result_body,
-)
 from .request import ChatRequest
 from .sse import limit_send_time, relay
 
 bp = Blueprint("api", __name__)
-_DEMO_PAGE = demo_page()
+_DEMO_PAGE = contract.demo_page()
 
 
 def chat_service() -> ChatService:
@@ -39,11 +31,11 @@ def chat_request() -> ChatRequest:
     try:
         return ChatRequest.model_validate(payload)
     except ValidationError as exc:
-        refuse(describe_errors(exc.errors(include_url=False, include_input=False)), 422)
+        refuse(contract.describe_errors(exc.errors(include_url=False, include_input=False)), 422)
 
 
 def refuse(message: str, status: int) -> NoReturn:
-    response = jsonify(bad_body(message, g.request_id))
+    response = jsonify(contract.bad_body(message, g.request_id))
     response.status_code = status
     abort(response)
 
@@ -54,7 +46,7 @@ def call_info(body: ChatRequest) -> CallInfo:
 
 @bp.get("/")
 def demo() -> Response:
-    return Response(_DEMO_PAGE, mimetype="text/html", headers=DEMO_PAGE_HEADERS)
+    return Response(_DEMO_PAGE, mimetype="text/html", headers=contract.DEMO_PAGE_HEADERS)
 
 
 @bp.get("/healthz")
@@ -65,7 +57,7 @@ def healthz() -> dict[str, str]:
 @bp.post("/v1/chat")
 def chat() -> dict[str, Any]:
     body = chat_request()
-    return result_body(chat_service().complete(body, call_info(body)))
+    return contract.result_body(chat_service().complete(body, call_info(body)))
 
 
 @bp.post("/v1/chat/stream")
@@ -76,4 +68,4 @@ def chat_stream() -> Response:
     stream = service.open_stream(body, call)
     limit_send_time(service.settings.sse_send_timeout_s)
     events = relay(stream, call.request_id, service.settings.sse_keepalive_s)
-    return Response(events, mimetype=MEDIA_TYPE, headers=STREAM_HEADERS)
+    return Response(events, mimetype=contract.MEDIA_TYPE, headers=contract.STREAM_HEADERS)

@@ -13,16 +13,9 @@ from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from . import api
+from . import http_contract as contract
 from .chat_sync import ChatService, create_client
 from .errors import GatewayError
-from .http_contract import (
-    REQUEST_ID_HEADER,
-    gateway_error_body,
-    no_route_body,
-    request_id_from,
-    retry_headers,
-    status_for,
-)
 from .logs import configure_logging
 from .settings import Settings, load_settings_or_exit
 
@@ -38,22 +31,22 @@ def create_app(settings: Settings) -> Flask:
 
     @app.before_request
     def assign_request_id() -> None:
-        g.request_id = request_id_from(request.headers.get(REQUEST_ID_HEADER))
+        g.request_id = contract.request_id_from(request.headers.get(contract.REQUEST_ID_HEADER))
 
     @app.after_request
     def echo_request_id(response: Response) -> Response:
-        response.headers[REQUEST_ID_HEADER] = g.request_id
+        response.headers[contract.REQUEST_ID_HEADER] = g.request_id
         return response
 
     @app.errorhandler(GatewayError)
     def gateway_failed(error: GatewayError) -> ErrorResponse:
-        body = gateway_error_body(error, g.request_id)
-        return jsonify(body), status_for(error), retry_headers(error)
+        body = contract.gateway_error_body(error, g.request_id)
+        return jsonify(body), contract.status_for(error), contract.retry_headers(error)
 
     @app.errorhandler(HTTPException)
     def no_route(error: HTTPException) -> ErrorResponse:
         status = error.code or 500
-        body = no_route_body(status, request.method, request.path, g.request_id)
+        body = contract.no_route_body(status, request.method, request.path, g.request_id)
         allowed = isinstance(error, MethodNotAllowed) and error.valid_methods
         return jsonify(body), status, {"Allow": ", ".join(allowed)} if allowed else {}
 
