@@ -259,7 +259,7 @@ def test_gateway_failures_map_to_status_and_category(
     status: int,
     category: str,
 ) -> None:
-    monkeypatch.setattr(gateway, "hang_seconds", 1.2)  # just past the server's 1 s timeout
+    monkeypatch.setattr(gateway, "hang_seconds", 1.5)  # just past the server's 1 s timeout
     response = server.post(path, {"prompt": "hi", "model": model})
 
     assert response.status_code == status
@@ -354,7 +354,7 @@ def test_a_failure_after_the_stream_began_becomes_an_error_event(
 def test_a_stream_whose_first_token_never_comes_ends_as_a_timeout(
     server: Server, gateway: FakeGateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(gateway, "hang_seconds", 1.2)  # past the server's 1 s read timeout
+    monkeypatch.setattr(gateway, "hang_seconds", 1.5)  # past the server's 1 s read timeout
     response = server.post("/v1/chat/stream", {"prompt": "hi", "model": "fake-stream-slow-start"})
 
     # The gateway had accepted the stream, so the response (and its keep-alives) had started.

@@ -64,11 +64,11 @@ def test_a_client_leaving_before_the_first_token_stops_the_upstream_and_its_retr
         for line in response.iter_lines():
             if line == ": keep-alive":
                 break  # hang up while the gateway is still silent
-    left = time.monotonic()
 
-    # Logged at the relay's next keep-alive, well before the first token.
-    assert server.call_log("left-before-first-token")["status"] == "client_disconnect"
-    assert time.monotonic() - left < 0.5
+    # Logged at the relay's next keep-alive write, before the first token came.
+    entry = server.call_log("left-before-first-token")
+    assert (entry["status"], entry["ttft_ms"]) == ("client_disconnect", None)
+    assert entry["duration_ms"] < 600
     # Upstream closed by the time the gateway sends its first token (FastAPI at once; Flask's
     # reader thread, blocked in its read, lets go when that token arrives): it never finishes.
     assert gateway.wait_for(lambda: gateway.aborted_streams == 1, timeout=3)
@@ -79,7 +79,7 @@ def test_a_client_leaving_before_the_first_token_stops_the_upstream_and_its_retr
 def test_a_stream_without_a_first_token_is_retried_then_falls_back(
     server: Server, gateway: FakeGateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(gateway, "hang_seconds", TIMEOUT_S + 0.2)  # past the read timeout
+    monkeypatch.setattr(gateway, "hang_seconds", TIMEOUT_S + 0.5)  # past the read timeout
     response = server.post(
         "/v1/chat/stream", {"prompt": "say hello please", "model": "fake-stream-slow-start"}
     )
