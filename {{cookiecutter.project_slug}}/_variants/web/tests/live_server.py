@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import time
@@ -118,7 +117,7 @@ def run_server(gateway: FakeGateway, log_dir: Path, **env: str) -> Iterator[Serv
         yield running
     finally:
         running.client.close()
-        process.send_signal(signal.SIGINT)  # gunicorn's quick shutdown; uvicorn's usual one
+        process.terminate()  # a graceful stop: gunicorn's quick one (SIGINT) can hang a worker
         process.wait(timeout=10)
     output = running.output()
     assert SENTINEL_KEY not in output
