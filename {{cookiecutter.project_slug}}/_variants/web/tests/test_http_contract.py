@@ -430,7 +430,6 @@ def test_the_key_is_in_no_response_and_no_server_output(server: Server) -> None:
         # With two workers: the server must stop, not respawn failing workers forever. (A
         # missing key takes the same path, `load_settings_or_exit`: see test_settings.py.)
         pytest.param(API_KEY_ENV, "<your-alltkn-api-key>", id="key-placeholder-2-workers"),
-        pytest.param("WEB_CONCURRENCY", "0", id="workers-zero"),
         pytest.param("WEB_CONCURRENCY", "65", id="workers-too-many"),
     ],
 )
