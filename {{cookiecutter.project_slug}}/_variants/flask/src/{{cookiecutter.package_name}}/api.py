@@ -68,4 +68,6 @@ def chat_stream() -> Response:
     stream = service.open_stream(body, call)
     limit_send_time(service.settings.sse_send_timeout_s)
     events = relay(stream, call.request_id, service.settings.sse_keepalive_s)
-    return Response(events, mimetype=contract.MEDIA_TYPE, headers=contract.STREAM_HEADERS)
+    response = Response(events, mimetype=contract.MEDIA_TYPE, headers=contract.STREAM_HEADERS)
+    response.call_on_close(stream.close)  # also if the relay never started (closing is idempotent)
+    return response
