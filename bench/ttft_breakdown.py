@@ -77,7 +77,6 @@ PROBE = textwrap.dedent(
     from openai import AsyncOpenAI
     import alltkn_service.app as service_app
     import alltkn_service.chat as chat
-    import alltkn_service.chat_async as chat_async
 
     marks = {}
     out = open(os.environ["PROBE_OUT"], "a", buffering=1)
@@ -102,13 +101,13 @@ PROBE = textwrap.dedent(
         await service_app.app(scope, timed_receive, timed_send)
         out.write(json.dumps(marks) + "\\n")
 
-    arguments = chat_async.sdk_arguments
+    arguments = chat.sdk_arguments
 
     def timed_arguments(*args, **kwargs):
         marks["handler called the SDK"] = time.perf_counter()
         return arguments(*args, **kwargs)
 
-    chat_async.sdk_arguments = timed_arguments
+    chat.sdk_arguments = timed_arguments
     post = AsyncOpenAI.post
 
     async def timed_post(self, *args, **kwargs):

@@ -1,9 +1,7 @@
-"""What the sync and async chat services share: the stream protocol, the call record, the
-checks a request passes before any upstream call.
-
-`StreamProtocol` is pure (no I/O): the drivers in `chat_sync` / `chat_async` read the lines of
-the gateway's event stream, feed them in and hand the deltas on, so the two differ only in how
-they read, wait and close. Every call is logged exactly once (`CallRecord.log`).
+"""What the sync and async chat services share, without I/O: a call's attempts (`Call`), the
+gateway's event stream (`StreamProtocol`: lines in, deltas out) and the one log line of each
+attempt (`CallRecord`). The drivers, `chat_sync` and `chat_async`, differ only in how they call
+the SDK, read, wait and close.
 """
 
 from __future__ import annotations
@@ -16,11 +14,11 @@ from typing import Any
 import httpx2
 import openai
 from openai.types.chat import ChatCompletion
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 
 from .errors import Category, GatewayError, InStreamError, classify, request_id_from_headers
 from .logs import log_call
-from .request import ChatRequest
+from .request import ChatRequest, sdk_arguments
 from .retry import Attempts
 from .settings import Settings
 
@@ -29,9 +27,8 @@ from .settings import Settings
 UPSTREAM_ERRORS = (openai.OpenAIError, httpx2.HTTPError, ValueError, InStreamError)
 # include_usage: the last chunk, with empty `choices`, carries the token counts.
 STREAM_ARGUMENTS: dict[str, Any] = {"stream": True, "stream_options": {"include_usage": True}}
-# How long a finished stream's leftover bytes after [DONE] may take to arrive: reading them
-# puts the connection back in the pool (an unread body closes it, and the next call pays a new
-# TCP and TLS handshake before its first token).
+# How long the bytes after [DONE] may take: read, they put the connection back in the pool (an
+# unread body closes it, and the next call pays a new TCP and TLS handshake).
 DRAIN_S = 0.1
 
 
@@ -64,27 +61,22 @@ class ChatResult:
     upstream_request_id: str | None = None
 
 
-class _Part(BaseModel):
-    # Unknown fields ignored: a gateway may add whatever it likes.
-    model_config = ConfigDict(frozen=True)
-
-
-class _Delta(_Part):
+class _Delta(BaseModel):  # unknown fields are ignored: a gateway may add what it likes
     content: str | None = None
 
 
-class _Choice(_Part):
+class _Choice(BaseModel):
     delta: _Delta | None = None
     finish_reason: str | None = None
 
 
-class _Usage(_Part):
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    total_tokens: int | None = None
+class _Usage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
 
 
-class _Chunk(_Part):
+class _Chunk(BaseModel):
     """The fields of a `chat.completion.chunk` the service uses. Validating these takes about
     2 µs a chunk; the SDK's full `ChatCompletionChunk` model about 50 µs (a third of a relay's
     CPU), which is why streams are read as lines rather than as SDK chunk objects."""
@@ -95,18 +87,14 @@ class _Chunk(_Part):
     error: Any = None  # an in-stream error event: `{"error": {"message": ...}}`
 
 
-# What may precede the first delta of an event stream; any other line means the gateway did not
-# answer with one (a proxy's or captive portal's page, a JSON body).
+# What may precede the first delta; any other line is no event stream (a portal's page, JSON).
 _SSE_LINE_STARTS = ("data:", ":", "event:", "id:", "retry:")
 
 
 class StreamProtocol:
-    """The gateway's chat-completion event stream: lines in, content deltas out.
-
-    `feed` raises `ValueError` for a body that is not an event stream or a chunk that is not
-    JSON, and `InStreamError` for an error event; `end` raises when the stream stopped without
-    saying why (no `finish_reason`).
-    """
+    """The gateway's chat-completion event stream: lines in, content deltas out. `feed` raises
+    `ValueError` for a body that is no event stream or a chunk that is not JSON, `InStreamError`
+    for an error event; `end`, for a stream that stopped without a `finish_reason`."""
 
     def __init__(self) -> None:
         self.model: str | None = None
@@ -135,9 +123,7 @@ class StreamProtocol:
         if chunk.error:
             raise InStreamError.from_event(chunk.error)
         if (usage := chunk.usage) is not None:  # the include_usage chunk, `choices` empty
-            self.usage = Usage(
-                usage.prompt_tokens or 0, usage.completion_tokens or 0, usage.total_tokens or 0
-            )
+            self.usage = Usage(usage.prompt_tokens, usage.completion_tokens, usage.total_tokens)
         if chunk.model:
             self.model = chunk.model
         if not chunk.choices:
@@ -155,39 +141,49 @@ class StreamProtocol:
             raise ValueError("the stream ended without a finish_reason")
 
 
-def check_request(request: ChatRequest, settings: Settings) -> None:
-    """Refuse, before any upstream call, what the server's limits do not allow."""
-    cap = settings.max_output_tokens
-    if request.max_tokens is not None and request.max_tokens > cap:
-        raise GatewayError(
-            Category.INVALID_REQUEST,
-            f"max_tokens {request.max_tokens} refused: ALLTKN_MAX_OUTPUT_TOKENS={cap}",
-            detail=f"max_tokens: at most {cap} (the server's ALLTKN_MAX_OUTPUT_TOKENS)",
-            status=422,
-        )
-    limit = settings.max_input_chars
-    if limit is not None and (size := request.input_chars()) > limit:
-        raise GatewayError(
-            Category.INVALID_REQUEST,
-            f"input of {size} characters refused: ALLTKN_MAX_INPUT_CHARS={limit}",
-            detail=f"The input is {size} characters long; the limit is {limit} characters. "
-            "Shorten the messages.",
-        )
+class Call:
+    """One call through its attempts, without I/O: the request checked against the server's
+    limits, the keyword arguments of each attempt, and what its failure means. The drivers make
+    the SDK calls and wait; every attempt is logged once, by its `CallRecord`."""
 
+    def __init__(
+        self, request: ChatRequest, settings: Settings, info: CallInfo | None, *, stream: bool
+    ) -> None:
+        cap, limit = settings.max_output_tokens, settings.max_input_chars
+        if request.max_tokens is not None and request.max_tokens > cap:
+            raise GatewayError(
+                Category.INVALID_REQUEST,
+                f"max_tokens {request.max_tokens} refused: ALLTKN_MAX_OUTPUT_TOKENS={cap}",
+                detail=f"max_tokens: at most {cap} (the server's ALLTKN_MAX_OUTPUT_TOKENS)",
+                status=422,
+            )
+        if limit is not None and (size := request.input_chars()) > limit:
+            raise GatewayError(
+                Category.INVALID_REQUEST,
+                f"input of {size} characters refused: ALLTKN_MAX_INPUT_CHARS={limit}",
+                detail=f"The input is {size} characters long; the limit is {limit} characters. "
+                "Shorten the messages.",
+            )
+        self.request, self.info, self.stream, self.cap = request, info or CallInfo(), stream, cap
+        first = request.model or settings.model
+        models = [first, *(name for name in settings.fallback_model_list if name != first)]
+        self.attempts = Attempts(models, settings.max_retries, settings.retry_after_cap_s)
+        self.error: GatewayError | None = None
 
-def attempts_for(request: ChatRequest, settings: Settings) -> Attempts:
-    """The requested model (or ALLTKN_MODEL), then the fallbacks other than it."""
-    first = request.model or settings.model
-    models = [first, *(name for name in settings.fallback_model_list if name != first)]
-    return Attempts(models, settings.max_retries, settings.retry_after_cap_s)
+    def next_attempt(self) -> dict[str, Any]:
+        """Start an attempt on the current model: the keyword arguments of its SDK call."""
+        self.record = CallRecord(self.attempts, self.info, stream=self.stream)
+        arguments = sdk_arguments(self.request, self.record.model, self.cap)
+        return {**arguments, **(STREAM_ARGUMENTS if self.stream else {}), **self.record.headers}
 
-
-def checked_completion(completion: object) -> ChatCompletion:
-    """The SDK hands back the raw text when a 200 answer is not JSON (a proxy's or captive
-    portal's page); that is a gateway failure, not a completion."""
-    if not isinstance(completion, ChatCompletion):
-        raise ValueError(f"the gateway answered 200 with a non-JSON body: {str(completion)[:200]}")
-    return completion
+    def failed(self, exc: BaseException, *, sdk_retried: bool = False, stop: bool = False) -> float:
+        """Log the attempt's failure; the pause before the next attempt, or raise the final
+        `GatewayError` (`sdk_retried`: the SDK already retried it; `stop`: the caller left)."""
+        self.error = self.record.fail(exc)
+        delay = None if stop else self.attempts.after(self.error, retry=not sdk_retried)
+        if delay is None:
+            raise self.error from None
+        return delay
 
 
 class CallRecord:
@@ -206,16 +202,21 @@ class CallRecord:
         self.logged = False
 
     @property
-    def headers(self) -> dict[str, str]:
-        return {"X-Request-ID": self.call.request_id}
+    def headers(self) -> dict[str, Any]:
+        return {"extra_headers": {"X-Request-ID": self.call.request_id}}
+
+    def opened(self, headers: httpx2.Headers) -> None:
+        self.upstream_request_id = request_id_from_headers(headers)
+        StreamProtocol.check_headers(headers)
 
     def first_delta(self) -> None:
         if self.ttft_ms is None:
             self.ttft_ms = self._elapsed_ms()
 
-    def completed(self, completion: ChatCompletion, headers: httpx2.Headers) -> ChatResult:
+    def completed(self, completion: object, headers: httpx2.Headers) -> ChatResult:
         self.upstream_request_id = request_id_from_headers(headers)
-        completion = checked_completion(completion)  # raises ValueError for a portal's page
+        if not isinstance(completion, ChatCompletion):  # the SDK's answer to a non-JSON 200
+            raise ValueError(f"the gateway answered 200 with a non-JSON body: {completion!s:.200}")
         self.model = completion.model or self.model
         if completion.usage is not None:
             u = completion.usage

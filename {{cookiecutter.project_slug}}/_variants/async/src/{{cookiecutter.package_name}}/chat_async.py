@@ -1,7 +1,7 @@
 """The chat service over the `AsyncOpenAI` client, for code on an event loop.
 
-The logic is in `chat` (stream protocol, call record, checks) and `retry` (what is retried);
-this module only reads, waits and closes, like `chat_sync`.
+The logic is in `chat` (the call's attempts, the stream protocol) and `retry`; this module only
+calls the SDK, reads, waits and closes, like `chat_sync`.
 """
 
 from __future__ import annotations
@@ -15,21 +15,9 @@ import httpx2
 from openai import AsyncOpenAI, DefaultAioHttpClient
 
 from . import retry
-from .chat import (
-    DRAIN_S,
-    STREAM_ARGUMENTS,
-    UPSTREAM_ERRORS,
-    CallInfo,
-    CallRecord,
-    ChatResult,
-    StreamProtocol,
-    attempts_for,
-    check_request,
-)
+from .chat import DRAIN_S, UPSTREAM_ERRORS, Call, CallInfo, ChatResult, StreamProtocol
 from .client import client_options
-from .errors import request_id_from_headers
-from .request import ChatRequest, sdk_arguments
-from .retry import Attempts
+from .request import ChatRequest
 from .settings import Settings
 
 
@@ -54,36 +42,24 @@ class AsyncChatService:
         self.client = client
         self.settings = settings
 
-    async def complete(self, request: ChatRequest, call: CallInfo | None = None) -> ChatResult:
+    async def complete(self, request: ChatRequest, info: CallInfo | None = None) -> ChatResult:
         """One answer; `GatewayError` when every model tried failed."""
-        check_request(request, self.settings)
-        call, attempts = call or CallInfo(), attempts_for(request, self.settings)
+        call = Call(request, self.settings, info, stream=False)
         while True:
-            record = CallRecord(attempts, call, stream=False)
-            arguments = sdk_arguments(request, record.model, self.settings.max_output_tokens)
+            create = self.client.chat.completions.with_raw_response.create
             try:
-                raw = await self.client.chat.completions.with_raw_response.create(
-                    **arguments, extra_headers=record.headers
-                )
-                return record.completed(raw.parse(), raw.headers)
+                raw = await create(**call.next_attempt())
+                return call.record.completed(raw.parse(), raw.headers)
             except UPSTREAM_ERRORS as exc:
-                error = record.fail(exc)
-            delay = attempts.after(error, retry=False)  # the SDK retried what it could
-            if delay is None:
-                raise error from None
-            await anyio.sleep(delay)
+                await anyio.sleep(call.failed(exc, sdk_retried=True))
 
     async def open_stream(
-        self, request: ChatRequest, call: CallInfo | None = None
+        self, request: ChatRequest, info: CallInfo | None = None
     ) -> AsyncChatStream:
         """Start a stream, like `ChatService.open_stream`."""
         if self.settings.streaming == "off":  # rollback switch: one delta from a plain call
-            done = await self.complete(request, call)
-            return AsyncChatStream(self, request, call or CallInfo(), None, done)
-        check_request(request, self.settings)
-        stream = AsyncChatStream(
-            self, request, call or CallInfo(), attempts_for(request, self.settings)
-        )
+            return AsyncChatStream(self.client, None, await self.complete(request, info))
+        stream = AsyncChatStream(self.client, Call(request, self.settings, info, stream=True))
         await stream.open()
         return stream
 
@@ -92,55 +68,35 @@ class AsyncChatStream:
     """Content deltas of one upstream stream; use `async with` so it is always closed."""
 
     def __init__(
-        self,
-        service: AsyncChatService,
-        request: ChatRequest,
-        call: CallInfo,
-        attempts: Attempts | None,
-        done: ChatResult | None = None,
+        self, client: AsyncOpenAI, call: Call | None, done: ChatResult | None = None
     ) -> None:
-        self._service, self._request, self._call = service, request, call
-        self._done = done
-        if attempts is not None:
-            self._attempts = attempts
+        self._client, self._done = client, done
+        if call is not None:
+            self._call = call
 
     async def open(self) -> None:
         """Open the stream on the current model, moving on while opening fails."""
         while True:
-            record = CallRecord(self._attempts, self._call, stream=True)
-            settings = self._service.settings
-            arguments = sdk_arguments(self._request, record.model, settings.max_output_tokens)
             stack = contextlib.AsyncExitStack()
+            create = self._client.chat.completions.with_streaming_response.create
             try:
-                response = await stack.enter_async_context(
-                    self._service.client.chat.completions.with_streaming_response.create(
-                        **arguments, **STREAM_ARGUMENTS, extra_headers=record.headers
-                    )
-                )
-            except UPSTREAM_ERRORS as exc:
-                error, sdk_retried = record.fail(exc), True
+                opening = create(**self._call.next_attempt())
+                self._response = await stack.enter_async_context(opening)
+                self._call.record.opened(self._response.headers)
+            except UPSTREAM_ERRORS as exc:  # a ValueError: a 200 that is not a stream
+                await _close(stack)
+                sdk_retried = not isinstance(exc, ValueError)
+                await anyio.sleep(self._call.failed(exc, sdk_retried=sdk_retried))
             else:
-                record.upstream_request_id = request_id_from_headers(response.headers)
-                try:
-                    StreamProtocol.check_headers(response.headers)
-                except ValueError as exc:  # a 200 that is not a stream: news to the SDK
-                    await _close(stack)
-                    error, sdk_retried = record.fail(exc), False
-                else:
-                    self._record, self._response, self._stack = record, response, stack
-                    return
-            delay = self._attempts.after(error, retry=not sdk_retried)
-            if delay is None:
-                raise error from None
-            await anyio.sleep(delay)
+                self._stack = stack
+                return
 
     async def __aiter__(self) -> AsyncIterator[str]:
         if self._done is not None:
             if self._done.content:
                 yield self._done.content
             return
-        first = await self._first_delta()
-        if first is not None:
+        if (first := await self._first_delta()) is not None:
             yield first
             try:
                 async for line in self._lines:
@@ -149,8 +105,8 @@ class AsyncChatStream:
                     elif self._protocol.done:
                         break
             except UPSTREAM_ERRORS as exc:
-                raise self._record.fail(exc) from None
-        self._record.streamed(self._protocol)  # logged before the housekeeping
+                raise self._call.record.fail(exc) from None
+        self._call.record.streamed(self._protocol)  # logged before the housekeeping
         # The rest of the body (normally just its end), so the connection goes back to the pool.
         with anyio.move_on_after(DRAIN_S), contextlib.suppress(*UPSTREAM_ERRORS):
             async for _ in self._lines:
@@ -164,29 +120,24 @@ class AsyncChatStream:
             try:
                 async for line in self._lines:
                     if delta := protocol.feed(line):
-                        self._record.first_delta()
+                        self._call.record.first_delta()
                         return delta
                     if protocol.done:
                         break
                 protocol.end()
                 return None
             except UPSTREAM_ERRORS as exc:
-                error = self._record.fail(exc)
-            await _close(self._stack)
-            delay = self._attempts.after(error)
-            if delay is None:
-                raise error from None
-            await anyio.sleep(delay)
+                await _close(self._stack)
+                await anyio.sleep(self._call.failed(exc))
             await self.open()
 
     def result(self) -> ChatResult:
-        return self._done or self._record.result()
+        return self._done or self._call.record.result()
 
     async def aclose(self) -> None:
         if self._done is None:
-            # Closed before the log line: the gateway hears of it first.
-            await _close(self._stack)
-            self._record.log("client_disconnect")
+            await _close(self._stack)  # before the log line: the gateway hears of it first
+            self._call.record.log("client_disconnect")
 
     async def __aenter__(self) -> AsyncChatStream:
         return self

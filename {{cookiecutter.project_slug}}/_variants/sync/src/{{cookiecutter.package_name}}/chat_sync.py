@@ -1,7 +1,7 @@
 """The chat service over the sync `OpenAI` client, for code that runs in threads.
 
-The logic is in `chat` (stream protocol, call record, checks) and `retry` (what is retried);
-this module only reads, waits and closes.
+The logic is in `chat` (the call's attempts, the stream protocol) and `retry`; this module only
+calls the SDK, reads, waits and closes, like `chat_async`.
 """
 
 from __future__ import annotations
@@ -16,20 +16,9 @@ import httpx2
 from openai import DefaultHttpx2Client, OpenAI
 
 from . import retry
-from .chat import (
-    STREAM_ARGUMENTS,
-    UPSTREAM_ERRORS,
-    CallInfo,
-    CallRecord,
-    ChatResult,
-    StreamProtocol,
-    attempts_for,
-    check_request,
-)
+from .chat import UPSTREAM_ERRORS, Call, CallInfo, ChatResult, StreamProtocol
 from .client import client_options
-from .errors import request_id_from_headers
-from .request import ChatRequest, sdk_arguments
-from .retry import Attempts
+from .request import ChatRequest
 from .settings import Settings
 
 
@@ -50,93 +39,58 @@ class ChatService:
         self.client = client
         self.settings = settings
 
-    def complete(self, request: ChatRequest, call: CallInfo | None = None) -> ChatResult:
+    def complete(self, request: ChatRequest, info: CallInfo | None = None) -> ChatResult:
         """One answer; `GatewayError` when every model tried failed."""
-        check_request(request, self.settings)
-        call, attempts = call or CallInfo(), attempts_for(request, self.settings)
+        call = Call(request, self.settings, info, stream=False)
         while True:
-            record = CallRecord(attempts, call, stream=False)
-            arguments = sdk_arguments(request, record.model, self.settings.max_output_tokens)
             try:
-                raw = self.client.chat.completions.with_raw_response.create(
-                    **arguments, extra_headers=record.headers
-                )
-                return record.completed(raw.parse(), raw.headers)
+                raw = self.client.chat.completions.with_raw_response.create(**call.next_attempt())
+                return call.record.completed(raw.parse(), raw.headers)
             except UPSTREAM_ERRORS as exc:
-                error = record.fail(exc)
-            delay = attempts.after(error, retry=False)  # the SDK retried what it could
-            if delay is None:
-                raise error from None
-            time.sleep(delay)
+                time.sleep(call.failed(exc, sdk_retried=True))
 
-    def open_stream(self, request: ChatRequest, call: CallInfo | None = None) -> ChatStream:
+    def open_stream(self, request: ChatRequest, info: CallInfo | None = None) -> ChatStream:
         """Start a stream: a failure before the gateway accepted it raises `GatewayError` here;
         one before the first content delta is retried or falls back while the stream is read.
-
-        It returns without waiting for the first delta on purpose: the web layers start the
-        response and its keep-alives then, so a slow first token neither holds the headers
-        back nor lets a proxy time the silent response out."""
+        It returns without waiting for the first delta, so the web layers start the response
+        and its keep-alives at once, whatever the first token's delay."""
         if self.settings.streaming == "off":  # rollback switch: one delta from a plain call
-            return ChatStream(self, request, call or CallInfo(), None, self.complete(request, call))
-        check_request(request, self.settings)
-        return ChatStream(self, request, call or CallInfo(), attempts_for(request, self.settings))
+            return ChatStream(self.client, None, self.complete(request, info))
+        return ChatStream(self.client, Call(request, self.settings, info, stream=True))
 
 
 class ChatStream:
     """Content deltas of one upstream stream; a context manager, so it is always closed and
     the gateway stops generating (and billing) for a consumer that left."""
 
-    def __init__(
-        self,
-        service: ChatService,
-        request: ChatRequest,
-        call: CallInfo,
-        attempts: Attempts | None,
-        done: ChatResult | None = None,
-    ) -> None:
-        self._service, self._request, self._call = service, request, call
-        self._done = done
+    def __init__(self, client: OpenAI, call: Call | None, done: ChatResult | None = None) -> None:
+        self._client, self._done = client, done
         self._closed = self._draining = False
-        if attempts is not None:
-            self._attempts = attempts
+        if call is not None:
+            self._call = call
             self._open()
 
     def _open(self) -> None:
         """Open the stream on the current model, moving on while opening fails."""
         while True:
-            record = CallRecord(self._attempts, self._call, stream=True)
-            settings = self._service.settings
-            arguments = sdk_arguments(self._request, record.model, settings.max_output_tokens)
             stack = contextlib.ExitStack()
+            create = self._client.chat.completions.with_streaming_response.create
             try:
-                response = stack.enter_context(
-                    self._service.client.chat.completions.with_streaming_response.create(
-                        **arguments, **STREAM_ARGUMENTS, extra_headers=record.headers
-                    )
-                )
-            except UPSTREAM_ERRORS as exc:
-                error, sdk_retried = record.fail(exc), True
+                self._response = stack.enter_context(create(**self._call.next_attempt()))
+                self._call.record.opened(self._response.headers)
+            except UPSTREAM_ERRORS as exc:  # a ValueError: a 200 that is not a stream
+                stack.close()
+                sdk_retried = not isinstance(exc, ValueError)
+                time.sleep(self._call.failed(exc, sdk_retried=sdk_retried))
             else:
-                record.upstream_request_id = request_id_from_headers(response.headers)
-                try:
-                    StreamProtocol.check_headers(response.headers)
-                except ValueError as exc:  # a 200 that is not a stream: news to the SDK
-                    stack.close()
-                    error, sdk_retried = record.fail(exc), False
-                else:
-                    self._record, self._response, self._stack = record, response, stack
-                    return
-            delay = self._attempts.after(error, retry=not sdk_retried)
-            if delay is None:
-                raise error from None
-            time.sleep(delay)
+                self._stack = stack
+                return
 
     def __iter__(self) -> Iterator[str]:
         if self._done is not None:
             yield from [self._done.content] if self._done.content else []
             return
-        first = self._first_delta()
-        if first is not None:
+        if (first := self._first_delta()) is not None:
             yield first
             try:
                 for line in self._lines:
@@ -145,8 +99,8 @@ class ChatStream:
                     elif self._protocol.done:
                         break
             except UPSTREAM_ERRORS as exc:
-                raise self._record.fail(exc) from None
-        self._record.streamed(self._protocol)  # logged before the housekeeping
+                raise self._call.record.fail(exc) from None
+        self._call.record.streamed(self._protocol)  # logged before the housekeeping
         self._draining = True
         # The rest of the body (normally just its end) is read in the background, so the
         # connection goes back to the pool without holding the caller up.
@@ -160,21 +114,17 @@ class ChatStream:
             try:
                 for line in self._lines:
                     if delta := protocol.feed(line):
-                        self._record.first_delta()
+                        self._call.record.first_delta()
                         return delta
                     if protocol.done:
                         break
                 protocol.end()
                 return None
             except UPSTREAM_ERRORS as exc:
-                error = self._record.fail(exc)
-            self._stack.close()
-            delay = None if self._closed else self._attempts.after(error)
-            if delay is None:
-                raise error from None
-            time.sleep(delay)
-            if self._closed:  # the consumer left meanwhile
-                raise error from None
+                self._stack.close()
+                time.sleep(self._call.failed(exc, stop=self._closed))
+            if self._closed and self._call.error:  # the consumer left meanwhile
+                raise self._call.error from None
             self._open()
 
     def _drain(self) -> None:
@@ -184,14 +134,14 @@ class ChatStream:
         self._stack.close()
 
     def result(self) -> ChatResult:
-        return self._done or self._record.result()
+        return self._done or self._call.record.result()
 
     def close(self) -> None:
         # Logged first: closing makes a read in another thread (the Flask relay's reader) fail,
         # and that failure is not the gateway's fault.
         self._closed = True
         if self._done is None and not self._draining:
-            self._record.log("client_disconnect")
+            self._call.record.log("client_disconnect")
             self._stack.close()
 
     def __enter__(self) -> ChatStream:
