@@ -276,7 +276,6 @@ def test_a_rejected_key_stops_the_batch_and_writes_nothing(
         pytest.param("corrupt-output", "line 1 is not a result row", id="resume-corrupt-output"),
         pytest.param("concurrency-0", "--concurrency", id="concurrency-0"),
         pytest.param("concurrency-text", "--concurrency", id="concurrency-text"),
-        pytest.param("model-spaces", "--model", id="model-with-spaces"),
     ],
 )
 def test_bad_paths_and_options_are_one_line_exit_2(
@@ -298,8 +297,6 @@ def test_bad_paths_and_options_are_one_line_exit_2(
     elif case == "corrupt-output":
         write_lines(output, ["not json"])
         args.append("--resume")
-    elif case == "model-spaces":
-        args += ["--model", "gpt 4o"]
     else:
         args += ["--concurrency", "0" if case == "concurrency-0" else "lots"]
 

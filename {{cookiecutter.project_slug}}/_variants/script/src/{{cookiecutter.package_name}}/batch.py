@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import anyio
-from anyio.abc import ObjectReceiveStream, ObjectSendStream
+from anyio.abc import TaskGroup
 from pydantic import ConfigDict, ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -53,11 +53,9 @@ from .errors import Category, GatewayError
 from .request import ChatRequest
 from .settings import Settings
 
-DEFAULT_CONCURRENCY = 8
 MAX_CONCURRENCY = 256
 GRACE_S = 5.0
 PLAIN_PROGRESS_EVERY_S = 10.0
-INVALID_INPUT = "invalid_input"
 # Failures of the key, the account or the URL: every other row would fail the same way.
 FATAL = frozenset({Category.AUTH, Category.QUOTA, Category.BAD_BASE_URL})
 # Attempts per row. What is retried, and how long to wait, is `retry.py`'s; a batch waits out a
@@ -83,7 +81,7 @@ class BatchLine(ChatRequest):
 
 
 def read_lines(lines: Iterable[bytes]) -> Lines:
-    """Parse the input lazily: (key, valid line or its error row); blank lines are skipped."""
+    """Parse the input lazily; blank lines are skipped."""
     first_line_of: dict[str, int] = {}
     for number, raw in enumerate(lines, 1):
         if raw.strip():
@@ -127,12 +125,12 @@ def describe(exc: ValidationError) -> str:
 
 
 def invalid(number: int, row_id: str | int | None, reason: str) -> Row:
-    return error_row(row_id, INVALID_INPUT, f"line {number}: {reason}", line=number)
-
-
-def error_row(row_id: Any, category: str, message: str, line: int | None = None) -> Row:
-    where = {} if line is None else {"line": line}
-    return {"id": row_id, **where, "error": {"category": category, "message": message}}
+    message = f"line {number}: {reason}"
+    return {
+        "id": row_id,
+        "line": number,
+        "error": {"category": "invalid_input", "message": message},
+    }
 
 
 def row_key(row: Row) -> str:
@@ -198,17 +196,12 @@ class Tally:
         self.total, self.ok, self.skipped, self.requests, self.retries = total, 0, 0, 0, 0
         self.tokens, self.failed = Counter[str](), Counter[str]()
         self.started = time.perf_counter()
-        self._bar = Progress(
-            TextColumn("batch"),
-            BarColumn(),
-            TextColumn("{task.description}"),
-            TimeRemainingColumn(),
-            console=Console(file=sys.stderr, soft_wrap=True),
-            redirect_stdout=False,  # stderr is: whatever is written there shows above the bar
-            disable=not sys.stderr.isatty(),
-        )
+        console = Console(file=sys.stderr, soft_wrap=True)
+        columns = TextColumn("batch"), BarColumn(), TextColumn("{task.description}")
+        plain = not sys.stderr.isatty()
+        self._bar = Progress(*columns, TimeRemainingColumn(), console=console, disable=plain)
         self._task = self._bar.add_task(self._line(), total=total, completed=min(already, total))
-        self._bar.start()
+        self._bar.start()  # from here, what is written to stderr shows above the bar
         if self._bar.disable:
             self.note(
                 f"batch: {total} rows in INPUT, {already} already in OUTPUT; "
@@ -218,6 +211,10 @@ class Tally:
     @property
     def finished(self) -> int:
         return self.ok + self.failed.total()
+
+    @property
+    def rate(self) -> float:
+        return self.finished / max(time.perf_counter() - self.started, 1e-9)
 
     def count(self, row: Row) -> None:
         """A row was written."""
@@ -231,24 +228,20 @@ class Tally:
     def tick(self) -> None:
         """Every `PLAIN_PROGRESS_EVERY_S` seconds while the batch runs (the bar needs none)."""
         if self._bar.disable:
-            rate = self.finished / max(time.perf_counter() - self.started, 1e-9)
             left = self.total - self.finished - self.skipped
-            self.note(f"batch: {self._line()} {f'{left / rate:.0f} s' if rate > 0 else '?'}")
+            self.note(f"batch: {self._line()} {f'{left / self.rate:.0f} s' if self.rate else '?'}")
 
     def _line(self) -> str:
-        rate = self.finished / max(time.perf_counter() - self.started, 1e-9)
         return (
             f"{self.finished + self.skipped}/{self.total} rows, {self.failed.total()} failed, "
-            f"{rate:.1f} rows/s, ETA"
+            f"{self.rate:.1f} rows/s, ETA"
         )
 
     def note(self, text: str) -> None:
         print(text, file=sys.stderr, flush=True)  # above the bar, if there is one
 
-    def stop(self) -> None:
-        self._bar.stop()
-
     def summary(self) -> str:
+        self._bar.stop()
         wall = max(time.perf_counter() - self.started, 1e-9)
         failures = ", ".join(f"{name} {count}" for name, count in sorted(self.failed.items()))
         prompt, completion = self.tokens["prompt_tokens"], self.tokens["completion_tokens"]
@@ -263,19 +256,9 @@ class Tally:
         )
 
 
-def retry_delay(error: GatewayError, attempt: int) -> float | None:
-    """The pause before attempt `attempt + 1` of a row, or None to give up on it."""
-    rate_limited = error.category is Category.RATE_LIMITED
-    budget = RATE_LIMITED_ATTEMPTS if rate_limited else TRANSIENT_ATTEMPTS
-    after = retry.retry_after_s({"retry-after": error.retry_after}) if error.retry_after else None
-    after = None if after is None else min(max(after, 0.0), RETRY_AFTER_CAP_S)
-    if attempt >= budget or not retry.may_retry(error.category, after, RETRY_AFTER_CAP_S):
-        return None
-    return retry.backoff_s(attempt) if after is None else after
-
-
 class _Batch:
-    """One run: a feeder, `--concurrency` workers, a shared rate-limit pause, OUTPUT."""
+    """One run: rows handed out at most `--concurrency` at a time, a rate-limit pause shared by
+    all of them, and OUTPUT."""
 
     def __init__(self, args: argparse.Namespace, output: IO[bytes], tally: Tally) -> None:
         self.args, self.output, self.tally = args, output, tally
@@ -291,28 +274,22 @@ class _Batch:
         settings = settings.model_copy(update={"max_retries": 0, "model": model})
         client = create_async_client(settings)
         self._service = AsyncChatService(client, settings)
-        self._stop = anyio.Event()
+        self._stop, self._slots = anyio.Event(), anyio.Semaphore(self.args.concurrency)
         self._feeding, self._working = anyio.CancelScope(), anyio.CancelScope()
-        send, receive = anyio.create_memory_object_stream[BatchLine]()
         try:
             async with anyio.create_task_group() as watchers:
                 watchers.start_soon(self._watch_signals)
                 watchers.start_soon(self._tick)
                 with self._working:
-                    async with anyio.create_task_group() as workers:
-                        with receive:
-                            for _ in range(self.args.concurrency):
-                                workers.start_soon(self._work, receive.clone())
-                        async with send:
-                            with self._feeding, self.args.input.open("rb") as lines:
-                                await self._feed(read_lines(lines), done, send)
+                    async with anyio.create_task_group() as rows:
+                        with self._feeding, self.args.input.open("rb") as lines:
+                            await self._feed(read_lines(lines), done, rows)
                 watchers.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
                 await client.close()
 
-    async def _feed(self, lines: Lines, done: set[str], send: ObjectSendStream[BatchLine]) -> None:
-        """Hand lines to the workers; waits while all of them are busy (the in-flight bound)."""
+    async def _feed(self, lines: Lines, done: set[str], rows: TaskGroup) -> None:
         for key, line in lines:
             if key in done:
                 self.tally.skipped += 1
@@ -324,51 +301,61 @@ class _Batch:
                     self._ignored |= new
                     names = ", ".join(f'"{name}"' for name in sorted(new))
                     self.tally.note(f"batch: ignoring {names} (id {key}): not request fields")
-                await send.send(line)
-
-    async def _work(self, lines: ObjectReceiveStream[BatchLine]) -> None:
-        async with lines:
-            async for line in lines:
-                await self._process(line)
+                await self._slots.acquire()  # the in-flight bound
+                rows.start_soon(self._process, line)
 
     async def _process(self, line: BatchLine) -> None:
         started, call = time.perf_counter(), CallInfo(user=line.user, task=line.task)
-        for attempt in itertools.count(1):
-            if not await self._wait_for_pause():
-                return  # stopping: left for --resume
-            self.tally.requests += 1
-            try:
-                result = await self._service.complete(line, call)
-            except GatewayError as error:
-                if error.category in FATAL:
-                    self._stop_batch(fatal=error)
-                    return
-                if (delay := retry_delay(error, attempt)) is None:
-                    self._write(error_row(line.id, error.category.value, error.message))
-                    return
-                self.tally.retries += 1
-                if error.category is Category.RATE_LIMITED:  # every worker waits
-                    self._paused_until = max(self._paused_until, time.monotonic() + delay)
-                elif await self._stopped_within(delay):
-                    return
-                continue
-            usage = asdict(result.usage) if result.usage else None
-            duration_ms = round((time.perf_counter() - started) * 1000, 1)
-            row = dict(id=line.id, content=result.content, model=result.model, usage=usage)
-            self._write({**row, "duration_ms": duration_ms})
-            return
+        delay: float | None = 0.0
+        try:
+            for attempt in itertools.count(1):
+                if delay is None or not await self._wait(delay):
+                    return  # done (an error row), or stopping (left for --resume)
+                self.tally.requests += 1
+                try:
+                    result = await self._service.complete(line, call)
+                except GatewayError as error:
+                    delay = self._retry_delay(line, error, attempt)
+                    continue
+                usage = asdict(result.usage) if result.usage else None
+                duration_ms = round((time.perf_counter() - started) * 1000, 1)
+                row = dict(id=line.id, content=result.content, model=result.model, usage=usage)
+                self._write({**row, "duration_ms": duration_ms})
+                return
+        finally:
+            self._slots.release()
 
-    async def _wait_for_pause(self) -> bool:
-        """Wait out a rate-limit pause; False if the batch is stopping."""
-        while (left := self._paused_until - time.monotonic()) > 0:
-            if await self._stopped_within(left):
-                return False
-        return not self._stop.is_set()
+    def _retry_delay(self, line: BatchLine, error: GatewayError, attempt: int) -> float | None:
+        """After a failed attempt, the pause before the next, or None when the row is done (its
+        error row written) or the batch stops. What is retried and how long to wait is
+        `retry.py`'s; how often, the batch's."""
+        rate_limited = error.category is Category.RATE_LIMITED
+        budget = RATE_LIMITED_ATTEMPTS if rate_limited else TRANSIENT_ATTEMPTS
+        after = retry.retry_after_s({"retry-after": error.retry_after or ""})
+        after = None if after is None else min(max(after, 0.0), RETRY_AFTER_CAP_S)
+        if error.category in FATAL:
+            self._stop_batch(fatal=error)
+        elif attempt >= budget or not retry.may_retry(error.category, after, RETRY_AFTER_CAP_S):
+            failure = {"category": error.category.value, "message": error.message}
+            self._write({"id": line.id, "error": failure})
+        else:
+            self.tally.retries += 1
+            delay = retry.backoff_s(attempt) if after is None else after
+            if not rate_limited:
+                return delay
+            self._paused_until = max(self._paused_until, time.monotonic() + delay)  # all rows
+            return 0.0
+        return None
 
-    async def _stopped_within(self, seconds: float) -> bool:
-        with anyio.move_on_after(seconds):
-            await self._stop.wait()
-        return self._stop.is_set()
+    async def _wait(self, seconds: float) -> bool:
+        """Sleep `seconds`, and while rows are paused (rate_limited); False if the batch stops."""
+        until = time.monotonic() + seconds
+        while not self._stop.is_set():
+            if (left := max(until, self._paused_until) - time.monotonic()) <= 0:
+                return True
+            with anyio.move_on_after(left):
+                await self._stop.wait()
+        return False
 
     def _write(self, row: Row) -> None:
         """Append a finished row, flushed at once so that a crash loses none; a failed write
@@ -378,6 +365,7 @@ class _Batch:
             self.output.flush()
         except OSError as exc:
             self._failed_to_write(exc)
+            self._stop_batch()
             self._working.cancel()  # nothing more can be recorded
         else:
             self.tally.count(row)
@@ -393,7 +381,6 @@ class _Batch:
                 self.output.close()
 
     def _failed_to_write(self, exc: OSError) -> None:
-        self._stop_batch()
         self.write_error = self.write_error or (
             f"cannot write OUTPUT {self.args.output} ({exc.strerror or exc}); "
             "make room or fix it, then rerun with --resume"
@@ -430,18 +417,11 @@ class _Batch:
 
 
 def concurrency(text: str) -> int:
-    value = int(text) if text.strip().isdigit() else 0
-    if not 1 <= value <= MAX_CONCURRENCY:
+    if not text.strip().isdigit() or not 1 <= int(text) <= MAX_CONCURRENCY:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a whole number from 1 to {MAX_CONCURRENCY}"
         )
-    return value
-
-
-def model_name(text: str) -> str:
-    if not text or any(char.isspace() for char in text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a model name (one word, no spaces)")
-    return text
+    return int(text)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -449,19 +429,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("input", type=Path, metavar="INPUT.jsonl", help="prompts: one JSON request a line")
     add("output", type=Path, metavar="OUTPUT.jsonl", help="results, one JSON line per input line")
-    add(
-        "--concurrency",
-        type=concurrency,
-        default=DEFAULT_CONCURRENCY,
-        metavar="N",
-        help=f"requests in flight (1-{MAX_CONCURRENCY}, default {DEFAULT_CONCURRENCY})",
-    )
-    add(
-        "--model",
-        type=model_name,
-        metavar="M",
-        help="for rows that name none (default: ALLTKN_MODEL)",
-    )
+    add("--concurrency", type=concurrency, default=8, metavar="N", help="rows in flight (1-256)")
+    add("--model", help="for rows that name none (default: ALLTKN_MODEL)")
     add("--resume", action="store_true", help="skip rows already in OUTPUT and append the rest")
 
 
@@ -481,9 +450,8 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
     except KeyboardInterrupt:
         batch.signum = signal.SIGINT
     finally:
-        tally.stop()
         batch.close()
-    print(tally.summary(), flush=True)
+        print(tally.summary(), flush=True)
     if batch.signum is not None:
         print("interrupted: rows not finished are not in OUTPUT; rerun with --resume")
     elif (error := batch.fatal) is not None:
