@@ -2,23 +2,22 @@
 
     python -m <package> batch INPUT.jsonl OUTPUT.jsonl [--concurrency N] [--model M] [--resume]
 
-Input, one JSON object per line: its ``"id"`` and a chat request as the HTTP API takes it
-(`request.ChatRequest`: ``"prompt"`` or ``"messages"``, ``"model"``, ``"user"``, ``"task"`` and
-every generation parameter, such as ``"max_tokens"`` and ``"temperature"``); other fields are
-ignored (named once on stderr). Output, one line per input line, in the order the rows finish,
-appended and flushed one by one: ``{"id", "content", "model", "usage", "duration_ms"}`` or
-``{"id", "error": {"category", "message"}}``. A malformed input line becomes an
-``invalid_input`` error row that also names its ``line`` (its ``id`` is null if it has none, or
-repeats an earlier one).
+Input, one JSON object per line: an ``"id"`` and a `request.ChatRequest` (``"prompt"`` or
+``"messages"``, ``"model"``, ``"user"``, ``"task"``, ``"max_tokens"``, ``"temperature"``...);
+other fields are ignored (named once on stderr). Output, one line per input line, in the order
+the rows finish, appended and flushed one by one: ``{"id", "content", "model", "usage",
+"duration_ms"}`` or ``{"id", "error": {"category", "message"}}``. A malformed input line becomes
+an ``invalid_input`` error row that also names its ``line`` (its ``id`` is null if it has none,
+or repeats an earlier one).
 
 - The input is streamed; memory grows only with the set of ids (for duplicate detection).
 - At most ``--concurrency`` requests are in flight. The client is built without SDK retries, so
   every attempt is made, counted and logged here, by the policy of `retry.py`: ``rate_limited``
-  waits for Retry-After (at most a minute) and pauses every worker,
+  waits for Retry-After (at most a minute) and pauses every row,
   ``upstream_unavailable``/``timeout``/``connection`` back off, and the permanent categories are
   never retried. ``auth``, ``quota`` and ``bad_base_url`` would fail every row, so they stop the
   batch instead of filling the output with error rows. The rollback switches (docs/RUNBOOK.md)
-  apply: an attempt tries the fallback models (ALLTKN_FALLBACK_MODELS) before a row is retried.
+  apply: each attempt tries the ALLTKN_FALLBACK_MODELS before the row is retried.
 - ``--resume`` skips rows already in OUTPUT; a partial last line (a crash mid-write) is removed.
 - SIGINT or SIGTERM stops taking rows, waits up to ``GRACE_S`` for those in flight (a second
   signal stops at once), and rows that never finished are left for ``--resume``.
@@ -31,17 +30,16 @@ import contextlib
 import itertools
 import json
 import os
-import signal
 import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict
 from pathlib import Path
+from signal import SIGINT, SIGTERM
 from typing import IO, Any
 
 import anyio
-from anyio.abc import TaskGroup
 from pydantic import ConfigDict, ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -53,7 +51,6 @@ from .errors import Category, GatewayError
 from .request import ChatRequest
 from .settings import Settings
 
-MAX_CONCURRENCY = 256
 GRACE_S = 5.0
 PLAIN_PROGRESS_EVERY_S = 10.0
 # Failures of the key, the account or the URL: every other row would fail the same way.
@@ -150,9 +147,7 @@ def open_output(args: argparse.Namespace) -> tuple[IO[bytes], set[str]]:
     if output.exists() and output.resolve() == args.input.resolve():
         raise BatchUsageError("OUTPUT is the INPUT file; write the results to another path")
     if not args.resume and output.is_file() and output.stat().st_size > 0:
-        raise BatchUsageError(
-            f"OUTPUT {output} already has rows; pass --resume to continue it or choose a new path"
-        )
+        raise BatchUsageError(f"OUTPUT {output} already has rows; pass --resume or a new path")
     rows, done, complete_bytes = _open(output, "a+b" if args.resume else "wb", "OUTPUT"), set(), 0
     if args.resume:
         rows.seek(0)  # appends still go to the end
@@ -232,10 +227,8 @@ class Tally:
             self.note(f"batch: {self._line()} {f'{left / self.rate:.0f} s' if self.rate else '?'}")
 
     def _line(self) -> str:
-        return (
-            f"{self.finished + self.skipped}/{self.total} rows, {self.failed.total()} failed, "
-            f"{self.rate:.1f} rows/s, ETA"
-        )
+        done, failed = self.finished + self.skipped, self.failed.total()
+        return f"{done}/{self.total} rows, {failed} failed, {self.rate:.1f} rows/s, ETA"
 
     def note(self, text: str) -> None:
         print(text, file=sys.stderr, flush=True)  # above the bar, if there is one
@@ -275,21 +268,21 @@ class _Batch:
         client = create_async_client(settings)
         self._service = AsyncChatService(client, settings)
         self._stop, self._slots = anyio.Event(), anyio.Semaphore(self.args.concurrency)
-        self._feeding, self._working = anyio.CancelScope(), anyio.CancelScope()
+        self._feeding = anyio.CancelScope()
         try:
-            async with anyio.create_task_group() as watchers:
-                watchers.start_soon(self._watch_signals)
-                watchers.start_soon(self._tick)
-                with self._working:
-                    async with anyio.create_task_group() as rows:
-                        with self._feeding, self.args.input.open("rb") as lines:
-                            await self._feed(read_lines(lines), done, rows)
-                watchers.cancel_scope.cancel()
+            async with anyio.create_task_group() as self._tasks:
+                self._tasks.start_soon(self._watch_signals)
+                self._tasks.start_soon(self._tick)
+                with self._feeding, self.args.input.open("rb") as lines:
+                    await self._feed(read_lines(lines), done)
+                for _ in range(self.args.concurrency):  # until every row has finished
+                    await self._slots.acquire()
+                self._tasks.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
                 await client.close()
 
-    async def _feed(self, lines: Lines, done: set[str], rows: TaskGroup) -> None:
+    async def _feed(self, lines: Lines, done: set[str]) -> None:
         for key, line in lines:
             if key in done:
                 self.tally.skipped += 1
@@ -302,7 +295,7 @@ class _Batch:
                     names = ", ".join(f'"{name}"' for name in sorted(new))
                     self.tally.note(f"batch: ignoring {names} (id {key}): not request fields")
                 await self._slots.acquire()  # the in-flight bound
-                rows.start_soon(self._process, line)
+                self._tasks.start_soon(self._process, line)
 
     async def _process(self, line: BatchLine) -> None:
         started, call = time.perf_counter(), CallInfo(user=line.user, task=line.task)
@@ -366,7 +359,7 @@ class _Batch:
         except OSError as exc:
             self._failed_to_write(exc)
             self._stop_batch()
-            self._working.cancel()  # nothing more can be recorded
+            self._tasks.cancel_scope.cancel()  # nothing more can be recorded
         else:
             self.tally.count(row)
 
@@ -401,9 +394,7 @@ class _Batch:
         """First SIGINT/SIGTERM: stop feeding, grace period; second (or grace over): cancel."""
         with contextlib.ExitStack() as stack:
             try:
-                signals = stack.enter_context(
-                    anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM)
-                )
+                signals = stack.enter_context(anyio.open_signal_receiver(SIGINT, SIGTERM))
             except (NotImplementedError, ValueError, RuntimeError):
                 return  # no signal handling here (not the main thread, or not on this OS)
             self._stop_batch(signum=await anext(signals))
@@ -413,14 +404,12 @@ class _Batch:
             )
             with anyio.move_on_after(GRACE_S):
                 await anext(signals)
-        self._working.cancel()
+        self._tasks.cancel_scope.cancel()
 
 
 def concurrency(text: str) -> int:
-    if not text.strip().isdigit() or not 1 <= int(text) <= MAX_CONCURRENCY:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a whole number from 1 to {MAX_CONCURRENCY}"
-        )
+    if not text.strip().isdigit() or not 1 <= int(text) <= 256:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1 to 256")
     return int(text)
 
 
@@ -448,17 +437,15 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
     try:
         anyio.run(batch.run, settings, done)
     except KeyboardInterrupt:
-        batch.signum = signal.SIGINT
+        batch.signum = SIGINT
     finally:
         batch.close()
         print(tally.summary(), flush=True)
     if batch.signum is not None:
         print("interrupted: rows not finished are not in OUTPUT; rerun with --resume")
-    elif (error := batch.fatal) is not None:
+    elif (fatal := batch.fatal) is not None:
         print("stopped: the remaining rows were not sent; fix the problem and rerun with --resume")
-        print(
-            f"error[{error.category.value}]: {error.message} (hint: {error.hint})", file=sys.stderr
-        )
+        print(f"error[{fatal.category.value}]: {fatal} (hint: {fatal.hint})", file=sys.stderr)
     if batch.write_error is not None:
         print(f"error: {batch.write_error}", file=sys.stderr)
     if batch.signum is not None:
