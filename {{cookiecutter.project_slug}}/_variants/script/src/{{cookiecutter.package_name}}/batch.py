@@ -122,12 +122,8 @@ def describe(exc: ValidationError) -> str:
 
 
 def invalid(number: int, row_id: str | int | None, reason: str) -> Row:
-    message = f"line {number}: {reason}"
-    return {
-        "id": row_id,
-        "line": number,
-        "error": {"category": "invalid_input", "message": message},
-    }
+    error = {"category": "invalid_input", "message": f"line {number}: {reason}"}
+    return {"id": row_id, "line": number, "error": error}
 
 
 def row_key(row: Row) -> str:
@@ -154,9 +150,7 @@ def open_output(args: argparse.Namespace) -> tuple[IO[bytes], set[str]]:
     for number, raw in enumerate(rows if args.resume else (), 1):
         if not raw.endswith(b"\n"):  # a crash in the middle of a write
             rows.truncate(complete_bytes)
-            print(
-                "batch: removed a partial last row from OUTPUT (an earlier crash)", file=sys.stderr
-            )
+            print("batch: removed a partial last row (an earlier crash)", file=sys.stderr)
         elif raw.strip():
             try:
                 done.add(row_key(json.loads(raw)))
@@ -198,10 +192,8 @@ class Tally:
         self._task = self._bar.add_task(self._line(), total=total, completed=min(already, total))
         self._bar.start()  # from here, what is written to stderr shows above the bar
         if self._bar.disable:
-            self.note(
-                f"batch: {total} rows in INPUT, {already} already in OUTPUT; "
-                f"progress every {PLAIN_PROGRESS_EVERY_S:.0f} s"
-            )
+            every = f"progress every {PLAIN_PROGRESS_EVERY_S:.0f} s"
+            self.note(f"batch: {total} rows in INPUT, {already} already in OUTPUT; {every}")
 
     @property
     def finished(self) -> int:
@@ -234,6 +226,7 @@ class Tally:
         print(text, file=sys.stderr, flush=True)  # above the bar, if there is one
 
     def summary(self) -> str:
+        """Stops the bar; the lines of the summary."""
         self._bar.stop()
         wall = max(time.perf_counter() - self.started, 1e-9)
         failures = ", ".join(f"{name} {count}" for name, count in sorted(self.failed.items()))
@@ -398,10 +391,8 @@ class _Batch:
             except (NotImplementedError, ValueError, RuntimeError):
                 return  # no signal handling here (not the main thread, or not on this OS)
             self._stop_batch(signum=await anext(signals))
-            self.tally.note(
-                f"batch: stopping; waiting up to {GRACE_S:.0f} s for the rows in flight "
-                "(press Ctrl-C again to stop now)"
-            )
+            grace = f"waiting up to {GRACE_S:.0f} s for the rows in flight"
+            self.tally.note(f"batch: stopping; {grace} (press Ctrl-C again to stop now)")
             with anyio.move_on_after(GRACE_S):
                 await anext(signals)
         self._tasks.cancel_scope.cancel()
