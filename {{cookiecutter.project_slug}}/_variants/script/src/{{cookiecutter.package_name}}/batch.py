@@ -410,7 +410,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("input", type=Path, metavar="INPUT.jsonl", help="prompts: one JSON request a line")
     add("output", type=Path, metavar="OUTPUT.jsonl", help="results, one JSON line per input line")
     add("--concurrency", type=concurrency, default=8, metavar="N", help="rows in flight (1-256)")
-    add("--model", help="for rows that name none (default: ALLTKN_MODEL)")
+    add("--model", metavar="M", help="for rows that name none (default: ALLTKN_MODEL)")
     add("--resume", action="store_true", help="skip rows already in OUTPUT and append the rest")
 
 
