@@ -168,8 +168,6 @@ def _open(path: Path, mode: str, role: str) -> IO[bytes]:
         return path.open(mode)
     except FileNotFoundError:
         problem = "does not exist" if role == "INPUT" else "is in a directory that does not exist"
-    except IsADirectoryError:
-        problem = "is a directory"
     except OSError as exc:
         problem = f"cannot be opened ({exc.strerror or type(exc).__name__})"
     fix = "pass the path of a JSONL file" if role == "INPUT" else "choose a writable file path"
@@ -230,21 +228,19 @@ class Tally:
         self._bar.stop()
         wall = max(time.perf_counter() - self.started, 1e-9)
         failures = ", ".join(f"{name} {count}" for name, count in sorted(self.failed.items()))
+        failed = f"{self.failed.total()} failed" + (f" ({failures})" if failures else "")
         prompt, completion = self.tokens["prompt_tokens"], self.tokens["completion_tokens"]
+        rates = f"{self.finished / wall:.1f} rows/s, {self.requests / wall:.1f} requests/s"
         return (
-            f"batch: {self.ok} done, {self.failed.total()} failed"
-            + (f" ({failures})" if failures else "")
-            + f", {self.skipped} skipped (already in OUTPUT), {self.total} rows in INPUT\n"
+            f"batch: {self.ok} done, {failed}, {self.skipped} skipped (already in OUTPUT), "
+            f"{self.total} rows in INPUT\n"
             f"tokens: {prompt} prompt + {completion} completion = {prompt + completion}\n"
-            f"wall time {wall:.2f} s, {self.finished / wall:.1f} rows/s, "
-            f"{self.requests / wall:.1f} requests/s ({self.requests} requests, "
-            f"{self.retries} retries)"
+            f"wall time {wall:.2f} s, {rates} ({self.requests} requests, {self.retries} retries)"
         )
 
 
 class _Batch:
-    """One run: rows handed out at most `--concurrency` at a time, a rate-limit pause shared by
-    all of them, and OUTPUT."""
+    """One run: at most `--concurrency` rows in flight, a rate-limit pause they share, OUTPUT."""
 
     def __init__(self, args: argparse.Namespace, output: IO[bytes], tally: Tally) -> None:
         self.args, self.output, self.tally = args, output, tally
@@ -312,9 +308,8 @@ class _Batch:
             self._slots.release()
 
     def _retry_delay(self, line: BatchLine, error: GatewayError, attempt: int) -> float | None:
-        """After a failed attempt, the pause before the next, or None when the row is done (its
-        error row written) or the batch stops. What is retried and how long to wait is
-        `retry.py`'s; how often, the batch's."""
+        """The pause before the row's next attempt; None once its error row is written or the
+        batch stops. What is retried, and how long to wait, is `retry.py`'s; how often, ours."""
         rate_limited = error.category is Category.RATE_LIMITED
         budget = RATE_LIMITED_ATTEMPTS if rate_limited else TRANSIENT_ATTEMPTS
         after = retry.retry_after_s({"retry-after": error.retry_after or ""})
