@@ -208,7 +208,8 @@ class Tally:
         else:
             self.ok += 1
             self.tokens.update(row["usage"] or {})
-        self._bar.update(self._task, advance=1, description=self._line())
+        if not self._bar.disable:
+            self._bar.update(self._task, advance=1, description=self._line())
 
     def tick(self) -> None:
         """Every `PLAIN_PROGRESS_EVERY_S` seconds while the batch runs (the bar needs none)."""
