@@ -144,9 +144,10 @@ def open_output(args: argparse.Namespace) -> tuple[IO[bytes], set[str]]:
         raise BatchUsageError("OUTPUT is the INPUT file; write the results to another path")
     if not args.resume and output.is_file() and output.stat().st_size > 0:
         raise BatchUsageError(f"OUTPUT {output} already has rows; pass --resume or a new path")
-    rows, done, complete_bytes = _open(output, "a+b" if args.resume else "wb", "OUTPUT"), set(), 0
+    rows, complete_bytes = _open(output, "a+b" if args.resume else "wb", "OUTPUT"), 0
+    done: set[str] = set()
     if args.resume:
-        rows.seek(0)  # appends still go to the end
+        rows.seek(0)  # to read the rows there; appends still go to the end
     for number, raw in enumerate(rows if args.resume else (), 1):
         if not raw.endswith(b"\n"):  # a crash in the middle of a write
             rows.truncate(complete_bytes)
@@ -155,6 +156,7 @@ def open_output(args: argparse.Namespace) -> tuple[IO[bytes], set[str]]:
             try:
                 done.add(row_key(json.loads(raw)))
             except (ValueError, TypeError, KeyError):
+                rows.close()
                 raise BatchUsageError(
                     f"OUTPUT {output} line {number} is not a result row; remove that line "
                     "or write to a new file"
