@@ -57,8 +57,7 @@ PLAIN_PROGRESS_EVERY_S = 10.0
 FATAL = frozenset({Category.AUTH, Category.QUOTA, Category.BAD_BASE_URL})
 # Attempts per row. What is retried, and how long to wait, is `retry.py`'s; a batch waits out a
 # longer Retry-After than an interactive call (ALLTKN_RETRY_AFTER_CAP_S): nobody is waiting.
-RATE_LIMITED_ATTEMPTS = 6
-TRANSIENT_ATTEMPTS = 4
+ATTEMPTS = {Category.RATE_LIMITED: 6}  # 4 for the others in `retry.RETRIED`
 RETRY_AFTER_CAP_S = 60.0
 
 Row = dict[str, Any]
@@ -131,12 +130,6 @@ def row_key(row: Row) -> str:
     return json.dumps(row["id"]) if row["id"] is not None else f"line:{int(row['line'])}"
 
 
-def count_rows(path: Path) -> int:
-    """Non-blank lines of the input (a quick streaming pass, for the progress total)."""
-    with _open(path, "rb", "INPUT") as lines:
-        return sum(1 for raw in lines if raw.strip())
-
-
 def open_output(args: argparse.Namespace) -> tuple[IO[bytes], set[str]]:
     """OUTPUT, open for appending rows, and the keys of those already in it (--resume)."""
     output: Path = args.output
@@ -168,12 +161,9 @@ def open_output(args: argparse.Namespace) -> tuple[IO[bytes], set[str]]:
 def _open(path: Path, mode: str, role: str) -> IO[bytes]:
     try:
         return path.open(mode)
-    except FileNotFoundError:
-        problem = "does not exist" if role == "INPUT" else "is in a directory that does not exist"
     except OSError as exc:
-        problem = f"cannot be opened ({exc.strerror or type(exc).__name__})"
-    fix = "pass the path of a JSONL file" if role == "INPUT" else "choose a writable file path"
-    raise BatchUsageError(f"{role} {path} {problem}; {fix}")
+        fix = "pass the path of a JSONL file" if role == "INPUT" else "choose a writable file path"
+        raise BatchUsageError(f"{role} {path}: {exc.strerror or exc}; {fix}") from None
 
 
 class Tally:
@@ -313,19 +303,18 @@ class _Batch:
     def _retry_delay(self, line: BatchLine, error: GatewayError, attempt: int) -> float | None:
         """The pause before the row's next attempt; None once its error row is written or the
         batch stops. What is retried, and how long to wait, is `retry.py`'s; how often, ours."""
-        rate_limited = error.category is Category.RATE_LIMITED
-        budget = RATE_LIMITED_ATTEMPTS if rate_limited else TRANSIENT_ATTEMPTS
         after = retry.retry_after_s({"retry-after": error.retry_after or ""})
         after = None if after is None else min(max(after, 0.0), RETRY_AFTER_CAP_S)
+        last = attempt >= ATTEMPTS.get(error.category, 4)
         if error.category in FATAL:
             self._stop_batch(fatal=error)
-        elif attempt >= budget or not retry.may_retry(error.category, after, RETRY_AFTER_CAP_S):
+        elif last or not retry.may_retry(error.category, after, RETRY_AFTER_CAP_S):
             failure = {"category": error.category.value, "message": error.message}
             self._write({"id": line.id, "error": failure})
         else:
             self.tally.retries += 1
             delay = retry.backoff_s(attempt) if after is None else after
-            if not rate_limited:
+            if error.category is not Category.RATE_LIMITED:
                 return delay
             self._paused_until = max(self._paused_until, time.monotonic() + delay)  # all rows
             return 0.0
@@ -416,7 +405,8 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
     """`batch` for the CLI (settings loaded, logging configured): progress on stderr, the
     summary on stdout; returns the exit code."""
     try:
-        total = count_rows(args.input)
+        with _open(args.input, "rb", "INPUT") as lines:  # a quick pass: the progress total
+            total = sum(1 for raw in lines if raw.strip())
         output, done = open_output(args)
     except BatchUsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
