@@ -1,8 +1,10 @@
-"""`python -m {{ cookiecutter.package_name }} batch`, run as a user would, against the fake gateway."""
+"""`{{ cookiecutter.package_name }} batch` against the fake gateway: through the CLI's `main` in the
+test process (fast), and as `python -m` where a signal, a kill or a terminal is the point."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pty
 import signal
@@ -10,11 +12,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from {{ cookiecutter.package_name }} import cli, retry
 from {{ cookiecutter.package_name }}.settings import API_KEY_ENV
 
 from .conftest import SENTINEL_KEY
@@ -26,10 +30,34 @@ COMMAND = [sys.executable, "-m", "{{ cookiecutter.package_name }}", "batch"]
 ANSWER = "Hello from the fake gateway."
 
 
-def batch(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*COMMAND, *map(str, args)], capture_output=True, text=True, timeout=60, check=False
-    )
+@dataclass
+class Done:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+Batch = Callable[..., Done]
+
+
+@pytest.fixture
+def batch(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Batch]:
+    """Runs `batch ARGS` as the command line does, in this process. Backoff pauses are cut short
+    (the attempts are still made and counted); logging is restored afterwards."""
+    monkeypatch.setattr(retry, "backoff_s", lambda attempt: 0.01)
+    root = logging.getLogger()
+    saved = list(root.handlers), root.level
+
+    def run(*args: str | Path) -> Done:
+        try:
+            code = cli.main(["batch", *map(str, args)])
+        except SystemExit as exit_:  # bad usage: argparse exits
+            code = int(exit_.code or 0)
+        out, err = capsys.readouterr()
+        return Done(code, out, err)
+
+    yield run
+    root.handlers[:], root.level = saved
 
 
 def start_batch(*args: str | Path, stderr: int = subprocess.PIPE) -> subprocess.Popen[str]:
@@ -77,7 +105,7 @@ def paced_gateway(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeGateway]:
         yield fake
 
 
-def test_mixed_input(gateway: FakeGateway, tmp_path: Path) -> None:
+def test_mixed_input(gateway: FakeGateway, batch: Batch, tmp_path: Path) -> None:
     source = write_lines(
         tmp_path / "in.jsonl",
         [
@@ -122,6 +150,8 @@ def test_mixed_input(gateway: FakeGateway, tmp_path: Path) -> None:
     assert [bad[3]["id"], bad[4]["id"], bad[5]["id"], bad[6]["id"]] == [None, None, None, "empty"]
     assert "not valid JSON" in bad[3]["error"]["message"]
     assert 'duplicate id "a" (first on line 1)' in bad[5]["error"]["message"]
+    assert "line 6: " in bad[6]["error"]["message"]
+    assert "'prompt' is blank" in bad[6]["error"]["message"]
     assert len(rows(output)) == 10  # every non-blank line, exactly once
 
     # Retries: 429 waits and succeeds, a cut connection is retried a bounded number of times,
@@ -150,8 +180,50 @@ def test_mixed_input(gateway: FakeGateway, tmp_path: Path) -> None:
     assert "batch: 0 done, 0 failed, 10 skipped" in again.stdout
 
 
+def test_request_fields_of_a_line_reach_the_gateway(
+    gateway: FakeGateway, batch: Batch, tmp_path: Path
+) -> None:
+    """Every `request.Parameters` field is a batch field; the output cap is sent by default."""
+    source = write_lines(
+        tmp_path / "in.jsonl",
+        [
+            json.dumps({"id": 1, "prompt": "tuned", "temperature": 0.3, "max_tokens": 50}),
+            json.dumps({"id": 2, "prompt": "plain", "label": "mine", "model": "gpt-4o-mini"}),
+            json.dumps({"id": 3, "prompt": "hot", "temperature": 5}),
+            json.dumps({"id": 4, "prompt": "long", "max_tokens": 5000}),
+            json.dumps({"id": 5, "messages": [{"role": "robot", "content": "hi"}]}),
+        ],
+    )
+    output = tmp_path / "out.jsonl"
+
+    done = batch(source, output, "--model", "gpt-4o")
+
+    assert done.returncode == 1, done.stderr
+    sent = {request.body["messages"][0]["content"]: request.body for request in gateway.requests}
+    assert sorted(sent) == ["plain", "tuned"]
+    assert sent["tuned"]["temperature"] == 0.3
+    assert sent["tuned"]["max_tokens"] == 50
+    assert sent["tuned"]["model"] == "gpt-4o"  # --model, for rows that name none
+    assert sent["plain"]["max_tokens"] == 4096  # ALLTKN_MAX_OUTPUT_TOKENS, the default cap
+    assert "temperature" not in sent["plain"]
+    assert "label" not in sent["plain"]
+    assert sent["plain"]["model"] == "gpt-4o-mini"
+    assert 'batch: ignoring "label"' in done.stderr
+    found = rows_by_id(output)
+    assert found[1]["content"] == found[2]["content"] == ANSWER
+    hot = found[3]["error"]
+    assert hot["category"] == "invalid_input"
+    assert hot["message"].startswith('line 3: "temperature"')  # the field, and what it takes
+    assert "0-2" in hot["message"]
+    assert found[4]["error"]["category"] == "invalid_request"
+    assert "ALLTKN_MAX_OUTPUT_TOKENS" in found[4]["error"]["message"]
+    assert found[5]["error"]["category"] == "invalid_input"
+    assert '"messages.0.role"' in found[5]["error"]["message"]
+    assert "\n" not in found[3]["error"]["message"] + found[5]["error"]["message"]
+
+
 def test_rollback_switches_apply_to_batches(
-    gateway: FakeGateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    gateway: FakeGateway, batch: Batch, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """ALLTKN_FALLBACK_MODELS and ALLTKN_MAX_INPUT_CHARS (docs/RUNBOOK.md) during a batch."""
     monkeypatch.setenv("ALLTKN_FALLBACK_MODELS", "gpt-4o")
@@ -180,7 +252,7 @@ def test_rollback_switches_apply_to_batches(
 
 
 def test_a_rejected_key_stops_the_batch_and_writes_nothing(
-    gateway: FakeGateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    gateway: FakeGateway, batch: Batch, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(API_KEY_ENV, "sk-" + "w" * 40)
     output = tmp_path / "out.jsonl"
@@ -200,6 +272,7 @@ def test_a_rejected_key_stops_the_batch_and_writes_nothing(
         pytest.param("missing-input", "INPUT", id="missing-input"),
         pytest.param("output-dir-missing", "OUTPUT", id="output-in-missing-dir"),
         pytest.param("output-is-dir", "OUTPUT", id="output-is-a-directory"),
+        pytest.param("output-is-input", "OUTPUT is the INPUT file", id="output-is-input"),
         pytest.param("output-has-rows", "--resume", id="output-exists"),
         pytest.param("corrupt-output", "line 1 is not a result row", id="resume-corrupt-output"),
         pytest.param("concurrency-0", "--concurrency", id="concurrency-0"),
@@ -207,7 +280,7 @@ def test_a_rejected_key_stops_the_batch_and_writes_nothing(
     ],
 )
 def test_bad_paths_and_options_are_one_line_exit_2(
-    gateway: FakeGateway, tmp_path: Path, case: str, names: str
+    gateway: FakeGateway, batch: Batch, tmp_path: Path, case: str, names: str
 ) -> None:
     source = write_lines(tmp_path / "in.jsonl", prompts(2))
     output = tmp_path / "out.jsonl"
@@ -218,6 +291,8 @@ def test_bad_paths_and_options_are_one_line_exit_2(
         args[1] = tmp_path / "no" / "such" / "dir.jsonl"
     elif case == "output-is-dir":
         args[1] = tmp_path
+    elif case == "output-is-input":
+        args[1] = source
     elif case == "output-has-rows":
         write_lines(output, [json.dumps({"id": "p0", "content": "x"})])
     elif case == "corrupt-output":
@@ -236,7 +311,7 @@ def test_bad_paths_and_options_are_one_line_exit_2(
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
-def test_an_output_that_fills_up_stops_the_batch(tmp_path: Path) -> None:
+def test_an_output_that_fills_up_stops_the_batch(batch: Batch, tmp_path: Path) -> None:
     done = batch(write_lines(tmp_path / "in.jsonl", prompts(5)), "/dev/full")
 
     assert done.returncode == 1
@@ -247,7 +322,7 @@ def test_an_output_that_fills_up_stops_the_batch(tmp_path: Path) -> None:
 
 
 def test_resume_after_sigkill_writes_every_id_exactly_once(
-    paced_gateway: FakeGateway, tmp_path: Path
+    paced_gateway: FakeGateway, batch: Batch, tmp_path: Path
 ) -> None:
     source = write_lines(tmp_path / "in.jsonl", prompts(40))
     output = tmp_path / "out.jsonl"
@@ -272,7 +347,7 @@ def test_resume_after_sigkill_writes_every_id_exactly_once(
 
 
 def test_sigint_finishes_the_rows_in_flight_and_exits_130(
-    paced_gateway: FakeGateway, tmp_path: Path
+    paced_gateway: FakeGateway, batch: Batch, tmp_path: Path
 ) -> None:
     source = write_lines(tmp_path / "in.jsonl", prompts(40))
     output = tmp_path / "out.jsonl"
@@ -291,16 +366,16 @@ def test_sigint_finishes_the_rows_in_flight_and_exits_130(
     assert "interrupted" in stdout
     assert "Traceback" not in stderr
 
-    resumed = batch(source, output, "--resume")
+    resumed = batch(source, output, "--resume", "--concurrency", "16")
 
     assert resumed.returncode == 0, resumed.stderr
     assert sorted(rows_by_id(output)) == sorted(f"p{n}" for n in range(40))
 
 
-def test_progress_is_plain_lines_when_stderr_is_not_a_terminal(tmp_path: Path) -> None:
-    output = tmp_path / "out.jsonl"
-
-    done = batch(write_lines(tmp_path / "in.jsonl", prompts(3)), output)
+def test_progress_is_plain_lines_when_stderr_is_not_a_terminal(
+    batch: Batch, tmp_path: Path
+) -> None:
+    done = batch(write_lines(tmp_path / "in.jsonl", prompts(3)), tmp_path / "out.jsonl")
 
     assert done.returncode == 0, done.stderr
     assert "batch: 3 rows in INPUT, 0 already in OUTPUT" in done.stderr
@@ -327,6 +402,7 @@ def test_progress_bar_on_a_terminal(tmp_path: Path) -> None:
     assert "1 failed" in shown
     assert "ETA" in shown
     assert "line 4: not valid JSON" in shown
+    assert '"event": "upstream_call"' in shown  # log lines scroll above the bar
     assert "batch: 3 done, 1 failed" in stdout, shown[-2000:]  # the terminal tells why not
 
 
