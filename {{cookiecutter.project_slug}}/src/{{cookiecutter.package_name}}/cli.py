@@ -18,6 +18,7 @@ import argparse
 {%- if cookiecutter.framework == "fastapi" %}
 import asyncio
 {%- endif %}
+import contextlib
 import json
 import os
 import sys
@@ -92,12 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _description() -> str:
-    """The one-line description from pyproject.toml, so it is written in one place."""
-    try:
+def _description() -> str:  # pyproject.toml's, written in one place
+    with contextlib.suppress(metadata.PackageNotFoundError):  # a source tree, not installed
         return metadata.metadata(CLIENT_NAME)["Summary"] or ""
-    except metadata.PackageNotFoundError:  # running from a source tree that is not installed
-        return ""
+    return ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -134,30 +133,19 @@ def _request(args: argparse.Namespace) -> ChatRequest:
     """The request `ask` sends, or exit 2 with one line naming the bad option."""
     fields: dict[str, Any] = {"prompt": args.prompt, "model": args.model}
     fields.update(user=args.user, task=args.task)
-    for name in Parameters.model_fields:
+    for name in Parameters.model_fields:  # values as JSON when they are (`0.5`, `["a"]`)
         if (raw := getattr(args, name)) is not None:
-            fields[name] = _value(raw)
+            with contextlib.suppress(ValueError):
+                raw = json.loads(raw)
+            fields[name] = raw
     try:
         return ChatRequest.model_validate(fields)
     except ValidationError as exc:
         error = exc.errors(include_url=False, include_input=False)[0]
         name = str(error["loc"][0]) if error["loc"] else "prompt"
         where = "the prompt" if name == "prompt" else "--" + name.replace("_", "-")
-        message = str(error["msg"]).removeprefix("Value error, ")
-        print(f"error: {where}: {message}", file=sys.stderr)
+        print(f"error: {where}: {error['msg'].removeprefix('Value error, ')}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE) from None
-
-
-def _value(raw: str) -> object:
-    """An option's value as JSON when it is JSON (`0.5`, `["a"]`), else the text itself."""
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return raw
-
-
-def _report(error: GatewayError) -> None:
-    print(f"error[{error.category.value}]: {error.message} (hint: {error.hint})", file=sys.stderr)
 
 
 def _ask(args: argparse.Namespace) -> int:
@@ -179,7 +167,7 @@ def _ask(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
 {%- endif %}
     except GatewayError as error:
-        _report(error)
+        print(f"error[{error.category.value}]: {error} (hint: {error.hint})", file=sys.stderr)
         return EXIT_FAILED
     return 0
 {%- if cookiecutter.framework == "fastapi" %}
@@ -207,7 +195,10 @@ def _serve(args: argparse.Namespace) -> int:
     # Settings are checked here, in the process that starts the workers: uvicorn imports the
     # app only in the workers, and would respawn workers failing on a bad setting forever.
     settings = _setup()
-    workers = _web_concurrency()
+    raw = os.environ.get("WEB_CONCURRENCY", "").strip() or "1"
+    if not (raw.isdigit() and 1 <= int(raw) <= MAX_WORKERS):
+        print(f"config error: WEB_CONCURRENCY must be 1 to {MAX_WORKERS} workers", file=sys.stderr)
+        return EXIT_USAGE
     import uvicorn  # only this command needs the server
 
     from .logs import logging_config
@@ -216,7 +207,7 @@ def _serve(args: argparse.Namespace) -> int:
         f"{__package__}.app:app",
         host=args.host,
         port=args.port,
-        workers=workers,
+        workers=int(raw),
         # Not uvloop: a relay under it was measured missing client hang-ups (README).
         loop="asyncio",
         timeout_graceful_shutdown=30,
@@ -224,16 +215,4 @@ def _serve(args: argparse.Namespace) -> int:
         log_config=logging_config(settings.log_level),
     )
     return 0
-
-
-def _web_concurrency() -> int:
-    raw = os.environ.get("WEB_CONCURRENCY", "").strip() or "1"
-    if not (raw.isdigit() and 1 <= int(raw) <= MAX_WORKERS):
-        print(
-            f"config error: WEB_CONCURRENCY must be a whole number of worker processes "
-            f"from 1 to {MAX_WORKERS}",
-            file=sys.stderr,
-        )
-        raise SystemExit(EXIT_USAGE)
-    return int(raw)
 {%- endif %}
