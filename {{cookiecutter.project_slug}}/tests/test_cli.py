@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from {{ cookiecutter.package_name }}.cli import main
 from {{ cookiecutter.package_name }}.settings import API_KEY_ENV
 
 from .conftest import SENTINEL_KEY
@@ -17,9 +18,10 @@ from .fake_gateway import FakeGateway
 pytestmark = pytest.mark.usefixtures("gateway_env")
 
 
-def ask(*args: str) -> subprocess.CompletedProcess[str]:
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    """The command as a process: for what only a process shows (signals, pipes, the exit)."""
     return subprocess.run(
-        [sys.executable, "-m", "{{ cookiecutter.package_name }}", "ask", *args],
+        [sys.executable, "-m", "{{ cookiecutter.package_name }}", *args],
         capture_output=True,
         text=True,
         timeout=30,
@@ -27,34 +29,39 @@ def ask(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_ask_streams_the_answer(gateway: FakeGateway) -> None:
-    done = ask("say hello")
+def ask(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """`ask` in this process (much faster than a process per case): exit code, stdout, stderr."""
+    try:
+        code = main(["ask", *args])
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_ask_streams_the_answer_as_a_process(gateway: FakeGateway) -> None:
+    done = run("ask", "say hello")
     assert done.returncode == 0, done.stderr
     assert done.stdout == "Hello from the fake gateway.\n"
-    assert gateway.requests_for("gpt-4o-mini")[0].body["stream"] is True
+    body = gateway.requests_for("gpt-4o-mini")[0].body
+    assert body["stream"] is True
+    assert body["max_tokens"] == 4096  # the output cap, sent when no --max-tokens is given
+    assert "temperature" not in body
     assert '"event": "upstream_call"' in done.stderr
 
 
-def test_ask_no_stream_with_model_user_and_task(gateway: FakeGateway) -> None:
-    done = ask("say hello", "--no-stream", "--model", "gpt-4o", "--user", "u1", "--task", "t1")
-    assert done.returncode == 0, done.stderr
-    assert done.stdout == "Hello from the fake gateway.\n"
-    assert "stream" not in (gateway.requests_for("gpt-4o")[0].body or {})
-    assert '"user": "u1"' in done.stderr
-    assert '"task": "t1"' in done.stderr
-
-
-def test_parameters_reach_the_gateway(gateway: FakeGateway) -> None:
-    done = ask("hello", "--no-stream", "--temperature", "0.5", "--max-tokens", "30")
-    assert done.returncode == 0, done.stderr
-    body = gateway.requests_for("gpt-4o-mini")[0].body
-    assert (body["temperature"], body["max_tokens"]) == (0.5, 30)
-
-
-def test_the_output_cap_is_sent_when_no_max_tokens_is_given(gateway: FakeGateway) -> None:
-    done = ask("hello")
-    assert done.returncode == 0, done.stderr
-    assert gateway.requests_for("gpt-4o-mini")[0].body["max_tokens"] == 4096
+def test_options_reach_the_gateway_and_the_log(
+    gateway: FakeGateway, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = ask(
+        capsys, "hi", "--no-stream", "--model", "gpt-4o", "--user", "u1", "--task", "t1",
+        "--temperature", "0.5", "--max-tokens", "30",
+    )  # fmt: skip
+    assert (code, out) == (0, "Hello from the fake gateway.\n")
+    body = gateway.requests_for("gpt-4o")[0].body
+    assert (body["temperature"], body["max_tokens"], "stream" in body) == (0.5, 30, False)
+    assert '"user": "u1"' in err
+    assert '"task": "t1"' in err
 
 
 @pytest.mark.parametrize(
@@ -67,23 +74,53 @@ def test_the_output_cap_is_sent_when_no_max_tokens_is_given(gateway: FakeGateway
     ],
 )
 def test_bad_options_exit_2_with_one_line(
-    gateway: FakeGateway, args: tuple[str, ...], named: str
+    gateway: FakeGateway, capsys: pytest.CaptureFixture[str], args: tuple[str, ...], named: str
 ) -> None:
-    done = ask(*args)
-    assert done.returncode == 2
-    assert done.stderr.startswith(f"error: {named}: ")
-    assert done.stderr.count("\n") == 1
+    code, _, err = ask(capsys, *args)
+    assert code == 2
+    assert err.startswith(f"error: {named}: ")
+    assert err.count("\n") == 1
     assert not gateway.requests
 
 
-def test_max_tokens_above_the_cap_is_refused_before_any_call(
-    gateway: FakeGateway, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("switch", "args", "code", "expected"),
+    [
+        pytest.param(
+            {"ALLTKN_MAX_OUTPUT_TOKENS": "100"}, ("--max-tokens", "101"), 1,
+            "ALLTKN_MAX_OUTPUT_TOKENS", id="max-tokens-above-the-cap",
+        ),
+        pytest.param(
+            {"ALLTKN_MAX_INPUT_CHARS": "3"}, (), 1, "the limit is 3 characters",
+            id="input-above-the-limit",
+        ),
+        pytest.param(
+            {"ALLTKN_STREAMING": "off"}, (), 0, "Hello from the fake gateway.", id="streaming-off"
+        ),
+        pytest.param(
+            {"ALLTKN_FALLBACK_MODELS": "gpt-4o"}, ("--model", "fake-error-503-model"), 0,
+            "Hello from the fake gateway.", id="fallback-model",
+        ),
+    ],
+)  # fmt: skip
+def test_rollback_switches_apply_to_ask(
+    gateway: FakeGateway,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    switch: dict[str, str],
+    args: tuple[str, ...],
+    code: int,
+    expected: str,
 ) -> None:
-    monkeypatch.setenv("ALLTKN_MAX_OUTPUT_TOKENS", "100")
-    done = ask("hello", "--max-tokens", "101")
-    assert done.returncode == 1
-    assert "ALLTKN_MAX_OUTPUT_TOKENS" in done.stderr
-    assert not gateway.requests
+    for name, value in switch.items():
+        monkeypatch.setenv(name, value)
+    result, out, err = ask(capsys, "hello", *args)
+    assert result == code
+    assert expected in (out if code == 0 else err)
+    if code:
+        assert not gateway.requests  # refused before any upstream call
+    elif "ALLTKN_STREAMING" in switch:
+        assert "stream" not in gateway.requests[0].body
 
 
 @pytest.mark.parametrize(
@@ -95,18 +132,20 @@ def test_max_tokens_above_the_cap_is_refused_before_any_call(
         pytest.param("fake-stream-cut", "stream_interrupted", id="stream-cut"),
     ],
 )
-def test_failures_print_category_and_hint_and_exit_1(model: str, category: str) -> None:
-    done = ask("hello", "--model", model)
-    assert done.returncode == 1
-    assert f"error[{category}]: " in done.stderr
-    assert "(hint: " in done.stderr
-    assert "Traceback" not in done.stderr
-    assert SENTINEL_KEY not in done.stdout + done.stderr
+def test_failures_print_category_and_hint_and_exit_1(
+    capsys: pytest.CaptureFixture[str], model: str, category: str
+) -> None:
+    code, out, err = ask(capsys, "hello", "--model", model)
+    assert code == 1
+    assert f"error[{category}]: " in err
+    assert "(hint: " in err
+    assert "Traceback" not in err
+    assert SENTINEL_KEY not in out + err
 
 
 def test_missing_key_exits_2_with_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(API_KEY_ENV)
-    done = ask("hello")
+    done = run("ask", "hello")
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0
     assert API_KEY_ENV in done.stderr
