@@ -1,6 +1,7 @@
-"""What opening a stream costs in the openai SDK: `chat.completions.create()` against the
-client's `post()` with the same typed body, which is how the generated chat service opens
-its streams (`chat.py`).
+"""What the public SDK API costs per stream: `chat.completions.create()` (the documented call;
+the generated chat service uses its `with_streaming_response` form, which builds the request
+the same way) against the client's `post()` with the same typed body, the private path the
+service used before (it skips the SDK's walk of every message through its TypedDicts).
 
 Run from the template root (same environment as bench_stream.py):
 
@@ -11,8 +12,7 @@ delays) and, with one `AsyncOpenAI` client over aiohttp as the service uses, ope
 1, 10 and 40 messages, alternating `create()` and `post()` call by call, reading each stream
 to the end the same way. It reports, per call, this process's CPU time and the wall time until
 the response headers arrived (medians) and the ratio post / create, and writes
-bench/results/request.json. (That the gateway receives the same request either way is a test
-of the generated project: tests/test_chat.py.)
+bench/results/request.json.
 """
 
 from __future__ import annotations
