@@ -124,6 +124,7 @@ class Settings(BaseSettings):
         return tuple(self.fallback_models.split(",")) if self.fallback_models else ()
 
 
+# Each setting's environment variable (its alias above): {"model": "ALLTKN_MODEL", ...}.
 ENV_NAMES = {name: str(field.validation_alias) for name, field in Settings.model_fields.items()}
 
 
