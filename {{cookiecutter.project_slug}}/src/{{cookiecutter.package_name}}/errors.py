@@ -1,8 +1,5 @@
-"""The error taxonomy: every failure of a gateway call maps to exactly one `Category`.
-
-Clients get the category's fixed message and hint (safe to show, never the key); logs keep the
-gateway's original text, which may be in Chinese, verbatim in `GatewayError.upstream_message`.
-"""
+"""The error taxonomy: each failed gateway call maps to one `Category`, whose fixed message and
+hint clients get (never the key); logs keep the gateway's own words in `upstream_message`."""
 
 from __future__ import annotations
 
@@ -35,72 +32,44 @@ class Category(str, Enum):
 
 # category -> (message for clients, one-line hint for whoever operates the service)
 _EXPLANATIONS: dict[Category, tuple[str, str]] = {
-    Category.INVALID_REQUEST: (
-        "The request was rejected as invalid.",
-        "Check the messages and parameters; shorten the context if it is too long.",
-    ),
-    Category.AUTH: (
-        "The gateway rejected the API key.",
-        f"Check that {API_KEY_ENV} holds an active key; rotate it if it was revoked or used up.",
-    ),
-    Category.QUOTA: (
-        "The gateway account has insufficient balance or quota.",
-        "Top up the billing group's balance or ask the key owner to raise the key's quota.",
-    ),
-    Category.PERMISSION: (
-        "The API key is not allowed to use this resource.",
-        "Ask the key owner to grant the key's group access to this model.",
-    ),
-    Category.MODEL_NOT_FOUND: (
-        "The requested model is not available on the gateway.",
-        "Check the model name (ALLTKN_MODEL or the request's model) or switch to another model.",
-    ),
-    Category.BAD_BASE_URL: (
-        "The gateway address is misconfigured.",
-        "Set ALLTKN_BASE_URL to the /api/v1 root, without /chat/completions.",
-    ),
-    Category.RATE_LIMITED: (
-        "The gateway is rate limiting requests.",
-        "Retry after the delay in Retry-After, or lower the request rate.",
-    ),
-    Category.UPSTREAM_UNAVAILABLE: (
-        "The gateway or its upstream provider is unavailable.",
-        "Retry later, or switch to another model.",
-    ),
-    Category.TIMEOUT: (
-        "The gateway did not answer in time.",
-        "Retry with a shorter context, raise ALLTKN_TIMEOUT_S, or switch to a faster model.",
-    ),
-    Category.CONNECTION: (
-        "Could not reach the gateway.",
-        "Check ALLTKN_BASE_URL, DNS, proxy and firewall settings.",
-    ),
-    Category.STREAM_INTERRUPTED: (
-        "The answer stream was interrupted after it started.",
+    Category.INVALID_REQUEST: ("The request was rejected as invalid.",
+        "Check the messages and parameters; shorten the context if it is too long."),
+    Category.AUTH: ("The gateway rejected the API key.",
+        f"Check that {API_KEY_ENV} holds an active key; rotate it if it was revoked or used up."),
+    Category.QUOTA: ("The gateway account has insufficient balance or quota.",
+        "Top up the billing group's balance or ask the key owner to raise the key's quota."),
+    Category.PERMISSION: ("The API key is not allowed to use this resource.",
+        "Ask the key owner to grant the key's group access to this model."),
+    Category.MODEL_NOT_FOUND: ("The requested model is not available on the gateway.",
+        "Check the model name (ALLTKN_MODEL or the request's model) or switch to another model."),
+    Category.BAD_BASE_URL: ("The gateway address is misconfigured.",
+        "Set ALLTKN_BASE_URL to the /api/v1 root, without /chat/completions."),
+    Category.RATE_LIMITED: ("The gateway is rate limiting requests.",
+        "Retry after the delay in Retry-After, or lower the request rate."),
+    Category.UPSTREAM_UNAVAILABLE: ("The gateway or its upstream provider is unavailable.",
+        "Retry later, or switch to another model."),
+    Category.TIMEOUT: ("The gateway did not answer in time.",
+        "Retry with a shorter context, raise ALLTKN_TIMEOUT_S, or switch to a faster model."),
+    Category.CONNECTION: ("Could not reach the gateway.",
+        "Check ALLTKN_BASE_URL, DNS, proxy and firewall settings."),
+    Category.STREAM_INTERRUPTED: ("The answer stream was interrupted after it started.",
         "Retry the request; if it keeps happening, check proxy buffering and read timeouts "
-        "or disable streaming.",
-    ),
-}
-
+        "or disable streaming."),
+}  # fmt: skip
+_BY_STATUS = {404: Category.BAD_BASE_URL, 408: Category.TIMEOUT, 429: Category.RATE_LIMITED}
 _REQUEST_ID_SUFFIX = re.compile(r"\(request id: ?([A-Za-z0-9_.:-]+)\)")
-_UPSTREAM_ID_HEADERS = ("x-oneapi-request-id", "x-request-id")
-_MAX_UPSTREAM_MESSAGE = 500
 
 
 @dataclass(eq=False)
 class GatewayError(Exception):
-    """A classified failure. `str()` is the safe client message.
-
-    `detail` replaces the category's fixed message where the service itself refused the request
-    and can say exactly why (e.g. the input limit); it never holds the gateway's text.
-    """
+    """A classified failure; `str()` is the safe client message. `detail`: the service's own
+    reason for a refusal (never the gateway's text); `status`: overrides the category's (422)."""
 
     category: Category
     upstream_message: str = ""
     upstream_request_id: str | None = None
     retry_after: str | None = None
     detail: str | None = None
-    # The HTTP status when the category's usual one does not fit (a refused parameter: 422).
     status: int | None = None
 
     def __str__(self) -> str:
@@ -126,28 +95,17 @@ class InStreamError(Exception):
 
 def error_body(category: Category, message: str, hint: str, request_id: str) -> dict[str, Any]:
     """The one error body every endpoint answers with (and the SSE `error` event carries)."""
-    return {
-        "error": {
-            "category": category.value,
-            "message": message,
-            "hint": hint,
-            "request_id": request_id,
-        }
-    }
+    error = {"category": category.value, "message": message, "hint": hint, "request_id": request_id}
+    return {"error": error}
 
 
 def classify(exc: BaseException, *, stream_started: bool = False) -> GatewayError:
-    """Map an openai / httpx2 exception to a `GatewayError`.
-
-    Once a stream has delivered content (`stream_started`), every failure is
-    `stream_interrupted`: the client already has part of the answer, so "retry from scratch" is
-    the only honest advice. Before that, a stream fails like any call (`timeout`, `connection`,
-    `upstream_unavailable`...), and is retried and falls back like one.
-    """
+    """Map an openai / httpx2 exception to a `GatewayError`. Once a stream has delivered content,
+    every failure is `stream_interrupted` (only a retry from scratch helps); before that a stream
+    fails, is retried and falls back like any call."""
     if isinstance(exc, GatewayError):
         return exc
     text = upstream_text(exc)
-    request_id = upstream_request_id(exc, text)
     if stream_started:
         category = Category.STREAM_INTERRUPTED
     elif isinstance(exc, openai.APIStatusError):
@@ -161,24 +119,21 @@ def classify(exc: BaseException, *, stream_started: bool = False) -> GatewayErro
     retry_after = None
     if isinstance(exc, openai.APIStatusError) and category is Category.RATE_LIMITED:
         retry_after = exc.response.headers.get("retry-after")
-    return GatewayError(category, text, request_id, retry_after)
+    return GatewayError(category, text, upstream_request_id(exc, text), retry_after)
 
 
 def _timed_out(exc: BaseException) -> bool:
-    """False for a timeout the transport made up: the async client's aiohttp transport reports
-    every aiohttp connection error (refused, reset, server gone) as `httpx2.ConnectTimeout`;
-    the aiohttp error it wraps says whether anything timed out."""
+    """False for a made-up timeout: the aiohttp transport reports every connection error
+    (refused, reset, server gone) as `httpx2.ConnectTimeout`; the aiohttp cause tells."""
     transport_error = _aiohttp_cause(exc)
     return transport_error is None or isinstance(transport_error, asyncio.TimeoutError)
 
 
 def _aiohttp_cause(exc: BaseException) -> BaseException | None:
     cause = exc.__cause__
-    while cause is not None:
-        if type(cause).__module__.startswith("aiohttp"):
-            return cause
+    while cause is not None and not type(cause).__module__.startswith("aiohttp"):
         cause = cause.__cause__
-    return None
+    return cause
 
 
 def category_for_status(status: int, code: object, text: str) -> Category:
@@ -186,42 +141,35 @@ def category_for_status(status: int, code: object, text: str) -> Category:
     code = code if isinstance(code, str) else ""
     if status == 401:
         return Category.AUTH
-    # one-api's no-balance code, and OpenAI's (sent with a 429, but not a rate limit).
-    if status == 402 or code in ("insufficient_user_quota", "insufficient_quota"):
+    if status == 402 or code in ("insufficient_user_quota", "insufficient_quota"):  # OpenAI's: 429
         return Category.QUOTA
     if status == 403:
         return Category.PERMISSION
-    # one-api's answer to a wrong base path; checked first, as the path may say "models".
-    if status == 404 and text.startswith("Invalid URL"):
+    if status == 404 and text.startswith("Invalid URL"):  # one-api's wrong path, may say "models"
         return Category.BAD_BASE_URL
     # The gateway's 404 for an unknown model, and its 503 when no channel serves the model.
     if code == "model_not_found" or (status == 404 and "model" in text.lower()):
         return Category.MODEL_NOT_FOUND
-    if status == 404:
-        # one-api answers a wrong base path with "Invalid URL (POST /...)"; any other 404
-        # comes from whatever else is listening there. Both mean the URL, not the model.
-        return Category.BAD_BASE_URL
-    if status == 408:
-        return Category.TIMEOUT
-    if status == 429:
-        return Category.RATE_LIMITED
     if status >= 500:
         return Category.UPSTREAM_UNAVAILABLE
-    return Category.INVALID_REQUEST
+    # Any other 404 comes from whatever else listens there: the URL is wrong, not the model.
+    return _BY_STATUS.get(status, Category.INVALID_REQUEST)
 
 
 def category_for_response(response: httpx2.Response) -> Category:
-    """Like `classify`, for a raw error response whose body was read (the retry policy's view,
-    before the SDK turns it into an exception)."""
+    """`category_for_status` of a read error response (the retry hook's view, before the SDK's)."""
     try:
         data = json.loads(response.content)
     except ValueError:
         data = None
     error = data.get("error", data) if isinstance(data, dict) else None
     fields = error if isinstance(error, dict) else {}
-    message = fields.get("message")
-    text = message if isinstance(message, str) else response.text
+    text = message if isinstance(message := fields.get("message"), str) else response.text
     return category_for_status(response.status_code, fields.get("code"), text)
+
+
+def _named(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
 def upstream_text(exc: BaseException) -> str:
@@ -230,37 +178,27 @@ def upstream_text(exc: BaseException) -> str:
         text = str(exc)
     elif isinstance(exc, openai.APIError):
         body = exc.body
-        if isinstance(body, dict) and isinstance(body.get("message"), str):
-            text = body["message"]
-        elif isinstance(body, str) and body:
-            text = body
+        message = body.get("message") if isinstance(body, dict) else body or None
+        if isinstance(message, str):
+            text = message
         elif isinstance(exc, openai.APITimeoutError) and not _timed_out(exc):
             text = "Connection error."  # the SDK's words for what did happen
         else:
             text = exc.message
+        # The SDK says only "Connection error." / "Request timed out."; the transport says more.
         cause = _aiohttp_cause(exc) or exc.__cause__
         if isinstance(exc, openai.APIConnectionError) and cause is not None:
-            # The SDK says only "Connection error." / "Request timed out."; the transport's
-            # error says what failed (refused, reset, DNS, TLS, which timeout).
-            reason = f": {cause}" if str(cause) else ""
-            text = f"{text} ({type(cause).__name__}{reason})"
+            text = f"{text} ({_named(cause)})"
     else:
-        source = _aiohttp_cause(exc) or exc
-        text = f"{type(source).__name__}: {source}" if str(source) else type(source).__name__
-    return str(text)[:_MAX_UPSTREAM_MESSAGE]
+        text = _named(_aiohttp_cause(exc) or exc)
+    return str(text)[:500]
 
 
 def upstream_request_id(exc: BaseException, text: str = "") -> str | None:
-    if isinstance(exc, openai.APIStatusError) and (
-        found := request_id_from_headers(exc.response.headers)
-    ):
-        return found
+    headers = exc.response.headers if isinstance(exc, openai.APIStatusError) else httpx2.Headers()
     match = _REQUEST_ID_SUFFIX.search(text or upstream_text(exc))
-    return match.group(1) if match else None
+    return request_id_from_headers(headers) or (match.group(1) if match else None)
 
 
 def request_id_from_headers(headers: httpx2.Headers) -> str | None:
-    for header in _UPSTREAM_ID_HEADERS:
-        if value := headers.get(header):
-            return value
-    return None
+    return headers.get("x-oneapi-request-id") or headers.get("x-request-id") or None

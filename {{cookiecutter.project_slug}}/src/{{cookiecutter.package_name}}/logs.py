@@ -1,17 +1,9 @@
-"""One log format: a JSON line per record on stderr, the servers' own lines included, every
-secret redacted, configured in one place: `logging_config(level)`, the `dictConfig` dictionary
-that `configure_logging` applies, `serve` gives uvicorn (`log_config`) and gunicorn.conf.py
-gives gunicorn (`logconfig_dict`).
-
-Every line has `ts`, `level`, `logger` and, when known, `request_id`; then the fields of the
-call (`event: upstream_call`, one line per upstream call: model, user, task, status, category,
-the gateway's error text, timings, both request ids, tokens), or of a server's access line
-(`event: access`: method, path, status, client, duration_ms where the server measures it), or
-`message`; `exc` holds a traceback and `stack` stack info.
-
-Redaction masks the live key and any token of a known shape (`redaction.py`) in the message,
-arguments, exception text, tracebacks, stack info and call fields as each record is created,
-once `configure_logging` ran (so every handler gets redacted records); earlier ones when written.
+"""One log format: a JSON line per record on stderr (the servers' own too), secrets redacted.
+`logging_config(level)` is THE `dictConfig`: `configure_logging` applies it, `serve` gives it to
+uvicorn, gunicorn.conf.py to gunicorn. A line: `ts`, `level`, `logger`, `request_id` when known,
+then an upstream call's fields, an access line's (`event: access`) or `message`; `exc`, `stack`.
+Once `configure_logging` ran, each record is redacted as it is made (message, arguments, exception,
+traceback, stack info, call fields), so every handler gets it clean; earlier ones when written.
 """
 
 from __future__ import annotations
@@ -29,28 +21,22 @@ from .redaction import redact
 
 CALL_LOGGER = logging.getLogger(f"{__package__}.calls")
 CALL_EVENT = "upstream_call"
-# The request being served, for lines that do not carry its id (uvicorn's access line); the
-# web layer sets it where it assigns the id.
+# The request being served (set by the web layer), for lines without its id: uvicorn's access.
 REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
 # Loggers the servers configure themselves: sent to the one handler on the root logger.
 SERVER_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "gunicorn.error", "gunicorn.access")
-# The SDK and its transport log every request; the call log already covers them.
-TRANSPORT_LOGGERS = ("openai", "httpx2", "httpcore2", "aiohttp")
+TRANSPORT_LOGGERS = ("openai", "httpx2", "httpcore2", "aiohttp")  # the call log covers them
 
 _secrets: tuple[str, ...] = ()  # exact values to mask (the live key)
 _base_factory: Callable[..., logging.LogRecord] | None = None
 
 
 def _clean(value: object) -> object:
-    """A string redacted; another object replaced by its redacted text if that shows a secret,
-    else left as it is (so `%d` and friends keep working)."""
-    if isinstance(value, str):
-        return redact(value, _secrets)
+    """A string redacted; another object only if its text shows a secret (`%d` keeps working)."""
     if value is None or isinstance(value, (int, float)):
         return value
-    shown = str(value)
-    clean = redact(shown, _secrets)
-    return value if clean == shown else clean
+    clean = redact(shown := str(value), _secrets)
+    return clean if isinstance(value, str) or clean != shown else value
 
 
 def redact_record(record: logging.LogRecord) -> None:
@@ -74,10 +60,8 @@ def redact_record(record: logging.LogRecord) -> None:
     if record.exc_info:
         record.exc_text = logging.Formatter().formatException(record.exc_info)
         record.exc_info = None
-    if record.exc_text:
-        record.exc_text = redact(record.exc_text, _secrets)
-    if record.stack_info:
-        record.stack_info = redact(record.stack_info, _secrets)
+    record.exc_text = redact(record.exc_text, _secrets) if record.exc_text else None
+    record.stack_info = redact(record.stack_info, _secrets) if record.stack_info else None
 
 
 def _access_fields(record: logging.LogRecord) -> dict[str, Any] | None:
@@ -88,14 +72,11 @@ def _access_fields(record: logging.LogRecord) -> dict[str, Any] | None:
         fields = {"method": method, "path": path, "status": status, "client": client}
     elif record.name == "gunicorn.access" and isinstance(args, Mapping):
         status, query, micros = str(args.get("s")), args.get("q"), args.get("D")
-        fields = {
-            "method": args.get("m"),
-            "path": f"{args.get('U')}?{query}" if query else args.get("U"),
-            "status": int(status) if status.isdigit() else status,
-            "duration_ms": round(micros / 1000, 1) if isinstance(micros, int) else None,
-            "client": args.get("h"),
-            "request_id": args.get("{x-request-id}o"),  # the id the service echoed
-        }
+        path = f"{args.get('U')}?{query}" if query else args.get("U")
+        fields = {"method": args.get("m"), "path": path}
+        fields["status"] = int(status) if status.isdigit() else status
+        fields["duration_ms"] = round(micros / 1000, 1) if isinstance(micros, int) else None
+        fields |= {"client": args.get("h"), "request_id": args.get("{x-request-id}o")}  # echoed
     else:
         return None
     return {"event": "access", **{key: v for key, v in fields.items() if v is not None}}
@@ -107,19 +88,13 @@ class JsonFormatter(logging.Formatter):
         call = getattr(record, "call", None)
         fields = dict(call) if isinstance(call, dict) else _access_fields(record)
         fields = fields or {"message": record.getMessage()}
-        request_id = fields.pop("request_id", None) or REQUEST_ID.get()
-        entry: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname,
-            "logger": record.name,
-            **({"request_id": request_id} if request_id else {}),
-            **fields,
-        }
-        if record.exc_text:
-            entry["exc"] = record.exc_text
-        if record.stack_info:
-            entry["stack"] = record.stack_info
+        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        entry: dict[str, Any] = {"ts": f"{ts}.{int(record.msecs):03d}Z", "level": record.levelname}
+        entry["logger"] = record.name
+        if request_id := fields.pop("request_id", None) or REQUEST_ID.get():
+            entry["request_id"] = request_id
+        extra = {"exc": record.exc_text, "stack": record.stack_info}
+        entry |= fields | {key: value for key, value in extra.items() if value}
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
@@ -130,8 +105,7 @@ class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 def logging_config(level: str = "INFO") -> dict[str, Any]:
-    """THE logging configuration (`logging.config.dictConfig`): one JSON handler on stderr at
-    the root; the servers' loggers handler-less, passing their records up to it."""
+    """THE `dictConfig`: one JSON handler on stderr at the root, the servers' loggers feeding it."""
     transport = "DEBUG" if level == "DEBUG" else "WARNING"
     return {
         "version": 1,

@@ -1,8 +1,5 @@
-"""Masking secrets in text the service writes (logs, support reports): the live key, any
-`sk-` token, and the token shapes of other services that may end up in an error message.
-
-Scanning files for secrets is detect-secrets' job (`make secrets`); this only masks output.
-"""
+"""Masking secrets in text the service writes (logs, support reports): the live key, any `sk-`
+token and other services' token shapes. Scanning files is detect-secrets' job (`make secrets`)."""
 
 from __future__ import annotations
 
@@ -10,22 +7,17 @@ import re
 from collections.abc import Iterable
 
 MIN_LITERAL_LEN = 8
-_PATTERNS = re.compile(
-    "|".join(
-        (
-            r"(?<![A-Za-z0-9_-])sk-[A-Za-z0-9_-]{20,}",  # gateway and OpenAI keys
-            r"(?<![A-Za-z0-9_])(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{50,})",
-            r"(?<![A-Za-z0-9_-])glpat-[A-Za-z0-9_-]{20,}",
-            r"(?<![A-Za-z0-9-])xox[abposr]-[A-Za-z0-9-]{10,}",
-            r"(?<![A-Za-z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Za-z0-9])",
-            r"(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{10,}",
-            r"(?i:(?<=bearer )[A-Za-z0-9._~+/=-]{12,})",
-            r"(?<=://)(?:[^\s/?#@:'\"]+:)[^\s/?#@'\"]+(?=@)",  # user:password@ in a URL
-        )
-    )
+_TOKENS = (
+    r"(?<![A-Za-z0-9_-])sk-[A-Za-z0-9_-]{20,}",  # gateway and OpenAI keys
+    r"(?<![A-Za-z0-9_])(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{50,})",
+    r"(?<![A-Za-z0-9_-])glpat-[A-Za-z0-9_-]{20,}",
+    r"(?<![A-Za-z0-9-])xox[abposr]-[A-Za-z0-9-]{10,}",
+    r"(?<![A-Za-z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Za-z0-9])",
+    r"(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{10,}",
+    r"(?i:(?<=bearer )[A-Za-z0-9._~+/=-]{12,})",
+    r"(?<=://)(?:[^\s/?#@:'\"]+:)[^\s/?#@'\"]+(?=@)",  # user:password@ in a URL
 )
-
-
+_PATTERNS = re.compile("|".join(_TOKENS))
 # Every pattern above needs one of these in the lowercased text.
 _MARKERS = ("sk-", "gh", "glpat-", "xox", "akia", "asia", "eyj", "bearer ", "@")
 

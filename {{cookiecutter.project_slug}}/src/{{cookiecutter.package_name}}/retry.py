@@ -1,16 +1,14 @@
 """The retry policy, in one place: what is retried, what falls back, how long to wait.
 
-The SDK's own loop retries the request that opens a call (`ALLTKN_MAX_RETRIES` is its
-`max_retries`), with its backoff and the server's `Retry-After`. It does not know the gateway:
-it would retry a 503 that means "no channel serves this model", OpenAI's 429
-`insufficient_quota`, a 409, and wait out any `Retry-After` up to a minute. So the clients'
-response hook vetoes every retry this policy refuses (`veto`). The chat services retry a stream
-that failed before its first delta, and the batch runner every row, with `backoff_s` and
-`retry_after_s` from here.
+The SDK retries the request that opens a call (`ALLTKN_MAX_RETRIES`), but not knowing the
+gateway it would retry a 503 "no channel serves this model", a 429 `insufficient_quota`, a 409,
+and wait out a minute's `Retry-After`: the clients' response hook vetoes those (`veto`). Streams
+that failed before their first delta, and batch rows, are retried with the pauses from here.
 """
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import math
 import random
@@ -25,19 +23,14 @@ from .errors import Category, GatewayError, category_for_response
 RETRIED = frozenset(
     {Category.RATE_LIMITED, Category.UPSTREAM_UNAVAILABLE, Category.TIMEOUT, Category.CONNECTION}
 )
-# Failures another model may not have (ALLTKN_FALLBACK_MODELS); never auth, quota and the like,
-# which every model on the same key shares.
+# Failures another model may not have (ALLTKN_FALLBACK_MODELS); not auth, quota... (per key).
 FALLBACK_ON = frozenset({Category.MODEL_NOT_FOUND, Category.UPSTREAM_UNAVAILABLE, Category.TIMEOUT})
-# The statuses the SDK retries on its own; every other answer is final anyway.
-_SDK_RETRIED_STATUSES = frozenset({408, 409, 429})
-# Like the SDK's: 0.5 s doubling, at most 8 s, up to a quarter less at random.
-_BACKOFF_BASE_S = 0.5
-_BACKOFF_MAX_S = 8.0
 
 
 def backoff_s(attempt: int) -> float:
-    """The pause before retry number `attempt` (1, 2, ...)."""
-    delay = min(_BACKOFF_BASE_S * 2.0 ** (attempt - 1), _BACKOFF_MAX_S)
+    """The pause before retry number `attempt` (1, 2, ...), like the SDK's: 0.5 s doubling, at
+    most 8 s, up to a quarter less at random."""
+    delay = min(0.5 * 2.0 ** (attempt - 1), 8.0)
     return delay * (1 - 0.25 * random.random())  # noqa: S311 (jitter, not a secret)
 
 
@@ -45,18 +38,11 @@ def retry_after_s(headers: Mapping[str, str]) -> float | None:
     """The server's requested delay in seconds (`retry-after-ms`, `Retry-After` as seconds or
     as an HTTP date), as the SDK reads it; None when absent or unreadable."""
     for name, divisor in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
-        value = headers.get(name)
-        if value is None:
-            continue
-        try:
-            delay = float(value) / divisor
-        except ValueError:
-            continue
-        return None if math.isnan(delay) else delay
+        with contextlib.suppress(ValueError):  # absent or not a number: the next one
+            delay = float(headers.get(name) or "absent") / divisor
+            return None if math.isnan(delay) else delay
     parsed = email.utils.parsedate_tz(headers.get("retry-after") or "")
-    if parsed is None:
-        return None
-    return email.utils.mktime_tz(parsed) - time.time()
+    return None if parsed is None else email.utils.mktime_tz(parsed) - time.time()
 
 
 def may_retry(category: Category, retry_after: float | None, cap_s: float) -> bool:
@@ -66,7 +52,8 @@ def may_retry(category: Category, retry_after: float | None, cap_s: float) -> bo
 
 
 def sdk_would_retry(status: int) -> bool:
-    return status in _SDK_RETRIED_STATUSES or status >= 500
+    """The statuses the SDK retries on its own; every other answer is final anyway."""
+    return status in (408, 409, 429) or status >= 500
 
 
 def veto(response: httpx2.Response, cap_s: float) -> None:
@@ -86,8 +73,7 @@ class Attempts:
         self.models = models
         self._max_retries = max_retries
         self._cap_s = retry_after_cap_s
-        self._index = 0
-        self._retried = 0
+        self._index = self._retried = 0
 
     @property
     def model(self) -> str:
@@ -102,14 +88,11 @@ class Attempts:
         """Move on after `error`: the pause before the next attempt, or None if `error` is
         final. `retry=False` when the SDK has already retried this attempt."""
         wait = retry_after_s({"retry-after": error.retry_after}) if error.retry_after else None
-        if retry and self._retried < self._max_retries and may_retry(
-            error.category, wait, self._cap_s
-        ):
+        retry = retry and self._retried < self._max_retries
+        if retry and may_retry(error.category, wait, self._cap_s):
             self._retried += 1
             return max(wait, 0.0) if wait is not None else backoff_s(self._retried)
         if error.category in FALLBACK_ON and self._index + 1 < len(self.models):
-            self._index += 1
-            self._retried = 0
+            self._index, self._retried = self._index + 1, 0
             return 0.0
         return None
-

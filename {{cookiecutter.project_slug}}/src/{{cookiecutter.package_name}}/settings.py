@@ -1,9 +1,7 @@
 """Settings, read once at start from the environment (and a local `.env` in development).
 
-This is the only place the API key is read. It is held as a `SecretStr`, so `repr`, `str`
-and model dumps show `**********` instead of the key, and error messages name the variable,
-never its value (`include_input=False`). An empty, placeholder or mis-pasted key (quotes,
-spaces, a `Bearer ` prefix, an unexpanded `${VAR}`) stops the service at start.
+The only place the API key is read: a `SecretStr` (dumps show `**********`), and errors name the
+variable, never its value. An empty, placeholder or mis-pasted key stops the service at start.
 """
 
 from __future__ import annotations
@@ -17,34 +15,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 API_KEY_ENV = {{ cookiecutter.api_key_env_var | tojson }}
 DEFAULT_BASE_URL = {{ cookiecutter.alltkn_base_url | tojson }}
 DEFAULT_MODEL = {{ cookiecutter.default_model | tojson }}
-ENV_NAMES = {
-    "api_key": API_KEY_ENV,
-    "base_url": "ALLTKN_BASE_URL",
-    "model": "ALLTKN_MODEL",
-    "timeout_s": "ALLTKN_TIMEOUT_S",
-    "max_retries": "ALLTKN_MAX_RETRIES",
-    "log_level": "LOG_LEVEL",
-    "sse_keepalive_s": "ALLTKN_SSE_KEEPALIVE_S",
-    "sse_send_timeout_s": "ALLTKN_SSE_SEND_TIMEOUT_S",
-    "retry_after_cap_s": "ALLTKN_RETRY_AFTER_CAP_S",
-    "fallback_models": "ALLTKN_FALLBACK_MODELS",
-    "streaming": "ALLTKN_STREAMING",
-    "max_input_chars": "ALLTKN_MAX_INPUT_CHARS",
-    "max_output_tokens": "ALLTKN_MAX_OUTPUT_TOKENS",
-}
 # Values people paste from docs instead of a real key; refused at start.
 _PLACEHOLDER_MARKERS = (
-    "<",
-    ">",
-    "your",
-    "changeme",
-    "xxxx",
-    "placeholder",
-    "example",
-    "...",
-    "${",
-    "$(",
-)
+    "<", ">", "your", "changeme", "xxxx", "placeholder", "example", "...", "${", "$("
+)  # fmt: skip
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 Switch = Literal["on", "off"]
@@ -59,36 +33,31 @@ class Settings(BaseSettings):
         env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
     )
 
-    api_key: SecretStr = Field(validation_alias=ENV_NAMES["api_key"])
-    base_url: str = Field(DEFAULT_BASE_URL, validation_alias=ENV_NAMES["base_url"])
-    model: str = Field(DEFAULT_MODEL, validation_alias=ENV_NAMES["model"])
-    timeout_s: float = Field(60.0, gt=0, le=3600, validation_alias=ENV_NAMES["timeout_s"])
-    max_retries: int = Field(1, ge=0, le=10, validation_alias=ENV_NAMES["max_retries"])
-    log_level: LogLevel = Field("INFO", validation_alias=ENV_NAMES["log_level"])
-    # Streaming endpoints: a comment line this often while the gateway is silent keeps proxies
-    # from timing the stream out and lets the server notice a client that left.
-    sse_keepalive_s: float = Field(
-        15.0, gt=0, le=300, validation_alias=ENV_NAMES["sse_keepalive_s"]
-    )
+    api_key: SecretStr = Field(validation_alias=API_KEY_ENV)
+    base_url: str = Field(DEFAULT_BASE_URL, validation_alias="ALLTKN_BASE_URL")
+    model: str = Field(DEFAULT_MODEL, validation_alias="ALLTKN_MODEL")
+    timeout_s: float = Field(60.0, gt=0, le=3600, validation_alias="ALLTKN_TIMEOUT_S")
+    max_retries: int = Field(1, ge=0, le=10, validation_alias="ALLTKN_MAX_RETRIES")
+    log_level: LogLevel = Field("INFO", validation_alias="LOG_LEVEL")
+    # A comment line on a silent stream this often keeps proxies from timing it out and shows
+    # the server a client that left.
+    sse_keepalive_s: float = Field(15.0, gt=0, le=300, validation_alias="ALLTKN_SSE_KEEPALIVE_S")
     # A client that stops reading for this long is dropped, and its upstream stream closed.
     sse_send_timeout_s: float = Field(
-        30.0, gt=0, le=3600, validation_alias=ENV_NAMES["sse_send_timeout_s"]
+        30.0, gt=0, le=3600, validation_alias="ALLTKN_SSE_SEND_TIMEOUT_S"
     )
-    # A 429's Retry-After is waited out (then retried) only up to this many seconds; a longer
-    # one fails fast, so the caller gets the 429 and the delay instead of a hung request.
-    retry_after_cap_s: float = Field(
-        5.0, ge=0, le=120, validation_alias=ENV_NAMES["retry_after_cap_s"]
-    )
+    # A longer 429 Retry-After fails fast (the caller gets the delay) instead of hanging.
+    retry_after_cap_s: float = Field(5.0, ge=0, le=120, validation_alias="ALLTKN_RETRY_AFTER_CAP_S")
     # Rollback switches (docs/RUNBOOK.md). Models tried in order after the requested one
     # fails with model_not_found, upstream_unavailable or timeout: "gpt-4o,gpt-4o-mini".
-    fallback_models: str = Field("", validation_alias=ENV_NAMES["fallback_models"])
+    fallback_models: str = Field("", validation_alias="ALLTKN_FALLBACK_MODELS")
     # "off": stream endpoints answer with one delta from a non-streaming call.
-    streaming: Switch = Field("on", validation_alias=ENV_NAMES["streaming"])
+    streaming: Switch = Field("on", validation_alias="ALLTKN_STREAMING")
     # Requests whose message contents hold more characters are refused before any call.
-    max_input_chars: int | None = Field(None, gt=0, validation_alias=ENV_NAMES["max_input_chars"])
+    max_input_chars: int | None = Field(None, gt=0, validation_alias="ALLTKN_MAX_INPUT_CHARS")
     # The most tokens one answer may ask for: sent when a request names none, a 422 above it.
     max_output_tokens: int = Field(
-        4096, gt=0, le=1_000_000, validation_alias=ENV_NAMES["max_output_tokens"]
+        4096, gt=0, le=1_000_000, validation_alias="ALLTKN_MAX_OUTPUT_TOKENS"
     )
 
     @field_validator("api_key")
@@ -121,9 +90,7 @@ class Settings(BaseSettings):
     @field_validator("fallback_models")
     @classmethod
     def _check_fallback_models(cls, value: str) -> str:
-        if not value.strip():
-            return ""
-        models = [name.strip() for name in value.split(",")]
+        models = [name.strip() for name in value.split(",")] if value.strip() else []
         if not all(models):
             raise ValueError("has an empty entry; list model names separated by single commas")
         if spaced := next((name for name in models if any(c.isspace() for c in name)), None):
@@ -138,10 +105,8 @@ class Settings(BaseSettings):
     @field_validator("streaming", mode="before")
     @classmethod
     def _check_streaming(cls, value: object) -> object:
-        if isinstance(value, str):
-            value = value.strip().lower()
-            if value not in ("on", "off"):
-                raise ValueError("must be on or off")
+        if isinstance(value, str) and (value := value.strip().lower()) not in ("on", "off"):
+            raise ValueError("must be on or off")
         return value
 
     @field_validator("max_input_chars", mode="before")
@@ -149,14 +114,18 @@ class Settings(BaseSettings):
     def _empty_means_no_limit(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
-    @property
-    def fallback_model_list(self) -> tuple[str, ...]:
-        return tuple(self.fallback_models.split(",")) if self.fallback_models else ()
-
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_log_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+    @property
+    def fallback_model_list(self) -> tuple[str, ...]:
+        return tuple(self.fallback_models.split(",")) if self.fallback_models else ()
+
+
+# Each setting's environment variable (its alias above): {"model": "ALLTKN_MODEL", ...}.
+ENV_NAMES = {name: str(field.validation_alias) for name, field in Settings.model_fields.items()}
 
 
 def is_placeholder_key(value: str) -> bool:
@@ -169,21 +138,13 @@ def load_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        raise ConfigError(_describe(exc)) from None
-
-
-def _describe(exc: ValidationError) -> str:
-    problems = []
-    for error in exc.errors(include_input=False, include_url=False):
-        name = str(error["loc"][0]) if error["loc"] else "settings"
-        env_name = ENV_NAMES.get(name, name)
-        reason = (
-            "is not set"
-            if error["type"] == "missing"
-            else error["msg"].removeprefix("Value error, ")
-        )
-        problems.append(f"{env_name} {reason}")
-    return "; ".join(problems) + ". Set it in the environment or in .env (see .env.example)."
+        problems = []
+        for error in exc.errors(include_input=False, include_url=False):
+            name = str(error["loc"][0]) if error["loc"] else "settings"  # the variable's name
+            reason = error["msg"].removeprefix("Value error, ")
+            problems.append(f"{name} {'is not set' if error['type'] == 'missing' else reason}")
+        advice = ". Set it in the environment or in .env (see .env.example)."
+        raise ConfigError("; ".join(problems) + advice) from None
 
 
 def load_settings_or_exit() -> Settings:
