@@ -1,40 +1,37 @@
-"""The HTTP endpoints. To add one, add a function with a route decorator here: it takes the
-chat service as `service: Chat`, a body model, and the request id from `request.state`."""
+"""The HTTP endpoints. To add one, add a route function here: it takes the chat service as
+`service: Chat`, a body model, and the request id from `request.state`."""
 
 from __future__ import annotations
 
 from typing import Annotated, cast
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse
 
 from .chat import CallInfo
 from .chat_async import AsyncChatService
-from .http_contract import DEMO_PAGE_HEADERS, demo_page, result_body
+from .http_contract import DEMO_PAGE, DEMO_PAGE_HEADERS, result_body
 from .request import ChatRequest
 from .sse import EventStreamResponse
 
 router = APIRouter()
-_DEMO_PAGE = demo_page()
 
 
 async def get_chat(request: Request) -> AsyncChatService:
-    """The process's chat service, made in the app's lifespan (see `app.py`). Async, so that
-    FastAPI calls it on the event loop rather than in its thread pool."""
-    return cast(AsyncChatService, request.app.state.chat)
+    """The service made in the app's lifespan; async, so FastAPI skips its thread pool."""
+    return cast(AsyncChatService, request.state.chat)
 
 
 Chat = Annotated[AsyncChatService, Depends(get_chat)]
 
 
 def call_info(body: ChatRequest, request: Request) -> CallInfo:
-    """Who the call is for, logged with it; the request id is the middleware's."""
     return CallInfo(request_id=request.state.request_id, user=body.user, task=body.task)
 
 
 @router.get("/", include_in_schema=False)
-async def demo() -> Response:
-    return Response(_DEMO_PAGE, media_type="text/html; charset=utf-8", headers=DEMO_PAGE_HEADERS)
+async def demo() -> HTMLResponse:
+    return HTMLResponse(DEMO_PAGE, headers=DEMO_PAGE_HEADERS)
 
 
 @router.get("/healthz")
@@ -53,9 +50,4 @@ async def chat_stream(body: ChatRequest, request: Request, service: Chat) -> Eve
     call = call_info(body, request)
     # Opened before the response starts, so a refused call still gets its own status.
     stream = await service.open_stream(body, call)
-    return EventStreamResponse(
-        stream,
-        call.request_id,
-        keepalive_s=service.settings.sse_keepalive_s,
-        send_timeout_s=service.settings.sse_send_timeout_s,
-    )
+    return EventStreamResponse(stream, call.request_id, service.settings)

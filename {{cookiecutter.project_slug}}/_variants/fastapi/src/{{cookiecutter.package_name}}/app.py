@@ -1,8 +1,4 @@
-"""FastAPI service: the app assembled from settings, logging, the request-id middleware, the
-error handlers and the endpoints in `api`.
-
-Run: python -m {{ cookiecutter.package_name }} serve (or uvicorn {{ cookiecutter.package_name }}.app:app)
-"""
+"""FastAPI app. Run: uvicorn {{ cookiecutter.package_name }}.app:app (or the `serve` command)."""
 
 from __future__ import annotations
 
@@ -16,28 +12,22 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__, api
-from . import http_contract as contract
 from .chat_async import AsyncChatService, create_async_client
 from .client import CLIENT_NAME
 from .errors import GatewayError
+from .http_contract import bad_body, describe_errors, gateway_error, no_route_body, request_id_from
 from .logs import REQUEST_ID, configure_logging
 from .settings import Settings, load_settings_or_exit
 
 
-class RequestIdMiddleware:
-    """Gives every request an id (the inbound X-Request-ID if valid) in `request.state` and
-    echoes it. Plain ASGI: `@app.middleware("http")` would wrap streamed responses."""
+def request_ids(app: ASGIApp) -> ASGIApp:
+    """Request ids in `request.state`, echoed. Plain ASGI: `@app.middleware` wraps streams."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def with_request_id(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        inbound = dict(scope["headers"]).get(b"x-request-id")
-        request_id = contract.request_id_from(inbound.decode("latin-1") if inbound else None)
-        scope.setdefault("state", {})["request_id"] = request_id
+            return await app(scope, receive, send)
+        inbound = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        scope.setdefault("state", {})["request_id"] = request_id = request_id_from(inbound)
         REQUEST_ID.set(request_id)  # for uvicorn's access line (logs.py)
         header = (b"x-request-id", request_id.encode())
 
@@ -46,40 +36,38 @@ class RequestIdMiddleware:
                 message["headers"] = [*message.get("headers", []), header]
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        await app(scope, receive, send_with_id)
+
+    return with_request_id
 
 
 def create_app(settings: Settings) -> FastAPI:
     configure_logging(settings.log_level, secrets=[settings.api_key.get_secret_value()])
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        client = create_async_client(settings)  # one per process: it holds the connections
-        app.state.chat = AsyncChatService(client, settings)
-        yield
-        await client.close()
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, AsyncChatService]]:
+        async with create_async_client(settings) as client:  # one per process: the connections
+            yield {"chat": AsyncChatService(client, settings)}  # in every `request.state`
 
     app = FastAPI(title=CLIENT_NAME, version=__version__, lifespan=lifespan)
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(request_ids)
     app.include_router(api.router)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors, request_id = exc.errors(), request.state.request_id
-        if any(error.get("type") == "json_invalid" for error in errors):
-            return JSONResponse(contract.bad_body("the body is not valid JSON", request_id), 400)
-        return JSONResponse(contract.bad_body(contract.describe_errors(errors), request_id), 422)
+        bad_json = any(error.get("type") == "json_invalid" for error in exc.errors())
+        message = "the body is not valid JSON" if bad_json else describe_errors(exc.errors())
+        return JSONResponse(bad_body(message, request.state.request_id), 400 if bad_json else 422)
 
     @app.exception_handler(HTTPException)
     async def no_route(request: Request, exc: HTTPException) -> JSONResponse:
         status, request_id = exc.status_code, request.state.request_id
-        body = contract.no_route_body(status, request.method, request.url.path, request_id)
+        body = no_route_body(status, request.method, request.url.path, request_id)
         return JSONResponse(body, status, headers=exc.headers)  # a 405's Allow
 
     @app.exception_handler(GatewayError)
     async def gateway_failed(request: Request, exc: GatewayError) -> JSONResponse:
-        body = contract.gateway_error_body(exc, request.state.request_id)
-        return JSONResponse(body, contract.status_for(exc), headers=contract.retry_headers(exc))
+        return JSONResponse(*gateway_error(exc, request.state.request_id))
 
     return app
 

@@ -10,40 +10,26 @@ import anyio
 from fastapi.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from . import http_contract as contract
 from .chat_async import AsyncChatStream
 from .errors import GatewayError
-from .http_contract import (
-    KEEPALIVE,
-    MEDIA_TYPE,
-    STREAM_HEADERS,
-    delta_event,
-    done_event,
-    error_event,
-)
+from .http_contract import delta_event, done_event, error_event
+from .settings import Settings
 
 
 class EventStreamResponse(Response):
-    """One `data:` event per delta, then `event: done` or `event: error`;
+    """A client that hangs up is noticed at once; one that accepts no write for
+    `sse_send_timeout_s` is dropped (a stalled reader must not pin the upstream stream); a
+    `: keep-alive` goes out after `sse_keepalive_s` of silence; leaving, for any reason, closes
+    the stream upstream. One watchdog task per stream sleeps until the next deadline, so a
+    flowing stream pays nothing per chunk for the timers (no task or cancel scope per read)."""
 
-    - a client that hangs up is noticed at once, and one that accepts no write for
-      `send_timeout_s` is dropped: a stalled reader must not pin the upstream stream;
-    - a `: keep-alive` comment goes out when nothing was written for `keepalive_s`;
-    - leaving, for any reason, closes the stream upstream: the gateway stops generating.
-
-    Both timers live in one watchdog task per stream that sleeps until the next deadline, so a
-    flowing stream pays nothing per chunk for them (racing each read against a timeout cost a
-    task, or a cancel scope, per chunk).
-    """
-
-    def __init__(
-        self, stream: AsyncChatStream, request_id: str, *, keepalive_s: float, send_timeout_s: float
-    ) -> None:
-        self.status_code = 200
-        self.media_type = MEDIA_TYPE
-        self.background = None
-        self.init_headers(STREAM_HEADERS)
+    def __init__(self, stream: AsyncChatStream, request_id: str, settings: Settings) -> None:
+        self.status_code, self.media_type, self.background = 200, contract.MEDIA_TYPE, None
+        self.init_headers(contract.STREAM_HEADERS)  # Response.__init__ would add Content-Length
         self.stream, self.request_id = stream, request_id
-        self.keepalive_s, self.send_timeout_s = keepalive_s, send_timeout_s
+        self.keepalive_s = settings.sse_keepalive_s
+        self.send_timeout_s = settings.sse_send_timeout_s
         self._write_lock = asyncio.Lock()  # the watchdog's keep-alives and the events share it
         self._last_write = time.monotonic()
         self._write_started: float | None = None
@@ -89,7 +75,7 @@ class EventStreamResponse(Response):
                 deadline = self._write_started + self.send_timeout_s
             elif now - self._last_write >= self.keepalive_s:
                 with anyio.move_on_after(self.send_timeout_s) as timer:
-                    await self._write(send, KEEPALIVE)
+                    await self._write(send, contract.KEEPALIVE)
                 if timer.cancelled_caught:
                     scope.cancel()
                     return

@@ -1,25 +1,23 @@
-"""The HTTP endpoints, as a Blueprint. To add one, add a function with a route decorator here:
-`chat_service()` is the process's chat service, `g.request_id` the request's id."""
+"""The HTTP endpoints, as a Blueprint. To add one, add a route function here: `chat_service()`
+is the process's chat service, `g.request_id` the request's id."""
 
 from __future__ import annotations
 
 from typing import Any, NoReturn, cast
 
-from flask import Blueprint, Response, abort, current_app, g, jsonify, request
+from flask import Blueprint, Response, abort, current_app, g, make_response, request
 from pydantic import ValidationError
 
 from . import http_contract as contract
 from .chat import CallInfo
 from .chat_sync import ChatService
 from .request import ChatRequest
-from .sse import limit_send_time, relay
+from .sse import event_stream
 
 bp = Blueprint("api", __name__)
-_DEMO_PAGE = contract.demo_page()
 
 
 def chat_service() -> ChatService:
-    """The process's chat service, made by `app.create_app`."""
     return cast(ChatService, current_app.extensions["chat"])
 
 
@@ -35,9 +33,7 @@ def chat_request() -> ChatRequest:
 
 
 def refuse(message: str, status: int) -> NoReturn:
-    response = jsonify(contract.bad_body(message, g.request_id))
-    response.status_code = status
-    abort(response)
+    abort(make_response(contract.bad_body(message, g.request_id), status))
 
 
 def call_info(body: ChatRequest) -> CallInfo:
@@ -46,7 +42,7 @@ def call_info(body: ChatRequest) -> CallInfo:
 
 @bp.get("/")
 def demo() -> Response:
-    return Response(_DEMO_PAGE, mimetype="text/html", headers=contract.DEMO_PAGE_HEADERS)
+    return Response(contract.DEMO_PAGE, mimetype="text/html", headers=contract.DEMO_PAGE_HEADERS)
 
 
 @bp.get("/healthz")
@@ -63,11 +59,6 @@ def chat() -> dict[str, Any]:
 @bp.post("/v1/chat/stream")
 def chat_stream() -> Response:
     body, service = chat_request(), chat_service()
-    call = call_info(body)
     # Opened before the response starts, so a refused call still gets its own status.
-    stream = service.open_stream(body, call)
-    limit_send_time(service.settings.sse_send_timeout_s)
-    events = relay(stream, call.request_id, service.settings.sse_keepalive_s)
-    response = Response(events, mimetype=contract.MEDIA_TYPE, headers=contract.STREAM_HEADERS)
-    response.call_on_close(stream.close)  # also if the relay never started (closing is idempotent)
-    return response
+    stream = service.open_stream(body, call_info(body))
+    return event_stream(stream, g.request_id, service.settings)

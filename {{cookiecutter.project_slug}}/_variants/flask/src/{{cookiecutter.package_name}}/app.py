@@ -1,15 +1,12 @@
-"""Flask service: the app assembled from settings, logging, request ids, the error handlers
-and the endpoints in `api`.
+"""Flask app. Run: gunicorn -c gunicorn.conf.py {{ cookiecutter.package_name }}.app:app
 
-Run: gunicorn -c gunicorn.conf.py {{ cookiecutter.package_name }}.app:app
-
-Streams are served by gunicorn's threaded workers (see gunicorn.conf.py): a sync worker would
-kill a long stream at its timeout and serve one stream per process.
+Gunicorn's threaded workers (gunicorn.conf.py) serve the streams: a sync worker would kill a
+long stream at its timeout and serve one stream per process.
 """
 
 from __future__ import annotations
 
-from flask import Flask, Response, g, jsonify, request
+from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from . import api
@@ -18,8 +15,6 @@ from .chat_sync import ChatService, create_client
 from .errors import GatewayError
 from .logs import configure_logging
 from .settings import Settings, load_settings_or_exit
-
-ErrorResponse = tuple[Response, int, dict[str, str]]
 
 
 def create_app(settings: Settings) -> Flask:
@@ -39,16 +34,15 @@ def create_app(settings: Settings) -> Flask:
         return response
 
     @app.errorhandler(GatewayError)
-    def gateway_failed(error: GatewayError) -> ErrorResponse:
-        body = contract.gateway_error_body(error, g.request_id)
-        return jsonify(body), contract.status_for(error), contract.retry_headers(error)
+    def gateway_failed(error: GatewayError) -> contract.Reply:
+        return contract.gateway_error(error, g.request_id)
 
     @app.errorhandler(HTTPException)
-    def no_route(error: HTTPException) -> ErrorResponse:
+    def no_route(error: HTTPException) -> contract.Reply:
         status = error.code or 500
         body = contract.no_route_body(status, request.method, request.path, g.request_id)
         allowed = isinstance(error, MethodNotAllowed) and error.valid_methods
-        return jsonify(body), status, {"Allow": ", ".join(allowed)} if allowed else {}
+        return body, status, {"Allow": ", ".join(allowed)} if allowed else {}
 
     return app
 
