@@ -109,6 +109,7 @@ RESERVED_ENV_NAMES = (
     "ALLTKN_FALLBACK_MODELS",
     "ALLTKN_STREAMING",
     "ALLTKN_MAX_INPUT_CHARS",
+    "ALLTKN_MAX_OUTPUT_TOKENS",
     # The container's and the servers' own settings (Dockerfile, gunicorn.conf.py, k8s/).
     "WEB_CONCURRENCY",
     "PORT",
