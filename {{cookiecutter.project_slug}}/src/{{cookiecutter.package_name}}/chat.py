@@ -71,9 +71,9 @@ class _Choice(BaseModel):
 
 
 class _Usage(BaseModel):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
 
 
 class _Chunk(BaseModel):
@@ -123,7 +123,8 @@ class StreamProtocol:
         if chunk.error:
             raise InStreamError.from_event(chunk.error)
         if (usage := chunk.usage) is not None:  # the include_usage chunk, `choices` empty
-            self.usage = Usage(usage.prompt_tokens, usage.completion_tokens, usage.total_tokens)
+            counts = usage.prompt_tokens, usage.completion_tokens, usage.total_tokens
+            self.usage = Usage(*(count or 0 for count in counts))
         if chunk.model:
             self.model = chunk.model
         if not chunk.choices:
@@ -190,16 +191,12 @@ class CallRecord:
     """Times one upstream attempt and logs it exactly once."""
 
     def __init__(self, attempts: Attempts, call: CallInfo, *, stream: bool) -> None:
-        self.model = attempts.model
-        self.fallback_from = attempts.fallback_from
-        self.call = call
-        self.stream = stream
-        self.started = time.perf_counter()
+        self.model, self.fallback_from = attempts.model, attempts.fallback_from
+        self.call, self.stream, self.started = call, stream, time.perf_counter()
         self.ttft_ms: float | None = None
         self.usage: Usage | None = None
         self.upstream_request_id: str | None = None
-        self.content = ""
-        self.logged = False
+        self.content, self.logged = "", False
 
     @property
     def headers(self) -> dict[str, Any]:
@@ -222,9 +219,7 @@ class CallRecord:
             u = completion.usage
             self.usage = Usage(u.prompt_tokens, u.completion_tokens, u.total_tokens)
         if not completion.choices:
-            raise self.fail(
-                GatewayError(Category.UPSTREAM_UNAVAILABLE, "the gateway returned no choices")
-            )
+            raise ValueError("the gateway returned no choices")  # upstream_unavailable
         self.content = completion.choices[0].message.content or ""
         self.log("ok")
         return self.result()
