@@ -35,10 +35,10 @@ from .chat_sync import ChatService, create_client
 {%- endif %}
 from .errors import Category, GatewayError, classify
 from .logs import configure_logging
-from .redaction import mask
+from .redaction import mask, redact
 from .request import ChatRequest
 from .settings import API_KEY_ENV, DEFAULT_BASE_URL, ConfigError, Settings, load_settings
-from .support import Check, Report, failed, output, run_checks
+from .support import Check, Report, failed
 
 T = TypeVar("T")
 # Shares of ALLTKN_TIMEOUT_S: each step's own limit, and the whole run's.
@@ -81,12 +81,9 @@ def _bounded(seconds: float, work: Callable[[], T]) -> T:
     return future.result(timeout=seconds)
 
 
-# The live calls go through the project's own chat service (FastAPI: the async one, so each call
-# runs in an event loop of its own); `seen` gets the time of each delta.
+# The live calls use the project's chat service (FastAPI: the async one, in a loop of its own).
 {%- if cookiecutter.framework == "fastapi" %}
-Service = AsyncChatService
 Work = Callable[[AsyncChatService], Awaitable[T]]
-Chat = Callable[[Service, ChatRequest, CallInfo, list[float]], Awaitable[ChatResult]]
 
 
 def _call(settings: Settings, work: Work[T]) -> T:
@@ -97,22 +94,20 @@ def _call(settings: Settings, work: Work[T]) -> T:
     return asyncio.run(run())
 
 
-async def _read(chat: Service, req: ChatRequest, call: CallInfo, seen: list[float]) -> ChatResult:
+async def _read(chat: AsyncChatService, req: ChatRequest, call: CallInfo, seen: list[float]) -> ChatResult:
     async with await chat.open_stream(req, call) as stream:
         async for _ in stream:
             seen.append(time.monotonic())
         return stream.result()
 {%- else %}
-Service = ChatService
 Work = Callable[[ChatService], T]
-Chat = Callable[[Service, ChatRequest, CallInfo, list[float]], ChatResult]
 
 
 def _call(settings: Settings, work: Work[T]) -> T:
     return work(ChatService(create_client(settings), settings))
 
 
-def _read(chat: Service, req: ChatRequest, call: CallInfo, seen: list[float]) -> ChatResult:
+def _read(chat: ChatService, req: ChatRequest, call: CallInfo, seen: list[float]) -> ChatResult:
     with chat.open_stream(req, call) as stream:
         for _ in stream:
             seen.append(time.monotonic())
@@ -130,21 +125,35 @@ class _Doctor:
             self.problem = str(exc) if isinstance(exc, ConfigError) else bad_env
             self.settings = Settings.model_construct()  # the defaults, no key
         self.key = "" if self.problem else self.settings.api_key.get_secret_value()
-        self.timeout_s, url = self.settings.timeout_s, urlsplit(self.settings.base_url)
-        shown = (self.settings.model, url.netloc.rpartition("@")[2], url.scheme)
-        self.shown = ("unknown", "unknown", "") if self.problem else shown
-        self.deadline, self.model_ids = self.started + SHARES["all"] * self.timeout_s, list[str]()
+        self.timeout_s, self.model_ids = self.settings.timeout_s, list[str]()
+        self.deadline = self.started + SHARES["all"] * self.timeout_s
 
-    def report(self, rows: list[Check]) -> Report:
-        unset = f"{API_KEY_ENV} is not set" in self.problem
-        key = mask(self.key) if self.key else "not set" if unset else "unknown"
-        took = round((time.monotonic() - self.started) * 1000, 1)
-        return Report(rows, self.started_at, took, *self.shown, self.timeout_s, key)
+    def run(self) -> list[Check]:
+        """Each check in order, or a skip naming the failed check it needs; timed and redacted."""
+        rows: dict[str, Check] = {}
+        blocked: dict[str, str] = {}  # id: the failed check it waits for
+        for check_id, (title, needs) in CHECKS.items():
+            started = time.perf_counter()
+            if causes := [blocked.get(n, n) for n in needs if rows[n].status == "fail" or n in blocked]:
+                blocked[check_id] = causes[0]
+                row = Check("skip", f"needs the {rows[causes[0]].title} check, which failed")
+            else:
+                try:
+                    row = getattr(self, f"check_{check_id}")()
+                except Exception as exc:  # a bug here must still give a report, not a traceback
+                    hint = "This is a bug in the doctor; please report it with this output."
+                    row = Check("fail", f"the check failed: {type(exc).__name__}: {exc}", hint)
+            if row.status != "skip":
+                row.duration_ms = round((time.perf_counter() - started) * 1000, 1)
+            row.id, row.title, row.detail = check_id, title, redact(row.detail, [self.key])
+            row.hint, row.error = (redact(t, [self.key]) if t else t for t in (row.hint, row.error))
+            rows[check_id] = row
+        return list(rows.values())
 
     def check_settings(self) -> Check:
         if self.problem:  # ConfigError's one line names each variable to fix
             return Check("fail", self.problem, "The service would refuse to start with it too.")
-        return Check("pass", f"model {self.shown[0]}, timeout {self.timeout_s:g} s")
+        return Check("pass", f"model {self.settings.model}, timeout {self.timeout_s:g} s")
 
     def check_key(self) -> Check:
         source = "the environment" if API_KEY_ENV in os.environ else ".env"
@@ -231,8 +240,8 @@ class _Doctor:
             close = ", ".join(difflib.get_close_matches(model, self.model_ids, n=3)) or "none"
             hint = "Set ALLTKN_MODEL to a listed model, or ask the key owner for access to it."
             detail = f"{model} is not among the {listed}; closest: {close}"
-            nothing_sent = ("no", "nothing was sent")
-            return Check("fail", detail, hint, "model_not_found", None, None, None, *nothing_sent)
+            unsent = {"charge": "no", "charge_reason": "nothing was sent"}
+            return Check("fail", detail, hint, category="model_not_found", **unsent)
         fallbacks = self.settings.fallback_model_list
         if missing := ", ".join(name for name in fallbacks if name not in self.model_ids):
             detail = f"{model} is listed, but ALLTKN_FALLBACK_MODELS names unlisted {missing}"
@@ -241,11 +250,14 @@ class _Doctor:
         also = " and the fallbacks" if fallbacks else ""
         return Check("pass", f"{model}{also} among the {listed}")
 
-    def _chat(self, share: str, work: Chat, seen: list[float]) -> Check:
-        call, tokens = CallInfo(task="doctor"), min(MAX_TOKENS, self.settings.max_output_tokens)
-        request = ChatRequest(prompt=PROMPT, max_tokens=tokens)
+    def _chat(self, share: str) -> Check:
+        """A completion, or a stream (`seen` gets the time of each delta)."""
+        call, seen = CallInfo(task="doctor"), [time.monotonic()] if share == "stream" else []
+        req = ChatRequest(prompt=PROMPT, max_tokens=min(MAX_TOKENS, self.settings.max_output_tokens))
         try:
-            result = self._live(share, lambda service: work(service, request, call, seen))
+            result = self._live(
+                share, lambda chat: _read(chat, req, call, seen) if seen else chat.complete(req, call)
+            )
         except GatewayError as error:
             return failed(error, call.request_id, first_token_seen=len(seen) > 1)
         detail = f"{result.model} answered {' '.join(result.content.split())[:40]!r}"
@@ -258,10 +270,10 @@ class _Doctor:
         return Check("pass", detail, None, None, None, *ids, *charge)
 
     def check_completion(self) -> Check:
-        return self._chat("completion", lambda chat, r, c, _: chat.complete(r, c), [])
+        return self._chat("completion")
 
     def check_stream(self) -> Check:
-        row = self._chat("stream", _read, [time.monotonic()])
+        row = self._chat("stream")
         if row.status == "fail" and self.settings.streaming == "off":  # can it be switched on?
             row.status, row.detail = "warn", f"{row.detail} (ALLTKN_STREAMING=off)"
             row.hint = f"Fix this before setting ALLTKN_STREAMING=on again. {row.hint}"
@@ -300,11 +312,15 @@ def _diagnose(url: str, seconds: float) -> tuple[str, str | None]:
 
 def run() -> Report:
     """Every check; the settings are read from the environment and `.env`, like the service."""
-    doctor = _Doctor()
-    level = "DEBUG" if doctor.settings.log_level == "DEBUG" else "ERROR"  # the call logs: DEBUG
-    configure_logging(level, secrets=[doctor.key])
-    checks = {k: (t, needs, getattr(doctor, f"check_{k}")) for k, (t, needs) in CHECKS.items()}
-    return doctor.report(run_checks(checks, doctor.key))
+    d = _Doctor()
+    configure_logging("DEBUG" if d.settings.log_level == "DEBUG" else "ERROR", secrets=[d.key])
+    rows, url = d.run(), urlsplit(d.settings.base_url)  # the call logs are DEBUG
+    shown = (d.settings.model, url.netloc.rpartition("@")[2], url.scheme)
+    unset = f"{API_KEY_ENV} is not set" in d.problem
+    key = mask(d.key) if d.key else "not set" if unset else "unknown"
+    took = round((time.monotonic() - d.started) * 1000, 1)
+    shown = ("unknown", "unknown", "") if d.problem else shown
+    return Report(rows, d.started_at, took, *shown, d.timeout_s, key)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -315,9 +331,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run and print; a failed run writes the support report. Exit 0, 1 or 130."""
-    try:
-        report = run()
-    except KeyboardInterrupt:
-        return 130
-    return output(report, "json" if args.json else "support" if args.support else "text")
+    """Run and print; a failed run writes the support report. Exit 0 or 1."""
+    return run().output("json" if args.json else "support" if args.support else "text")
