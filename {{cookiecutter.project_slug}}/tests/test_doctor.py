@@ -685,10 +685,10 @@ def test_json_and_support_together_is_a_usage_error() -> None:
 def test_interrupted_run_exits_130(
     doctor_env: Callable[..., None], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def interrupted() -> support.Report:
+    def interrupted() -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(doctor, "run", interrupted)
+    monkeypatch.setattr(doctor, "_Doctor", interrupted)
 
     assert cli.main(["doctor"]) == 130
 

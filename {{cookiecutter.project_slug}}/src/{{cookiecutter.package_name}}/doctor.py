@@ -1,8 +1,4 @@
-"""`doctor`: the pre-launch checklist, live against the gateway, within 2 x ALLTKN_TIMEOUT_S.
-
-A row per check: pass, warn, fail or skip (naming the failed check it needs). The live checks use
-the project's chat service; a diagnosis names the first of DNS, TCP and TLS that fails.
-"""
+"""`doctor`: the pre-launch checklist, live against the gateway, within 2 x ALLTKN_TIMEOUT_S."""
 
 from __future__ import annotations
 
@@ -53,18 +49,13 @@ STEP_HINTS = {
     "TCP": "Check the host and port in ALLTKN_BASE_URL, and this host's firewall and proxy.",
     "TLS": "Check the scheme and port of ALLTKN_BASE_URL, and the CA certificates (SSL_CERT_FILE).",
 }
-CHECKS = {  # id: (title, the checks it needs)
-    "settings": ("settings", ()),
-    "key": ("API key", ("settings",)),
-    "env_file": (".env not in git", ()),
-    "key_in_git": ("key not in git", ("key",)),
-    "base_url": ("base URL", ("settings",)),
-    "auth": ("auth (GET /models)", ("key", "base_url")),
-    "model_listed": ("model listed", ("auth",)),
-    "completion": ("completion", ("auth",)),
-    "stream": ("stream", ("completion",)),
-    "openai_env": ("OPENAI_* ignored", ()),
-}
+CHECKS = {  # id: (title, the checks it needs), in the order they run
+    "settings": ("settings", ()), "key": ("API key", ("settings",)),
+    "env_file": (".env not in git", ()), "key_in_git": ("key not in git", ("key",)),
+    "base_url": ("base URL", ("settings",)), "auth": ("auth (GET /models)", ("key", "base_url")),
+    "model_listed": ("model listed", ("auth",)), "completion": ("completion", ("auth",)),
+    "stream": ("stream", ("completion",)), "openai_env": ("OPENAI_* ignored", ()),
+}  # fmt: skip
 
 
 def _bounded(seconds: float, work: Callable[[], T]) -> T:
@@ -77,7 +68,7 @@ def _bounded(seconds: float, work: Callable[[], T]) -> T:
         except BaseException as exc:  # handed to the caller's thread
             future.set_exception(exc)
 
-    threading.Thread(target=target, name="doctor-step", daemon=True).start()
+    threading.Thread(target=target, daemon=True).start()
     return future.result(timeout=seconds)
 
 
@@ -94,10 +85,10 @@ def _call(settings: Settings, work: Work[T]) -> T:
     return asyncio.run(run())
 
 
-async def _read(chat: AsyncChatService, req: ChatRequest, call: CallInfo, seen: list[float]) -> ChatResult:
-    async with await chat.open_stream(req, call) as stream:
+async def _read(chat: AsyncChatService, r: ChatRequest, c: CallInfo, ts: list[float]) -> ChatResult:
+    async with await chat.open_stream(r, c) as stream:
         async for _ in stream:
-            seen.append(time.monotonic())
+            ts.append(time.monotonic())
         return stream.result()
 {%- else %}
 Work = Callable[[ChatService], T]
@@ -107,10 +98,10 @@ def _call(settings: Settings, work: Work[T]) -> T:
     return work(ChatService(create_client(settings), settings))
 
 
-def _read(chat: ChatService, req: ChatRequest, call: CallInfo, seen: list[float]) -> ChatResult:
-    with chat.open_stream(req, call) as stream:
+def _read(chat: ChatService, r: ChatRequest, c: CallInfo, ts: list[float]) -> ChatResult:
+    with chat.open_stream(r, c) as stream:
         for _ in stream:
-            seen.append(time.monotonic())
+            ts.append(time.monotonic())
         return stream.result()
 {%- endif %}
 
@@ -127,16 +118,18 @@ class _Doctor:
         self.key = "" if self.problem else self.settings.api_key.get_secret_value()
         self.timeout_s, self.model_ids = self.settings.timeout_s, list[str]()
         self.deadline = self.started + SHARES["all"] * self.timeout_s
+        level = "DEBUG" if self.settings.log_level == "DEBUG" else "ERROR"  # the call logs: DEBUG
+        configure_logging(level, secrets=[self.key])
 
-    def run(self) -> list[Check]:
+    def report(self) -> Report:
         """Each check in order, or a skip naming the failed check it needs; timed and redacted."""
         rows: dict[str, Check] = {}
-        blocked: dict[str, str] = {}  # id: the failed check it waits for
+        cause: dict[str, str] = {}  # a skipped check: the failed check it waits for
         for check_id, (title, needs) in CHECKS.items():
             started = time.perf_counter()
-            if causes := [blocked.get(n, n) for n in needs if rows[n].status == "fail" or n in blocked]:
-                blocked[check_id] = causes[0]
-                row = Check("skip", f"needs the {rows[causes[0]].title} check, which failed")
+            if bad := [n for n in needs if rows[n].status == "fail" or n in cause]:
+                cause[check_id] = cause.get(bad[0], bad[0])
+                row = Check("skip", f"needs the {rows[cause[check_id]].title} check, which failed")
             else:
                 try:
                     row = getattr(self, f"check_{check_id}")()
@@ -148,7 +141,12 @@ class _Doctor:
             row.id, row.title, row.detail = check_id, title, redact(row.detail, [self.key])
             row.hint, row.error = (redact(t, [self.key]) if t else t for t in (row.hint, row.error))
             rows[check_id] = row
-        return list(rows.values())
+        url, unset = urlsplit(self.settings.base_url), f"{API_KEY_ENV} is not set" in self.problem
+        shown = (self.settings.model, url.netloc.rpartition("@")[2], url.scheme)
+        key = mask(self.key) if self.key else "not set" if unset else "unknown"
+        took = round((time.monotonic() - self.started) * 1000, 1)
+        shown = ("unknown", "unknown", "") if self.problem else shown
+        return Report(list(rows.values()), self.started_at, took, *shown, self.timeout_s, key)
 
     def check_settings(self) -> Check:
         if self.problem:  # ConfigError's one line names each variable to fix
@@ -214,8 +212,8 @@ class _Doctor:
         seconds = max(0.01, min(SHARES[share] * self.timeout_s, self.deadline - time.monotonic()))
         update = {"timeout_s": seconds, "max_retries": 0, "fallback_models": "", "streaming": "on"}
         settings = self.settings.model_copy(update=update)
+        limit = max(0.01, min(1.5 * seconds, self.deadline - time.monotonic()))  # SDK: per read
         try:
-            limit = max(0.01, min(1.5 * seconds, self.deadline - time.monotonic()))  # SDK: per read
             return _bounded(limit, lambda: _call(settings, work))
         except Overrun:
             raise GatewayError(Category.TIMEOUT, f"no answer within {limit:.3g} s") from None
@@ -240,8 +238,8 @@ class _Doctor:
             close = ", ".join(difflib.get_close_matches(model, self.model_ids, n=3)) or "none"
             hint = "Set ALLTKN_MODEL to a listed model, or ask the key owner for access to it."
             detail = f"{model} is not among the {listed}; closest: {close}"
-            unsent = {"charge": "no", "charge_reason": "nothing was sent"}
-            return Check("fail", detail, hint, category="model_not_found", **unsent)
+            unsent = ("no", "nothing was sent")
+            return Check("fail", detail, hint, "model_not_found", None, None, None, *unsent)
         fallbacks = self.settings.fallback_model_list
         if missing := ", ".join(name for name in fallbacks if name not in self.model_ids):
             detail = f"{model} is listed, but ALLTKN_FALLBACK_MODELS names unlisted {missing}"
@@ -250,13 +248,14 @@ class _Doctor:
         also = " and the fallbacks" if fallbacks else ""
         return Check("pass", f"{model}{also} among the {listed}")
 
-    def _chat(self, share: str) -> Check:
+    def check_completion(self, stream: bool = False) -> Check:
         """A completion, or a stream (`seen` gets the time of each delta)."""
-        call, seen = CallInfo(task="doctor"), [time.monotonic()] if share == "stream" else []
-        req = ChatRequest(prompt=PROMPT, max_tokens=min(MAX_TOKENS, self.settings.max_output_tokens))
+        call, seen = CallInfo(task="doctor"), [time.monotonic()] if stream else []
+        r = ChatRequest(prompt=PROMPT, max_tokens=min(MAX_TOKENS, self.settings.max_output_tokens))
         try:
             result = self._live(
-                share, lambda chat: _read(chat, req, call, seen) if seen else chat.complete(req, call)
+                "stream" if stream else "completion",
+                lambda s: _read(s, r, call, seen) if stream else s.complete(r, call),
             )
         except GatewayError as error:
             return failed(error, call.request_id, first_token_seen=len(seen) > 1)
@@ -269,11 +268,8 @@ class _Doctor:
         ids, charge = (call.request_id, result.upstream_request_id), ("yes", "a few tokens")
         return Check("pass", detail, None, None, None, *ids, *charge)
 
-    def check_completion(self) -> Check:
-        return self._chat("completion")
-
     def check_stream(self) -> Check:
-        row = self._chat("stream")
+        row = self.check_completion(stream=True)
         if row.status == "fail" and self.settings.streaming == "off":  # can it be switched on?
             row.status, row.detail = "warn", f"{row.detail} (ALLTKN_STREAMING=off)"
             row.hint = f"Fix this before setting ALLTKN_STREAMING=on again. {row.hint}"
@@ -310,19 +306,6 @@ def _diagnose(url: str, seconds: float) -> tuple[str, str | None]:
     return f"{'DNS, TCP and TLS' if tls else 'DNS and TCP'} work, but {where} did not answer", None
 
 
-def run() -> Report:
-    """Every check; the settings are read from the environment and `.env`, like the service."""
-    d = _Doctor()
-    configure_logging("DEBUG" if d.settings.log_level == "DEBUG" else "ERROR", secrets=[d.key])
-    rows, url = d.run(), urlsplit(d.settings.base_url)  # the call logs are DEBUG
-    shown = (d.settings.model, url.netloc.rpartition("@")[2], url.scheme)
-    unset = f"{API_KEY_ENV} is not set" in d.problem
-    key = mask(d.key) if d.key else "not set" if unset else "unknown"
-    took = round((time.monotonic() - d.started) * 1000, 1)
-    shown = ("unknown", "unknown", "") if d.problem else shown
-    return Report(rows, d.started_at, took, *shown, d.timeout_s, key)
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = "Exit 0 if no check failed; else 1, and write support-report-<time>.txt."
     output = parser.add_mutually_exclusive_group()
@@ -331,5 +314,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run and print; a failed run writes the support report. Exit 0 or 1."""
-    return run().output("json" if args.json else "support" if args.support else "text")
+    """Run every check (settings from the environment and `.env`, like the service); print."""
+    return _Doctor().report().output("json" if args.json else "support" if args.support else "text")
