@@ -624,9 +624,9 @@ def test_support_report_has_the_evidence_and_no_key(
     assert field(out, "Key").startswith(f"{API_KEY_ENV} = ****{SENTINEL_KEY[-4:]} ")
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", field(out, "Time"))
     framework = field(out, "Framework")
-    for name in support.FRAMEWORK_DISTRIBUTIONS:
+    for name in support.FRAMEWORKS:
         assert f"{name} {metadata.version(name)}" in framework
-    if not support.FRAMEWORK_DISTRIBUTIONS:
+    if not support.FRAMEWORKS:
         assert framework.startswith("none")
     # The same report is written to a file, whose name is given on stderr.
     saved = list(tmp_path.glob("support-report-*.txt"))

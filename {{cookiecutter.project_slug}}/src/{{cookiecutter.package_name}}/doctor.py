@@ -16,8 +16,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import {% if cookiecutter.framework == "fastapi" %}Awaitable, {% endif %}Callable
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as Overrun
+from concurrent import futures
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TypeVar
@@ -60,7 +59,7 @@ CHECKS = {  # id: (title, the checks it needs), in the order they run
 
 def _bounded(seconds: float, work: Callable[[], T]) -> T:
     """`work()` in a daemon thread, abandoned after `seconds`: nothing can hang the doctor."""
-    future: Future[T] = Future()
+    future: futures.Future[T] = futures.Future()
 
     def target() -> None:
         try:
@@ -215,7 +214,7 @@ class _Doctor:
         limit = max(0.01, min(1.5 * seconds, self.deadline - time.monotonic()))  # SDK: per read
         try:
             return _bounded(limit, lambda: _call(settings, work))
-        except Overrun:
+        except futures.TimeoutError:
             raise GatewayError(Category.TIMEOUT, f"no answer within {limit:.3g} s") from None
         except (*UPSTREAM_ERRORS, AttributeError) as exc:  # AttributeError: not a model list
             raise classify(exc) from None
@@ -248,28 +247,25 @@ class _Doctor:
         also = " and the fallbacks" if fallbacks else ""
         return Check("pass", f"{model}{also} among the {listed}")
 
-    def check_completion(self, stream: bool = False) -> Check:
+    def check_completion(self, share: str = "completion") -> Check:
         """A completion, or a stream (`seen` gets the time of each delta)."""
-        call, seen = CallInfo(task="doctor"), [time.monotonic()] if stream else []
+        c, seen = CallInfo(task="doctor"), [time.monotonic()] if share == "stream" else []
         r = ChatRequest(prompt=PROMPT, max_tokens=min(MAX_TOKENS, self.settings.max_output_tokens))
         try:
-            result = self._live(
-                "stream" if stream else "completion",
-                lambda s: _read(s, r, call, seen) if stream else s.complete(r, call),
-            )
+            result = self._live(share, lambda s: _read(s, r, c, seen) if seen else s.complete(r, c))
         except GatewayError as error:
-            return failed(error, call.request_id, first_token_seen=len(seen) > 1)
+            return failed(error, c.request_id, first_token_seen=len(seen) > 1)
         detail = f"{result.model} answered {' '.join(result.content.split())[:40]!r}"
         if seen:  # a stream: the time to its first token (TTFT), or an empty answer
             ms = [f"{(t - seen[0]) * 1000:.0f} ms" for t in (*seen[1:2], time.monotonic())]
             first = f"first token after {ms[0]}, {len(seen) - 1} deltas" if seen[1:] else ""
             detail = f"{first or 'no content'}, done in {ms[-1]}"
         detail += f" ({result.usage.total_tokens} tokens)" if result.usage else ""
-        ids, charge = (call.request_id, result.upstream_request_id), ("yes", "a few tokens")
+        ids, charge = (c.request_id, result.upstream_request_id), ("yes", "a few tokens")
         return Check("pass", detail, None, None, None, *ids, *charge)
 
     def check_stream(self) -> Check:
-        row = self.check_completion(stream=True)
+        row = self.check_completion("stream")
         if row.status == "fail" and self.settings.streaming == "off":  # can it be switched on?
             row.status, row.detail = "warn", f"{row.detail} (ALLTKN_STREAMING=off)"
             row.hint = f"Fix this before setting ALLTKN_STREAMING=on again. {row.hint}"
@@ -300,7 +296,7 @@ def _diagnose(url: str, seconds: float) -> tuple[str, str | None]:
             step = "TLS"
             if tls:
                 ssl.create_default_context().wrap_socket(sock, server_hostname=host).close()
-    except (Overrun, OSError) as exc:
+    except (futures.TimeoutError, OSError) as exc:
         reason = getattr(exc, "verify_message", None) or str(exc) or "no answer in time"
         return f"{step}: {where}: {reason}", STEP_HINTS[step]
     return f"{'DNS, TCP and TLS' if tls else 'DNS and TCP'} work, but {where} did not answer", None

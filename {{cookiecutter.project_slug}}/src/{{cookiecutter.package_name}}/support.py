@@ -18,7 +18,7 @@ from .errors import Category, GatewayError
 from .redaction import redact
 from .settings import API_KEY_ENV
 
-FRAMEWORK_DISTRIBUTIONS: tuple[str, ...] = {% if cookiecutter.framework == "fastapi" %}("fastapi", "uvicorn"){% elif cookiecutter.framework == "flask" %}("flask", "gunicorn"){% else %}(){% endif %}
+FRAMEWORKS: tuple[str, ...] = {% if cookiecutter.framework == "fastapi" %}("fastapi", "uvicorn"){% elif cookiecutter.framework == "flask" %}("flask", "gunicorn"){% else %}(){% endif %}
 REPORT_PREFIX = "support-report-"
 STATUSES = ("pass", "warn", "fail", "skip")
 
@@ -55,12 +55,6 @@ def failed(error: GatewayError, request_id: str | None, first_token_seen: bool =
     return Check("fail", detail, error.hint, category.value, error.upstream_message, *ids, *charge)
 
 
-def _version(name: str) -> str:
-    with contextlib.suppress(metadata.PackageNotFoundError):
-        return metadata.version(name)
-    return "not installed"
-
-
 def _took(ms: float) -> str:
     return "<1 ms" if ms < 1 else f"{ms:.0f} ms" if ms < 1000 else f"{ms / 1000:.2f} s"
 
@@ -86,12 +80,13 @@ class Report:
 
     def versions(self) -> dict[str, str]:
         system = f"({platform.python_implementation()}) on {platform.system()} {platform.machine()}"
-        framework = ", ".join(f"{name} {_version(name)}" for name in FRAMEWORK_DISTRIBUTIONS)
+        have = {str(d.name).lower(): d.version for d in metadata.distributions()}
+        framework = ", ".join(f"{n} {have.get(n, 'not installed')}" for n in FRAMEWORKS)
         return {
             "client": f"{CLIENT_NAME} {__version__}",
             "template": TEMPLATE_VERSION,
             "python": f"{platform.python_version()} {system}",
-            "openai": _version("openai"),
+            "openai": have.get("openai", "not installed"),
             "framework": framework or "none (command-line script)",
         }
 
@@ -115,7 +110,7 @@ class Report:
         """The support report: text ready to paste into a ticket."""
         about, failures = self.versions(), [c for c in self.checks if c.status == "fail"]
         facts = {
-            "Time": self.started_at.strftime("%Y-%m-%d %H:%M:%S UTC"),
+            "Time": f"{self.started_at:%Y-%m-%d %H:%M:%S UTC}",
             "Client": f"{about['client']} (X-Client-Name: {CLIENT_HEADERS['X-Client-Name']})",
             "Template version": about["template"],
             **{name: about[name.lower()] for name in ("Python", "openai", "Framework")},
@@ -158,25 +153,25 @@ class Report:
         }
         return json.dumps(document, ensure_ascii=False, indent=2)
 
-    def save(self, text: str) -> Path:
-        """`support-report-<UTC time>.txt` here, never overwriting another; OSError if it fails."""
-        stamp = self.started_at.strftime("%Y%m%dT%H%M%SZ")
-        for n in range(1, 100):
-            path = Path(f"{REPORT_PREFIX}{stamp}{'' if n == 1 else f'-{n}'}.txt")
-            with contextlib.suppress(FileExistsError), path.open("x", encoding="utf-8") as file:
-                file.write(text)
-                return path.resolve()
-        raise FileExistsError(f"{REPORT_PREFIX}{stamp}*.txt: too many reports")
+    def save(self, text: str) -> Path | None:
+        """`support-report-<UTC time>.txt` here, never overwriting another; None if it fails."""
+        stamp = f"{REPORT_PREFIX}{self.started_at:%Y%m%dT%H%M%SZ}"
+        try:
+            for n in range(1, 100):
+                path = Path(f"{stamp}{f'-{n}' * (n > 1)}.txt")
+                with contextlib.suppress(FileExistsError), path.open("x", encoding="utf-8") as file:
+                    file.write(text)
+                    return path.resolve()
+            raise FileExistsError("99 support reports made in the same second")
+        except OSError as exc:
+            fix = f"run '{CLIENT_NAME} doctor --support' and copy its output instead"
+            print(f"doctor: could not write the support report ({exc}); {fix}", file=sys.stderr)
+            return None
 
     def output(self, mode: Literal["text", "json", "support"]) -> int:
         """Print the report; a failed run also saves the support report. Exit 1 if one failed."""
-        text, saved, failed = redact(self.ticket()), None, self.counts()["fail"] > 0
-        if failed:
-            try:
-                saved = self.save(text)
-            except OSError as exc:
-                fix = f"run '{CLIENT_NAME} doctor --support' and copy its output instead"
-                print(f"doctor: could not write the support report ({exc}); {fix}", file=sys.stderr)
+        text, failed = redact(self.ticket()), self.counts()["fail"] > 0
+        saved = self.save(text) if failed else None
         printed = text if mode == "support" else self.json(saved) if mode == "json" else self.text()
         encoding = sys.stdout.encoding or "utf-8"  # a terminal may not show the gateway's Chinese
         print(redact(printed).encode(encoding, "backslashreplace").decode(encoding))
