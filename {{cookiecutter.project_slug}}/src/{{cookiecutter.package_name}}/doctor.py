@@ -71,17 +71,14 @@ def _bounded(seconds: float, work: Callable[[], T]) -> T:
     return future.result(timeout=seconds)
 
 
-# The live calls use the project's chat service (FastAPI: the async one, in a loop of its own).
+# The live calls use the project's chat service (FastAPI: the async one, each in its own loop).
 {%- if cookiecutter.framework == "fastapi" %}
 Work = Callable[[AsyncChatService], Awaitable[T]]
 
 
-def _call(settings: Settings, work: Work[T]) -> T:
-    async def run() -> T:
-        async with create_async_client(settings) as client:
-            return await work(AsyncChatService(client, settings))
-
-    return asyncio.run(run())
+async def _call(settings: Settings, work: Work[T]) -> T:
+    async with create_async_client(settings) as client:
+        return await work(AsyncChatService(client, settings))
 
 
 async def _read(chat: AsyncChatService, r: ChatRequest, c: CallInfo, ts: list[float]) -> ChatResult:
@@ -213,7 +210,7 @@ class _Doctor:
         settings = self.settings.model_copy(update=update)
         limit = max(0.01, min(1.5 * seconds, self.deadline - time.monotonic()))  # SDK: per read
         try:
-            return _bounded(limit, lambda: _call(settings, work))
+            return _bounded(limit, lambda: {% if cookiecutter.framework == "fastapi" %}asyncio.run(_call(settings, work)){% else %}_call(settings, work){% endif %})
         except futures.TimeoutError:
             raise GatewayError(Category.TIMEOUT, f"no answer within {limit:.3g} s") from None
         except (*UPSTREAM_ERRORS, AttributeError) as exc:  # AttributeError: not a model list
