@@ -55,6 +55,12 @@ def failed(error: GatewayError, request_id: str | None, first_token_seen: bool =
     return Check("fail", detail, error.hint, category.value, error.upstream_message, *ids, *charge)
 
 
+def _version(name: str) -> str:
+    with contextlib.suppress(metadata.PackageNotFoundError):
+        return metadata.version(name)
+    return "not installed"
+
+
 def _took(ms: float) -> str:
     return "<1 ms" if ms < 1 else f"{ms:.0f} ms" if ms < 1000 else f"{ms / 1000:.2f} s"
 
@@ -80,13 +86,12 @@ class Report:
 
     def versions(self) -> dict[str, str]:
         system = f"({platform.python_implementation()}) on {platform.system()} {platform.machine()}"
-        have = {str(d.name).lower(): d.version for d in metadata.distributions()}
-        framework = ", ".join(f"{n} {have.get(n, 'not installed')}" for n in FRAMEWORKS)
+        framework = ", ".join(f"{name} {_version(name)}" for name in FRAMEWORKS)
         return {
             "client": f"{CLIENT_NAME} {__version__}",
             "template": TEMPLATE_VERSION,
             "python": f"{platform.python_version()} {system}",
-            "openai": have.get("openai", "not installed"),
+            "openai": _version("openai"),
             "framework": framework or "none (command-line script)",
         }
 
