@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from {{ cookiecutter.package_name }} import TEMPLATE_VERSION, __version__, cli, doctor, support
+from {{ cookiecutter.package_name }} import TEMPLATE_VERSION, __version__, doctor, support
 from {{ cookiecutter.package_name }}.client import CLIENT_NAME
 from {{ cookiecutter.package_name }}.errors import Category, GatewayError
 from {{ cookiecutter.package_name }}.settings import API_KEY_ENV, ENV_NAMES
@@ -689,6 +689,7 @@ def test_interrupted_run_exits_130(
         raise KeyboardInterrupt
 
     monkeypatch.setattr(doctor, "_Doctor", interrupted)
+    from {{ cookiecutter.package_name }} import cli  # it turns Ctrl-C into exit 130
 
     assert cli.main(["doctor"]) == 130
 
