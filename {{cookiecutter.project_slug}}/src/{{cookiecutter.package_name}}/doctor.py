@@ -110,7 +110,7 @@ class _Doctor:
         except (ConfigError, OSError, ValueError) as exc:  # OSError, ValueError: a bad .env
             bad_env = f".env cannot be read: {type(exc).__name__}: {exc}"
             self.problem = str(exc) if isinstance(exc, ConfigError) else bad_env
-            self.settings = Settings.model_construct()  # the defaults, no key
+            self.settings = Settings.model_construct(model="unknown", base_url="//unknown")
         self.key = "" if self.problem else self.settings.api_key.get_secret_value()
         self.timeout_s, self.model_ids = self.settings.timeout_s, list[str]()
         self.deadline = self.started + SHARES["all"] * self.timeout_s
@@ -138,11 +138,10 @@ class _Doctor:
             row.hint, row.error = (redact(t, [self.key]) if t else t for t in (row.hint, row.error))
             rows[check_id] = row
         url, unset = urlsplit(self.settings.base_url), f"{API_KEY_ENV} is not set" in self.problem
-        shown = (self.settings.model, url.netloc.rpartition("@")[2], url.scheme)
         key = mask(self.key) if self.key else "not set" if unset else "unknown"
         took = round((time.monotonic() - self.started) * 1000, 1)
-        shown = ("unknown", "unknown", "") if self.problem else shown
-        return Report(list(rows.values()), self.started_at, took, *shown, self.timeout_s, key)
+        shown = (self.settings.model, url.netloc.rpartition("@")[2], url.scheme, self.timeout_s)
+        return Report(list(rows.values()), self.started_at, took, *shown, key)
 
     def check_settings(self) -> Check:
         if self.problem:  # ConfigError's one line names each variable to fix
