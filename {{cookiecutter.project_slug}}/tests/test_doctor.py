@@ -624,9 +624,9 @@ def test_support_report_has_the_evidence_and_no_key(
     assert field(out, "Key").startswith(f"{API_KEY_ENV} = ****{SENTINEL_KEY[-4:]} ")
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", field(out, "Time"))
     framework = field(out, "Framework")
-    for name in support.FRAMEWORK_DISTRIBUTIONS:
+    for name in support.FRAMEWORKS:
         assert f"{name} {metadata.version(name)}" in framework
-    if not support.FRAMEWORK_DISTRIBUTIONS:
+    if not support.FRAMEWORKS:
         assert framework.startswith("none")
     # The same report is written to a file, whose name is given on stderr.
     saved = list(tmp_path.glob("support-report-*.txt"))
@@ -685,12 +685,13 @@ def test_json_and_support_together_is_a_usage_error() -> None:
 def test_interrupted_run_exits_130(
     doctor_env: Callable[..., None], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def interrupted() -> support.Report:
+    def interrupted() -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(doctor, "run", interrupted)
+    monkeypatch.setattr(doctor, "_Doctor", interrupted)
+    from {{ cookiecutter.package_name }} import cli  # it turns Ctrl-C into exit 130
 
-    assert doctor.main(argparse.Namespace(json=False, support=False)) == 130
+    assert cli.main(["doctor"]) == 130
 
 
 # -- as a user runs it --------------------------------------------------------------------------

@@ -1,8 +1,4 @@
-"""`doctor`: the pre-launch checklist, live against the gateway, within 2 x ALLTKN_TIMEOUT_S.
-
-A row per check: pass, warn, fail or skip (naming the failed check it needs). The live checks use
-the project's chat service; a diagnosis names the first of DNS, TCP and TLS that fails.
-"""
+"""`doctor`: the pre-launch checklist, live against the gateway, within 2 x ALLTKN_TIMEOUT_S."""
 
 from __future__ import annotations
 
@@ -20,8 +16,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import {% if cookiecutter.framework == "fastapi" %}Awaitable, {% endif %}Callable
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as Overrun
+from concurrent import futures
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TypeVar
@@ -35,10 +30,10 @@ from .chat_sync import ChatService, create_client
 {%- endif %}
 from .errors import Category, GatewayError, classify
 from .logs import configure_logging
-from .redaction import mask
+from .redaction import mask, redact
 from .request import ChatRequest
 from .settings import API_KEY_ENV, DEFAULT_BASE_URL, ConfigError, Settings, load_settings
-from .support import Check, Report, failed, output, run_checks
+from .support import Check, Report, failed
 
 T = TypeVar("T")
 # Shares of ALLTKN_TIMEOUT_S: each step's own limit, and the whole run's.
@@ -53,23 +48,18 @@ STEP_HINTS = {
     "TCP": "Check the host and port in ALLTKN_BASE_URL, and this host's firewall and proxy.",
     "TLS": "Check the scheme and port of ALLTKN_BASE_URL, and the CA certificates (SSL_CERT_FILE).",
 }
-CHECKS = {  # id: (title, the checks it needs)
-    "settings": ("settings", ()),
-    "key": ("API key", ("settings",)),
-    "env_file": (".env not in git", ()),
-    "key_in_git": ("key not in git", ("key",)),
-    "base_url": ("base URL", ("settings",)),
-    "auth": ("auth (GET /models)", ("key", "base_url")),
-    "model_listed": ("model listed", ("auth",)),
-    "completion": ("completion", ("auth",)),
-    "stream": ("stream", ("completion",)),
-    "openai_env": ("OPENAI_* ignored", ()),
-}
+CHECKS = {  # id: (title, the checks it needs), in the order they run
+    "settings": ("settings", ()), "key": ("API key", ("settings",)),
+    "env_file": (".env not in git", ()), "key_in_git": ("key not in git", ("key",)),
+    "base_url": ("base URL", ("settings",)), "auth": ("auth (GET /models)", ("key", "base_url")),
+    "model_listed": ("model listed", ("auth",)), "completion": ("completion", ("auth",)),
+    "stream": ("stream", ("completion",)), "openai_env": ("OPENAI_* ignored", ()),
+}  # fmt: skip
 
 
 def _bounded(seconds: float, work: Callable[[], T]) -> T:
     """`work()` in a daemon thread, abandoned after `seconds`: nothing can hang the doctor."""
-    future: Future[T] = Future()
+    future: futures.Future[T] = futures.Future()
 
     def target() -> None:
         try:
@@ -77,45 +67,37 @@ def _bounded(seconds: float, work: Callable[[], T]) -> T:
         except BaseException as exc:  # handed to the caller's thread
             future.set_exception(exc)
 
-    threading.Thread(target=target, name="doctor-step", daemon=True).start()
+    threading.Thread(target=target, daemon=True).start()
     return future.result(timeout=seconds)
 
 
-# The live calls go through the project's own chat service (FastAPI: the async one, so each call
-# runs in an event loop of its own); `seen` gets the time of each delta.
+# The live calls use the project's chat service (FastAPI: the async one, each in its own loop).
 {%- if cookiecutter.framework == "fastapi" %}
-Service = AsyncChatService
 Work = Callable[[AsyncChatService], Awaitable[T]]
-Chat = Callable[[Service, ChatRequest, CallInfo, list[float]], Awaitable[ChatResult]]
 
 
-def _call(settings: Settings, work: Work[T]) -> T:
-    async def run() -> T:
-        async with create_async_client(settings) as client:
-            return await work(AsyncChatService(client, settings))
-
-    return asyncio.run(run())
+async def _call(settings: Settings, work: Work[T]) -> T:
+    async with create_async_client(settings) as client:
+        return await work(AsyncChatService(client, settings))
 
 
-async def _read(chat: Service, req: ChatRequest, call: CallInfo, seen: list[float]) -> ChatResult:
-    async with await chat.open_stream(req, call) as stream:
+async def _read(chat: AsyncChatService, r: ChatRequest, c: CallInfo, ts: list[float]) -> ChatResult:
+    async with await chat.open_stream(r, c) as stream:
         async for _ in stream:
-            seen.append(time.monotonic())
+            ts.append(time.monotonic())
         return stream.result()
 {%- else %}
-Service = ChatService
 Work = Callable[[ChatService], T]
-Chat = Callable[[Service, ChatRequest, CallInfo, list[float]], ChatResult]
 
 
 def _call(settings: Settings, work: Work[T]) -> T:
     return work(ChatService(create_client(settings), settings))
 
 
-def _read(chat: Service, req: ChatRequest, call: CallInfo, seen: list[float]) -> ChatResult:
-    with chat.open_stream(req, call) as stream:
+def _read(chat: ChatService, r: ChatRequest, c: CallInfo, ts: list[float]) -> ChatResult:
+    with chat.open_stream(r, c) as stream:
         for _ in stream:
-            seen.append(time.monotonic())
+            ts.append(time.monotonic())
         return stream.result()
 {%- endif %}
 
@@ -128,23 +110,43 @@ class _Doctor:
         except (ConfigError, OSError, ValueError) as exc:  # OSError, ValueError: a bad .env
             bad_env = f".env cannot be read: {type(exc).__name__}: {exc}"
             self.problem = str(exc) if isinstance(exc, ConfigError) else bad_env
-            self.settings = Settings.model_construct()  # the defaults, no key
+            self.settings = Settings.model_construct(model="unknown", base_url="//unknown")
         self.key = "" if self.problem else self.settings.api_key.get_secret_value()
-        self.timeout_s, url = self.settings.timeout_s, urlsplit(self.settings.base_url)
-        shown = (self.settings.model, url.netloc.rpartition("@")[2], url.scheme)
-        self.shown = ("unknown", "unknown", "") if self.problem else shown
-        self.deadline, self.model_ids = self.started + SHARES["all"] * self.timeout_s, list[str]()
+        self.timeout_s, self.model_ids = self.settings.timeout_s, list[str]()
+        self.deadline = self.started + SHARES["all"] * self.timeout_s
+        level = "DEBUG" if self.settings.log_level == "DEBUG" else "ERROR"  # the call logs: DEBUG
+        configure_logging(level, secrets=[self.key])
 
-    def report(self, rows: list[Check]) -> Report:
-        unset = f"{API_KEY_ENV} is not set" in self.problem
+    def report(self) -> Report:
+        """Each check in order, or a skip naming the failed check it needs; timed and redacted."""
+        rows: dict[str, Check] = {}
+        cause: dict[str, str] = {}  # a skipped check: the failed check it waits for
+        for check_id, (title, needs) in CHECKS.items():
+            started = time.perf_counter()
+            if bad := [n for n in needs if rows[n].status == "fail" or n in cause]:
+                cause[check_id] = cause.get(bad[0], bad[0])
+                row = Check("skip", f"needs the {rows[cause[check_id]].title} check, which failed")
+            else:
+                try:
+                    row = getattr(self, f"check_{check_id}")()
+                except Exception as exc:  # a bug here must still give a report, not a traceback
+                    hint = "This is a bug in the doctor; please report it with this output."
+                    row = Check("fail", f"the check failed: {type(exc).__name__}: {exc}", hint)
+            if row.status != "skip":
+                row.duration_ms = round((time.perf_counter() - started) * 1000, 1)
+            row.id, row.title, row.detail = check_id, title, redact(row.detail, [self.key])
+            row.hint, row.error = (redact(t, [self.key]) if t else t for t in (row.hint, row.error))
+            rows[check_id] = row
+        url, unset = urlsplit(self.settings.base_url), f"{API_KEY_ENV} is not set" in self.problem
         key = mask(self.key) if self.key else "not set" if unset else "unknown"
         took = round((time.monotonic() - self.started) * 1000, 1)
-        return Report(rows, self.started_at, took, *self.shown, self.timeout_s, key)
+        shown = (self.settings.model, url.netloc.rpartition("@")[2], url.scheme, self.timeout_s)
+        return Report(list(rows.values()), self.started_at, took, *shown, key)
 
     def check_settings(self) -> Check:
         if self.problem:  # ConfigError's one line names each variable to fix
             return Check("fail", self.problem, "The service would refuse to start with it too.")
-        return Check("pass", f"model {self.shown[0]}, timeout {self.timeout_s:g} s")
+        return Check("pass", f"model {self.settings.model}, timeout {self.timeout_s:g} s")
 
     def check_key(self) -> Check:
         source = "the environment" if API_KEY_ENV in os.environ else ".env"
@@ -205,10 +207,10 @@ class _Doctor:
         seconds = max(0.01, min(SHARES[share] * self.timeout_s, self.deadline - time.monotonic()))
         update = {"timeout_s": seconds, "max_retries": 0, "fallback_models": "", "streaming": "on"}
         settings = self.settings.model_copy(update=update)
+        limit = max(0.01, min(1.5 * seconds, self.deadline - time.monotonic()))  # SDK: per read
         try:
-            limit = max(0.01, min(1.5 * seconds, self.deadline - time.monotonic()))  # SDK: per read
-            return _bounded(limit, lambda: _call(settings, work))
-        except Overrun:
+            return _bounded(limit, lambda: {% if cookiecutter.framework == "fastapi" %}asyncio.run(_call(settings, work)){% else %}_call(settings, work){% endif %})
+        except futures.TimeoutError:
             raise GatewayError(Category.TIMEOUT, f"no answer within {limit:.3g} s") from None
         except (*UPSTREAM_ERRORS, AttributeError) as exc:  # AttributeError: not a model list
             raise classify(exc) from None
@@ -231,8 +233,8 @@ class _Doctor:
             close = ", ".join(difflib.get_close_matches(model, self.model_ids, n=3)) or "none"
             hint = "Set ALLTKN_MODEL to a listed model, or ask the key owner for access to it."
             detail = f"{model} is not among the {listed}; closest: {close}"
-            nothing_sent = ("no", "nothing was sent")
-            return Check("fail", detail, hint, "model_not_found", None, None, None, *nothing_sent)
+            unsent = ("no", "nothing was sent")
+            return Check("fail", detail, hint, "model_not_found", None, None, None, *unsent)
         fallbacks = self.settings.fallback_model_list
         if missing := ", ".join(name for name in fallbacks if name not in self.model_ids):
             detail = f"{model} is listed, but ALLTKN_FALLBACK_MODELS names unlisted {missing}"
@@ -241,27 +243,25 @@ class _Doctor:
         also = " and the fallbacks" if fallbacks else ""
         return Check("pass", f"{model}{also} among the {listed}")
 
-    def _chat(self, share: str, work: Chat, seen: list[float]) -> Check:
-        call, tokens = CallInfo(task="doctor"), min(MAX_TOKENS, self.settings.max_output_tokens)
-        request = ChatRequest(prompt=PROMPT, max_tokens=tokens)
+    def check_completion(self, share: str = "completion") -> Check:
+        """A completion, or a stream (`seen` gets the time of each delta)."""
+        c, seen = CallInfo(task="doctor"), [time.monotonic()] if share == "stream" else []
+        r = ChatRequest(prompt=PROMPT, max_tokens=min(MAX_TOKENS, self.settings.max_output_tokens))
         try:
-            result = self._live(share, lambda service: work(service, request, call, seen))
+            result = self._live(share, lambda s: _read(s, r, c, seen) if seen else s.complete(r, c))
         except GatewayError as error:
-            return failed(error, call.request_id, first_token_seen=len(seen) > 1)
+            return failed(error, c.request_id, first_token_seen=len(seen) > 1)
         detail = f"{result.model} answered {' '.join(result.content.split())[:40]!r}"
         if seen:  # a stream: the time to its first token (TTFT), or an empty answer
             ms = [f"{(t - seen[0]) * 1000:.0f} ms" for t in (*seen[1:2], time.monotonic())]
             first = f"first token after {ms[0]}, {len(seen) - 1} deltas" if seen[1:] else ""
             detail = f"{first or 'no content'}, done in {ms[-1]}"
         detail += f" ({result.usage.total_tokens} tokens)" if result.usage else ""
-        ids, charge = (call.request_id, result.upstream_request_id), ("yes", "a few tokens")
+        ids, charge = (c.request_id, result.upstream_request_id), ("yes", "a few tokens")
         return Check("pass", detail, None, None, None, *ids, *charge)
 
-    def check_completion(self) -> Check:
-        return self._chat("completion", lambda chat, r, c, _: chat.complete(r, c), [])
-
     def check_stream(self) -> Check:
-        row = self._chat("stream", _read, [time.monotonic()])
+        row = self.check_completion("stream")
         if row.status == "fail" and self.settings.streaming == "off":  # can it be switched on?
             row.status, row.detail = "warn", f"{row.detail} (ALLTKN_STREAMING=off)"
             row.hint = f"Fix this before setting ALLTKN_STREAMING=on again. {row.hint}"
@@ -292,19 +292,10 @@ def _diagnose(url: str, seconds: float) -> tuple[str, str | None]:
             step = "TLS"
             if tls:
                 ssl.create_default_context().wrap_socket(sock, server_hostname=host).close()
-    except (Overrun, OSError) as exc:
+    except (futures.TimeoutError, OSError) as exc:
         reason = getattr(exc, "verify_message", None) or str(exc) or "no answer in time"
         return f"{step}: {where}: {reason}", STEP_HINTS[step]
     return f"{'DNS, TCP and TLS' if tls else 'DNS and TCP'} work, but {where} did not answer", None
-
-
-def run() -> Report:
-    """Every check; the settings are read from the environment and `.env`, like the service."""
-    doctor = _Doctor()
-    level = "DEBUG" if doctor.settings.log_level == "DEBUG" else "ERROR"  # the call logs: DEBUG
-    configure_logging(level, secrets=[doctor.key])
-    checks = {k: (t, needs, getattr(doctor, f"check_{k}")) for k, (t, needs) in CHECKS.items()}
-    return doctor.report(run_checks(checks, doctor.key))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -315,9 +306,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run and print; a failed run writes the support report. Exit 0, 1 or 130."""
-    try:
-        report = run()
-    except KeyboardInterrupt:
-        return 130
-    return output(report, "json" if args.json else "support" if args.support else "text")
+    """Run every check (settings from the environment and `.env`, like the service); print."""
+    return _Doctor().report().output("json" if args.json else "support" if args.support else "text")
