@@ -28,8 +28,7 @@ from typing import Any
 
 import pytest
 
-from {{ cookiecutter.package_name }} import TEMPLATE_VERSION, __version__, doctor, support
-from {{ cookiecutter.package_name }}.client import CLIENT_NAME
+from {{ cookiecutter.package_name }} import CLIENT_NAME, TEMPLATE_VERSION, __version__, doctor, support
 from {{ cookiecutter.package_name }}.errors import Category, GatewayError
 from {{ cookiecutter.package_name }}.settings import API_KEY_ENV, ENV_NAMES
 

@@ -22,8 +22,8 @@ from .request import ChatRequest, sdk_arguments
 from .retry import Attempts
 from .settings import Settings
 
-# What the SDK and its transport raise; anything else is a bug and must not be swallowed.
-# ValueError: an answer that is not the JSON it should be (a proxy's page, a garbled stream).
+# What the SDK and its transport raise (ValueError: an answer that is not the JSON it should be,
+# a proxy's page, a garbled stream); anything else is a bug and must not be swallowed.
 UPSTREAM_ERRORS = (openai.OpenAIError, httpx2.HTTPError, ValueError, InStreamError)
 # include_usage: the last chunk, with empty `choices`, carries the token counts.
 STREAM_ARGUMENTS: dict[str, Any] = {"stream": True, "stream_options": {"include_usage": True}}
@@ -77,9 +77,8 @@ class _Usage(BaseModel):
 
 
 class _Chunk(BaseModel):
-    """The fields of a `chat.completion.chunk` the service uses. Validating these takes about
-    2 µs a chunk; the SDK's full `ChatCompletionChunk` model about 50 µs (a third of a relay's
-    CPU), which is why streams are read as lines rather than as SDK chunk objects."""
+    """What the service uses of a chunk: validating it takes ~2 µs, the SDK's whole
+    `ChatCompletionChunk` ~50 µs (a third of a relay's CPU), hence lines, not SDK chunks."""
 
     model: str | None = None
     choices: list[_Choice] | None = None
@@ -152,19 +151,11 @@ class Call:
     ) -> None:
         cap, limit = settings.max_output_tokens, settings.max_input_chars
         if request.max_tokens is not None and request.max_tokens > cap:
-            raise GatewayError(
-                Category.INVALID_REQUEST,
-                f"max_tokens {request.max_tokens} refused: ALLTKN_MAX_OUTPUT_TOKENS={cap}",
-                detail=f"max_tokens: at most {cap} (the server's ALLTKN_MAX_OUTPUT_TOKENS)",
-                status=422,
-            )
+            why = f"max_tokens: at most {cap} (the server's ALLTKN_MAX_OUTPUT_TOKENS)"
+            raise GatewayError(Category.INVALID_REQUEST, why, detail=why, status=422)
         if limit is not None and (size := request.input_chars()) > limit:
-            raise GatewayError(
-                Category.INVALID_REQUEST,
-                f"input of {size} characters refused: ALLTKN_MAX_INPUT_CHARS={limit}",
-                detail=f"The input is {size} characters long; the limit is {limit} characters. "
-                "Shorten the messages.",
-            )
+            why = f"The input is {size} characters long; the limit is {limit} characters."
+            raise GatewayError(Category.INVALID_REQUEST, why, detail=f"{why} Shorten the messages.")
         self.request, self.info, self.stream, self.cap = request, info or CallInfo(), stream, cap
         first = request.model or settings.model
         models = [first, *(name for name in settings.fallback_model_list if name != first)]
@@ -243,34 +234,25 @@ class CallRecord:
         return error
 
     def result(self) -> ChatResult:
-        return ChatResult(
-            self.content, self.model, self.usage, self.call.request_id, self.upstream_request_id
-        )
+        ids = self.call.request_id, self.upstream_request_id
+        return ChatResult(self.content, self.model, self.usage, *ids)
 
     def log(self, status: str, error: GatewayError | None = None) -> None:
         """Log the attempt, once; `client_disconnect` when the consumer left before the end."""
         if self.logged:
             return
         self.logged = True
-        usage = self.usage
-        log_call(
-            {
-                "model": self.model,
-                "fallback_from": self.fallback_from,
-                "user": self.call.user,
-                "task": self.call.task,
-                "stream": self.stream,
-                "status": status,
-                "category": error.category.value if error else None,
-                "error": error.upstream_message if error else None,
-                "duration_ms": self._elapsed_ms(),
-                "ttft_ms": self.ttft_ms,
-                "request_id": self.call.request_id,
-                "upstream_request_id": self.upstream_request_id,
-                "prompt_tokens": usage.prompt_tokens if usage else None,
-                "completion_tokens": usage.completion_tokens if usage else None,
-            }
-        )
+        call, usage = self.call, self.usage
+        log_call({
+            "model": self.model, "fallback_from": self.fallback_from, "user": call.user,
+            "task": call.task, "stream": self.stream, "status": status,
+            "category": error.category.value if error else None,
+            "error": error.upstream_message if error else None,
+            "duration_ms": self._elapsed_ms(), "ttft_ms": self.ttft_ms,
+            "request_id": call.request_id, "upstream_request_id": self.upstream_request_id,
+            "prompt_tokens": usage.prompt_tokens if usage else None,
+            "completion_tokens": usage.completion_tokens if usage else None,
+        })  # fmt: skip
 
     def _elapsed_ms(self) -> float:
         return round((time.perf_counter() - self.started) * 1000, 1)

@@ -29,9 +29,9 @@ from typing import Any, NoReturn
 from pydantic import ValidationError
 
 {% if cookiecutter.framework == "script" -%}
-from . import batch, doctor
+from . import CLIENT_NAME, batch, doctor
 {%- else -%}
-from . import doctor
+from . import CLIENT_NAME, doctor
 {%- endif %}
 from .chat import CallInfo
 {%- if cookiecutter.framework == "fastapi" %}
@@ -39,7 +39,6 @@ from .chat_async import AsyncChatService, create_async_client
 {%- else %}
 from .chat_sync import ChatService, create_client
 {%- endif %}
-from .client import CLIENT_NAME
 from .errors import GatewayError
 from .logs import configure_logging
 from .request import ChatRequest, Parameters
@@ -176,8 +175,7 @@ def _ask(args: argparse.Namespace) -> int:
 async def _ask_async(
     settings: Settings, request: ChatRequest, call: CallInfo, *, stream: bool
 ) -> None:
-    client = create_async_client(settings)
-    try:
+    async with create_async_client(settings) as client:
         service = AsyncChatService(client, settings)
         if not stream:
             print((await service.complete(request, call)).content)
@@ -187,8 +185,6 @@ async def _ask_async(
                 sys.stdout.write(delta)
                 sys.stdout.flush()
         sys.stdout.write("\n")
-    finally:
-        await client.close()
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -1,10 +1,7 @@
 """One log format: a JSON line per record on stderr (the servers' own too), secrets redacted.
-`logging_config(level)` is THE `dictConfig`: `configure_logging` applies it, `serve` gives it to
-uvicorn, gunicorn.conf.py to gunicorn. A line: `ts`, `level`, `logger`, `request_id` when known,
-then an upstream call's fields, an access line's (`event: access`) or `message`; `exc`, `stack`.
-Once `configure_logging` ran, each record is redacted as it is made (message, arguments, exception,
-traceback, stack info, call fields), so every handler gets it clean; earlier ones when written.
-"""
+`logging_config(level)` is THE `dictConfig` (`configure_logging`, `serve`, gunicorn.conf.py).
+A line: `ts`, `level`, `logger`, `request_id` when known, then a call's fields, an access line's
+(`event: access`) or `message`; `exc`, `stack`. Records are redacted as they are made."""
 
 from __future__ import annotations
 

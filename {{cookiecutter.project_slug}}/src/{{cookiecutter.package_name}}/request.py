@@ -1,9 +1,6 @@
-"""A chat request, as every entry point takes it, and the one place it becomes an SDK call.
-
-The HTTP body, the CLI's `ask` and each line of a batch file are this model. To pass another
-parameter to the gateway (`top_p`, `stop`, `response_format`...), add a field to `Parameters`
-and a line to `sdk_arguments`: the endpoints, the CLI (`--top-p`) and batch files take it then.
-"""
+"""A chat request (the HTTP body, the CLI's `ask`, a batch line), and `sdk_arguments`, the one
+place it becomes an SDK call. To pass another parameter to the gateway (`top_p`, `stop`...),
+add a field to `Parameters` and a line to `sdk_arguments`: HTTP, CLI and batch take it then."""
 
 from __future__ import annotations
 

@@ -7,10 +7,12 @@ variable, never its value. An empty, placeholder or mis-pasted key stops the ser
 from __future__ import annotations
 
 import sys
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from . import CLIENT_HEADERS
 
 API_KEY_ENV = {{ cookiecutter.api_key_env_var | tojson }}
 DEFAULT_BASE_URL = {{ cookiecutter.alltkn_base_url | tojson }}
@@ -118,6 +120,17 @@ class Settings(BaseSettings):
     @classmethod
     def _upper_log_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+    def client_options(self) -> dict[str, Any]:
+        """What every SDK client is made with. `base_url` and `api_key` always explicit: left
+        out, the SDK would read `OPENAI_BASE_URL` / `OPENAI_API_KEY` and could go elsewhere."""
+        return {
+            "base_url": self.base_url,
+            "api_key": self.api_key.get_secret_value(),
+            "timeout": self.timeout_s,
+            "max_retries": self.max_retries,
+            "default_headers": CLIENT_HEADERS,
+        }
 
     @property
     def fallback_model_list(self) -> tuple[str, ...]:

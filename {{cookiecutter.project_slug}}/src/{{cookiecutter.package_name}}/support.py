@@ -12,8 +12,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Literal
 
-from . import TEMPLATE_VERSION, __version__
-from .client import CLIENT_HEADERS, CLIENT_NAME
+from . import CLIENT_HEADERS, CLIENT_NAME, TEMPLATE_VERSION, __version__
 from .errors import Category, GatewayError
 from .redaction import redact
 from .settings import API_KEY_ENV

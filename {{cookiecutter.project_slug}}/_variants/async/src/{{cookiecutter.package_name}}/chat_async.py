@@ -1,8 +1,5 @@
-"""The chat service over the `AsyncOpenAI` client, for code on an event loop.
-
-The logic is in `chat` (the call's attempts, the stream protocol) and `retry`; this module only
-calls the SDK, reads, waits and closes, like `chat_sync`.
-"""
+"""The chat service over the `AsyncOpenAI` client, for code on an event loop. The logic is in
+`chat` and `retry`: this module only calls the SDK, reads, waits and closes, like `chat_sync`."""
 
 from __future__ import annotations
 
@@ -16,14 +13,12 @@ from openai import AsyncOpenAI, DefaultAioHttpClient
 
 from . import retry
 from .chat import DRAIN_S, UPSTREAM_ERRORS, Call, CallInfo, ChatResult, StreamProtocol
-from .client import client_options
 from .request import ChatRequest
 from .settings import Settings
 
 
 def create_async_client(settings: Settings) -> AsyncOpenAI:
-    """Over aiohttp (the SDK's `openai[aiohttp]` extra): measured in bench/bench_stream.py, it
-    takes about half the CPU per relayed stream of the default transport."""
+    """Over aiohttp (`openai[aiohttp]`): half the CPU per relayed stream of the default one."""
     cap = settings.retry_after_cap_s
 
     async def apply_retry_policy(response: httpx2.Response) -> None:
@@ -33,7 +28,7 @@ def create_async_client(settings: Settings) -> AsyncOpenAI:
 
     hooks = {"response": [apply_retry_policy]}
     return AsyncOpenAI(
-        **client_options(settings), http_client=DefaultAioHttpClient(event_hooks=hooks)
+        **settings.client_options(), http_client=DefaultAioHttpClient(event_hooks=hooks)
     )
 
 
@@ -67,9 +62,7 @@ class AsyncChatService:
 class AsyncChatStream:
     """Content deltas of one upstream stream; use `async with` so it is always closed."""
 
-    def __init__(
-        self, client: AsyncOpenAI, call: Call | None, done: ChatResult | None = None
-    ) -> None:
+    def __init__(self, client: AsyncOpenAI, call: Call | None, done: ChatResult | None = None):
         self._client, self._done = client, done
         if call is not None:
             self._call = call

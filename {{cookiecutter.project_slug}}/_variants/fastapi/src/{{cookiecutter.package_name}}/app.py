@@ -11,9 +11,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import __version__, api
+from . import CLIENT_NAME, __version__, api
 from .chat_async import AsyncChatService, create_async_client
-from .client import CLIENT_NAME
 from .errors import GatewayError
 from .http_contract import bad_body, describe_errors, gateway_error, no_route_body, request_id_from
 from .logs import REQUEST_ID, configure_logging

@@ -13,7 +13,6 @@ from starlette.types import Receive, Scope, Send
 from . import http_contract as contract
 from .chat_async import AsyncChatStream
 from .errors import GatewayError
-from .http_contract import delta_event, done_event, error_event
 from .settings import Settings
 
 
@@ -28,8 +27,8 @@ class EventStreamResponse(Response):
         self.status_code, self.media_type, self.background = 200, contract.MEDIA_TYPE, None
         self.init_headers(contract.STREAM_HEADERS)  # Response.__init__ would add Content-Length
         self.stream, self.request_id = stream, request_id
-        self.keepalive_s = settings.sse_keepalive_s
-        self.send_timeout_s = settings.sse_send_timeout_s
+        keepalive_s, send_timeout_s = settings.sse_keepalive_s, settings.sse_send_timeout_s
+        self.keepalive_s, self.send_timeout_s = keepalive_s, send_timeout_s
         self._write_lock = asyncio.Lock()  # the watchdog's keep-alives and the events share it
         self._last_write = time.monotonic()
         self._write_started: float | None = None
@@ -46,11 +45,11 @@ class EventStreamResponse(Response):
     async def _relay(self, send: Send) -> None:
         try:
             async for delta in self.stream:
-                await self._write(send, delta_event(delta))
+                await self._write(send, contract.delta_event(delta))
         except GatewayError as error:  # after the response started: an event, not a status
-            await self._write(send, error_event(error, self.request_id))
+            await self._write(send, contract.error_event(error, self.request_id))
             return
-        await self._write(send, done_event(self.stream.result()))
+        await self._write(send, contract.done_event(self.stream.result()))
 
     async def _write(self, send: Send, chunk: bytes) -> None:
         async with self._write_lock:

@@ -1,8 +1,5 @@
-"""The chat service over the sync `OpenAI` client, for code that runs in threads.
-
-The logic is in `chat` (the call's attempts, the stream protocol) and `retry`; this module only
-calls the SDK, reads, waits and closes, like `chat_async`.
-"""
+"""The chat service over the sync `OpenAI` client, for code that runs in threads. The logic is
+in `chat` and `retry`: this module only calls the SDK, reads, waits, closes (as `chat_async`)."""
 
 from __future__ import annotations
 
@@ -17,7 +14,6 @@ from openai import DefaultHttpx2Client, OpenAI
 
 from . import retry
 from .chat import UPSTREAM_ERRORS, Call, CallInfo, ChatResult, StreamProtocol
-from .client import client_options
 from .request import ChatRequest
 from .settings import Settings
 
@@ -31,7 +27,7 @@ def create_client(settings: Settings) -> OpenAI:
             retry.veto(response, cap)
 
     hooks = {"response": [apply_retry_policy]}
-    return OpenAI(**client_options(settings), http_client=DefaultHttpx2Client(event_hooks=hooks))
+    return OpenAI(**settings.client_options(), http_client=DefaultHttpx2Client(event_hooks=hooks))
 
 
 class ChatService:
