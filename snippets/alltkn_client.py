@@ -30,7 +30,7 @@ from typing import Any
 import httpx2
 from openai import AsyncOpenAI, DefaultAioHttpClient, DefaultHttpx2Client, OpenAI
 
-API_KEY_ENV = "ALLTKN_API_KEY"  # pragma: allowlist secret
+KEY_ENV_VAR = "ALLTKN_API_KEY"
 DEFAULT_BASE_URL = "https://api.alltkn.com/api/v1"
 DEFAULT_MODEL = "gpt-4o-mini"
 # Your service's name and version, so the gateway's logs and support can tell who called.
@@ -64,9 +64,9 @@ def env_count(name: str, default: int, high: int) -> int:
 def client_options() -> dict[str, Any]:
     """Read and check every setting now (not at import), before any request: a bad one raises
     SettingsError with one line that names the variable."""
-    api_key = os.environ.get(API_KEY_ENV, "").strip()
+    api_key = os.environ.get(KEY_ENV_VAR, "").strip()
     if not api_key:
-        raise SettingsError(f"{API_KEY_ENV} is not set: export the gateway key (server side only)")
+        raise SettingsError(f"{KEY_ENV_VAR} is not set: export the gateway key (server side only)")
     base_url = os.environ.get("ALLTKN_BASE_URL", DEFAULT_BASE_URL).strip().rstrip("/")
     if not base_url.startswith(("https://", "http://")) or base_url.endswith("/chat/completions"):
         raise SettingsError("ALLTKN_BASE_URL must be the gateway's /api/v1 root")

@@ -19,7 +19,7 @@ import sys
 
 import httpx2
 import openai
-from alltkn_client import API_KEY_ENV, DEFAULT_MODEL, SettingsError, make_client
+from alltkn_client import DEFAULT_MODEL, KEY_ENV_VAR, SettingsError, make_client
 from openai import OpenAI
 from openai.types.chat import ChatCompletion
 
@@ -31,7 +31,7 @@ CATEGORIES: dict[str, tuple[str, str]] = {
     ),
     "auth": (
         "The gateway rejected the API key.",
-        f"Check that {API_KEY_ENV} holds an active key; rotate it if it was revoked or used up.",
+        f"Check that {KEY_ENV_VAR} holds an active key; rotate it if it was revoked or used up.",
     ),
     "quota": (
         "The gateway account has insufficient balance or quota.",

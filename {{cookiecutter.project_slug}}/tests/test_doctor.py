@@ -30,7 +30,7 @@ import pytest
 
 from {{ cookiecutter.package_name }} import CLIENT_NAME, TEMPLATE_VERSION, __version__, doctor, support
 from {{ cookiecutter.package_name }}.errors import Category, GatewayError
-from {{ cookiecutter.package_name }}.settings import API_KEY_ENV, ENV_NAMES
+from {{ cookiecutter.package_name }}.settings import ENV_NAMES, KEY_ENV_VAR
 
 from .conftest import SENTINEL_KEY
 from .fake_gateway import MODELS, FakeGateway
@@ -60,14 +60,14 @@ def doctor_env(
     for name in [*PROXY_VARIABLES, *ENV_NAMES.values()]:  # nor may the shell change verdicts
         monkeypatch.delenv(name, raising=False)
     base = {
-        API_KEY_ENV: SENTINEL_KEY,
+        KEY_ENV_VAR: SENTINEL_KEY,
         "ALLTKN_BASE_URL": gateway.base_url,
         "ALLTKN_MODEL": "gpt-4o-mini",
         "ALLTKN_TIMEOUT_S": "10",
         "ALLTKN_MAX_RETRIES": "3",  # the doctor makes each call once all the same
         "LOG_LEVEL": "INFO",
         # Decoys: the doctor must name them, never use them.
-        "OPENAI_API_KEY": "decoy-openai-key-value",
+        "OPENAI_API_KEY": "decoy-openai-key-value",  # pragma: allowlist secret
         "OPENAI_BASE_URL": "http://127.0.0.1:9/never-used",
     }
 
@@ -215,7 +215,7 @@ def test_json_shape_of_a_failed_run(
 # (settings, the one check that fails, its category, whether a charge is likely, its detail)
 FAILURES = [
     pytest.param(
-        {API_KEY_ENV: OTHER_KEY}, "auth", Category.AUTH, "no", "无效的令牌", id="wrong-key"
+        {KEY_ENV_VAR: OTHER_KEY}, "auth", Category.AUTH, "no", "无效的令牌", id="wrong-key"
     ),
     pytest.param(
         {"ALLTKN_BASE_URL": "{root}/wrong/v1"},
@@ -315,7 +315,7 @@ def test_failure_verdict_hint_and_time_bound(
 def test_wrong_key_text_output_names_the_failure_in_each_skip(
     doctor_env: Callable[..., None], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    doctor_env(**{API_KEY_ENV: OTHER_KEY})
+    doctor_env(**{KEY_ENV_VAR: OTHER_KEY})
     code, out, _ = run_doctor(capsys)
 
     assert code == 1
@@ -331,7 +331,7 @@ def test_wrong_key_text_output_names_the_failure_in_each_skip(
 def test_gateway_text_prints_on_a_terminal_that_cannot_show_it(
     doctor_env: Callable[..., None], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    doctor_env(**{API_KEY_ENV: OTHER_KEY})
+    doctor_env(**{KEY_ENV_VAR: OTHER_KEY})
     written = io.BytesIO()
     terminal = io.TextIOWrapper(written, encoding="ascii")
     monkeypatch.setattr(sys, "stdout", terminal)
@@ -395,8 +395,8 @@ def test_model_and_fallbacks_must_be_listed(
 # -- settings and the base URL: rows of the report, never a config error exit -------------------
 
 SETTINGS_PROBLEMS = [
-    pytest.param({API_KEY_ENV: None}, f"{API_KEY_ENV} is not set", id="missing-key"),
-    pytest.param({API_KEY_ENV: "Bearer " + SENTINEL_KEY}, "contains spaces", id="bearer-key"),
+    pytest.param({KEY_ENV_VAR: None}, f"{KEY_ENV_VAR} is not set", id="missing-key"),
+    pytest.param({KEY_ENV_VAR: "Bearer " + SENTINEL_KEY}, "contains spaces", id="bearer-key"),
     pytest.param({"ALLTKN_MAX_RETRIES": "many"}, "ALLTKN_MAX_RETRIES", id="bad-other-setting"),
     pytest.param(
         {"ALLTKN_BASE_URL": "api.alltkn.com/api/v1"},
@@ -461,7 +461,7 @@ def test_base_url_form_failures(
 def test_odd_key_shape_is_a_warning(
     doctor_env: Callable[..., None], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    doctor_env(**{API_KEY_ENV: "-".join(("gw", "live", "0123456789abcdefXYZ"))})
+    doctor_env(**{KEY_ENV_VAR: "-".join(("gw", "live", "0123456789abcdefXYZ"))})
     key = checks_of(doctor_json(capsys))["key"]
 
     assert key["status"] == "warn"
@@ -568,11 +568,11 @@ def test_env_file_and_key_in_git(
     gitignore: bool,
     statuses: tuple[str, str],
 ) -> None:
-    doctor_env(**{API_KEY_ENV: None})  # read from .env
+    doctor_env(**{KEY_ENV_VAR: None})  # read from .env
     git("init", "-q")
     if gitignore:  # the project's own
         shutil.copy(Path(__file__).parents[1] / ".gitignore", tmp_path / ".gitignore")
-    (tmp_path / ".env").write_text(f"{API_KEY_ENV}={SENTINEL_KEY}\n")
+    (tmp_path / ".env").write_text(f"{KEY_ENV_VAR}={SENTINEL_KEY}\n")
     (tmp_path / "notes.md").write_text(f"# Notes\n\nkey: {SENTINEL_KEY}\n")
     if tracked:
         git("add", "-f", ".env", "notes.md")
@@ -620,7 +620,7 @@ def test_support_report_has_the_evidence_and_no_key(
     assert field(out, "openai") == metadata.version("openai")
     assert field(out, "Model") == "fake-error-quota"
     assert field(out, "Gateway host") == f"127.0.0.1:{gateway.port} (http)"
-    assert field(out, "Key").startswith(f"{API_KEY_ENV} = ****{SENTINEL_KEY[-4:]} ")
+    assert field(out, "Key").startswith(f"{KEY_ENV_VAR} = ****{SENTINEL_KEY[-4:]} ")
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", field(out, "Time"))
     framework = field(out, "Framework")
     for name in support.FRAMEWORKS:
@@ -649,10 +649,10 @@ def test_support_report_of_a_passing_run_writes_no_file(
 def test_support_report_of_a_local_failure_says_nothing_reached_the_gateway(
     doctor_env: Callable[..., None], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    doctor_env(**{API_KEY_ENV: None})
+    doctor_env(**{KEY_ENV_VAR: None})
     _, out, _ = run_doctor(capsys, "--support")
 
-    assert field(out, "Key").startswith(f"{API_KEY_ENV} = not set")
+    assert field(out, "Key").startswith(f"{KEY_ENV_VAR} = not set")
     assert field(out, "Category").startswith("none: checked on this host")
 
 
@@ -661,7 +661,7 @@ def test_unwritable_directory_still_reports(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    doctor_env(**{API_KEY_ENV: None})
+    doctor_env(**{KEY_ENV_VAR: None})
     monkeypatch.setattr(support, "REPORT_PREFIX", "missing-dir/support-report-")
     code, out, err = run_doctor(capsys)
 

@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from {{ cookiecutter.package_name }}.errors import Category, GatewayError, classify, error_body
-from {{ cookiecutter.package_name }}.settings import API_KEY_ENV
+from {{ cookiecutter.package_name }}.settings import KEY_ENV_VAR
 
 from .conftest import SENTINEL_KEY, Driver, failure
 from .fake_gateway import FakeGateway
@@ -111,7 +111,7 @@ def test_a_wrong_base_path_is_bad_base_url(
 
 
 def test_a_wrong_key_is_auth(monkeypatch: pytest.MonkeyPatch, driver: Driver) -> None:
-    monkeypatch.setenv(API_KEY_ENV, "sk-" + "0" * 48)
+    monkeypatch.setenv(KEY_ENV_VAR, "sk-" + "0" * 48)
     assert failure(driver.chat(), "gpt-4o-mini", stream=False).category is Category.AUTH
 
 

@@ -35,7 +35,7 @@ from {{ cookiecutter.package_name }}.errors import Category, GatewayError
 from {{ cookiecutter.package_name }}.logs import TRANSPORT_LOGGERS, configure_logging
 from {{ cookiecutter.package_name }}.request import ChatRequest
 from {{ cookiecutter.package_name }}.settings import (
-    API_KEY_ENV,
+    KEY_ENV_VAR,
     ConfigError,
     Settings,
     load_settings,
@@ -337,13 +337,13 @@ def test_the_settings_never_show_the_key() -> None:
 def test_a_mis_pasted_key_stops_the_start_without_showing_it(
     monkeypatch: pytest.MonkeyPatch, value: str, reason: str
 ) -> None:
-    monkeypatch.setenv(API_KEY_ENV, value)
+    monkeypatch.setenv(KEY_ENV_VAR, value)
 
     with pytest.raises(ConfigError) as caught:
         load_settings()
 
     message = str(caught.value)
-    assert message.startswith(API_KEY_ENV)
+    assert message.startswith(KEY_ENV_VAR)
     assert reason in message
     assert "\n" not in message
     assert_no_key(message, repr(caught.value))

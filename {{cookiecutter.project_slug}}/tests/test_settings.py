@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from {{ cookiecutter.package_name }}.settings import (
-    API_KEY_ENV,
+    KEY_ENV_VAR,
     ConfigError,
     load_settings,
     load_settings_or_exit,
@@ -52,11 +52,11 @@ def test_a_local_env_file_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
 @pytest.mark.parametrize(
     ("name", "value", "expected"),
     [
-        pytest.param(API_KEY_ENV, None, f"{API_KEY_ENV} is not set", id="key-missing"),
-        pytest.param(API_KEY_ENV, "", f"{API_KEY_ENV} is empty or a placeholder", id="key-empty"),
-        pytest.param(API_KEY_ENV, "<your-alltkn-api-key>", "placeholder", id="key-placeholder"),
+        pytest.param(KEY_ENV_VAR, None, f"{KEY_ENV_VAR} is not set", id="key-missing"),
+        pytest.param(KEY_ENV_VAR, "", f"{KEY_ENV_VAR} is empty or a placeholder", id="key-empty"),
+        pytest.param(KEY_ENV_VAR, "<your-alltkn-api-key>", "placeholder", id="key-placeholder"),
         pytest.param(
-            API_KEY_ENV, "Bearer sk-abcdefgh12345678", "without 'Bearer '", id="key-bearer"
+            KEY_ENV_VAR, "Bearer sk-abcdefgh12345678", "without 'Bearer '", id="key-bearer"
         ),
         pytest.param(
             "ALLTKN_BASE_URL", "ftp://gateway/api/v1", "must start with https://", id="url-scheme"

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import openai
 import pytest
-from alltkn_client import API_KEY_ENV, CLIENT_HEADERS, make_client
+from alltkn_client import CLIENT_HEADERS, KEY_ENV_VAR, make_client
 
 from fake_gateway import FakeGateway
 
@@ -30,7 +30,7 @@ TEST_KEY = "sk-" + secrets.token_hex(24)
 def fake_gateway(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeGateway]:
     """The fake on 127.0.0.1 and an ephemeral port, with the client's settings pointed at it."""
     with FakeGateway(api_key=TEST_KEY) as gateway:
-        monkeypatch.setenv(API_KEY_ENV, TEST_KEY)
+        monkeypatch.setenv(KEY_ENV_VAR, TEST_KEY)
         monkeypatch.setenv("ALLTKN_BASE_URL", gateway.base_url)
         monkeypatch.setenv("ALLTKN_MAX_RETRIES", "0")
         yield gateway

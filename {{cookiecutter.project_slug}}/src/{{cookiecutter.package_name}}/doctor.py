@@ -32,7 +32,7 @@ from .errors import Category, GatewayError, classify
 from .logs import configure_logging
 from .redaction import mask, redact
 from .request import ChatRequest
-from .settings import API_KEY_ENV, DEFAULT_BASE_URL, ConfigError, Settings, load_settings
+from .settings import DEFAULT_BASE_URL, KEY_ENV_VAR, ConfigError, Settings, load_settings
 from .support import Check, Report, failed
 
 T = TypeVar("T")
@@ -137,7 +137,7 @@ class _Doctor:
             row.id, row.title, row.detail = check_id, title, redact(row.detail, [self.key])
             row.hint, row.error = (redact(t, [self.key]) if t else t for t in (row.hint, row.error))
             rows[check_id] = row
-        url, unset = urlsplit(self.settings.base_url), f"{API_KEY_ENV} is not set" in self.problem
+        url, unset = urlsplit(self.settings.base_url), f"{KEY_ENV_VAR} is not set" in self.problem
         key = mask(self.key) if self.key else "not set" if unset else "unknown"
         took = round((time.monotonic() - self.started) * 1000, 1)
         shown = (self.settings.model, url.netloc.rpartition("@")[2], url.scheme, self.timeout_s)
@@ -149,8 +149,8 @@ class _Doctor:
         return Check("pass", f"model {self.settings.model}, timeout {self.timeout_s:g} s")
 
     def check_key(self) -> Check:
-        source = "the environment" if API_KEY_ENV in os.environ else ".env"
-        shown = f"{API_KEY_ENV} = {mask(self.key)}, from {source}"
+        source = "the environment" if KEY_ENV_VAR in os.environ else ".env"
+        shown = f"{KEY_ENV_VAR} = {mask(self.key)}, from {source}"
         if KEY_SHAPE.fullmatch(self.key):
             return Check("pass", f"{shown} ({KEY_SHAPE_TEXT})")
         detail = f"{shown}: {len(self.key)} characters, not the usual {KEY_SHAPE_TEXT}"

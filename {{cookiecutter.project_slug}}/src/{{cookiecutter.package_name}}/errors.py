@@ -13,7 +13,7 @@ from typing import Any
 import httpx2
 import openai
 
-from .settings import API_KEY_ENV
+from .settings import KEY_ENV_VAR
 
 
 class Category(str, Enum):
@@ -35,7 +35,7 @@ _EXPLANATIONS: dict[Category, tuple[str, str]] = {
     Category.INVALID_REQUEST: ("The request was rejected as invalid.",
         "Check the messages and parameters; shorten the context if it is too long."),
     Category.AUTH: ("The gateway rejected the API key.",
-        f"Check that {API_KEY_ENV} holds an active key; rotate it if it was revoked or used up."),
+        f"Check that {KEY_ENV_VAR} holds an active key; rotate it if it was revoked or used up."),
     Category.QUOTA: ("The gateway account has insufficient balance or quota.",
         "Top up the billing group's balance or ask the key owner to raise the key's quota."),
     Category.PERMISSION: ("The API key is not allowed to use this resource.",

@@ -14,7 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from . import CLIENT_HEADERS
 
-API_KEY_ENV = {{ cookiecutter.api_key_env_var | tojson }}
+KEY_ENV_VAR = {{ cookiecutter.api_key_env_var | tojson }}
 DEFAULT_BASE_URL = {{ cookiecutter.alltkn_base_url | tojson }}
 DEFAULT_MODEL = {{ cookiecutter.default_model | tojson }}
 # Values people paste from docs instead of a real key; refused at start.
@@ -35,7 +35,7 @@ class Settings(BaseSettings):
         env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
     )
 
-    api_key: SecretStr = Field(validation_alias=API_KEY_ENV)
+    api_key: SecretStr = Field(validation_alias=KEY_ENV_VAR)
     base_url: str = Field(DEFAULT_BASE_URL, validation_alias="ALLTKN_BASE_URL")
     model: str = Field(DEFAULT_MODEL, validation_alias="ALLTKN_MODEL")
     timeout_s: float = Field(60.0, gt=0, le=3600, validation_alias="ALLTKN_TIMEOUT_S")

@@ -15,7 +15,7 @@ from typing import Literal
 from . import CLIENT_HEADERS, CLIENT_NAME, TEMPLATE_VERSION, __version__
 from .errors import Category, GatewayError
 from .redaction import redact
-from .settings import API_KEY_ENV
+from .settings import KEY_ENV_VAR
 
 FRAMEWORKS: tuple[str, ...] = {% if cookiecutter.framework == "fastapi" %}("fastapi", "uvicorn"){% elif cookiecutter.framework == "flask" %}("flask", "gunicorn"){% else %}(){% endif %}
 REPORT_PREFIX = "support-report-"
@@ -120,7 +120,7 @@ class Report:
             **{name: about[name.lower()] for name in ("Python", "openai", "Framework")},
             "Model": self.model,
             "Gateway host": f"{self.gateway_host} ({self.gateway_scheme or '?'})",
-            "Key": f"{API_KEY_ENV} = {self.key} (last 4 characters only)",
+            "Key": f"{KEY_ENV_VAR} = {self.key} (last 4 characters only)",
             "Timeout": f"ALLTKN_TIMEOUT_S = {self.timeout_s:g} s",
             "Result": self.summary(),
         }

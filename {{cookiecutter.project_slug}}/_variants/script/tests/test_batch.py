@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from {{ cookiecutter.package_name }} import cli, retry
-from {{ cookiecutter.package_name }}.settings import API_KEY_ENV
+from {{ cookiecutter.package_name }}.settings import KEY_ENV_VAR
 
 from .conftest import SENTINEL_KEY
 from .fake_gateway import FakeGateway
@@ -254,7 +254,7 @@ def test_rollback_switches_apply_to_batches(
 def test_a_rejected_key_stops_the_batch_and_writes_nothing(
     gateway: FakeGateway, batch: Batch, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(API_KEY_ENV, "sk-" + "w" * 40)
+    monkeypatch.setenv(KEY_ENV_VAR, "sk-" + "w" * 40)
     output = tmp_path / "out.jsonl"
 
     done = batch(write_lines(tmp_path / "in.jsonl", prompts(30)), output, "--concurrency", "2")

@@ -19,7 +19,7 @@ from typing import Any
 import httpx2
 import pytest
 
-from {{ cookiecutter.package_name }}.settings import API_KEY_ENV, ENV_NAMES
+from {{ cookiecutter.package_name }}.settings import ENV_NAMES, KEY_ENV_VAR
 
 from .conftest import SENTINEL_KEY
 from .fake_gateway import FakeGateway
@@ -86,12 +86,12 @@ def server_env(gateway: FakeGateway, **overrides: str) -> dict[str, str]:
     outside = {name: value for name, value in os.environ.items() if name not in ENV_NAMES.values()}
     env = {
         **outside,
-        API_KEY_ENV: SENTINEL_KEY,
+        KEY_ENV_VAR: SENTINEL_KEY,
         "ALLTKN_BASE_URL": gateway.base_url,
         "ALLTKN_MODEL": "gpt-4o-mini",
         "ALLTKN_TIMEOUT_S": "1",
         "ALLTKN_MAX_RETRIES": "0",
-        "OPENAI_API_KEY": "decoy-openai-key-value",
+        "OPENAI_API_KEY": "decoy-openai-key-value",  # pragma: allowlist secret
         "OPENAI_BASE_URL": "http://127.0.0.1:9/never-used",
     }
     env.update(overrides)

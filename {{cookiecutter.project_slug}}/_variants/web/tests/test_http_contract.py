@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from {{ cookiecutter.package_name }}.settings import API_KEY_ENV
+from {{ cookiecutter.package_name }}.settings import KEY_ENV_VAR
 
 from .conftest import SENTINEL_KEY
 from .fake_gateway import FakeGateway
@@ -429,7 +429,7 @@ def test_the_key_is_in_no_response_and_no_server_output(server: Server) -> None:
     [
         # With two workers: the server must stop, not respawn failing workers forever. (A
         # missing key takes the same path, `load_settings_or_exit`: see test_settings.py.)
-        pytest.param(API_KEY_ENV, "<your-alltkn-api-key>", id="key-placeholder-2-workers"),
+        pytest.param(KEY_ENV_VAR, "<your-alltkn-api-key>", id="key-placeholder-2-workers"),
         pytest.param("WEB_CONCURRENCY", "65", id="workers-too-many"),
     ],
 )
@@ -450,5 +450,5 @@ def test_the_server_refuses_to_start_with_a_bad_setting(
     assert "Traceback" not in done.stderr
     problem = [line for line in done.stderr.splitlines() if name in line]
     assert len(problem) == 1
-    if name == API_KEY_ENV:
+    if name == KEY_ENV_VAR:
         assert ".env.example" in problem[0]
