@@ -594,9 +594,9 @@ def test_main_discards_the_rendered_copy(
 @pytest.mark.parametrize(
     ("framework", "layers"),
     [
-        pytest.param("fastapi", ["web", "fastapi"], id="fastapi"),
-        pytest.param("flask", ["web", "flask"], id="flask"),
-        pytest.param("script", ["script"], id="script"),
+        pytest.param("fastapi", ["web", "async", "fastapi"], id="fastapi"),
+        pytest.param("flask", ["web", "sync", "flask"], id="flask"),
+        pytest.param("script", ["sync", "async", "script"], id="script"),
     ],
 )
 def test_layers_for(framework: str, layers: list[str]) -> None:
