@@ -609,7 +609,9 @@ def test_layers_for_unknown_framework_raises() -> None:
 
 
 VARIANT_FILES = {
-    "web": ["src/pkg/sse.py", "tests/test_http_contract.py"],
+    "web": ["src/pkg/http_contract.py", "tests/test_http_contract.py"],
+    "sync": ["src/pkg/chat_sync.py"],
+    "async": ["src/pkg/chat_async.py"],
     "fastapi": ["src/pkg/app.py", "tests/server.py"],
     "flask": ["src/pkg/app.py", "tests/server.py", "gunicorn.conf.py"],
     "script": ["src/pkg/batch.py"],

@@ -410,6 +410,7 @@ def test_gunicorn_workers_come_from_the_environment(baked: dict[str, Path]) -> N
     code = "import runpy, sys; print(runpy.run_path(sys.argv[1])['workers'])"
     for value in ("5", None):
         env = {"PATH": "/usr/bin:/bin", **({"WEB_CONCURRENCY": value} if value else {})}
+        env["PYTHONPATH"] = str(config.parent / "src")  # the config imports the package's logs
         done = subprocess.run(
             [sys.executable, "-c", code, str(config)],
             env=env,
@@ -465,9 +466,13 @@ def test_the_image_command_serves_and_its_healthcheck_passes(
                 break
             time.sleep(0.3)
         assert check.returncode == 0, check.stderr.decode()
-        workers = subprocess.run(
-            ["pgrep", "-s", str(server.pid)], capture_output=True, text=True, check=False
-        ).stdout.split()
+        for _ in range(50):  # the second worker may still be booting when the first answers
+            workers = subprocess.run(
+                ["pgrep", "-s", str(server.pid)], capture_output=True, text=True, check=False
+            ).stdout.split()
+            if len(workers) >= 3:
+                break
+            time.sleep(0.1)
         assert len(workers) >= 3  # the manager and WEB_CONCURRENCY=2 workers
     finally:
         os.killpg(server.pid, signal.SIGTERM)
@@ -623,21 +628,24 @@ def test_the_deployment_reads_the_key_from_a_secret(baked: dict[str, Path], name
 @pytest.mark.parametrize(
     ("framework", "options", "layers"),
     [
-        pytest.param("fastapi", {}, ["web", "fastapi"], id="no-options"),
+        pytest.param("fastapi", {}, ["web", "async", "fastapi"], id="no-options"),
         pytest.param(
             "fastapi",
             {"docker": "yes", "kubernetes": "yes", "ci": "github"},
-            ["web", "fastapi", "docker", "k8s", "ci-github"],
+            ["web", "async", "fastapi", "docker", "k8s", "ci-github"],
             id="fastapi-everything",
         ),
         pytest.param(
             "script",
             {"docker": "yes", "kubernetes": "no", "ci": "gitlab"},
-            ["script", "docker", "ci-gitlab"],
+            ["sync", "async", "script", "docker", "ci-gitlab"],
             id="script-docker-gitlab",
         ),
         pytest.param(
-            "flask", {"docker": "no", "kubernetes": "no", "ci": "none"}, ["web", "flask"], id="bare"
+            "flask",
+            {"docker": "no", "kubernetes": "no", "ci": "none"},
+            ["web", "sync", "flask"],
+            id="bare",
         ),
     ],
 )
