@@ -67,9 +67,13 @@ def test_variant_installs_and_passes_its_own_checks(
     bin_dir = venv / "bin"
 
     run([python, "-m", "venv", str(venv)], cwd=project)
-    run([str(bin_dir / "python"), "-m", "pip", "install", "-q", "-e", ".[dev]"], cwd=project)
+    # pytest-xdist only to overlap the suite's waits (servers starting, timeouts) in this tier,
+    # which runs three projects' checks next to the rest of the template suite.
+    pip = [str(bin_dir / "python"), "-m", "pip", "install", "-q"]
+    run([*pip, "-e", ".[dev]", "pytest-xdist"], cwd=project)
     # The tests must not depend on anything in the caller's environment.
     env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "HOME": str(tmp_path)}
+    env["PYTEST_ADDOPTS"] = "-n 2"
     # `make check` = lint, typecheck, secrets, test: what the generated CI runs.
     output = run(["make", f"PY={bin_dir / 'python'}", "check"], project, env)
     tests = output.strip().splitlines()[-1]
