@@ -6,6 +6,9 @@ from typing import Any
 
 from gunicorn.glogging import Logger
 
+{% if cookiecutter.caller_auth == "keys" -%}
+from {{ cookiecutter.package_name }}.admission import workers_problem
+{% endif -%}
 from {{ cookiecutter.package_name }}.logs import logging_config
 
 # All interfaces: inside a container the port is only reachable as published.
@@ -55,3 +58,13 @@ class StreamLogger(Logger):
 
 
 logger_class = StreamLogger
+{%- if cookiecutter.caller_auth == "keys" %}
+
+
+def on_starting(server: Any) -> None:
+    """The app is loaded (preload_app) and the worker count final (command line included):
+    limits counted in each worker's memory are refused with several workers."""
+    gate = server.app.wsgi().extensions["gate"]
+    if problem := workers_problem(gate.settings, gate.callers, server.cfg.workers):
+        sys.exit(f"config error: {problem}")
+{%- endif %}

@@ -43,6 +43,9 @@ class CallInfo:
     request_id: str = field(default_factory=new_request_id)
     user: str | None = None
     task: str | None = None
+{%- if cookiecutter.caller_auth == "keys" %}
+    caller: str | None = None  # the caller key's name (never the key)
+{%- endif %}
 
 
 @dataclass(frozen=True)
@@ -185,6 +188,7 @@ class CallRecord:
         self.model, self.fallback_from = attempts.model, attempts.fallback_from
         self.call, self.stream, self.started = call, stream, time.perf_counter()
         self.ttft_ms: float | None = None
+        self.protocol: StreamProtocol | None = None  # a stream's, for what it has so far
         self.usage: Usage | None = None
         self.upstream_request_id: str | None = None
         self.content, self.logged = "", False
@@ -234,8 +238,10 @@ class CallRecord:
         return error
 
     def result(self) -> ChatResult:
+        """The answer; of a stream left early, what it had delivered (and no usage)."""
         ids = self.call.request_id, self.upstream_request_id
-        return ChatResult(self.content, self.model, self.usage, *ids)
+        content = self.content or ("".join(self.protocol.parts) if self.protocol else "")
+        return ChatResult(content, self.model, self.usage, *ids)
 
     def log(self, status: str, error: GatewayError | None = None) -> None:
         """Log the attempt, once; `client_disconnect` when the consumer left before the end."""
@@ -245,6 +251,9 @@ class CallRecord:
         call, usage = self.call, self.usage
         log_call({
             "model": self.model, "fallback_from": self.fallback_from, "user": call.user,
+{%- if cookiecutter.caller_auth == "keys" %}
+            "caller": call.caller,
+{%- endif %}
             "task": call.task, "stream": self.stream, "status": status,
             "category": error.category.value if error else None,
             "error": error.upstream_message if error else None,

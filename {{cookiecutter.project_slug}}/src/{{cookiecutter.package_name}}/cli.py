@@ -7,6 +7,9 @@
 {%- if cookiecutter.framework == "script" %}
 `<slug> batch INPUT.jsonl OUTPUT.jsonl` runs a file of prompts (`batch.py`).
 {%- endif %}
+{%- if cookiecutter.caller_auth == "keys" %}
+`<slug> keys create|list|revoke|usage` manages who may call the service (`keys.py`).
+{%- endif %}
 
 Exit codes: 0 answered, 1 the gateway call failed, 2 bad usage or configuration, 130 interrupted,
 141 the reader of the output went away (`... | head`).
@@ -30,6 +33,8 @@ from pydantic import ValidationError
 
 {% if cookiecutter.framework == "script" -%}
 from . import CLIENT_NAME, batch, doctor
+{%- elif cookiecutter.caller_auth == "keys" -%}
+from . import CLIENT_NAME, doctor, keys
 {%- else -%}
 from . import CLIENT_NAME, doctor
 {%- endif %}
@@ -89,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
         commands.add_parser("batch", help="run a JSONL file of prompts through the gateway")
     )
 {%- endif %}
+{%- if cookiecutter.caller_auth == "keys" %}
+    keys.add_arguments(commands.add_parser("keys", help="create, list and revoke caller keys"))
+{%- endif %}
     return parser
 
 
@@ -110,6 +118,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 {%- if cookiecutter.framework == "script" %}
         if args.command == "batch":
             return batch.main(args, _setup())
+{%- endif %}
+{%- if cookiecutter.caller_auth == "keys" %}
+        if args.command == "keys":
+            return keys.main(args)
 {%- endif %}
         return _ask(args)
     except KeyboardInterrupt:
@@ -195,6 +207,11 @@ def _serve(args: argparse.Namespace) -> int:
     if not (raw.isdigit() and 1 <= int(raw) <= MAX_WORKERS):
         print(f"config error: WEB_CONCURRENCY must be 1 to {MAX_WORKERS} workers", file=sys.stderr)
         return EXIT_USAGE
+{%- if cookiecutter.caller_auth == "keys" %}
+    from .admission import load_callers_or_exit
+
+    load_callers_or_exit(settings, int(raw))  # here too: a worker failing on it would respawn
+{%- endif %}
     import uvicorn  # only this command needs the server
 
     from .logs import logging_config

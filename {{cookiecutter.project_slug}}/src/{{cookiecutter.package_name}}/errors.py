@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
@@ -28,6 +28,16 @@ class Category(str, Enum):
     TIMEOUT = "timeout"
     CONNECTION = "connection"
     STREAM_INTERRUPTED = "stream_interrupted"
+{%- if cookiecutter.framework != "script" %}
+    # The service's own refusals, before any upstream call (admission.py).
+    MODEL_NOT_ALLOWED = "model_not_allowed"
+{%- endif %}
+{%- if cookiecutter.caller_auth == "keys" %}
+    CALLER_AUTH = "caller_auth"
+    CALLER_RATE_LIMITED = "caller_rate_limited"
+    CALLER_BUDGET_EXHAUSTED = "caller_budget_exhausted"
+    LIMITER_UNAVAILABLE = "limiter_unavailable"
+{%- endif %}
 
 
 # category -> (message for clients, one-line hint for whoever operates the service)
@@ -55,6 +65,20 @@ _EXPLANATIONS: dict[Category, tuple[str, str]] = {
     Category.STREAM_INTERRUPTED: ("The answer stream was interrupted after it started.",
         "Retry the request; if it keeps happening, check proxy buffering and read timeouts "
         "or disable streaming."),
+{%- if cookiecutter.framework != "script" %}
+    Category.MODEL_NOT_ALLOWED: ("This service does not allow that model.",
+        "Use one of the models in ALLTKN_ALLOWED_MODELS (and in the caller's list)."),
+{%- endif %}
+{%- if cookiecutter.caller_auth == "keys" %}
+    Category.CALLER_AUTH: ("A valid caller key is required.",
+        "Send Authorization: Bearer <caller key>; keys are made with `keys create`."),
+    Category.CALLER_RATE_LIMITED: ("The caller is over its rate limit.",
+        "Retry after the delay in Retry-After, or ask for a higher limit."),
+    Category.CALLER_BUDGET_EXHAUSTED: ("The caller has used its tokens for today (UTC).",
+        "Retry after midnight UTC (Retry-After), or ask for a larger daily budget."),
+    Category.LIMITER_UNAVAILABLE: ("The service cannot check its limits right now.",
+        "Check that ALLTKN_LIMITS_REDIS_URL points at a running Redis; retry later."),
+{%- endif %}
 }  # fmt: skip
 _BY_STATUS = {404: Category.BAD_BASE_URL, 408: Category.TIMEOUT, 429: Category.RATE_LIMITED}
 _REQUEST_ID_SUFFIX = re.compile(r"\(request id: ?([A-Za-z0-9_.:-]+)\)")
@@ -63,7 +87,8 @@ _REQUEST_ID_SUFFIX = re.compile(r"\(request id: ?([A-Za-z0-9_.:-]+)\)")
 @dataclass(eq=False)
 class GatewayError(Exception):
     """A classified failure; `str()` is the safe client message. `detail`: the service's own
-    reason for a refusal (never the gateway's text); `status`: overrides the category's (422)."""
+    reason for a refusal (never the gateway's text); `status`: overrides the category's (422);
+    `headers`: sent with the error answer (a limit's state)."""
 
     category: Category
     upstream_message: str = ""
@@ -71,6 +96,7 @@ class GatewayError(Exception):
     retry_after: str | None = None
     detail: str | None = None
     status: int | None = None
+    headers: dict[str, str] = field(default_factory=dict)
 
     def __str__(self) -> str:
         return self.message

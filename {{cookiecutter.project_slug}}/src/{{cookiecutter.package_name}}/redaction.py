@@ -9,6 +9,7 @@ from collections.abc import Iterable
 MIN_LITERAL_LEN = 8
 _TOKENS = (
     r"(?<![A-Za-z0-9_-])sk-[A-Za-z0-9_-]{20,}",  # gateway and OpenAI keys
+    r"(?<![A-Za-z0-9_-])ck_[A-Za-z0-9_-]{40,}",  # this service's caller keys (callers.py)
     r"(?<![A-Za-z0-9_])(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{50,})",
     r"(?<![A-Za-z0-9_-])glpat-[A-Za-z0-9_-]{20,}",
     r"(?<![A-Za-z0-9-])xox[abposr]-[A-Za-z0-9-]{10,}",
@@ -19,7 +20,7 @@ _TOKENS = (
 )
 _PATTERNS = re.compile("|".join(_TOKENS))
 # Every pattern above needs one of these in the lowercased text.
-_MARKERS = ("sk-", "gh", "glpat-", "xox", "akia", "asia", "eyj", "bearer ", "@")
+_MARKERS = ("sk-", "ck_", "gh", "glpat-", "xox", "akia", "asia", "eyj", "bearer ", "@")
 
 
 def mask(value: str) -> str:

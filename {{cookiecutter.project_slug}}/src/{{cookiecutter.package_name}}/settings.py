@@ -7,7 +7,10 @@ variable, never its value. An empty, placeholder or mis-pasted key stops the ser
 from __future__ import annotations
 
 import sys
-from typing import Any, Literal
+{%- if cookiecutter.caller_auth == "keys" %}
+from pathlib import Path
+{%- endif %}
+from typing import Any, Literal, TypeVar
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -22,6 +25,7 @@ _PLACEHOLDER_MARKERS = (
     "<", ">", "your", "changeme", "xxxx", "placeholder", "example", "...", "${", "$("
 )  # fmt: skip
 
+SettingsT = TypeVar("SettingsT", bound=BaseSettings)
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 Switch = Literal["on", "off"]
 
@@ -30,11 +34,37 @@ class ConfigError(Exception):
     """A setting is missing or invalid; the message is one line and never holds the key."""
 
 
-class Settings(BaseSettings):
+{% if cookiecutter.caller_auth == "keys" -%}
+class CallerSettings(BaseSettings):
+    """What the callers need (the `keys` command reads only these: it needs no gateway key)."""
+
     model_config = SettingsConfigDict(
         env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
     )
 
+    # Who may call the service (keys.py, callers.py); never committed, mode 0600.
+    callers_file: Path = Field(Path("callers.json"), validation_alias="ALLTKN_CALLERS_FILE")
+    # Shared counters for the callers' limits (limiter.py): one Redis for all workers and
+    # replicas. Unset: counted in this process, so one worker only.
+    limits_redis_url: SecretStr | None = Field(None, validation_alias="ALLTKN_LIMITS_REDIS_URL")
+
+    @field_validator("limits_redis_url", mode="before")
+    @classmethod
+    def _check_redis_url(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None
+        if isinstance(value, str) and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+
+class Settings(CallerSettings):
+{%- else -%}
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
+    )
+{% endif %}
     api_key: SecretStr = Field(validation_alias=KEY_ENV_VAR)
     base_url: str = Field(DEFAULT_BASE_URL, validation_alias="ALLTKN_BASE_URL")
     model: str = Field(DEFAULT_MODEL, validation_alias="ALLTKN_MODEL")
@@ -61,6 +91,11 @@ class Settings(BaseSettings):
     max_output_tokens: int = Field(
         4096, gt=0, le=1_000_000, validation_alias="ALLTKN_MAX_OUTPUT_TOKENS"
     )
+{%- if cookiecutter.framework != "script" %}
+    # Models callers may name (comma-separated; "*": any). Default: ALLTKN_MODEL and the
+    # fallback models, so a caller cannot spend the key on a model nobody chose.
+    allowed_models: str = Field("", validation_alias="ALLTKN_ALLOWED_MODELS")
+{%- endif %}
 
     @field_validator("api_key")
     @classmethod
@@ -89,9 +124,9 @@ class Settings(BaseSettings):
             raise ValueError("must be a model name without surrounding spaces")
         return value
 
-    @field_validator("fallback_models")
+    @field_validator("fallback_models"{% if cookiecutter.framework != "script" %}, "allowed_models"{% endif %})
     @classmethod
-    def _check_fallback_models(cls, value: str) -> str:
+    def _check_model_list(cls, value: str) -> str:
         models = [name.strip() for name in value.split(",")] if value.strip() else []
         if not all(models):
             raise ValueError("has an empty entry; list model names separated by single commas")
@@ -135,6 +170,17 @@ class Settings(BaseSettings):
     @property
     def fallback_model_list(self) -> tuple[str, ...]:
         return tuple(self.fallback_models.split(",")) if self.fallback_models else ()
+{%- if cookiecutter.framework != "script" %}
+
+    @property
+    def allowed_model_set(self) -> frozenset[str] | None:
+        """The models callers may name; None: any."""
+        if self.allowed_models == "*":
+            return None
+        if self.allowed_models:
+            return frozenset(self.allowed_models.split(","))
+        return frozenset((self.model, *self.fallback_model_list))
+{%- endif %}
 
 
 # Each setting's environment variable (its alias above): {"model": "ALLTKN_MODEL", ...}.
@@ -148,8 +194,12 @@ def is_placeholder_key(value: str) -> bool:
 
 def load_settings() -> Settings:
     """Build the settings or raise `ConfigError` with one line naming the variable to fix."""
+    return build(Settings)
+
+
+def build(kind: type[SettingsT]) -> SettingsT:
     try:
-        return Settings()
+        return kind()
     except ValidationError as exc:
         problems = []
         for error in exc.errors(include_input=False, include_url=False):

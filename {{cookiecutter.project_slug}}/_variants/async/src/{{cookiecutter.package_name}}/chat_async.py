@@ -108,7 +108,7 @@ class AsyncChatStream:
     async def _first_delta(self) -> str | None:
         """The first content delta (None: an empty answer), trying again while it fails."""
         while True:
-            self._protocol = protocol = StreamProtocol()
+            self._protocol = self._call.record.protocol = protocol = StreamProtocol()
             self._lines = self._response.iter_lines()
             try:
                 async for line in self._lines:

@@ -1,5 +1,7 @@
 """The HTTP endpoints. To add one, add a route function here: it takes the chat service as
-`service: Chat`, a body model, and the request id from `request.state`."""
+`service: Chat`, the request admitted by `admission.py` as `admission: Admitted`{% if cookiecutter.caller_auth == "keys" %} (its caller's
+key, model, cap and limits checked){% else %} (its model and
+cap checked){% endif %}, and the request id from `request.state`."""
 
 from __future__ import annotations
 
@@ -7,26 +9,78 @@ from typing import Annotated, cast
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, JSONResponse
+{%- if cookiecutter.caller_auth == "keys" %}
+from starlette.background import BackgroundTask
+{%- endif %}
 
+from .admission import Admission, Gate
+{%- if cookiecutter.caller_auth == "keys" %}
+from .callers import Who
+{%- endif %}
 from .chat import CallInfo
+{%- if cookiecutter.caller_auth == "keys" %}
+from .chat_async import AsyncChatService, AsyncChatStream
+from .errors import GatewayError
+{%- else %}
 from .chat_async import AsyncChatService
+{%- endif %}
 from .http_contract import DEMO_PAGE, DEMO_PAGE_HEADERS, result_body
+{%- if cookiecutter.caller_auth == "keys" %}
+from .limiter import AsyncLimiter
+{%- endif %}
 from .request import ChatRequest
 from .sse import EventStreamResponse
 
 router = APIRouter()
 
 
+# Dependencies: async, so FastAPI skips its thread pool; what they return is made in the lifespan.
 async def get_chat(request: Request) -> AsyncChatService:
-    """The service made in the app's lifespan; async, so FastAPI skips its thread pool."""
     return cast(AsyncChatService, request.state.chat)
 
 
 Chat = Annotated[AsyncChatService, Depends(get_chat)]
+{%- if cookiecutter.caller_auth == "keys" %}
 
 
-def call_info(body: ChatRequest, request: Request) -> CallInfo:
-    return CallInfo(request_id=request.state.request_id, user=body.user, task=body.task)
+async def get_limiter(request: Request) -> AsyncLimiter:
+    return cast(AsyncLimiter, request.state.limiter)
+
+
+Limiter = Annotated[AsyncLimiter, Depends(get_limiter)]
+
+
+async def authenticate(request: Request) -> Who:
+    """The caller, from `Authorization: Bearer <caller key>`; before the body is read: 401."""
+    return cast(Gate, request.state.gate).authenticate(request.headers.get("authorization"))
+
+
+Caller = Annotated[Who, Depends(authenticate)]
+
+
+async def admit(body: ChatRequest, request: Request, limiter: Limiter, who: Caller) -> Admission:
+    admission = cast(Gate, request.state.gate).check(body, who)
+    request.state.admission = admission  # its limit headers go out with the answer (app.py)
+    admission.reservation = await limiter.reserve(admission.plan)
+    return admission
+{%- else %}
+
+
+async def admit(body: ChatRequest, request: Request) -> Admission:
+    return cast(Gate, request.state.gate).check(body)
+{%- endif %}
+
+
+Admitted = Annotated[Admission, Depends(admit)]
+
+
+def call_info(admission: Admission, request: Request) -> CallInfo:
+    body, request_id = admission.request, request.state.request_id
+{%- if cookiecutter.caller_auth == "keys" %}
+    return CallInfo(request_id, body.user, body.task, caller=admission.caller)
+{%- else %}
+    return CallInfo(request_id, body.user, body.task)
+{%- endif %}
 
 
 @router.get("/", include_in_schema=False)
@@ -40,14 +94,46 @@ async def healthz() -> dict[str, str]:
 
 
 @router.post("/v1/chat")
-async def chat(body: ChatRequest, request: Request, service: Chat) -> JSONResponse:
-    result = await service.complete(body, call_info(body, request))
+{%- if cookiecutter.caller_auth == "keys" %}
+async def chat(
+    admission: Admitted, request: Request, service: Chat, limiter: Limiter
+) -> JSONResponse:
+    try:
+        result = await service.complete(admission.request, call_info(admission, request))
+    except GatewayError:
+        await limiter.settle(admission.reservation, 0)
+        raise
+    await limiter.settle(admission.reservation, admission.used(result))
     return JSONResponse(result_body(result))
+{%- else %}
+async def chat(admission: Admitted, request: Request, service: Chat) -> JSONResponse:
+    result = await service.complete(admission.request, call_info(admission, request))
+    return JSONResponse(result_body(result))
+{%- endif %}
 
 
 @router.post("/v1/chat/stream")
-async def chat_stream(body: ChatRequest, request: Request, service: Chat) -> EventStreamResponse:
-    call = call_info(body, request)
+{%- if cookiecutter.caller_auth == "keys" %}
+async def chat_stream(
+    admission: Admitted, request: Request, service: Chat, limiter: Limiter
+) -> EventStreamResponse:
+    call = call_info(admission, request)
     # Opened before the response starts, so a refused call still gets its own status.
-    stream = await service.open_stream(body, call)
+    try:
+        stream = await service.open_stream(admission.request, call)
+    except GatewayError:
+        await limiter.settle(admission.reservation, 0)
+        raise
+
+    async def settle(stream: AsyncChatStream) -> None:  # after the stream closed, however
+        await limiter.settle(admission.reservation, admission.used(stream.result()))
+
+    settling = BackgroundTask(settle, stream)
+    return EventStreamResponse(stream, call.request_id, service.settings, background=settling)
+{%- else %}
+async def chat_stream(admission: Admitted, request: Request, service: Chat) -> EventStreamResponse:
+    call = call_info(admission, request)
+    # Opened before the response starts, so a refused call still gets its own status.
+    stream = await service.open_stream(admission.request, call)
     return EventStreamResponse(stream, call.request_id, service.settings)
+{%- endif %}

@@ -12,27 +12,42 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import CLIENT_NAME, __version__, api
+{%- if cookiecutter.caller_auth == "keys" %}
+from .admission import Gate, limit_headers, load_callers_or_exit, workers_from_environment
+{%- else %}
+from .admission import Gate, warn_open
+{%- endif %}
 from .chat_async import AsyncChatService, create_async_client
 from .errors import GatewayError
 from .http_contract import bad_body, describe_errors, gateway_error, no_route_body, request_id_from
+{%- if cookiecutter.caller_auth == "keys" %}
+from .limiter import AsyncLimiter
+{%- endif %}
 from .logs import REQUEST_ID, configure_logging
 from .settings import Settings, load_settings_or_exit
 
 
 def request_ids(app: ASGIApp) -> ASGIApp:
-    """Request ids in `request.state`, echoed. Plain ASGI: `@app.middleware` wraps streams."""
+    """Request ids in `request.state`, echoed{% if cookiecutter.caller_auth == "keys" %} (with the caller's limit headers){% endif %}. Plain ASGI:
+    `@app.middleware` wraps streams."""
 
     async def with_request_id(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await app(scope, receive, send)
         inbound = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        scope.setdefault("state", {})["request_id"] = request_id = request_id_from(inbound)
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id = request_id_from(inbound)
         REQUEST_ID.set(request_id)  # for uvicorn's access line (logs.py)
         header = (b"x-request-id", request_id.encode())
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
+{%- if cookiecutter.caller_auth == "keys" %}
+                headers = [*message.get("headers", []), header, *limit_headers(state)]
+                message["headers"] = headers
+{%- else %}
                 message["headers"] = [*message.get("headers", []), header]
+{%- endif %}
             await send(message)
 
         await app(scope, receive, send_with_id)
@@ -42,11 +57,26 @@ def request_ids(app: ASGIApp) -> ASGIApp:
 
 def create_app(settings: Settings) -> FastAPI:
     configure_logging(settings.log_level, secrets=[settings.api_key.get_secret_value()])
+{%- if cookiecutter.caller_auth == "keys" %}
+    gate = Gate(settings, load_callers_or_exit(settings, workers_from_environment()))
+    redis_url = settings.limits_redis_url
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, AsyncChatService]]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, object]]:
+        limiter = AsyncLimiter(redis_url.get_secret_value() if redis_url else None)
         async with create_async_client(settings) as client:  # one per process: the connections
-            yield {"chat": AsyncChatService(client, settings)}  # in every `request.state`
+            chat = AsyncChatService(client, settings)  # all three in every `request.state`
+            yield {"chat": chat, "gate": gate, "limiter": limiter}
+        await limiter.aclose()
+{%- else %}
+    warn_open()
+    gate = Gate(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, object]]:
+        async with create_async_client(settings) as client:  # one per process: the connections
+            yield {"chat": AsyncChatService(client, settings), "gate": gate}  # `request.state`
+{%- endif %}
 
     app = FastAPI(title=CLIENT_NAME, version=__version__, lifespan=lifespan)
     app.add_middleware(request_ids)

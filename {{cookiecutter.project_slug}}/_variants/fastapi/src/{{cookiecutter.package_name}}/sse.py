@@ -8,6 +8,7 @@ import time
 
 import anyio
 from fastapi.responses import Response
+from starlette.background import BackgroundTask
 from starlette.types import Receive, Scope, Send
 
 from . import http_contract as contract
@@ -23,8 +24,14 @@ class EventStreamResponse(Response):
     the stream upstream. One watchdog task per stream sleeps until the next deadline, so a
     flowing stream pays nothing per chunk for the timers (no task or cancel scope per read)."""
 
-    def __init__(self, stream: AsyncChatStream, request_id: str, settings: Settings) -> None:
-        self.status_code, self.media_type, self.background = 200, contract.MEDIA_TYPE, None
+    def __init__(
+        self,
+        stream: AsyncChatStream,
+        request_id: str,
+        settings: Settings,
+        background: BackgroundTask | None = None,  # run once the stream is closed, however
+    ) -> None:
+        self.status_code, self.media_type, self.background = 200, contract.MEDIA_TYPE, background
         self.init_headers(contract.STREAM_HEADERS)  # Response.__init__ would add Content-Length
         self.stream, self.request_id = stream, request_id
         keepalive_s, send_timeout_s = settings.sse_keepalive_s, settings.sse_send_timeout_s
@@ -34,13 +41,19 @@ class EventStreamResponse(Response):
         self._write_started: float | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async with self.stream, anyio.create_task_group() as tasks:
-            tasks.start_soon(self._cancel_on_disconnect, receive, tasks.cancel_scope)
-            tasks.start_soon(self._watchdog, send, tasks.cancel_scope)
-            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-            await self._relay(send)
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-            tasks.cancel_scope.cancel()
+        try:
+            async with self.stream, anyio.create_task_group() as tasks:
+                tasks.start_soon(self._cancel_on_disconnect, receive, tasks.cancel_scope)
+                tasks.start_soon(self._watchdog, send, tasks.cancel_scope)
+                start = {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
+                await send(start)
+                await self._relay(send)
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                tasks.cancel_scope.cancel()
+        finally:
+            if self.background is not None:
+                with anyio.CancelScope(shield=True):
+                    await self.background()
 
     async def _relay(self, send: Send) -> None:
         try:

@@ -1,5 +1,7 @@
 """The HTTP endpoints, as a Blueprint. To add one, add a route function here: `chat_service()`
-is the process's chat service, `g.request_id` the request's id."""
+is the process's chat service, `admit()` the request admitted by `admission.py` ({% if cookiecutter.caller_auth == "keys" %}its caller's
+key, model, cap and limits checked{% else %}its model and cap
+checked{% endif %}), `g.request_id` the request's id."""
 
 from __future__ import annotations
 
@@ -9,8 +11,13 @@ from flask import Blueprint, Response, abort, current_app, g, make_response, req
 from pydantic import ValidationError
 
 from . import http_contract as contract
+from .admission import Admission, Gate
 from .chat import CallInfo
 from .chat_sync import ChatService
+{%- if cookiecutter.caller_auth == "keys" %}
+from .errors import GatewayError
+from .limiter import Limiter
+{%- endif %}
 from .request import ChatRequest
 from .sse import event_stream
 
@@ -19,6 +26,26 @@ bp = Blueprint("api", __name__)
 
 def chat_service() -> ChatService:
     return cast(ChatService, current_app.extensions["chat"])
+{%- if cookiecutter.caller_auth == "keys" %}
+
+
+def limiter() -> Limiter:
+    return cast(Limiter, current_app.extensions["limiter"])
+{%- endif %}
+
+
+def admit() -> Admission:
+    """The request, checked in order{% if cookiecutter.caller_auth == "keys" %}: caller key (401), body (400, 422), model (403), cap
+    (422), the caller's limits (429, 503){% else %}: body (400, 422), model (403), cap (422){% endif %}."""
+    gate = cast(Gate, current_app.extensions["gate"])
+{%- if cookiecutter.caller_auth == "keys" %}
+    who = gate.authenticate(request.headers.get("Authorization"))
+    g.admission = admission = gate.check(chat_request(), who)  # its headers: app.py
+    admission.reservation = limiter().reserve(admission.plan)
+    return admission
+{%- else %}
+    return gate.check(chat_request())
+{%- endif %}
 
 
 def chat_request() -> ChatRequest:
@@ -36,8 +63,13 @@ def refuse(message: str, status: int) -> NoReturn:
     abort(make_response(contract.bad_body(message, g.request_id), status))
 
 
-def call_info(body: ChatRequest) -> CallInfo:
-    return CallInfo(request_id=g.request_id, user=body.user, task=body.task)
+def call_info(admission: Admission) -> CallInfo:
+    body = admission.request
+{%- if cookiecutter.caller_auth == "keys" %}
+    return CallInfo(g.request_id, body.user, body.task, caller=admission.caller)
+{%- else %}
+    return CallInfo(g.request_id, body.user, body.task)
+{%- endif %}
 
 
 @bp.get("/")
@@ -52,13 +84,39 @@ def healthz() -> dict[str, str]:
 
 @bp.post("/v1/chat")
 def chat() -> dict[str, Any]:
-    body = chat_request()
-    return contract.result_body(chat_service().complete(body, call_info(body)))
+    admission = admit()
+{%- if cookiecutter.caller_auth == "keys" %}
+    try:
+        result = chat_service().complete(admission.request, call_info(admission))
+    except GatewayError:
+        limiter().settle(admission.reservation, 0)
+        raise
+    limiter().settle(admission.reservation, admission.used(result))
+    return contract.result_body(result)
+{%- else %}
+    return contract.result_body(chat_service().complete(admission.request, call_info(admission)))
+{%- endif %}
 
 
 @bp.post("/v1/chat/stream")
 def chat_stream() -> Response:
-    body, service = chat_request(), chat_service()
+    admission, service = admit(), chat_service()
     # Opened before the response starts, so a refused call still gets its own status.
-    stream = service.open_stream(body, call_info(body))
+{%- if cookiecutter.caller_auth == "keys" %}
+    limits = limiter()
+    try:
+        stream = service.open_stream(admission.request, call_info(admission))
+    except GatewayError:
+        limits.settle(admission.reservation, 0)
+        raise
+    response = event_stream(stream, g.request_id, service.settings)
+
+    def settle() -> None:  # registered after the stream's close: runs once it is closed
+        limits.settle(admission.reservation, admission.used(stream.result()))
+
+    response.call_on_close(settle)
+    return response
+{%- else %}
+    stream = service.open_stream(admission.request, call_info(admission))
     return event_stream(stream, g.request_id, service.settings)
+{%- endif %}

@@ -11,8 +11,16 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from . import api
 from . import http_contract as contract
+{%- if cookiecutter.caller_auth == "keys" %}
+from .admission import Gate, load_callers_or_exit
+{%- else %}
+from .admission import Gate, warn_open
+{%- endif %}
 from .chat_sync import ChatService, create_client
 from .errors import GatewayError
+{%- if cookiecutter.caller_auth == "keys" %}
+from .limiter import Limiter
+{%- endif %}
 from .logs import configure_logging
 from .settings import Settings, load_settings_or_exit
 
@@ -22,6 +30,15 @@ def create_app(settings: Settings) -> Flask:
     app = Flask(__name__)
     # One client per process: it holds the connections to the gateway.
     app.extensions["chat"] = ChatService(create_client(settings), settings)
+{%- if cookiecutter.caller_auth == "keys" %}
+    # gunicorn.conf.py checks the worker count against the limits once gunicorn has read it.
+    app.extensions["gate"] = Gate(settings, load_callers_or_exit(settings, workers=1))
+    redis_url = settings.limits_redis_url
+    app.extensions["limiter"] = Limiter(redis_url.get_secret_value() if redis_url else None)
+{%- else %}
+    warn_open()
+    app.extensions["gate"] = Gate(settings)
+{%- endif %}
     app.register_blueprint(api.bp)
 
     @app.before_request
@@ -31,6 +48,10 @@ def create_app(settings: Settings) -> Flask:
     @app.after_request
     def echo_request_id(response: Response) -> Response:
         response.headers[contract.REQUEST_ID_HEADER] = g.request_id
+{%- if cookiecutter.caller_auth == "keys" %}
+        if admission := g.get("admission"):  # the caller's limits, after this request
+            response.headers.update(admission.headers)
+{%- endif %}
         return response
 
     @app.errorhandler(GatewayError)

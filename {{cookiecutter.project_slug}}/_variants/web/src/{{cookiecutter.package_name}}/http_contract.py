@@ -28,7 +28,18 @@ ENDPOINTS_HINT = (
     "The API is POST /v1/chat and POST /v1/chat/stream; GET /healthz is the health check "
     "and GET / the demo page."
 )
-_STATUSES = {Category.INVALID_REQUEST: 400, Category.RATE_LIMITED: 429, Category.TIMEOUT: 504}
+_STATUSES = {
+    Category.INVALID_REQUEST: 400,
+    Category.RATE_LIMITED: 429,
+    Category.TIMEOUT: 504,
+    Category.MODEL_NOT_ALLOWED: 403,
+{%- if cookiecutter.caller_auth == "keys" %}
+    Category.CALLER_AUTH: 401,
+    Category.CALLER_RATE_LIMITED: 429,
+    Category.CALLER_BUDGET_EXHAUSTED: 429,
+    Category.LIMITER_UNAVAILABLE: 503,
+{%- endif %}
+}
 # The demo page may only talk to this service; it holds no key and no setting.
 DEMO_PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; "
@@ -67,6 +78,7 @@ def gateway_error(error: GatewayError, request_id: str) -> Reply:
     """A failed call: 502 unless its category or `status` says otherwise; Retry-After passed on."""
     body = error_body(error.category, error.message, error.hint, request_id)
     headers = {"Retry-After": error.retry_after} if error.retry_after else {}
+    headers.update(error.headers)
     return body, error.status or _STATUSES.get(error.category, 502), headers
 
 
