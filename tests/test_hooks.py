@@ -130,6 +130,9 @@ BAD = [
             "ALLTKN_MAX_RETRIES",
             "LOG_LEVEL",
             "ALLTKN_SSE_KEEPALIVE_S",
+            "ALLTKN_ALLOWED_MODELS",
+            "ALLTKN_CALLERS_FILE",
+            "ALLTKN_LIMITS_REDIS_URL",
             "OPENAI_API_KEY",
             "OPENAI_BASE_URL",
         )
@@ -193,6 +196,7 @@ def test_every_problem_is_reported_in_variable_order() -> None:
         **cookiecutter_defaults(),
         "project_slug": "Bad Slug",
         "package_name": "json",
+        "caller_auth": "maybe",
         "api_key_env_var": "LOG_LEVEL",
         "default_model": "",
     }
@@ -202,6 +206,7 @@ def test_every_problem_is_reported_in_variable_order() -> None:
     assert [line.split(":")[1].strip() for line in lines] == [
         "project_slug",
         "package_name",
+        "caller_auth",
         "api_key_env_var",
         "default_model",
     ]

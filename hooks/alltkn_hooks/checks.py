@@ -18,6 +18,7 @@ FRAMEWORKS = ("fastapi", "flask", "script")
 PYTHON_VERSIONS = ("3.10", "3.11", "3.12", "3.13")
 YES_NO = ("yes", "no")
 CI_CHOICES = ("github", "gitlab", "none")
+CALLER_AUTH_CHOICES = ("keys", "none")
 WEB_FRAMEWORKS = ("fastapi", "flask")
 DEPENDENCY_NAMES = frozenset(
     {
@@ -110,6 +111,9 @@ RESERVED_ENV_NAMES = (
     "ALLTKN_STREAMING",
     "ALLTKN_MAX_INPUT_CHARS",
     "ALLTKN_MAX_OUTPUT_TOKENS",
+    "ALLTKN_ALLOWED_MODELS",
+    "ALLTKN_CALLERS_FILE",
+    "ALLTKN_LIMITS_REDIS_URL",
     # The container's and the servers' own settings (Dockerfile, gunicorn.conf.py, k8s/).
     "WEB_CONCURRENCY",
     "PORT",
@@ -247,13 +251,25 @@ def choice_check(variable: str, choices: Sequence[str]) -> Check:
 
 def combination_problems(answers: Mapping[str, object]) -> list[tuple[str, str]]:
     """(variable, error line) for answers that are valid alone but not together."""
-    if answer(answers, "kubernetes") != "yes":
-        return []
     framework = answer(answers, "framework")
     if framework not in FRAMEWORKS:  # reported by its own check
         return []
+    found: list[tuple[str, str]] = []
+    if answer(answers, "caller_auth") == "keys" and framework not in WEB_FRAMEWORKS:
+        found.append(
+            (
+                "caller_auth",
+                problem(
+                    "caller_auth",
+                    f"caller keys are for the web services, not framework={framework}",
+                    "Use caller_auth=none, or framework=fastapi or flask",
+                ),
+            )
+        )
+    if answer(answers, "kubernetes") != "yes":
+        return found
     if framework not in WEB_FRAMEWORKS:
-        return [
+        found.append(
             (
                 "kubernetes",
                 problem(
@@ -262,9 +278,9 @@ def combination_problems(answers: Mapping[str, object]) -> list[tuple[str, str]]
                     "Use kubernetes=no, or framework=fastapi or flask",
                 ),
             )
-        ]
-    if answer(answers, "docker") != "yes":
-        return [
+        )
+    elif answer(answers, "docker") != "yes":
+        found.append(
             (
                 "kubernetes",
                 problem(
@@ -273,8 +289,8 @@ def combination_problems(answers: Mapping[str, object]) -> list[tuple[str, str]]
                     "Use docker=yes, or kubernetes=no",
                 ),
             )
-        ]
-    return []
+        )
+    return found
 
 
 def base_url_problems(value: str) -> list[tuple[str, str]]:
@@ -369,6 +385,7 @@ CHECKS: tuple[tuple[str, Check], ...] = (
     ("project_slug", check_project_slug),
     ("package_name", check_package_name),
     ("framework", check_framework),
+    ("caller_auth", choice_check("caller_auth", CALLER_AUTH_CHOICES)),
     ("python_version", check_python_version),
     ("docker", choice_check("docker", YES_NO)),
     ("kubernetes", choice_check("kubernetes", YES_NO)),

@@ -15,11 +15,14 @@ _LAYERS = {
 }
 # Layers an option adds after the framework's: (answer name, value) -> layer.
 _OPTION_LAYERS = (
+    (("caller_auth", "keys"), "callers"),
     (("docker", "yes"), "docker"),
     (("kubernetes", "yes"), "k8s"),
     (("ci", "github"), "ci-github"),
     (("ci", "gitlab"), "ci-gitlab"),
 )
+# Option layers only a web framework gets (pre-gen refuses the answers asking for more).
+_WEB_ONLY_LAYERS = frozenset({"callers"})
 
 
 class VariantCollision(Exception):
@@ -28,13 +31,18 @@ class VariantCollision(Exception):
 
 def layers_for(framework: str, options: Mapping[str, object] | None = None) -> list[str]:
     """The `_variants/` layers assembled for `framework` and the other `options` (answers such
-    as docker, kubernetes, ci), in order."""
+    as caller_auth, docker, kubernetes, ci), in order; a missing answer adds no layer."""
     try:
         layers = list(_LAYERS[framework])
     except KeyError:
         raise ValueError(f"unknown framework {framework!r}") from None
     chosen = options or {}
-    return layers + [layer for (name, value), layer in _OPTION_LAYERS if chosen.get(name) == value]
+    web = "web" in layers
+    return layers + [
+        layer
+        for (name, value), layer in _OPTION_LAYERS
+        if chosen.get(name) == value and (web or layer not in _WEB_ONLY_LAYERS)
+    ]
 
 
 def variant_moves(
