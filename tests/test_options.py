@@ -1,4 +1,4 @@
-"""The docker / kubernetes / ci options: one at a time plus the pairs that interact.
+"""The caller_auth / docker / kubernetes / ci options: one at a time plus the pairs that interact.
 
 Each combination bakes into exactly the files computed from its options; the Dockerfile, the
 workflows and the manifests pass the field's own linters (hadolint, check-jsonschema's vendored
@@ -50,6 +50,8 @@ COMBINATIONS = [
     pytest.param("script", {"ci": "gitlab"}, id="script-ci-gitlab"),
     pytest.param("flask", {"ci": "none"}, id="flask-ci-none"),
     pytest.param("fastapi", {"ci": "none", "docker": "no", "kubernetes": "no"}, id="fastapi-bare"),
+    pytest.param("fastapi", {"caller_auth": "none"}, id="fastapi-open"),
+    pytest.param("flask", {"caller_auth": "none", "ci": "gitlab"}, id="flask-open-gitlab"),
 ]
 
 # Unsupported: (answers, the one line that must be printed).
@@ -71,12 +73,28 @@ UNSUPPORTED = [
         "error: kubernetes: is not a known choice. Use one of yes, no",
         id="k8s-not-yes-or-no",
     ),
+    pytest.param(
+        {"framework": "script", "caller_auth": "keys"},
+        "error: caller_auth: caller keys are for the web services, not framework=script. "
+        "Use caller_auth=none, or framework=fastapi or flask",
+        id="script-with-caller-keys",
+    ),
+    pytest.param(
+        {"caller_auth": "yes"},
+        "error: caller_auth: is not a known choice. Use one of keys, none",
+        id="caller-auth-not-keys-or-none",
+    ),
 ]
 
 
 def options_for(framework: str, overrides: dict[str, str]) -> dict[str, str]:
     web = framework != "script"
-    options = {"docker": "yes", "kubernetes": "yes" if web else "no", "ci": "github"}
+    options = {
+        "caller_auth": "keys" if web else "none",
+        "docker": "yes",
+        "kubernetes": "yes" if web else "no",
+        "ci": "github",
+    }
     return {**options, **overrides}
 
 
@@ -133,6 +151,13 @@ WITH_DOCKER = ids_with(lambda o, fw: o["docker"] == "yes")
 WITH_K8S = ids_with(lambda o, fw: o["kubernetes"] == "yes")
 WITH_GITHUB = ids_with(lambda o, fw: o["ci"] == "github")
 WITH_GITLAB = ids_with(lambda o, fw: o["ci"] == "gitlab")
+ALL = [str(p.id) for p in COMBINATIONS]
+
+
+def caller_keys(name: str) -> bool:
+    """Whether the combination `name` bakes caller keys (caller_auth=keys)."""
+    (param,) = [p for p in COMBINATIONS if p.id == name]
+    return options_for(*param.values)["caller_auth"] == "keys"
 
 
 # --- files per combination ---------------------------------------------------------------------
@@ -148,6 +173,8 @@ def test_each_combination_has_exactly_its_files(
     assert baked_files(project) == expected_files(post_gen, "alltkn_service", framework, options)
     assert (project / "Dockerfile").exists() == (options["docker"] == "yes")
     assert (project / "k8s").exists() == (options["kubernetes"] == "yes")
+    keys = options["caller_auth"] == "keys"
+    assert (project / "src" / "alltkn_service" / "callers.py").exists() == keys
     assert (project / ".github").exists() == (options["ci"] == "github")
     assert (project / ".gitlab-ci.yml").exists() == (options["ci"] == "gitlab")
 
@@ -162,6 +189,54 @@ def test_unsupported_combinations_fail_with_one_line(
     errors = [text for text in done.stderr.splitlines() if text.startswith("error:")]
     assert errors == [line]
     assert list(out_dir(tmp_path).iterdir()) == []
+
+
+# --- caller keys: the callers file and the settings --------------------------------------------
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_the_callers_file_stays_out_of_git(
+    baked: dict[str, Path], tmp_path: Path, name: str
+) -> None:
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    shutil.copy(baked[name] / ".gitignore", tmp_path)
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    paths = ["callers.json", "deploy/callers.json", "callers.example.json"]
+
+    ignored = subprocess.run(
+        ["git", "check-ignore", "--no-index", *paths],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split()
+
+    assert ignored == (paths[:2] if caller_keys(name) else [])
+
+
+@pytest.mark.parametrize("name", WITH_DOCKER)
+def test_the_callers_file_stays_out_of_the_image(baked: dict[str, Path], name: str) -> None:
+    ignore = (baked[name] / ".dockerignore").read_text(encoding="utf-8").splitlines()
+    for path in ("callers.json", "deploy/callers.json"):
+        assert dockerignored(ignore, path) == caller_keys(name), path
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_the_env_example_names_the_caller_settings(baked: dict[str, Path], name: str) -> None:
+    """Web bakes: the model allowlist; caller-key bakes: the callers file, and the limits'
+    Redis commented out (unset: limits for one process)."""
+    lines = (baked[name] / ".env.example").read_text(encoding="utf-8").splitlines()
+    settings = {line.split("=")[0] for line in lines if line and not line.startswith("#")}
+    web, keys = not name.startswith("script"), caller_keys(name)
+
+    assert ("ALLTKN_ALLOWED_MODELS=" in lines) == web
+    assert ("ALLTKN_CALLERS_FILE=callers.json" in lines) == keys
+    assert ("# ALLTKN_LIMITS_REDIS_URL=redis://localhost:6379/0" in lines) == keys
+    assert "ALLTKN_LIMITS_REDIS_URL" not in settings
+    for number, line in enumerate(lines):  # each one documented on the line above it
+        if line.startswith(("ALLTKN_ALLOWED_MODELS=", "ALLTKN_CALLERS_FILE=")):
+            assert lines[number - 1].startswith("# "), line
 
 
 # --- Makefile ----------------------------------------------------------------------------------
@@ -193,7 +268,7 @@ def test_make_lint_passes_in_the_baked_project(baked: dict[str, Path], name: str
     run_ok(["make", f"PY={sys.executable}", "lint"], baked[name])
 
 
-@pytest.mark.parametrize("name", [str(p.id) for p in COMBINATIONS])
+@pytest.mark.parametrize("name", ALL)
 def test_the_first_commit_passes_the_hygiene_hooks(baked: dict[str, Path], name: str) -> None:
     """What pre-commit-hooks would change or refuse on the first commit: a missing or doubled
     final newline, trailing whitespace, YAML / TOML / JSON that does not parse."""
@@ -435,13 +510,14 @@ def exec_form(dockerfile: str, instruction: str) -> list[str]:
     return list(json.loads(found[-1]))
 
 
-@pytest.mark.parametrize("name", ["fastapi-defaults", "flask-defaults"])
+@pytest.mark.parametrize("name", ["fastapi-defaults", "flask-defaults", "fastapi-open"])
 def test_the_image_command_serves_and_its_healthcheck_passes(
-    baked: dict[str, Path], name: str
+    baked: dict[str, Path], tmp_path: Path, name: str
 ) -> None:
     """The image's CMD and HEALTHCHECK, run outside a container (no Docker engine needed) with
     the image's environment: the production server starts WEB_CONCURRENCY workers and the
-    healthcheck command exits 0 against it."""
+    healthcheck command exits 0 against it. With caller keys, the callers file is outside the
+    project, as the Deployment mounts it, and holds one caller made by `keys create`."""
     project = baked[name]
     dockerfile = (project / "Dockerfile").read_text(encoding="utf-8")
     command, probe = exec_form(dockerfile, "CMD"), exec_form(dockerfile, "HEALTHCHECK")
@@ -454,6 +530,13 @@ def test_the_image_command_serves_and_its_healthcheck_passes(
         "PORT": str(port),
         "BIND": f"127.0.0.1:{port}",
     }
+    if caller_keys(name):
+        env["ALLTKN_CALLERS_FILE"] = str(tmp_path / "callers" / "callers.json")
+        (tmp_path / "callers").mkdir()
+        create = [sys.executable, "-m", "alltkn_service", "keys", "create", "probe"]
+        done = subprocess.run(create, cwd=project, env=env, capture_output=True, text=True,
+                              check=False)  # fmt: skip
+        assert done.returncode == 0, done.stderr
     server = subprocess.Popen(
         command, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -556,6 +639,15 @@ def test_github_ci_is_least_privilege_pinned_and_runs_make(
             assert step["with"]["persist-credentials"] is False
     assert {"lint", "typecheck", "test", "doctor"} <= set(calls)
     assert set(calls) <= make_targets(project)
+    checks_steps = [step.get("run", "") for step in ci["jobs"]["checks"]["steps"]]
+    redis = [n for n, run in enumerate(checks_steps) if "redis-server" in run]
+    if caller_keys(name):  # the limiter tests start Debian's redis-server themselves
+        assert [checks_steps[n] for n in redis] == [
+            "sudo apt-get update && sudo apt-get install -y redis-server"
+        ]
+        assert redis[0] < checks_steps.index("make PY=python test")
+    else:
+        assert redis == []
     smoke = ci["jobs"]["smoke"]
     assert smoke["env"]["HAS_KEY"] == "${{ secrets.ALLTKN_API_KEY != '' }}"
     doctor = next(s for s in smoke["steps"] if "doctor" in s.get("run", ""))
@@ -581,6 +673,13 @@ def test_gitlab_ci_validates_and_calls_make_targets(baked: dict[str, Path], name
     assert set(jobs) == {"lint", "typecheck", "test", "secret-scan", "smoke"}
     assert {"lint", "typecheck", "test", "secrets", "doctor"} <= set(calls)
     assert set(calls) <= make_targets(project)
+    install = "apt-get update -qq && apt-get install -y -qq --no-install-recommends redis-server"
+    expected = [install] if caller_keys(name) else []  # before the tests that start it
+    assert jobs["test"]["script"] == [*expected, "make PY=python test"]
+    others = [
+        line for job_name, job in jobs.items() if job_name != "test" for line in job["script"]
+    ]
+    assert not any("redis" in line for line in others)
     assert jobs["smoke"]["rules"] == [{"if": '$CI_PIPELINE_SOURCE == "push" && $ALLTKN_API_KEY'}]
 
 
@@ -622,6 +721,57 @@ def test_the_deployment_reads_the_key_from_a_secret(baked: dict[str, Path], name
     )
 
 
+@pytest.mark.parametrize("name", WITH_K8S)
+def test_the_deployment_mounts_the_callers_file_for_caller_keys(
+    baked: dict[str, Path], name: str
+) -> None:
+    """Caller keys: the callers file from a Secret, in a volume (the directory, read-only, 0440,
+    group of the image's user), the limits' Redis URL from a required Secret. Without keys:
+    neither. (A projected volume: `secretName: <name>` is what detect-secrets flags.)"""
+    project = baked[name]
+    (deployment,) = [
+        doc
+        for doc in yaml.safe_load_all((project / "k8s" / "deployment.yaml").read_text())
+        if doc["kind"] == "Deployment"
+    ]
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {item["name"]: item for item in container["env"]}
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    mounts = {mount["name"]: mount for mount in container["volumeMounts"]}
+
+    if not caller_keys(name):
+        assert "callers" not in volumes
+        assert "callers" not in mounts
+        assert not {"ALLTKN_CALLERS_FILE", "ALLTKN_LIMITS_REDIS_URL"} & set(env)
+        assert "fsGroup" not in pod["securityContext"]
+        return
+    assert volumes["callers"]["projected"] == {
+        "defaultMode": 0o440,
+        "sources": [
+            {
+                "secret": {
+                    "name": "alltkn-service-callers",
+                    "items": [{"key": "callers.json", "path": "callers.json"}],
+                }
+            }
+        ],
+    }
+    assert mounts["callers"] == {  # no subPath: the kubelet updates the file in place
+        "name": "callers",
+        "mountPath": "/etc/alltkn-service/callers",
+        "readOnly": True,
+    }
+    assert env["ALLTKN_CALLERS_FILE"]["value"] == "/etc/alltkn-service/callers/callers.json"
+    assert env["ALLTKN_LIMITS_REDIS_URL"]["valueFrom"] == {  # required: not `optional`
+        "secretKeyRef": {"name": "alltkn-service-limits", "key": "redis-url"}
+    }
+    user = re.search(r"^USER (\d+)$", (project / "Dockerfile").read_text(), re.MULTILINE)
+    assert user is not None
+    assert pod["securityContext"]["fsGroup"] == int(user[1])
+    assert pod["securityContext"]["runAsUser"] == int(user[1])
+
+
 # --- the hooks' option logic, as plain functions -----------------------------------------------
 
 
@@ -646,6 +796,24 @@ def test_the_deployment_reads_the_key_from_a_secret(baked: dict[str, Path], name
             {"docker": "no", "kubernetes": "no", "ci": "none"},
             ["web", "sync", "flask"],
             id="bare",
+        ),
+        pytest.param(
+            "flask",
+            {"caller_auth": "keys", "docker": "yes", "kubernetes": "yes", "ci": "gitlab"},
+            ["web", "sync", "flask", "callers", "docker", "k8s", "ci-gitlab"],
+            id="flask-caller-keys",
+        ),
+        pytest.param(
+            "fastapi",
+            {"caller_auth": "none", "ci": "github"},
+            ["web", "async", "fastapi", "ci-github"],
+            id="fastapi-open",
+        ),
+        pytest.param(
+            "script",
+            {"caller_auth": "keys", "docker": "yes"},
+            ["sync", "async", "script", "docker"],
+            id="script-never-gets-caller-keys",
         ),
     ],
 )
@@ -672,6 +840,19 @@ def test_layers_for_options(
         ),
         pytest.param(
             {"framework": "django", "docker": "no", "kubernetes": "yes"}, [], id="bad-framework"
+        ),
+        pytest.param({"framework": "flask", "caller_auth": "keys"}, [], id="web-caller-keys"),
+        pytest.param({"framework": "script", "caller_auth": "none"}, [], id="cli-open"),
+        pytest.param(
+            {"framework": "script", "caller_auth": "keys"}, ["caller_auth"], id="cli-caller-keys"
+        ),
+        pytest.param(
+            {"framework": "script", "caller_auth": "keys", "kubernetes": "yes"},
+            ["caller_auth", "kubernetes"],
+            id="cli-caller-keys-and-k8s",
+        ),
+        pytest.param(
+            {"framework": "django", "caller_auth": "keys"}, [], id="bad-framework-caller-keys"
         ),
     ],
 )
