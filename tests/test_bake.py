@@ -28,12 +28,13 @@ JINJA_LEFTOVER = re.compile(r"(?<!\$)\{\{|\{%|\{#|cookiecutter\.")
 
 
 def default_options(framework: str) -> dict[str, str]:
-    """The docker / kubernetes / ci answers `--no-input` gives for `framework`."""
+    """The docker / kubernetes / ci / caller_auth answers `--no-input` gives for `framework`."""
     defaults = cookiecutter_defaults()
     return {
         "docker": defaults["docker"],
         "kubernetes": "yes" if framework != "script" and defaults["docker"] == "yes" else "no",
         "ci": defaults["ci"],
+        "caller_auth": "keys" if framework != "script" else "none",
     }
 
 
@@ -208,6 +209,7 @@ DISTRIBUTION_IMPORTS = {
     "uvicorn": "uvicorn",
     "httptools": "uvicorn",  # uvicorn's HTTP parser, picked up by uvicorn when installed
     "flask": "flask",
+    "redis": "redis",  # the callers' limits (limiter.py)
     "gunicorn": "gunicorn",
     "rich": "rich",
 }
@@ -234,11 +236,21 @@ def _imports(path: Path) -> tuple[set[str], set[str]]:
     return siblings, external
 
 
-@pytest.mark.parametrize("framework", FRAMEWORKS)
-def test_each_variant_ships_only_what_it_runs(cookies: Any, framework: str) -> None:
+@pytest.mark.parametrize(
+    ("framework", "caller_auth"),
+    [
+        *[pytest.param(framework, None, id=framework) for framework in FRAMEWORKS],
+        pytest.param("fastapi", "none", id="fastapi-open"),
+        pytest.param("flask", "none", id="flask-open"),
+    ],
+)
+def test_each_variant_ships_only_what_it_runs(
+    cookies: Any, framework: str, caller_auth: str | None
+) -> None:
     """Every module of the bake is reachable from the variant's entry points, every class it
     defines is used, and every dependency is imported by reachable code."""
-    project = bake(cookies, framework=framework)
+    answers = {"caller_auth": caller_auth} if caller_auth else {}
+    project = bake(cookies, framework=framework, **answers)
     package = project / "src" / "alltkn_service"
     modules = {path.stem: path for path in package.glob("*.py")}
     reached: set[str] = set()

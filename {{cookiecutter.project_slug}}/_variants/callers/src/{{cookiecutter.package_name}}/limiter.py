@@ -21,7 +21,9 @@ from datetime import datetime, timezone
 from typing import Any
 
 import redis
+{%- if cookiecutter.framework == "fastapi" %}
 import redis.asyncio
+{%- endif %}
 
 from .callers import Caller
 from .errors import Category, GatewayError
@@ -277,6 +279,7 @@ class Limiter:
             return dict(self.memory.usage.get(key, {}))
         return {str(name): int(value) for name, value in self.redis.hgetall(key).items()}
 
+{%- if cookiecutter.framework == "fastapi" %}
 
 class AsyncLimiter:
     """The limits on an event loop (FastAPI): the same scripts through `redis.asyncio`."""
@@ -311,3 +314,4 @@ class AsyncLimiter:
     async def aclose(self) -> None:
         if self.memory is None:
             await self.redis.aclose()
+{%- endif %}
