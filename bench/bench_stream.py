@@ -1,7 +1,7 @@
 """Streaming benchmark: the generated FastAPI and Flask services against the floor and a baseline.
 
 Run from the template root, in an environment with the web variants' dependencies
-(`pip install -r requirements-dev.txt`):
+(`pip install -r requirements-dev.txt`) and Debian's `redis-server`:
 
     python bench/bench_stream.py [--quick]
 
@@ -10,7 +10,12 @@ after 50 ms, then 20 deltas 10 ms apart), and measures in one run:
 
 - `direct`: the openai SDK streaming from the fake itself (the floor);
 - `baseline`: a straightforward FastAPI + AsyncOpenAI relay (bench/baseline_relay.py);
-- `fastapi`, `flask`: the generated services, started as their READMEs say.
+- `fastapi`, `flask`: the generated services, started as their READMEs say, baked with
+  `caller_auth=none` (the open service these figures have always measured);
+- `fastapi_keys`: FastAPI, caller keys + limits (Redis on loopback): a `caller_auth=keys` bake
+  whose one caller (made with `keys create`) has requests-per-minute, tokens-per-minute and
+  daily limits too high ever to refuse, its counters in a `redis-server` the benchmark starts
+  on a free loopback port (nothing saved), every request with `Authorization: Bearer <key>`.
 
 At 1, 20 and 100 concurrent streams (Flask also at 50, its target), after one uncounted
 warm-up round, it reports TTFT and total time (p50/p95), the service's CPU time per stream and
@@ -21,7 +26,13 @@ neighbouring floor, so that a machine whose load drifts still compares like with
 same reason the CPU target is judged on the baseline and the FastAPI service taking turns at 20
 clients (`cpu_duel`). It prints ratios to `direct` (and CPU ratios to `baseline`), then each
 target of the streaming issue with its measured value and PASS/FAIL, and writes
-bench/results/stream.json. About 3.5 minutes; `--quick` about 1.5.
+bench/results/stream.json.
+
+The caller-keys issue's targets are judged the same way, against the open FastAPI service in
+the same run: the limiter's added TTFT p50 at 1 client (<= 1 ms) on the two services taking
+turns stream by stream (`keys_ttft_duel`), and its CPU per stream (<= 1.20 x) on the two taking
+turns at 20 clients (`keys_cpu_duel`; Redis's own CPU is reported beside it). About 5 minutes;
+`--quick` about 2.
 """
 
 from __future__ import annotations
@@ -31,11 +42,11 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -43,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
-from bench_common import bake, fake_gateway
+from bench_common import bake, fake_gateway, free_port, redis_server
 from openai import AsyncOpenAI
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[1]
@@ -51,6 +62,10 @@ RESULTS = TEMPLATE_DIR / "bench" / "results" / "stream.json"
 KEY = "bench-" + "k" * 40
 PROMPT = {"prompt": "stream please"}
 TICKS = os.sysconf("SC_CLK_TCK")
+# The benchmark's caller: limits on every axis, too high for any run to reach.
+CALLER_LIMITS = {"rpm": 1_000_000, "tpm": 1_000_000_000, "daily_tokens": 1_000_000_000}
+PATHS = ("direct", "baseline", "fastapi", "fastapi_keys", "flask")
+RELAYS = ("baseline", "fastapi", "fastapi_keys", "flask")
 
 
 @dataclass
@@ -64,18 +79,28 @@ class Sample:
     ttft: list[float] = field(default_factory=list)
     total: list[float] = field(default_factory=list)
     failures: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)  # failures: status and category
+
+    def failed(self, reason: str) -> None:
+        self.failures += 1
+        self.reasons[reason] += 1
+
+
+@dataclass(frozen=True)
+class Relay:
+    """One measured relay: how it starts (`kind`: baseline, fastapi or flask), from which bake,
+    with which extra environment, and the headers its requests carry."""
+
+    kind: str
+    project: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 # -- processes ---------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def service_command(name: str, project: Path | None, port: int) -> list[str]:
+def service_command(name: str, port: int) -> list[str]:
     if name == "fastapi":
         # As the generated README runs it: httptools is a dependency, the loop is asyncio.
         return [
@@ -126,8 +151,9 @@ def service_command(name: str, project: Path | None, port: int) -> list[str]:
 
 
 @contextmanager
-def service(name: str, project: Path | None, base_url: str) -> Iterator[tuple[str, int]]:
+def service(relay: Relay, base_url: str) -> Iterator[tuple[str, int]]:
     port = free_port()
+    project = relay.project
     cwd = project if project else TEMPLATE_DIR / "bench"
     env = {
         **os.environ,
@@ -136,27 +162,54 @@ def service(name: str, project: Path | None, base_url: str) -> Iterator[tuple[st
         "ALLTKN_MAX_RETRIES": "0",
         "LOG_LEVEL": "WARNING",
         "PYTHONPATH": str(project / "src") if project else str(cwd),
+        **relay.env,
     }
-    process = subprocess.Popen(
-        service_command(name, project, port),
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(
+            service_command(relay.kind, port),
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
         try:
-            httpx2.post(url + "/v1/chat/stream", json=PROMPT, timeout=5).raise_for_status()
-            break
-        except httpx2.HTTPError:
-            time.sleep(0.1)
-    try:
-        yield url, process.pid
-    finally:
-        process.terminate()
-        process.wait()
+            while True:
+                try:
+                    httpx2.post(
+                        url + "/v1/chat/stream", json=PROMPT, headers=relay.headers, timeout=5
+                    ).raise_for_status()
+                    break
+                except httpx2.HTTPError as exc:
+                    if process.poll() is not None or time.monotonic() > deadline:
+                        log.seek(0)
+                        said = log.read().decode(errors="replace")
+                        raise SystemExit(f"{relay.kind} did not serve ({exc}):\n{said}") from None
+                    time.sleep(0.1)
+            yield url, process.pid
+        finally:
+            process.terminate()
+            process.wait()
+
+
+def add_caller(project: Path, callers_file: Path) -> str:
+    """A caller with every limit set (too high to refuse), made as the README says; its key."""
+    limits = [f"--{name.replace('_', '-')}={value}" for name, value in CALLER_LIMITS.items()]
+    made = subprocess.run(
+        [sys.executable, "-m", "alltkn_service", "keys", "create", "bench", *limits],
+        cwd=project,
+        env={
+            **os.environ,
+            "ALLTKN_API_KEY": KEY,
+            "ALLTKN_CALLERS_FILE": str(callers_file),
+            "PYTHONPATH": str(project / "src"),
+        },
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return made.stdout.strip()
 
 
 def cpu_seconds(root_pid: int) -> float:
@@ -178,17 +231,20 @@ def cpu_seconds(root_pid: int) -> float:
 
 async def relay_stream(client: httpx2.AsyncClient, url: str, sample: Sample) -> None:
     started = time.perf_counter()
-    first = None
+    first, why = None, "no delta"
     try:
         async with client.stream("POST", url + "/v1/chat/stream", json=PROMPT) as response:
             async for line in response.aiter_lines():
                 if first is None and line.startswith('data: {"delta"'):
                     first = time.perf_counter() - started
+                elif '"category":' in line:  # an error answer, or an error event
+                    why = line.split('"category":', 1)[1].split(",", 1)[0].strip(' "')
             ok = response.status_code == 200 and first is not None
-    except httpx2.HTTPError:
-        ok = False
+            why = f"{response.status_code} {why}"
+    except httpx2.HTTPError as exc:
+        ok, why = False, type(exc).__name__
     if not ok or first is None:
-        sample.failures += 1
+        sample.failed(why)
         return
     sample.ttft.append(first)
     sample.total.append(time.perf_counter() - started)
@@ -207,24 +263,31 @@ async def direct_stream(client: AsyncOpenAI, sample: Sample) -> None:
             async for chunk in stream:
                 if first is None and chunk.choices and chunk.choices[0].delta.content:
                     first = time.perf_counter() - started
-    except Exception:
-        sample.failures += 1
+    except Exception as exc:
+        sample.failed(type(exc).__name__)
         return
     if first is None:
-        sample.failures += 1
+        sample.failed("no delta")
         return
     sample.ttft.append(first)
     sample.total.append(time.perf_counter() - started)
 
 
 async def run_level(
-    target: str, url: str, level: Level, pid: int | None = None, *, floor_url: str = ""
+    target: str,
+    url: str,
+    level: Level,
+    pid: int | None = None,
+    *,
+    floor_url: str = "",
+    headers: dict[str, str] | None = None,
 ) -> tuple[Sample, Sample, float | None]:
     """`level.rounds` streams per client, all clients at once, after one warm-up round (new
     connections, first-call caches) that is not counted; also the CPU time process `pid` used
     during the counted rounds. With `floor_url` (one client only), each stream of `target` is
     preceded by a direct one to `floor_url`, so that both see the same moment of a machine whose
-    load drifts; returns (target's sample, direct sample, CPU)."""
+    load drifts; returns (target's sample, direct sample, CPU). `headers`: sent with every
+    request to `url` (a caller key)."""
     limits = httpx2.Limits(max_connections=level.clients + 10)
     sdk = AsyncOpenAI(
         base_url=floor_url or url,
@@ -232,7 +295,7 @@ async def run_level(
         max_retries=0,
         http_client=httpx2.AsyncClient(limits=limits, timeout=30),
     )
-    http = httpx2.AsyncClient(limits=limits, timeout=30)
+    http = httpx2.AsyncClient(limits=limits, timeout=30, headers=headers)
 
     async def one(sample: Sample, floor: Sample) -> None:
         if floor_url:
@@ -253,14 +316,14 @@ async def run_level(
     return sample, floor, (cpu_seconds(pid) - cpu_before if pid else None)
 
 
-async def hang_ups(url: str, clients: int) -> int:
+async def hang_ups(url: str, clients: int, headers: dict[str, str]) -> int:
     """Open `clients` streams, hang up each after its first delta; returns how many hung up."""
     hung = 0
 
     async def one() -> None:
         nonlocal hung
         async with (
-            httpx2.AsyncClient(timeout=30) as http,
+            httpx2.AsyncClient(timeout=30, headers=headers) as http,
             http.stream("POST", url + "/v1/chat/stream", json=PROMPT) as response,
         ):
             async for line in response.aiter_lines():
@@ -272,30 +335,93 @@ async def hang_ups(url: str, clients: int) -> int:
     return hung
 
 
-def cpu_duel(fastapi: Path, base_url: str, clients: int, turns: int) -> dict[str, Any]:
-    """Service CPU per stream of the baseline and the FastAPI service, both running, taking
-    turns at `clients` concurrent streams: on a machine whose load drifts, CPU time measured
-    minutes apart differs by a third; turns a second apart compare like with like."""
-    spent = {"baseline": 0.0, "fastapi": 0.0}
-    streams = {"baseline": 0, "fastapi": 0}
+def cpu_duel(
+    relays: dict[str, Relay],
+    base_url: str,
+    clients: int,
+    turns: int,
+    *,
+    also: tuple[str, int] | None = None,
+) -> dict[str, Any]:
+    """Service CPU per stream of two relays (the reference first), both running, taking turns
+    at `clients` concurrent streams: on a machine whose load drifts, CPU time measured minutes
+    apart differs by a third; turns a second apart compare like with like. `also`: (name, pid)
+    of a process the second relay uses (Redis), whose CPU during its turns is reported too."""
+    (reference, first), (contender, second) = relays.items()
+    spent = {reference: 0.0, contender: 0.0}
+    streams = {reference: 0, contender: 0}
+    also_spent = 0.0
     with (
-        service("baseline", None, base_url) as (baseline_url, baseline_pid),
-        service("fastapi", fastapi, base_url) as (fastapi_url, fastapi_pid),
+        service(first, base_url) as (first_url, first_pid),
+        service(second, base_url) as (second_url, second_pid),
     ):
         for _ in range(turns):
-            for name, url, pid in (
-                ("baseline", baseline_url, baseline_pid),
-                ("fastapi", fastapi_url, fastapi_pid),
+            for name, relay, url, pid in (
+                (reference, first, first_url, first_pid),
+                (contender, second, second_url, second_pid),
             ):
-                sample, _, cpu = asyncio.run(run_level(name, url, Level(clients, 2), pid))
+                also_before = cpu_seconds(also[1]) if also and name == contender else 0.0
+                sample, _, cpu = asyncio.run(
+                    run_level(name, url, Level(clients, 2), pid, headers=relay.headers)
+                )
+                if also and name == contender:
+                    also_spent += cpu_seconds(also[1]) - also_before
                 spent[name] += cpu or 0.0
                 streams[name] += len(sample.ttft)
     per_stream = {name: round(spent[name] / streams[name] * 1000, 2) for name in spent}
-    return {
+    duel: dict[str, Any] = {
         "clients": clients,
-        "streams_each": streams["fastapi"],
+        "streams_each": streams[contender],
         "cpu_ms_per_stream": per_stream,
-        "ratio": round(per_stream["fastapi"] / per_stream["baseline"], 3),
+        "ratio": round(per_stream[contender] / per_stream[reference], 3),
+    }
+    if also:
+        # Includes the warm-up rounds' share: an upper bound.
+        duel[f"{also[0]}_cpu_ms_per_stream"] = round(also_spent / streams[contender] * 1000, 3)
+    return duel
+
+
+def ttft_duel(relays: dict[str, Relay], base_url: str, pairs: int) -> dict[str, Any]:
+    """TTFT of two relays (the reference first), both running, one client taking turns stream
+    by stream (the order swapped every pair), so that both see the same moments of a machine
+    whose load drifts; the added TTFT is the difference of their medians."""
+    (reference, first), (contender, second) = relays.items()
+
+    async def run(urls: dict[str, str]) -> tuple[dict[str, Sample], list[float]]:
+        samples = {reference: Sample(), contender: Sample()}
+        differences = []  # contender - reference, pair by pair
+        clients = {
+            name: httpx2.AsyncClient(timeout=30, headers=relay.headers)
+            for name, relay in relays.items()
+        }
+        async with clients[reference], clients[contender]:
+            for _ in range(5):  # warm-up, not counted
+                for name in samples:
+                    await relay_stream(clients[name], urls[name], Sample())
+            for index in range(pairs):
+                order = [reference, contender] if index % 2 == 0 else [contender, reference]
+                ttft = {}
+                for name in order:
+                    before = len(samples[name].ttft)
+                    await relay_stream(clients[name], urls[name], samples[name])
+                    if len(samples[name].ttft) > before:
+                        ttft[name] = samples[name].ttft[-1]
+                if len(ttft) == 2:
+                    differences.append(ttft[contender] - ttft[reference])
+        return samples, differences
+
+    with service(first, base_url) as (first_url, _), service(second, base_url) as (second_url, _):
+        samples, differences = asyncio.run(run({reference: first_url, contender: second_url}))
+    rows = {name: summarize(sample, None) for name, sample in samples.items()}
+    return {
+        "clients": 1,
+        "pairs": pairs,
+        reference: rows[reference],
+        contender: rows[contender],
+        "added_ttft_p50_ms": round(
+            rows[contender]["ttft_p50_ms"] - rows[reference]["ttft_p50_ms"], 2
+        ),
+        "paired_difference_p50_ms": round(pct(differences, 0.5) * 1000, 2),
     }
 
 
@@ -304,9 +430,11 @@ def fake_stats(base_url: str) -> dict[str, int]:
     return dict(httpx2.get(root + "/_fake/stats", timeout=5).json())
 
 
-def measure_hang_ups(url: str, base_url: str, clients: int) -> dict[str, Any]:
+def measure_hang_ups(
+    url: str, base_url: str, clients: int, headers: dict[str, str]
+) -> dict[str, Any]:
     before = fake_stats(base_url)["aborted_streams"]
-    hung = asyncio.run(hang_ups(url, clients))
+    hung = asyncio.run(hang_ups(url, clients, headers))
     hung_at = time.perf_counter()
     aborted, settled_after = 0, None
     while time.perf_counter() - hung_at < 5:
@@ -345,19 +473,20 @@ def summarize(sample: Sample, cpu: float | None) -> dict[str, Any]:
         "total_p50_ms": round(pct(sample.total, 0.5) * 1000, 2),
         "total_p95_ms": round(pct(sample.total, 0.95) * 1000, 2),
         "cpu_ms_per_stream": None if cpu is None or not streams else round(cpu / streams * 1000, 2),
+        "failure_reasons": dict(sample.reasons),
     }
 
 
 def print_table(results: dict[str, Any], levels: list[Level]) -> None:
     print(
-        f"\n{'path':9} {'clients':>7} {'TTFT p50':>9} {'p95':>8} {'direct':>10} {'ratio':>6} "
+        f"\n{'path':12} {'clients':>7} {'TTFT p50':>9} {'p95':>8} {'direct':>10} {'ratio':>6} "
         f"{'added':>9} "
         f"{'total p50':>9} {'p95':>8} {'CPU/stream':>10} {'vs base':>7} {'fail':>4}"
     )
     for level in levels:
         key = str(level.clients)
         base = results["baseline"].get(key)
-        for path in ("direct", "baseline", "fastapi", "flask"):
+        for path in PATHS:
             row = results[path].get(key)
             if row is None:
                 continue
@@ -371,29 +500,46 @@ def print_table(results: dict[str, Any], levels: list[Level]) -> None:
                 else "-"
             )
             print(
-                f"{path:9} {level.clients:>7} {row['ttft_p50_ms']:>8.1f}ms "
+                f"{path:12} {level.clients:>7} {row['ttft_p50_ms']:>8.1f}ms "
                 f"{row['ttft_p95_ms']:>6.1f}ms {floor:>8.1f}ms "
                 f"{ratio:>6.2f} {added:>+7.1f}ms {row['total_p50_ms']:>7.1f}ms "
                 f"{row['total_p95_ms']:>6.1f}ms {cpu if cpu is not None else '-':>8}ms "
                 f"{vs_base:>7} {row['failures']:>4}"
             )
-    duel = results["cpu_duel"]
+    for level in levels:
+        for path in PATHS:
+            row = results[path].get(str(level.clients))
+            if row and row["failures"]:
+                print(f"  failed, {path} at {level.clients} clients: {row['failure_reasons']}")
+    print("\nfastapi_keys: FastAPI, caller keys + limits (Redis on loopback)")
+    for duel in (results["cpu_duel"], results["keys_cpu_duel"]):
+        (a, a_cpu), (b, b_cpu) = duel["cpu_ms_per_stream"].items()
+        redis_cpu = duel.get("redis_cpu_ms_per_stream")
+        print(
+            f"\nCPU per stream, {a} and {b} taking turns at {duel['clients']} clients "
+            f"({duel['streams_each']} streams each): {a} {a_cpu} ms, {b} {b_cpu} ms, "
+            f"ratio {duel['ratio']}"
+            + ("" if redis_cpu is None else f"; redis-server {redis_cpu} ms per {b} stream")
+        )
+    duel = results["keys_ttft_duel"]
     print(
-        f"\nCPU per stream, baseline and fastapi taking turns at {duel['clients']} clients "
-        f"({duel['streams_each']} streams each): baseline {duel['cpu_ms_per_stream']['baseline']}"
-        f" ms, fastapi {duel['cpu_ms_per_stream']['fastapi']} ms, ratio {duel['ratio']}"
+        f"TTFT p50, fastapi and fastapi_keys taking turns at 1 client ({duel['pairs']} pairs): "
+        f"fastapi {duel['fastapi']['ttft_p50_ms']} ms, fastapi_keys "
+        f"{duel['fastapi_keys']['ttft_p50_ms']} ms, added {duel['added_ttft_p50_ms']:+.2f} ms "
+        f"(median pair difference {duel['paired_difference_p50_ms']:+.2f} ms)"
     )
     print("\nhang-ups (300-delta streams, clients leave after the first delta):")
-    for path in ("baseline", "fastapi", "flask"):
+    for path in RELAYS:
         hang = results["hang_ups"][path]
         print(
-            f"  {path:9} {hang['aborted']:>3} of {hang['hung_up']} aborted upstream, "
+            f"  {path:12} {hang['aborted']:>3} of {hang['hung_up']} aborted upstream, "
             f"all within {hang['all_aborted_within_ms']} ms"
         )
 
 
 def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """The streaming issue's targets, each with the measured value and whether it is met."""
+    """The streaming issue's targets and the caller-keys issue's (`keys:`), each with the
+    measured value and whether it is met."""
     fastapi, flask, direct = results["fastapi"], results["flask"], results["direct"]
 
     def ratio(row: dict[str, Any], clients: str) -> float:
@@ -412,6 +558,11 @@ def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     # fake takes ~250 ms per answer); a buffered stream would deliver both at the end.
     unbuffered = flask["1"]["ttft_p50_ms"] < direct["1"]["total_p50_ms"] / 2
     ratio_20, ratio_100 = ratio(fastapi, "20"), ratio(fastapi, "100")
+    # Caller keys + limits, against the open FastAPI service, taking turns.
+    keys_added = results["keys_ttft_duel"]["added_ttft_p50_ms"]
+    keys_cpu = results["keys_cpu_duel"]["ratio"]
+    keys_failures = sum(row["failures"] for row in results["fastapi_keys"].values())
+    keys_failures += results["keys_ttft_duel"]["fastapi_keys"]["failures"]
     targets = [
         ("fastapi: added TTFT p50, 1 client", f"{added:+.2f} ms", "<= 1 ms", added <= 1),
         ("fastapi: TTFT ratio, 20 clients", ratio_20, "<= 1.10", ratio_20 <= 1.10),
@@ -438,6 +589,14 @@ def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             "100/100 in <= 1000 ms",
             all_aborted_within(flask_hang, 1000),
         ),
+        (
+            "keys: added TTFT p50 vs fastapi, 1 client (turns)",
+            f"{keys_added:+.2f} ms",
+            "<= 1 ms",
+            keys_added <= 1,
+        ),
+        ("keys: CPU per stream vs fastapi (turns)", keys_cpu, "<= 1.20", keys_cpu <= 1.20),
+        ("keys: failures, all levels", keys_failures, "0", keys_failures == 0),
     ]
     return [
         {"target": name, "measured": measured, "goal": goal, "met": bool(met)}
@@ -449,7 +608,7 @@ def print_targets(targets: list[dict[str, Any]]) -> None:
     print("\ntargets:")
     for target in targets:
         verdict = "PASS" if target["met"] else "FAIL"
-        print(f"  {verdict}  {target['target']:42} {target['measured']!s:>22}  ({target['goal']})")
+        print(f"  {verdict}  {target['target']:50} {target['measured']!s:>22}  ({target['goal']})")
 
 
 def main() -> int:
@@ -462,35 +621,74 @@ def main() -> int:
     results: dict[str, Any] = {
         "levels": [level.clients for level in levels],
         "flask_levels": [level.clients for level in flask_levels],
+        "fastapi_keys_caller": CALLER_LIMITS,
         "direct": {},
         "hang_ups": {},
     }
     workdir = Path(tempfile.mkdtemp(prefix="bench-stream-"))
     try:
-        projects = {"fastapi": bake("fastapi", workdir), "flask": bake("flask", workdir)}
-        with fake_gateway(projects["fastapi"], deltas=20) as (base_url, _):
-            for name in ("baseline", "fastapi", "flask"):
-                results[name] = {}
-                with service(name, projects.get(name), base_url) as (url, pid):
-                    for level in flask_levels if name == "flask" else levels:
-                        # The floor is measured right before each path, so that a machine
-                        # whose load drifts compares each path with its own moment.
-                        if level.clients == 1:  # alternating, for a fair added TTFT
-                            sample, direct, cpu = asyncio.run(
-                                run_level(name, url, level, pid, floor_url=base_url)
+        keys_project = bake("fastapi", workdir, caller_auth="keys")
+        callers_file = workdir / "callers.json"
+        caller_key = add_caller(keys_project, callers_file)
+        with redis_server(workdir) as (redis_url, redis_pid):
+            relays = {
+                "baseline": Relay("baseline"),
+                "fastapi": Relay("fastapi", bake("fastapi", workdir, caller_auth="none")),
+                "fastapi_keys": Relay(
+                    "fastapi",
+                    keys_project,
+                    env={
+                        "ALLTKN_CALLERS_FILE": str(callers_file),
+                        "ALLTKN_LIMITS_REDIS_URL": redis_url,
+                    },
+                    headers={"Authorization": f"Bearer {caller_key}"},
+                ),
+                "flask": Relay("flask", bake("flask", workdir, caller_auth="none")),
+            }
+            fake_project = keys_project
+            with fake_gateway(fake_project, deltas=20) as (base_url, _):
+                for name, relay in relays.items():
+                    results[name] = {}
+                    with service(relay, base_url) as (url, pid):
+                        for level in flask_levels if name == "flask" else levels:
+                            # The floor is measured right before each path, so that a machine
+                            # whose load drifts compares each path with its own moment.
+                            if level.clients == 1:  # alternating, for a fair added TTFT
+                                sample, direct, cpu = asyncio.run(
+                                    run_level(
+                                        name,
+                                        url,
+                                        level,
+                                        pid,
+                                        floor_url=base_url,
+                                        headers=relay.headers,
+                                    )
+                                )
+                            else:
+                                direct, _, _ = asyncio.run(run_level("direct", base_url, level))
+                                sample, _, cpu = asyncio.run(
+                                    run_level(name, url, level, pid, headers=relay.headers)
+                                )
+                            row = summarize(sample, cpu)
+                            row["direct_ttft_p50_ms"] = summarize(direct, None)["ttft_p50_ms"]
+                            results[name][str(level.clients)] = row
+                            results["direct"].setdefault(
+                                str(level.clients), summarize(direct, None)
                             )
-                        else:
-                            direct, _, _ = asyncio.run(run_level("direct", base_url, level))
-                            sample, _, cpu = asyncio.run(run_level(name, url, level, pid))
-                        row = summarize(sample, cpu)
-                        row["direct_ttft_p50_ms"] = summarize(direct, None)["ttft_p50_ms"]
-                        results[name][str(level.clients)] = row
-                        results["direct"].setdefault(str(level.clients), summarize(direct, None))
-            results["cpu_duel"] = cpu_duel(projects["fastapi"], base_url, 20, 2 * scale)
-        with fake_gateway(projects["fastapi"], deltas=300) as (base_url, _):
-            for name in ("baseline", "fastapi", "flask"):
-                with service(name, projects.get(name), base_url) as (url, _):
-                    results["hang_ups"][name] = measure_hang_ups(url, base_url, 100)
+                pair = {"baseline": relays["baseline"], "fastapi": relays["fastapi"]}
+                results["cpu_duel"] = cpu_duel(pair, base_url, 20, 2 * scale)
+                keys_pair = {"fastapi": relays["fastapi"], "fastapi_keys": relays["fastapi_keys"]}
+                results["keys_ttft_duel"] = ttft_duel(keys_pair, base_url, 30 * scale)
+                results["keys_cpu_duel"] = cpu_duel(
+                    keys_pair, base_url, 20, 3 * scale, also=("redis", redis_pid)
+                )
+            with fake_gateway(fake_project, deltas=300) as (base_url, _):
+                for name in RELAYS:
+                    relay = relays[name]
+                    with service(relay, base_url) as (url, _):
+                        results["hang_ups"][name] = measure_hang_ups(
+                            url, base_url, 100, relay.headers
+                        )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     results["targets"] = check_targets(results)

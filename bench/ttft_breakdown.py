@@ -221,7 +221,7 @@ def main() -> int:
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bench-ttft-"))
     try:
-        project = bake("fastapi", workdir)
+        project = bake("fastapi", workdir, caller_auth="none")  # the open service
         with fake_gateway(project) as (base_url, _):
             upstream = urlsplit(base_url)
             proxy = subprocess.Popen(
