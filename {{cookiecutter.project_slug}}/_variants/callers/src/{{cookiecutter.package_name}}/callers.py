@@ -74,20 +74,24 @@ def read(path: Path) -> dict[str, Caller]:
     where = f"callers file {path}"
     try:
         mode = path.stat().st_mode
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise CallersError(
             f"{where} does not exist: create a caller with `keys create NAME`, "
             "or point ALLTKN_CALLERS_FILE at the file"
         ) from None
-    except (OSError, UnicodeError) as exc:
-        raise CallersError(f"{where} cannot be read ({type(exc).__name__})") from None
-    if os.name == "posix" and mode & stat.S_IROTH:
-        raise CallersError(f"{where} is readable by every user: run chmod 600 {path}")
-    if not text.strip():
+    except OSError as exc:
+        raise CallersError(
+            f"{where} cannot be read ({type(exc).__name__}): point ALLTKN_CALLERS_FILE at a "
+            "file this user can read"
+        ) from None
+    if os.name == "posix" and mode & (stat.S_IROTH | stat.S_IWOTH):  # anyone could add a key
+        what = "readable" if mode & stat.S_IROTH else "writable"
+        raise CallersError(f"{where} is {what} by every user: run chmod 600 {path}")
+    if not data.strip():
         raise CallersError(f"{where} is empty: create a caller with `keys create NAME`")
-    try:
-        return CallersFile.model_validate_json(text).callers
+    try:  # not UTF-8: invalid JSON too
+        return CallersFile.model_validate_json(data).callers
     except ValidationError as exc:
         error = exc.errors(include_url=False, include_input=False)[0]
         if error["type"] == "json_invalid":
@@ -99,14 +103,26 @@ def read(path: Path) -> dict[str, Caller]:
 def write(path: Path, callers: dict[str, Caller]) -> None:
     """Replace the file atomically (a running service never reads half a file), mode 0600."""
     document = CallersFile(callers=callers).model_dump_json(indent=2, exclude_none=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=".callers-", dir=path.parent or ".")
+    try:
+        descriptor, temporary = tempfile.mkstemp(prefix=".callers-", dir=path.parent)
+    except OSError as exc:  # no such directory, read-only (a mounted Secret), ...
+        raise _unwritable(path, exc) from None
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8") as file:  # mkstemp: mode 0600
             file.write(document + "\n")
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as exc:
         Path(temporary).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise _unwritable(path, exc) from None
         raise
+
+
+def _unwritable(path: Path, exc: OSError) -> CallersError:
+    return CallersError(
+        f"callers file {path} cannot be written ({type(exc).__name__}): check that its "
+        "directory exists and this user can write there"
+    )
 
 
 def new_key() -> str:
@@ -115,7 +131,7 @@ def new_key() -> str:
 
 def add(path: Path, name: str, **policy: object) -> str:
     """Add caller `name` with `policy` (models, rpm, tpm, daily_tokens); returns its new key."""
-    if not re.match(NAME_PATTERN, name):
+    if not re.fullmatch(NAME_PATTERN, name):  # match's `$` lets a final newline in
         raise CallersError(f"caller name {name!r}: use letters, digits, . _ - (at most 64)")
     callers = read(path) if path.exists() else {}
     if name in callers:
@@ -149,12 +165,13 @@ class Callers:
         self._callers = read(path)
         self._seen, self._checked = self._signature(), time.monotonic()
 
-    def _signature(self) -> tuple[int, int, int] | None:
+    def _signature(self) -> tuple[int, ...] | None:
         try:
             found = self.path.stat()
         except OSError:
             return None
-        return found.st_mtime_ns, found.st_size, found.st_ino
+        # The mode too: a file refused for its mode counts once `chmod 600` fixes it.
+        return found.st_mtime_ns, found.st_size, found.st_ino, found.st_mode
 
     def current(self) -> dict[str, Caller]:
         now = time.monotonic()
@@ -176,6 +193,11 @@ class Callers:
         scheme, _, key = (authorization or "").strip().partition(" ")
         if not authorization:
             raise _refused("no caller key: send the header Authorization: Bearer <caller key>")
+        if scheme.lower() == "bearer" and key.strip().startswith("sk-"):
+            raise _refused(
+                "that is the gateway's API key, not a caller key: send the caller key the "
+                "service's owner gave you (and keep the gateway key out of clients)"
+            )
         if scheme.lower() != "bearer" or not _KEY_SHAPE.fullmatch(key.strip()):
             raise _refused(
                 f"the Authorization header is not 'Bearer {KEY_PREFIX}...': send the caller key "
