@@ -278,8 +278,8 @@ class Limiter:
         if self.memory is not None:
             return dict(self.memory.usage.get(key, {}))
         return {str(name): int(value) for name, value in self.redis.hgetall(key).items()}
-
 {%- if cookiecutter.framework == "fastapi" %}
+
 
 class AsyncLimiter:
     """The limits on an event loop (FastAPI): the same scripts through `redis.asyncio`."""
