@@ -20,7 +20,7 @@ EXIT_USAGE = 2
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    commands = parser.add_subparsers(dest="keys_command", required=True)
+    commands = parser.add_subparsers(dest="keys_command", metavar="COMMAND", required=True)
     create = commands.add_parser("create", help="make a caller key (printed once)")
     create.add_argument("name", help="who the key is for: a team, a service, a job")
     create.add_argument("--models", help="models it may use, comma-separated (default: all)")
@@ -55,17 +55,25 @@ def main(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return EXIT_USAGE
-        return _usage(Limiter(redis_url.get_secret_value()), args.name)
     except (ConfigError, callers.CallersError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except REDIS_ERRORS as exc:
+    try:
+        limiter = Limiter(redis_url.get_secret_value())
+    except ValueError as exc:  # a port that is not a number, ...
+        print(f"error: ALLTKN_LIMITS_REDIS_URL: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return _usage(limiter, args.name)
+    except REDIS_ERRORS as exc:  # only here: a file's OSError is not Redis's
         print(f"error: cannot read usage from Redis ({type(exc).__name__})", file=sys.stderr)
         return 1
+    finally:
+        limiter.redis.close()
 
 
 def _create(path: Path, args: argparse.Namespace) -> int:
-    models = [name.strip() for name in args.models.split(",")] if args.models else None
+    models = None if args.models is None else [name.strip() for name in args.models.split(",")]
     if models is not None and not all(models):
         raise callers.CallersError("--models: list model names separated by single commas")
     policy = {"models": models, "rpm": args.rpm, "tpm": args.tpm}
