@@ -57,7 +57,7 @@ class Gate:
         prompt = prompt_tokens(body)
         cap, where = self.settings.max_output_tokens, "the server's ALLTKN_MAX_OUTPUT_TOKENS"
         # What one call of this caller could ever use: a minute's or a day's tokens.
-        if budget := min(limit for limit in (caller.tpm, caller.daily_tokens, 0) if limit):
+        if budget := min((n for n in (caller.tpm, caller.daily_tokens) if n), default=0):
             if budget - prompt < 1:
                 why = f"the prompt (about {prompt} tokens) is over caller {name}'s token limit"
                 raise GatewayError(Category.INVALID_REQUEST, why, detail=why, status=422)
