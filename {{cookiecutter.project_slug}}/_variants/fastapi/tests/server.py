@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 
 
-def server_command(port: int) -> list[str]:
+def server_command(port: int, workers: int = 1) -> list[str]:
+    """`serve` starts the WEB_CONCURRENCY worker processes: `run_server` sets it to `workers`."""
     return [
         sys.executable,
         "-m",

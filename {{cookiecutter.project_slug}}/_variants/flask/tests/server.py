@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 
-def server_command(port: int) -> list[str]:
+def server_command(port: int, workers: int = 1) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -15,6 +15,6 @@ def server_command(port: int) -> list[str]:
         "--bind",
         f"127.0.0.1:{port}",
         "--workers",
-        "1",
+        str(workers),
         "{{ cookiecutter.package_name }}.app:app",
     ]

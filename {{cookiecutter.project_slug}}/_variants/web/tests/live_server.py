@@ -2,6 +2,10 @@
 
 Streaming, keep-alives and disconnects only behave for real over a socket, so the HTTP tests
 start the service with the production command (see `server.py`) against the fake gateway.
+{%- if cookiecutter.caller_auth == "keys" %}
+Unless a test brings its own callers file, the server gets one with a caller without limits,
+whose key the `Server`'s client sends with every request.
+{%- endif %}
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ from typing import Any
 import httpx2
 import pytest
 
+{% if cookiecutter.caller_auth == "keys" -%}
+from {{ cookiecutter.package_name }} import callers
+{% endif -%}
 from {{ cookiecutter.package_name }}.settings import ENV_NAMES, KEY_ENV_VAR
 
 from .conftest import SENTINEL_KEY
@@ -29,14 +36,18 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 class Server:
-    def __init__(self, process: subprocess.Popen[bytes], url: str, log: Path) -> None:
+    def __init__(
+        self, process: subprocess.Popen[bytes], url: str, log: Path, key: str | None = None
+    ) -> None:
         self.process = process
         self.url = url
         self.log = log
+        self.key = key  # the caller key its client sends (None: none)
+        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.seen: list[str] = []  # every response head and body, for the key-leak check
         # One client, so its connections are reused: a new one per request (what the
         # module-level `httpx2.post` makes) costs about 30 ms of CPU.
-        self.client = httpx2.Client(base_url=url, timeout=10)
+        self.client = httpx2.Client(base_url=url, timeout=10, headers=self.headers)
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx2.Response:
         response = self.client.request(method, path, **kwargs)
@@ -89,6 +100,8 @@ def server_env(gateway: FakeGateway, **overrides: str) -> dict[str, str]:
         KEY_ENV_VAR: SENTINEL_KEY,
         "ALLTKN_BASE_URL": gateway.base_url,
         "ALLTKN_MODEL": "gpt-4o-mini",
+        # Any model: the tests name the fake's scenarios. Tests of the allowlist set their own.
+        "ALLTKN_ALLOWED_MODELS": "*",
         "ALLTKN_TIMEOUT_S": "1",
         "ALLTKN_MAX_RETRIES": "0",
         "OPENAI_API_KEY": "decoy-openai-key-value",  # pragma: allowlist secret
@@ -99,19 +112,33 @@ def server_env(gateway: FakeGateway, **overrides: str) -> dict[str, str]:
 
 
 @contextmanager
-def run_server(gateway: FakeGateway, log_dir: Path, **env: str) -> Iterator[Server]:
-    """Start the service, wait for /healthz, stop it afterwards; its output goes to a file."""
+def run_server(
+    gateway: FakeGateway, log_dir: Path, *, workers: int = 1, **env: str
+) -> Iterator[Server]:
+    """Start the service with `workers` worker processes, wait for /healthz, stop it
+    afterwards; its output goes to a file.
+{%- if cookiecutter.caller_auth == "keys" %} Without ALLTKN_CALLERS_FILE in `env`, it gets a
+    callers file in `log_dir` with one caller without limits, `tests`, whose key `Server.key`
+    holds and its client sends.
+{%- endif %}"""
+    key = None
+{%- if cookiecutter.caller_auth == "keys" %}
+    if "ALLTKN_CALLERS_FILE" not in env:
+        callers_file = log_dir / "callers.json"
+        key = callers.add(callers_file, "tests")
+        env["ALLTKN_CALLERS_FILE"] = str(callers_file)
+{%- endif %}
     port = free_port()
     log = log_dir / "server.log"
     with log.open("wb") as sink:
         process = subprocess.Popen(
-            server_command(port),
+            server_command(port, workers),
             cwd=PROJECT_ROOT,
-            env=server_env(gateway, **env),
+            env=server_env(gateway, **{"WEB_CONCURRENCY": str(workers), **env}),
             stdout=sink,
             stderr=subprocess.STDOUT,
         )
-    running = Server(process, f"http://127.0.0.1:{port}", log)
+    running = Server(process, f"http://127.0.0.1:{port}", log, key)
     try:
         _wait_until_healthy(running)
         yield running
@@ -121,6 +148,7 @@ def run_server(gateway: FakeGateway, log_dir: Path, **env: str) -> Iterator[Serv
         process.wait(timeout=10)
     output = running.output()
     assert SENTINEL_KEY not in output
+    assert key is None or key not in output
     assert "Traceback" not in output, output
 
 

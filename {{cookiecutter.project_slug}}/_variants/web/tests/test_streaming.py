@@ -108,9 +108,13 @@ def test_a_client_that_stops_reading_does_not_pin_the_upstream(
     server: Server, gateway: FakeGateway
 ) -> None:
     body = b'{"prompt": "hi", "model": "fake-firehose"}'
+    headers = "".join(f"{name}: {value}\r\n" for name, value in server.headers.items())
     request = (
         b"POST /v1/chat/stream HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        b"X-Request-ID: stalled-reader\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+        + headers.encode()
+        + b"X-Request-ID: stalled-reader\r\nContent-Length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
     )
     host, port = server.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port))) as client:
