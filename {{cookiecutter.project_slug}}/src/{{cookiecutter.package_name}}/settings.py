@@ -11,6 +11,9 @@ import sys
 from pathlib import Path
 {%- endif %}
 from typing import Any, Literal, TypeVar
+{%- if cookiecutter.caller_auth == "keys" %}
+from urllib.parse import urlsplit
+{%- endif %}
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -55,6 +58,11 @@ class CallerSettings(BaseSettings):
             return None
         if isinstance(value, str) and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
+        if isinstance(value, str):
+            try:
+                urlsplit(value).port  # noqa: B018 - raises for a port that is not a number
+            except ValueError:
+                raise ValueError("has a port that is not a number: redis://host:6379/0") from None
         return value
 
 

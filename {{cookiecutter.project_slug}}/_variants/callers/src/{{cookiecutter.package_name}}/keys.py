@@ -58,11 +58,7 @@ def main(args: argparse.Namespace) -> int:
     except (ConfigError, callers.CallersError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    try:
-        limiter = Limiter(redis_url.get_secret_value())
-    except ValueError as exc:  # a port that is not a number, ...
-        print(f"error: ALLTKN_LIMITS_REDIS_URL: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    limiter = Limiter(redis_url.get_secret_value())
     try:
         return _usage(limiter, args.name)
     except REDIS_ERRORS as exc:  # only here: a file's OSError is not Redis's
