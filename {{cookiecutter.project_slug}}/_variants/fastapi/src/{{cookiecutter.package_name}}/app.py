@@ -84,6 +84,14 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
+{%- if cookiecutter.caller_auth == "keys" %}
+        # FastAPI parses a JSON body before any dependency: the caller key still comes first,
+        # so that a client without one learns nothing about the body.
+        try:
+            gate.authenticate(request.headers.get("authorization"))
+        except GatewayError as error:
+            return JSONResponse(*gateway_error(error, request.state.request_id))
+{%- endif %}
         bad_json = any(error.get("type") == "json_invalid" for error in exc.errors())
         message = "the body is not valid JSON" if bad_json else describe_errors(exc.errors())
         return JSONResponse(bad_body(message, request.state.request_id), 400 if bad_json else 422)
