@@ -31,7 +31,15 @@ TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
 @pytest.fixture(scope="module")
 def server(gateway: FakeGateway, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with run_server(gateway, tmp_path_factory.mktemp("server-logs"), LOG_LEVEL="INFO") as live:
+    """No ALLTKN_ALLOWED_MODELS: the default allowlist, ALLTKN_MODEL and the fallback models
+    (here one that fails, for the error lines; a model never falls back to itself)."""
+    with run_server(
+        gateway,
+        tmp_path_factory.mktemp("server-logs"),
+        LOG_LEVEL="INFO",
+        ALLTKN_ALLOWED_MODELS="",
+        ALLTKN_FALLBACK_MODELS="fake-error-500",
+    ) as live:
         yield live
     lines(live)  # its shutdown lines too
 
@@ -83,6 +91,37 @@ def test_a_request_gets_an_access_line_with_its_status_and_request_id(
     assert line["duration_ms"] >= 0
 {%- endif %}
     assert server.call_log(request_id)["status"] == outcome  # the call line shares the id
+
+
+def test_a_model_outside_the_allowlist_is_a_403_with_an_access_line_and_no_call(
+    server: Server, gateway: FakeGateway
+) -> None:
+    response = server.post(
+        "/v1/chat",
+        {"prompt": "hi", "model": "gpt-4.5-preview"},
+        headers={"X-Request-ID": "logs-403-1"},
+    )
+
+    assert response.status_code == 403
+    assert response.json()["error"]["category"] == "model_not_allowed"
+    assert access_line(server, "logs-403-1")["status"] == 403
+    assert gateway.requests == []
+    assert not [entry for entry in server.call_logs() if entry["request_id"] == "logs-403-1"]
+
+
+def test_the_start_says_whether_anyone_can_call_the_service(server: Server) -> None:
+    open_to_anyone = [entry for entry in lines(server) if "anyone" in entry.get("message", "")]
+{%- if cookiecutter.caller_auth == "none" %}
+    # caller_auth=none: one warning, at start, before the server took any request.
+    assert len(open_to_anyone) == 1, open_to_anyone
+    (warning,) = open_to_anyone
+    assert warning["level"] == "WARNING"
+    assert "caller_auth=none" in warning["message"]
+    starts = [entry["ts"] for entry in lines(server) if entry["logger"] == f"{SERVER}.access"]
+    assert warning["ts"] <= min(starts)
+{%- else %}
+    assert open_to_anyone == []  # callers need a key
+{%- endif %}
 
 
 def test_a_key_in_a_url_is_masked_in_the_access_line(server: Server) -> None:
