@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from {{ cookiecutter.package_name }} import CLIENT_NAME, TEMPLATE_VERSION, __version__, doctor, support
+from {{ cookiecutter.package_name }} import CLIENT_NAME, TEMPLATE_VERSION, __version__, {% if cookiecutter.caller_auth == "keys" %}callers, {% endif %}doctor, support
 from {{ cookiecutter.package_name }}.errors import Category, GatewayError
 from {{ cookiecutter.package_name }}.settings import ENV_NAMES, KEY_ENV_VAR
 
@@ -79,6 +79,9 @@ def doctor_env(
                 monkeypatch.setenv(name, value)
 
     apply()
+{%- if cookiecutter.caller_auth == "keys" %}
+    callers.add(tmp_path / "callers.json", "tests")  # the callers file: one caller, no limits
+{%- endif %}
     return apply
 
 
@@ -173,6 +176,10 @@ def test_all_pass_verdicts_in_json(
         "key": "pass",
         "env_file": "skip",  # not in a git work tree
         "key_in_git": "skip",
+{%- if cookiecutter.caller_auth == "keys" %}
+        "callers": "pass",
+        "limits": "pass",  # no caller has limits
+{%- endif %}
         "base_url": "warn",  # plain http, but to loopback
         "auth": "pass",
         "model_listed": "pass",
@@ -203,7 +210,8 @@ def test_json_shape_of_a_failed_run(
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z", document["time"])
     assert document["key"] == f"****{SENTINEL_KEY[-4:]}"
     assert document["versions"]["template"] == TEMPLATE_VERSION
-    assert document["summary"] == {"pass": 4, "warn": 2, "fail": 1, "skip": 3}
+    passed = {{ 6 if cookiecutter.caller_auth == "keys" else 4 }}
+    assert document["summary"] == {"pass": passed, "warn": 2, "fail": 1, "skip": 3}
     for check in document["checks"]:
         assert set(check) == CHECK_FIELDS
         assert (check["duration_ms"] is None) == (check["status"] == "skip")

@@ -22,6 +22,9 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+{% if cookiecutter.caller_auth == "keys" -%}
+from .callers_doctor import CALLER_CHECKS, CallerChecks
+{% endif -%}
 from .chat import UPSTREAM_ERRORS, CallInfo, ChatResult
 {%- if cookiecutter.framework == "fastapi" %}
 from .chat_async import AsyncChatService, create_async_client
@@ -51,6 +54,9 @@ STEP_HINTS = {
 CHECKS = {  # id: (title, the checks it needs), in the order they run
     "settings": ("settings", ()), "key": ("API key", ("settings",)),
     "env_file": (".env not in git", ()), "key_in_git": ("key not in git", ("key",)),
+{%- if cookiecutter.caller_auth == "keys" %}
+    **CALLER_CHECKS,  # the callers file and where their limits are counted
+{%- endif %}
     "base_url": ("base URL", ("settings",)), "auth": ("auth (GET /models)", ("key", "base_url")),
     "model_listed": ("model listed", ("auth",)), "completion": ("completion", ("auth",)),
     "stream": ("stream", ("completion",)), "openai_env": ("OPENAI_* ignored", ()),
@@ -102,7 +108,7 @@ def _read(chat: ChatService, r: ChatRequest, c: CallInfo, ts: list[float]) -> Ch
 {%- endif %}
 
 
-class _Doctor:
+class _Doctor{% if cookiecutter.caller_auth == "keys" %}(CallerChecks){% endif %}:
     def __init__(self) -> None:
         self.started, self.started_at = time.monotonic(), datetime.now(timezone.utc)
         try:
