@@ -45,6 +45,7 @@ class CallInfo:
     task: str | None = None
 {%- if cookiecutter.caller_auth == "keys" %}
     caller: str | None = None  # the caller key's name (never the key)
+    models: tuple[str, ...] | None = None  # the caller's models, if listed: no fallback beyond
 {%- endif %}
 
 
@@ -161,7 +162,14 @@ class Call:
             raise GatewayError(Category.INVALID_REQUEST, why, detail=f"{why} Shorten the messages.")
         self.request, self.info, self.stream, self.cap = request, info or CallInfo(), stream, cap
         first = request.model or settings.model
+{%- if cookiecutter.caller_auth == "keys" %}
+        fallbacks = [name for name in settings.fallback_model_list if name != first]
+        if (mine := self.info.models) is not None:  # a caller never falls back beyond its list
+            fallbacks = [name for name in fallbacks if name in mine]
+        models = [first, *fallbacks]
+{%- else %}
         models = [first, *(name for name in settings.fallback_model_list if name != first)]
+{%- endif %}
         self.attempts = Attempts(models, settings.max_retries, settings.retry_after_cap_s)
         self.error: GatewayError | None = None
 

@@ -77,7 +77,8 @@ Admitted = Annotated[Admission, Depends(admit)]
 def call_info(admission: Admission, request: Request) -> CallInfo:
     body, request_id = admission.request, request.state.request_id
 {%- if cookiecutter.caller_auth == "keys" %}
-    return CallInfo(request_id, body.user, body.task, caller=admission.caller)
+    models = admission.plan.caller.models  # fallback models only from these
+    return CallInfo(request_id, body.user, body.task, caller=admission.caller, models=models)
 {%- else %}
     return CallInfo(request_id, body.user, body.task)
 {%- endif %}

@@ -66,7 +66,8 @@ def refuse(message: str, status: int) -> NoReturn:
 def call_info(admission: Admission) -> CallInfo:
     body = admission.request
 {%- if cookiecutter.caller_auth == "keys" %}
-    return CallInfo(g.request_id, body.user, body.task, caller=admission.caller)
+    models = admission.plan.caller.models  # fallback models only from these
+    return CallInfo(g.request_id, body.user, body.task, caller=admission.caller, models=models)
 {%- else %}
     return CallInfo(g.request_id, body.user, body.task)
 {%- endif %}
