@@ -12,7 +12,8 @@ retry vetoes against `retry.veto`, error categories against the chat services fo
 fake-gateway scenario, the terminal stream against the CLI's `ask`, redaction against
 `redaction.redact` (all in a script bake, which has both the sync and the async core), and the
 SSE bytes and error answers against the generated FastAPI and Flask services serving the same
-stream (their entry points: `<package>.app:app` under uvicorn, gunicorn with `gunicorn.conf.py`).
+stream (their entry points: `<package>.app:app` under uvicorn, gunicorn with `gunicorn.conf.py`;
+baked with `caller_auth=none` and run with every model allowed, as open as the SSE snippets).
 Servers are real processes on loopback; the fake gateway is the project's own.
 """
 
@@ -52,8 +53,8 @@ SNIPPET_MODULES = ("alltkn_client", "alltkn_errors", "alltkn_sse", "redacting_lo
 # --- baking and the code under test -------------------------------------------------------------
 
 
-def bake(tmp_path: Path, framework: str) -> Path:
-    done = bake_cli(tmp_path, framework=framework)
+def bake(tmp_path: Path, framework: str, **answers: str) -> Path:
+    done = bake_cli(tmp_path, framework=framework, **answers)
     assert done.returncode == 0, done.stderr
     return out_dir(tmp_path) / "alltkn-service"
 
@@ -65,14 +66,15 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return bake(tmp_path_factory.mktemp("script"), "script")
 
 
+# The services the SSE snippets are compared with: open, like the snippets (no caller keys).
 @pytest.fixture(scope="module")
 def fastapi_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return bake(tmp_path_factory.mktemp("fastapi"), "fastapi")
+    return bake(tmp_path_factory.mktemp("fastapi"), "fastapi", caller_auth="none")
 
 
 @pytest.fixture(scope="module")
 def flask_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return bake(tmp_path_factory.mktemp("flask"), "flask")
+    return bake(tmp_path_factory.mktemp("flask"), "flask", caller_auth="none")
 
 
 @pytest.fixture(scope="module")
@@ -665,7 +667,11 @@ def server_pair(baked: Path, gateway: Any, framework: str) -> Iterator[dict[str,
             snippet_command, snippet_port, baked / SNIPPETS, process_env(gateway, [])
         ) as snippet_url,
         serve(
-            project_command, project_port, baked, process_env(gateway, [baked / "src"])
+            project_command,
+            project_port,
+            baked,
+            # Every model, as the snippets (they have no allowlist: caller_keys.py has one).
+            process_env(gateway, [baked / "src"], ALLTKN_ALLOWED_MODELS="*"),
         ) as project_url,
     ):
         yield {"framework": framework, "snippet": snippet_url, "project": project_url}
