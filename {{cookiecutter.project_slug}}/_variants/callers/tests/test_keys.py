@@ -277,7 +277,12 @@ def test_usage_without_redis_exits_2_with_the_one_line_explanation(
     ("url", "code", "expected"),
     [
         pytest.param("http://127.0.0.1:6379", 2, "must start with redis://", id="not-redis"),
-        pytest.param("redis://127.0.0.1:port/0", 2, "ALLTKN_LIMITS_REDIS_URL: Port", id="bad-port"),
+        pytest.param(
+            "redis://127.0.0.1:port/0",
+            2,
+            "ALLTKN_LIMITS_REDIS_URL has a port that is not a number",
+            id="bad-port",
+        ),
         pytest.param(
             "redis://:pw-s3cret@127.0.0.1:{closed}/0",  # pragma: allowlist secret
             1,
