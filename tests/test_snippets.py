@@ -13,8 +13,10 @@ fake-gateway scenario, the terminal stream against the CLI's `ask`, redaction ag
 `redaction.redact` (all in a script bake, which has both the sync and the async core), and the
 SSE bytes and error answers against the generated FastAPI and Flask services serving the same
 stream (their entry points: `<package>.app:app` under uvicorn, gunicorn with `gunicorn.conf.py`;
-baked with `caller_auth=none` and run with every model allowed, as open as the SSE snippets).
-Servers are real processes on loopback; the fake gateway is the project's own.
+baked with `caller_auth=none` and run with every model allowed, as open as the SSE snippets),
+and the caller-keys snippet against a `caller_auth=keys` bake's callers file and error words.
+Servers are real processes on loopback, Redis a real `redis-server`; the fake gateway is the
+project's own.
 """
 
 from __future__ import annotations
@@ -1021,7 +1023,231 @@ def test_every_python_block_in_the_docs_runs_against_the_fake(
         assert done.returncode == 0, f"{where}:\n{code}\n{done.stderr}"
 
 
-# --- 10. secrets and types ----------------------------------------------------------------------
+# --- 10. caller keys and limits ----------------------------------------------------------------
+
+
+class RedisServer:
+    """Debian's `redis-server` on a free loopback port, nothing saved; `stop()`, then `start()`
+    again on the same port, is an outage."""
+
+    def __init__(self, directory: Path) -> None:
+        executable = shutil.which("redis-server")
+        if executable is None:
+            pytest.fail("redis-server is not installed (Debian: apt-get install redis-server)")
+        self.port = free_port()
+        self.command = [executable, "--port", str(self.port), "--bind", "127.0.0.1"]
+        self.command += ["--save", "", "--appendonly", "no", "--dir", str(directory)]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while not self.flush():
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                pytest.fail(f"redis-server did not start: {self.command}")
+            time.sleep(0.02)
+
+    def flush(self) -> bool:
+        """Empty every counter; False while the server does not answer."""
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection(("127.0.0.1", self.port), 0.5) as probe,
+        ):
+            probe.sendall(b"FLUSHALL\r\n")
+            return probe.recv(16).startswith(b"+OK")
+        return False
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+CALLER_KEYS_MODULES = ("caller_keys", "caller_keys_fastapi", "caller_keys_flask")
+Answer = tuple[int, dict[str, str], dict[str, Any]]  # status, headers (lower case), JSON body
+
+
+@pytest.fixture(params=["fastapi", "flask"])
+def guarded(
+    request: pytest.FixtureRequest,
+    project: Path,
+    gateway: Any,
+    redis_server: RedisServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[tuple[Callable[..., Answer], dict[str, str]]]:
+    """The snippet's app of one framework (in this process, its test client), with fresh Redis
+    counters and callers: `alice` (3 requests and 2000 tokens a minute), `narrow` (one model,
+    no limits), `budget` (one call's tokens a day). Yields (post, keys by caller)."""
+    assert redis_server.flush()
+    monkeypatch.syspath_prepend(str(project / SNIPPETS))
+    for name, value in gateway_env(gateway).items():
+        monkeypatch.setenv(name, value)
+    callers_file = tmp_path / "callers.json"
+    monkeypatch.setenv("ALLTKN_CALLERS_FILE", str(callers_file))
+    monkeypatch.setenv("ALLTKN_LIMITS_REDIS_URL", redis_server.url)
+    monkeypatch.delenv("ALLTKN_ALLOWED_MODELS", raising=False)
+    for name in CALLER_KEYS_MODULES:
+        sys.modules.pop(name, None)
+    snippet = importlib.import_module("caller_keys")
+    keys = {
+        "alice": snippet.create(callers_file, "alice", rpm=3, tpm=2000),
+        "narrow": snippet.create(callers_file, "narrow", models=["gpt-4o-mini"]),
+        "budget": snippet.create(callers_file, "budget", daily_tokens=CALL_TOKENS),
+    }
+    app = importlib.import_module(f"caller_keys_{request.param}").app
+    if request.param == "fastapi":
+        from fastapi.testclient import TestClient
+
+        client = TestClient(app)
+
+        def post(headers: dict[str, str], **body: Any) -> Answer:
+            answer = client.post("/v1/chat", json={"prompt": "Hello", **body}, headers=headers)
+            return answer.status_code, dict(answer.headers), answer.json()
+
+    else:
+        flask_client = app.test_client()
+
+        def post(headers: dict[str, str], **body: Any) -> Answer:
+            answer = flask_client.post(
+                "/v1/chat", json={"prompt": "Hello", **body}, headers=headers
+            )
+            lowered = {name.lower(): value for name, value in answer.headers.items()}
+            return answer.status_code, lowered, answer.get_json()
+
+    yield post, keys
+    for name in CALLER_KEYS_MODULES:
+        sys.modules.pop(name, None)
+
+
+CALL_TOKENS = (len(b"Hello") + 2) // 3 + 4 + 512  # reserved: the prompt's estimate + max_tokens
+
+
+def refusal(answer: Answer, status: int, category: str) -> dict[str, str]:
+    """Asserts the project's error answer; returns its headers."""
+    code, headers, body = answer
+    assert (code, body["error"]["category"]) == (status, category), body
+    assert sorted(body["error"]) == ["category", "hint", "message", "request_id"]
+    assert body["error"]["request_id"] == headers["x-request-id"]
+    return headers
+
+
+def clear_of_a_minute_boundary() -> None:
+    """The per-minute windows are UTC minutes: start a sequence that must stay in one early."""
+    if (left := 60 - time.time() % 60) < 5:
+        time.sleep(left + 0.05)
+
+
+def test_the_caller_keys_snippet_guards_the_app(
+    guarded: tuple[Callable[..., Answer], dict[str, str]],
+    gateway: Any,
+    redis_server: RedisServer,
+) -> None:
+    post, keys = guarded
+    bearer = {name: {"Authorization": f"Bearer {key}"} for name, key in keys.items()}
+    unknown = "ck_" + secrets.token_urlsafe(32)  # well-formed, in no callers file
+    for headers in ({}, {"Authorization": f"Bearer {unknown}"}, {"Authorization": keys["alice"]}):
+        refused = refusal(post(headers), 401, "caller_auth")
+        assert refused["www-authenticate"] == "Bearer"
+    assert gateway.requests == []
+
+    clear_of_a_minute_boundary()
+    status, headers, body = post({**bearer["alice"], "X-Request-ID": "caller-keys-1"})
+    assert status == 200, body
+    assert (body["content"], body["caller"]) == ("Hello from the fake gateway.", "alice")
+    assert headers["x-request-id"] == "caller-keys-1"
+    assert headers["x-ratelimit-limit-requests"] == "3"
+    assert headers["x-ratelimit-remaining-requests"] == "2"
+    assert headers["x-ratelimit-limit-tokens"] == "2000"
+    assert headers["x-ratelimit-remaining-tokens"] == str(2000 - CALL_TOKENS)  # reserved
+    used = body["usage"]["total_tokens"]
+    status, headers, _ = post(bearer["alice"])
+    assert status == 200
+    # The first call was settled with the gateway's count instead of its reservation.
+    assert headers["x-ratelimit-remaining-tokens"] == str(2000 - used - CALL_TOKENS)
+    assert post(bearer["alice"])[0] == 200
+    rate_limited = refusal(post(bearer["alice"]), 429, "caller_rate_limited")
+    assert 1 <= int(rate_limited["retry-after"]) <= 60
+    assert rate_limited["x-ratelimit-remaining-requests"] == "0"
+    assert len(gateway.requests) == 3
+
+    refusal(post(bearer["narrow"], model="gpt-4o"), 403, "model_not_allowed")
+    refusal(post(bearer["budget"], max_tokens=513), 422, "invalid_request")  # could never fit
+    assert post(bearer["budget"])[0] == 200
+    exhausted = refusal(post(bearer["budget"]), 429, "caller_budget_exhausted")
+    assert 1 <= int(exhausted["retry-after"]) <= 86_400
+    assert len(gateway.requests) == 4
+
+    redis_server.stop()
+    try:
+        refusal(post(bearer["narrow"]), 503, "limiter_unavailable")  # fails closed
+        assert len(gateway.requests) == 4
+    finally:
+        redis_server.start()
+    assert post(bearer["narrow"])[0] == 200
+
+
+def test_the_caller_keys_snippet_shares_the_projects_callers_file_and_errors(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    """A key made by the project's `keys create` works with the snippet and one made by the
+    snippet with the project; the snippet's statuses and hints are the project's."""
+    keys_project = bake(tmp_path_factory.mktemp("keys"), "fastapi", caller_auth="keys")
+    snippet = load_module(keys_project / SNIPPETS / "caller_keys.py", "snippets_caller_keys")
+    callers_file = tmp_path / "callers.json"
+    env = {
+        **os.environ,
+        "ALLTKN_API_KEY": KEY,
+        "ALLTKN_CALLERS_FILE": str(callers_file),
+        "PYTHONPATH": str(keys_project / "src"),
+    }
+    create = ["-m", PACKAGE, "keys", "create", "made-by-project", "--models", "gpt-4o-mini"]
+    made = run_python([*create, "--rpm", "5", "--daily-tokens", "900"], keys_project, env)
+    assert made.returncode == 0, made.stderr
+    snippet_key = snippet.create(callers_file, "made-by-snippet", rpm=7, tpm=800)
+    code = (
+        "import json, sys; from pathlib import Path\n"
+        f"from {PACKAGE} import callers, errors, http_contract\n"
+        "read = callers.read(Path(sys.argv[1]))\n"
+        "words = {c.value: [http_contract._STATUSES.get(c), errors.GatewayError(c).hint]\n"
+        "         for c in errors.Category}\n"
+        "print(json.dumps({'callers': {n: c.model_dump() for n, c in read.items()}, "
+        "'errors': words}))\n"
+    )
+    project = run_python(["-c", code, str(callers_file)], keys_project, env)
+    assert project.returncode == 0, project.stderr
+    seen = json.loads(project.stdout)
+
+    callers = snippet.Callers(callers_file)
+    mine = callers.authenticate(f"Bearer {made.stdout.strip()}")
+    assert (mine.name, mine.models, mine.rpm, mine.tpm, mine.daily_tokens) == (
+        "made-by-project",
+        ("gpt-4o-mini",),
+        5,
+        None,
+        900,
+    )
+    assert callers.authenticate(f"Bearer {snippet_key}").name == "made-by-snippet"
+    theirs = seen["callers"]["made-by-snippet"]
+    assert (theirs["rpm"], theirs["tpm"], theirs["key_prefix"]) == (7, 800, snippet_key[:8])
+    for category, (status, hint) in snippet.ERRORS.items():
+        project_status, project_hint = seen["errors"][category]
+        assert hint == project_hint, category
+        # The project answers a body it refuses with 422 (its table says 400 for a bad body).
+        assert status == (422 if category == "invalid_request" else project_status), category
+
+
+# --- 11. secrets and types ----------------------------------------------------------------------
 
 
 def detect_secrets_findings(project: Path, directory: Path) -> list[str]:
