@@ -31,8 +31,10 @@ bench/results/stream.json.
 The caller-keys issue's targets are judged the same way, against the open FastAPI service in
 the same run: the limiter's added TTFT p50 at 1 client (<= 1 ms) on the two services taking
 turns stream by stream (`keys_ttft_duel`), and its CPU per stream (<= 1.20 x) on the two taking
-turns at 20 clients (`keys_cpu_duel`; Redis's own CPU is reported beside it). About 5 minutes;
-`--quick` about 2.
+turns at 20 clients (`keys_cpu_duel`; Redis's own CPU is reported beside it); and no failed
+stream at any level (each failure is counted with its status and error category, e.g.
+`503 limiter_unavailable`). About 7.5 minutes on the 2-core development machine, `--quick`
+about 3.5.
 """
 
 from __future__ import annotations
