@@ -601,7 +601,8 @@ def make_calls(commands: list[str]) -> list[str]:
     return [
         target
         for command in commands
-        for words in [command.split()]
+        for line in command.splitlines()
+        for words in [line.split()]
         if words and words[0] == "make"
         for target in words[1:]
         if "=" not in target
@@ -653,6 +654,9 @@ def test_github_ci_is_least_privilege_pinned_and_runs_make(
     doctor = next(s for s in smoke["steps"] if "doctor" in s.get("run", ""))
     assert doctor["if"] == "env.HAS_KEY == 'true'"
     assert doctor["env"] == {"ALLTKN_API_KEY": "${{ secrets.ALLTKN_API_KEY }}"}
+    # doctor checks the callers file of caller-key bakes: a throwaway one, never the real one.
+    throwaway = "python -m alltkn_service keys create ci-smoke > /dev/null"
+    assert (throwaway in doctor["run"].splitlines()) == caller_keys(name)
     # No step prints the key or the environment.
     assert not any(
         re.search(r"echo .*secrets\.|printenv|\benv\b\s*$", s.get("run", "")) for s in steps
@@ -681,6 +685,8 @@ def test_gitlab_ci_validates_and_calls_make_targets(baked: dict[str, Path], name
     ]
     assert not any("redis" in line for line in others)
     assert jobs["smoke"]["rules"] == [{"if": '$CI_PIPELINE_SOURCE == "push" && $ALLTKN_API_KEY'}]
+    throwaway = "python -m alltkn_service keys create ci-smoke > /dev/null"
+    assert (throwaway in jobs["smoke"]["script"]) == caller_keys(name)
 
 
 # --- Kubernetes --------------------------------------------------------------------------------
