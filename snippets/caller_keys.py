@@ -139,7 +139,7 @@ def create(path: Path, name: str, **policy: Any) -> str:
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     entry = {"key_sha256": hash_key(key), "key_prefix": key[:8], "created": created}
-    callers[name] = entry | {field: value for field, value in policy.items() if value}
+    callers[name] = entry | {field: value for field, value in policy.items() if value is not None}
     _write(path, callers)
     return key
 
