@@ -397,8 +397,13 @@ def test_out_of_its_daily_tokens_a_caller_gets_429_until_midnight_utc(
 
 
 def test_answers_carry_the_callers_limit_headers(
-    server: Server, gateway: FakeGateway, keys: Keys
+    server: Server,
+    gateway: FakeGateway,
+    keys: Keys,
+    redis_server: RedisServer,  # noqa: F811
 ) -> None:
+    """Reserved: the prompt's estimate and max_tokens; settled: the gateway's usage (a stream's
+    from its last event, once it is closed)."""
     fresh_minute()
     auth, body = keys.auth("metered"), {"prompt": "say hello please", "max_tokens": 50}
     reserved = prompt_cost(body) + 50
@@ -413,9 +418,17 @@ def test_answers_carry_the_callers_limit_headers(
     used = answer.json()["usage"]["total_tokens"]
     stream = server.post("/v1/chat/stream", body, headers=auth)
     assert stream.status_code == 200, stream.text
-    assert parse_events(stream.text)[-1][0] == "done"
+    name, done = parse_events(stream.text)[-1]
+    assert name == "done"
     assert stream.headers["x-ratelimit-remaining-requests"] == "98"
     assert stream.headers["x-ratelimit-remaining-tokens"] == str(100_000 - used - reserved)
+    settled = used + done["usage"]["total_tokens"]
+    store, day = limiter.Limiter(redis_server.url), limiter.day_of(time.time())
+    deadline = time.monotonic() + 3
+    while store.usage(day).get("metered|gpt-4o-mini|tokens") != settled:
+        assert time.monotonic() < deadline, store.usage(day)
+        time.sleep(0.02)
+    store.redis.close()
 
     unlimited = server.post("/v1/chat", body, headers=keys.auth("open"))
     assert unlimited.status_code == 200
