@@ -45,7 +45,7 @@ class CallInfo:
     task: str | None = None
 {%- if cookiecutter.caller_auth == "keys" %}
     caller: str | None = None  # the caller key's name (never the key)
-    models: tuple[str, ...] | None = None  # the caller's models, if listed: no fallback beyond
+    models: frozenset[str] | None = None  # the models it may use (None: any): no fallback beyond
 {%- endif %}
 
 
@@ -145,6 +145,17 @@ class StreamProtocol:
             raise ValueError("the stream ended without a finish_reason")
 
 
+def check_limits(request: ChatRequest, settings: Settings) -> None:
+    """Refuse a request over the server's limits: its output cap (422), its input size (400)."""
+    cap, limit = settings.max_output_tokens, settings.max_input_chars
+    if request.max_tokens is not None and request.max_tokens > cap:
+        why = f"max_tokens: at most {cap} (the server's ALLTKN_MAX_OUTPUT_TOKENS)"
+        raise GatewayError(Category.INVALID_REQUEST, why, detail=why, status=422)
+    if limit is not None and (size := request.input_chars()) > limit:
+        why = f"The input is {size} characters long; the limit is {limit} characters."
+        raise GatewayError(Category.INVALID_REQUEST, why, detail=f"{why} Shorten the messages.")
+
+
 class Call:
     """One call through its attempts, without I/O: the request checked against the server's
     limits, the keyword arguments of each attempt, and what its failure means. The drivers make
@@ -153,18 +164,13 @@ class Call:
     def __init__(
         self, request: ChatRequest, settings: Settings, info: CallInfo | None, *, stream: bool
     ) -> None:
-        cap, limit = settings.max_output_tokens, settings.max_input_chars
-        if request.max_tokens is not None and request.max_tokens > cap:
-            why = f"max_tokens: at most {cap} (the server's ALLTKN_MAX_OUTPUT_TOKENS)"
-            raise GatewayError(Category.INVALID_REQUEST, why, detail=why, status=422)
-        if limit is not None and (size := request.input_chars()) > limit:
-            why = f"The input is {size} characters long; the limit is {limit} characters."
-            raise GatewayError(Category.INVALID_REQUEST, why, detail=f"{why} Shorten the messages.")
-        self.request, self.info, self.stream, self.cap = request, info or CallInfo(), stream, cap
+        check_limits(request, settings)
+        self.request, self.info, self.stream = request, info or CallInfo(), stream
+        self.cap = settings.max_output_tokens
         first = request.model or settings.model
 {%- if cookiecutter.caller_auth == "keys" %}
         fallbacks = [name for name in settings.fallback_model_list if name != first]
-        if (mine := self.info.models) is not None:  # a caller never falls back beyond its list
+        if (mine := self.info.models) is not None:  # never a fallback the caller may not use
             fallbacks = [name for name in fallbacks if name in mine]
         models = [first, *fallbacks]
 {%- else %}

@@ -16,7 +16,7 @@ _TOKENS = (
     r"(?<![A-Za-z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Za-z0-9])",
     r"(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{10,}",
     r"(?i:(?<=bearer )[A-Za-z0-9._~+/=-]{12,})",
-    r"(?<=://)(?:[^\s/?#@:'\"]+:)[^\s/?#@'\"]+(?=@)",  # user:password@ in a URL
+    r"(?<=://)(?:[^\s/?#@:'\"]*:)[^\s/?#@'\"]+(?=@)",  # [user]:password@ in a URL
 )
 _PATTERNS = re.compile("|".join(_TOKENS))
 # Every pattern above needs one of these in the lowercased text.

@@ -25,8 +25,11 @@ class Parameters(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_tokens: int | None = Field(
-        None, gt=0, description="most tokens to generate (capped by ALLTKN_MAX_OUTPUT_TOKENS)"
+    max_tokens: int | None = Field(  # strict: "100", true and 1.0 are refused, not converted
+        None,
+        gt=0,
+        strict=True,
+        description="most tokens to generate (capped by ALLTKN_MAX_OUTPUT_TOKENS)",
     )
     temperature: float | None = Field(None, ge=0, le=2, description="sampling temperature, 0-2")
 

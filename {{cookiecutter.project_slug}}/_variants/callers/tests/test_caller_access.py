@@ -597,9 +597,12 @@ def test_a_daily_budget_holds_across_processes_under_concurrent_requests(
 
     statuses = sorted(response.status_code for response in responses)
     assert statuses == [200] * 10 + [429] * 30, statuses
-    for response in responses:
-        if response.status_code == 429:
-            assert response.json()["error"]["category"] == "caller_budget_exhausted"
+    # Refused while the admitted ones ran: a short wait (their reservations may come back);
+    # once they have settled, the day's budget is used up.
+    refused = {r.json()["error"]["category"] for r in responses if r.status_code == 429}
+    assert refused <= {"caller_rate_limited", "caller_budget_exhausted"}, refused
+    after = fire(servers, keys.auth("budget"), 1)[0]
+    assert after.json()["error"]["category"] == "caller_budget_exhausted"
     sent = chat_requests(gateway)
     assert len(sent) == 10
     budget = BURST_POLICIES["budget"]["daily_tokens"]

@@ -163,7 +163,7 @@ def test_the_daily_budget_refuses_until_utc_midnight(
     store: Limiter, clock: Clock, name: str
 ) -> None:
     caller = policy(daily_tokens=100, rpm=50)
-    store.reserve(plan(name, caller, prompt=30, output=30))
+    store.settle(store.reserve(plan(name, caller, prompt=30, output=30)), 60)
 
     error = refused(store, plan(name, caller, prompt=30, output=30))
     assert error.category is Category.CALLER_BUDGET_EXHAUSTED
@@ -176,6 +176,21 @@ def test_the_daily_budget_refuses_until_utc_midnight(
     clock.now = midnight + 5  # a new UTC day
     next_day = store.reserve(plan(name, caller, prompt=30, output=30))
     assert next_day.headers["x-ratelimit-remaining-tokens"] == "40"
+
+
+def test_a_day_held_by_running_calls_is_a_short_wait_not_an_exhausted_budget(
+    store: Limiter, name: str
+) -> None:
+    caller = policy(daily_tokens=100, rpm=50)
+    running = store.reserve(plan(name, caller, prompt=30, output=30))  # not settled yet
+
+    error = refused(store, plan(name, caller, prompt=30, output=30))
+    assert error.category is Category.CALLER_RATE_LIMITED
+    assert "counting its running calls" in str(error)
+    assert error.retry_after == "5"
+
+    store.settle(running, 20)  # it used 20 of its 60: the next one fits
+    store.reserve(plan(name, caller, prompt=30, output=30))
 
 
 @pytest.mark.parametrize(
@@ -298,7 +313,7 @@ def test_a_settle_after_the_minute_expired_leaves_no_negative_counter(
 ) -> None:
     caller = policy(tpm=100, daily_tokens=1000)
     reservation = store.reserve(plan(name, caller, prompt=10, output=50))
-    minute_key, day_key, _ = reservation.keys
+    minute_key, day_key, *_ = reservation.keys
     if store.memory is not None:
         clock.now += limiter._MINUTE_TTL_S + 1  # in the same day: the fake clock is at :20
     else:
@@ -344,12 +359,12 @@ def test_usage_counts_requests_and_tokens_per_caller_and_model(store: Limiter) -
     [
         pytest.param(42, "any text", 42, id="the-gateway-count"),
         pytest.param(0, "", 0, id="a-count-of-0"),
-        pytest.param(None, "", 0, id="nothing-received"),
+        pytest.param(None, "", 12, id="nothing-received-the-prompt"),
         pytest.param(None, "abcdefghi", 12 + 3, id="cut-stream-estimated"),
     ],
 )
 def test_what_a_call_used(usage_total: int | None, received: str, used: int) -> None:
-    reservation = Reservation(("m", "d", "u"), "x|m", tokens=100, prompt_tokens=12)
+    reservation = Reservation(("m", "d", "u", "h"), "x|m", tokens=100, prompt_tokens=12)
     assert reservation.used(usage_total, received) == used
 
 
@@ -362,13 +377,20 @@ def _unused_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def test_an_unreachable_redis_refuses_with_limiter_unavailable(name: str) -> None:
+def test_an_unreachable_redis_refuses_with_limiter_unavailable(
+    name: str, caplog: pytest.LogCaptureFixture
+) -> None:
     secret = "s3cret-redis-password"  # pragma: allowlist secret
     store = Limiter(f"redis://:{secret}@127.0.0.1:{_unused_port()}/0")
     try:
-        error = refused(store, plan(name, policy(rpm=5)))
+        with caplog.at_level(logging.WARNING, logger=limiter.__name__):
+            error = refused(store, plan(name, policy(rpm=5)))
     finally:
         store.redis.close()
+    # No call line follows a refusal: the operator learns of it from this one.
+    assert [r.getMessage() for r in caplog.records] == [
+        "limits store unreachable, request refused: ConnectionError"
+    ]
     assert error.category is Category.LIMITER_UNAVAILABLE
     assert "ConnectionError" in error.upstream_message
     assert secret not in f"{error} {error.upstream_message} {error!r}"
@@ -399,10 +421,10 @@ def test_redis_stopped_mid_run_fails_closed_then_recovers(
 
     assert error.category is Category.LIMITER_UNAVAILABLE
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert warnings == [
+    assert warnings[-1] == (
         f"could not settle {name}|{MODEL}'s reservation of 20 tokens (ConnectionError); "
         "it stays counted"
-    ]
+    )
 {%- if cookiecutter.framework == "fastapi" %}
 
 
@@ -467,7 +489,7 @@ def test_async_40_concurrent_reservations_against_a_limit_of_10_admit_10(
 def test_async_redis_down_fails_closed_and_settle_only_warns(
     name: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    reservation = Reservation(("m", "d", "u"), f"{name}|{MODEL}", tokens=20, prompt_tokens=10)
+    reservation = Reservation(("m", "d", "u", "h"), f"{name}|{MODEL}", tokens=20, prompt_tokens=10)
 
     async def run() -> GatewayError:
         store = AsyncLimiter(f"redis://127.0.0.1:{_unused_port()}/0")
@@ -481,5 +503,8 @@ def test_async_redis_down_fails_closed_and_settle_only_warns(
         return refusal.value
 
     assert asyncio.run(run()).category is Category.LIMITER_UNAVAILABLE
-    assert [r.levelno for r in caplog.records] == [logging.WARNING]
+    assert [r.getMessage() for r in caplog.records][-1] == (
+        f"could not settle {name}|{MODEL}'s reservation of 20 tokens (ConnectionError); "
+        "it stays counted"
+    )
 {%- endif %}

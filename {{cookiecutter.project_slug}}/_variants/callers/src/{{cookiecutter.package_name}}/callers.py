@@ -162,8 +162,9 @@ class Callers:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
-        self._callers = read(path)
+        # The signature first: a change made while the file is read is seen at the next check.
         self._seen, self._checked = self._signature(), time.monotonic()
+        self._callers = read(path)
 
     def _signature(self) -> tuple[int, ...] | None:
         try:

@@ -7,7 +7,7 @@ once, so a refused request costs nothing and concurrent requests never overshoot
 
 With ALLTKN_LIMITS_REDIS_URL the counters live in Redis: one Lua script per step, atomic for
 every worker and replica. Without it, in this process only (`MemoryStore`), which is right for a
-single process; the service refuses to start several workers on it (`check_store`).
+single process; the service refuses to start several workers on it (`admission.py`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,10 @@ from typing import Any
 import redis
 {%- if cookiecutter.framework == "fastapi" %}
 import redis.asyncio
+import redis.asyncio.retry
 {%- endif %}
+import redis.retry
+from redis.backoff import NoBackoff
 
 from .callers import Caller
 from .errors import Category, GatewayError
@@ -33,45 +36,53 @@ PREFIX = "alltkn"
 USAGE_DAYS = 8  # how long `keys usage` can look back
 logger = logging.getLogger(__name__)
 _MINUTE_TTL_S = 120  # a minute's counters outlive it, so a late settle finds them
-# KEYS: requests this minute, tokens this minute, tokens today, today's usage hash.
-# ARGV: rpm, tpm, daily tokens (0: no limit), cost, minute and day TTLs, the usage field's
-# prefix, the usage hash's TTL.
-# Returns {refused (0 none, 1 rpm, 2 tpm, 3 daily), requests, minute tokens, day tokens}.
+# KEYS: requests this minute, tokens this minute, tokens today, today's usage hash, tokens today
+# still reserved by running calls. ARGV: rpm, tpm, daily tokens (0: no limit), cost, minute and
+# day TTLs, the usage field's prefix, the usage hash's TTL.
+# Returns {refused, requests, minute tokens, day tokens}; refused: 0 no, 1 rpm, 2 tpm, 3 the
+# day's tokens are used up, 4 they would fit once the running calls have settled.
 RESERVE = """
 local rpm, tpm = tonumber(ARGV[1]), tonumber(ARGV[2])
 local daily, cost = tonumber(ARGV[3]), tonumber(ARGV[4])
 local req = tonumber(redis.call('GET', KEYS[1]) or '0')
 local tok = tonumber(redis.call('GET', KEYS[2]) or '0')
 local day = tonumber(redis.call('GET', KEYS[3]) or '0')
+local held = tonumber(redis.call('GET', KEYS[5]) or '0')
 local refused = 0
 if rpm > 0 and req + 1 > rpm then refused = 1
 elseif tpm > 0 and tok + cost > tpm then refused = 2
-elseif daily > 0 and day + cost > daily then refused = 3 end
+elseif daily > 0 and day - held + cost > daily then refused = 3
+elseif daily > 0 and day + cost > daily then refused = 4 end
 if refused == 0 then
   req = redis.call('INCR', KEYS[1])
   tok = redis.call('INCRBY', KEYS[2], cost)
   day = redis.call('INCRBY', KEYS[3], cost)
+  redis.call('INCRBY', KEYS[5], cost)
   redis.call('EXPIRE', KEYS[1], ARGV[5])
   redis.call('EXPIRE', KEYS[2], ARGV[5])
   redis.call('EXPIRE', KEYS[3], ARGV[6])
+  redis.call('EXPIRE', KEYS[5], ARGV[6])
   redis.call('HINCRBY', KEYS[4], ARGV[7] .. '|requests', 1)
   redis.call('EXPIRE', KEYS[4], ARGV[8])
 end
 return {refused, req, tok, day}
 """
-# KEYS: the reservation's minute and day token counters, its usage hash.
-# ARGV: used - reserved, used, the usage field's prefix.
+# KEYS: the reservation's minute and day token counters, its usage hash, the day's reserved.
+# ARGV: used - reserved, used, the usage field's prefix, reserved.
 SETTLE = """
 for i = 1, 2 do
   if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('INCRBY', KEYS[i], ARGV[1]) end
 end
 redis.call('HINCRBY', KEYS[3], ARGV[3] .. '|tokens', ARGV[2])
+if redis.call('EXISTS', KEYS[4]) == 1 then redis.call('DECRBY', KEYS[4], ARGV[4]) end
 """
 _REFUSALS = {
     1: (Category.CALLER_RATE_LIMITED, "requests per minute"),
     2: (Category.CALLER_RATE_LIMITED, "tokens per minute"),
     3: (Category.CALLER_BUDGET_EXHAUSTED, "tokens per UTC day"),
+    4: (Category.CALLER_RATE_LIMITED, "tokens per UTC day (counting its running calls)"),
 }
+RUNNING_CALLS_WAIT_S = 5  # Retry-After when the day's tokens are held by running calls
 
 
 def estimate_tokens(text: str) -> int:
@@ -90,7 +101,7 @@ def prompt_tokens(request: ChatRequest) -> int:
 class Reservation:
     """What one admitted call holds until it settles."""
 
-    keys: tuple[str, str, str]  # minute tokens, day tokens, usage hash
+    keys: tuple[str, str, str, str]  # minute tokens, day tokens, usage hash, day reserved
     usage_field: str
     tokens: int
     prompt_tokens: int
@@ -100,7 +111,7 @@ class Reservation:
         """Tokens the call used: the gateway's count, else prompt plus what was received."""
         if usage_total is not None:
             return usage_total
-        return self.prompt_tokens + estimate_tokens(received_text) if received_text else 0
+        return self.prompt_tokens + estimate_tokens(received_text)
 
 
 @dataclass(frozen=True)
@@ -124,6 +135,7 @@ class Plan:
             f"{base}:m:{minute}:tok",
             f"{base}:d:{day}:tok",
             f"{PREFIX}:usage:{day}",
+            f"{base}:d:{day}:held",
         ]
         limits = [caller.rpm or 0, caller.tpm or 0, caller.daily_tokens or 0]
         ttls = [_MINUTE_TTL_S, 2 * 86_400]
@@ -136,12 +148,16 @@ class Plan:
         headers = self._headers(requests, minute_tokens, day_tokens)
         if refused:
             category, limit = _REFUSALS[refused]
-            wait = _seconds_to_utc_midnight(self.now) if refused == 3 else 60 - self.now % 60
+            wait = {3: _seconds_to_utc_midnight(self.now), 4: RUNNING_CALLS_WAIT_S}.get(
+                refused, 60 - self.now % 60
+            )
             retry_after = str(max(1, math.ceil(wait)))
             why = f"caller {self.name} is over its {limit} limit; retry in {retry_after} s"
             raise GatewayError(category, detail=why, retry_after=retry_after, headers=headers)
-        keys = (self.keys[1], self.keys[2], self.keys[3])
-        return Reservation(keys, self.argv[6], self.argv[3], self.prompt_tokens, headers)
+        _, minute_tokens_key, day_tokens_key, usage_key, held_key = self.keys
+        keys = (minute_tokens_key, day_tokens_key, usage_key, held_key)
+        cost, usage_field = self.argv[3], self.argv[6]
+        return Reservation(keys, usage_field, cost, self.prompt_tokens, headers)
 
     def _headers(self, requests: int, minute_tokens: int, day_tokens: int) -> dict[str, str]:
         """OpenAI's rate-limit headers, so callers' SDKs back off by themselves."""
@@ -159,7 +175,8 @@ class Plan:
 
 
 def settle_args(reservation: Reservation, used: int) -> tuple[list[str], list[int | str]]:
-    return list(reservation.keys), [used - reservation.tokens, used, reservation.usage_field]
+    delta = used - reservation.tokens
+    return list(reservation.keys), [delta, used, reservation.usage_field, reservation.tokens]
 
 
 def day_of(now: float) -> str:
@@ -186,18 +203,21 @@ class MemoryStore:
         rpm, tpm, daily, cost, minute_ttl, day_ttl, prefix, _ = args
         now = time.time()
         with self._lock:
-            req, tok, day = (self._get(key, now) for key in keys[:3])
+            req, tok, day, held = (self._get(key, now) for key in (*keys[:3], keys[4]))
             refused = 0
             if rpm and req + 1 > rpm:
                 refused = 1
             elif tpm and tok + cost > tpm:
                 refused = 2
-            elif daily and day + cost > daily:
+            elif daily and day - held + cost > daily:
                 refused = 3
+            elif daily and day + cost > daily:
+                refused = 4
             if not refused:
-                req, tok, day = req + 1, tok + cost, day + cost
-                ttls = (minute_ttl, minute_ttl, day_ttl)
-                for key, value, ttl in zip(keys[:3], (req, tok, day), ttls, strict=True):
+                req, tok, day, held = req + 1, tok + cost, day + cost, held + cost
+                counts = (req, tok, day, held)
+                ttls = (minute_ttl, minute_ttl, day_ttl, day_ttl)
+                for key, value, ttl in zip((*keys[:3], keys[4]), counts, ttls, strict=True):
                     self._counts[key] = (value, now + ttl)
                 self._add(keys[3], f"{prefix}|requests", 1)
             if len(self._counts) > 10_000:  # forget expired windows
@@ -205,13 +225,13 @@ class MemoryStore:
         return [refused, req, tok, day]
 
     def settle(self, keys: list[str], args: list[Any]) -> None:
-        delta, used, prefix = args
+        delta, used, prefix, reserved = args
         now = time.time()
         with self._lock:
-            for key in keys[:2]:
+            for key, change in ((keys[0], delta), (keys[1], delta), (keys[3], -reserved)):
                 value, expires = self._counts.get(key, (0, 0.0))
                 if expires > now:
-                    self._counts[key] = (value + delta, expires)
+                    self._counts[key] = (value + change, expires)
             self._add(keys[2], f"{prefix}|tokens", used)
 
     def _add(self, usage_key: str, name: str, amount: int) -> None:
@@ -223,6 +243,8 @@ REDIS_ERRORS = (redis.RedisError, OSError)
 
 
 def unavailable(exc: BaseException) -> GatewayError:
+    """Fail closed; logged here, since no call line follows (Redis's errors hold no password)."""
+    logger.warning("limits store unreachable, request refused: %s", type(exc).__name__)
     return GatewayError(Category.LIMITER_UNAVAILABLE, f"{type(exc).__name__}: {exc}"[:300])
 
 
@@ -244,10 +266,11 @@ REDIS_TIMEOUT_S = 2.0
 REDIS_CONNECTIONS = 32
 
 
-def redis_options() -> dict[str, Any]:
+def redis_options(retry: object) -> dict[str, Any]:
     timeouts = {"socket_timeout": REDIS_TIMEOUT_S, "socket_connect_timeout": REDIS_TIMEOUT_S}
     pool = {"max_connections": REDIS_CONNECTIONS, "timeout": REDIS_TIMEOUT_S}
-    return {**timeouts, **pool, "decode_responses": True}
+    # `retry` of no retries: a reservation sent twice would count twice; failing closed is quick.
+    return {**timeouts, **pool, "retry": retry, "decode_responses": True}
 
 
 class Limiter:
@@ -256,7 +279,8 @@ class Limiter:
     def __init__(self, redis_url: str | None) -> None:
         self.memory = None if redis_url else MemoryStore()
         if redis_url:
-            pool = redis.BlockingConnectionPool.from_url(redis_url, **redis_options())
+            options = redis_options(redis.retry.Retry(NoBackoff(), 0))
+            pool = redis.BlockingConnectionPool.from_url(redis_url, **options)
             self.redis = redis.Redis.from_pool(pool)
             self._reserve = self.redis.register_script(RESERVE)
             self._settle = self.redis.register_script(SETTLE)
@@ -298,7 +322,8 @@ class AsyncLimiter:
     def __init__(self, redis_url: str | None) -> None:
         self.memory = None if redis_url else MemoryStore()
         if redis_url:
-            pool = redis.asyncio.BlockingConnectionPool.from_url(redis_url, **redis_options())
+            options = redis_options(redis.asyncio.retry.Retry(NoBackoff(), 0))
+            pool = redis.asyncio.BlockingConnectionPool.from_url(redis_url, **options)
             self.redis = redis.asyncio.Redis.from_pool(pool)
             self._reserve = self.redis.register_script(RESERVE)
             self._settle = self.redis.register_script(SETTLE)

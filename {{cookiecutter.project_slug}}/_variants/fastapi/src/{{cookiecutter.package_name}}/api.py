@@ -77,8 +77,8 @@ Admitted = Annotated[Admission, Depends(admit)]
 def call_info(admission: Admission, request: Request) -> CallInfo:
     body, request_id = admission.request, request.state.request_id
 {%- if cookiecutter.caller_auth == "keys" %}
-    models = admission.plan.caller.models  # fallback models only from these
-    return CallInfo(request_id, body.user, body.task, caller=admission.caller, models=models)
+    who, models = admission.caller, admission.models  # fallbacks only among `models`
+    return CallInfo(request_id, body.user, body.task, caller=who, models=models)
 {%- else %}
     return CallInfo(request_id, body.user, body.task)
 {%- endif %}
@@ -101,8 +101,8 @@ async def chat(
 ) -> JSONResponse:
     try:
         result = await service.complete(admission.request, call_info(admission, request))
-    except GatewayError:
-        await limiter.settle(admission.reservation, 0)
+    except GatewayError as error:
+        await limiter.settle(admission.reservation, admission.used(error))
         raise
     await limiter.settle(admission.reservation, admission.used(result))
     return JSONResponse(result_body(result))
@@ -122,8 +122,8 @@ async def chat_stream(
     # Opened before the response starts, so a refused call still gets its own status.
     try:
         stream = await service.open_stream(admission.request, call)
-    except GatewayError:
-        await limiter.settle(admission.reservation, 0)
+    except GatewayError as error:
+        await limiter.settle(admission.reservation, admission.used(error))
         raise
 
     async def settle(stream: AsyncChatStream) -> None:  # after the stream closed, however

@@ -58,7 +58,8 @@ def request_ids(app: ASGIApp) -> ASGIApp:
 def create_app(settings: Settings) -> FastAPI:
     configure_logging(settings.log_level, secrets=[settings.api_key.get_secret_value()])
 {%- if cookiecutter.caller_auth == "keys" %}
-    gate = Gate(settings, load_callers_or_exit(settings, workers_from_environment()))
+    workers = workers_from_environment()
+    gate = Gate(settings, load_callers_or_exit(settings, workers), workers)
     redis_url = settings.limits_redis_url
 
     @asynccontextmanager

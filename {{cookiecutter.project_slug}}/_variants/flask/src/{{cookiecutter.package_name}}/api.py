@@ -66,8 +66,8 @@ def refuse(message: str, status: int) -> NoReturn:
 def call_info(admission: Admission) -> CallInfo:
     body = admission.request
 {%- if cookiecutter.caller_auth == "keys" %}
-    models = admission.plan.caller.models  # fallback models only from these
-    return CallInfo(g.request_id, body.user, body.task, caller=admission.caller, models=models)
+    who, models = admission.caller, admission.models  # fallbacks only among `models`
+    return CallInfo(g.request_id, body.user, body.task, caller=who, models=models)
 {%- else %}
     return CallInfo(g.request_id, body.user, body.task)
 {%- endif %}
@@ -89,8 +89,8 @@ def chat() -> dict[str, Any]:
 {%- if cookiecutter.caller_auth == "keys" %}
     try:
         result = chat_service().complete(admission.request, call_info(admission))
-    except GatewayError:
-        limiter().settle(admission.reservation, 0)
+    except GatewayError as error:
+        limiter().settle(admission.reservation, admission.used(error))
         raise
     limiter().settle(admission.reservation, admission.used(result))
     return contract.result_body(result)
@@ -107,8 +107,8 @@ def chat_stream() -> Response:
     limits = limiter()
     try:
         stream = service.open_stream(admission.request, call_info(admission))
-    except GatewayError:
-        limits.settle(admission.reservation, 0)
+    except GatewayError as error:
+        limits.settle(admission.reservation, admission.used(error))
         raise
     response = event_stream(stream, g.request_id, service.settings)
 

@@ -32,7 +32,7 @@ def create_app(settings: Settings) -> Flask:
     app.extensions["chat"] = ChatService(create_client(settings), settings)
 {%- if cookiecutter.caller_auth == "keys" %}
     # gunicorn.conf.py checks the worker count against the limits once gunicorn has read it.
-    app.extensions["gate"] = Gate(settings, load_callers_or_exit(settings, workers=1))
+    app.extensions["gate"] = Gate(settings, load_callers_or_exit(settings, workers=1), workers=1)
     redis_url = settings.limits_redis_url
     app.extensions["limiter"] = Limiter(redis_url.get_secret_value() if redis_url else None)
 {%- else %}

@@ -6,13 +6,14 @@ cannot be checked: `limiter.py`). A request refused by one check counts against 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import sys
 from dataclasses import dataclass
 from typing import Any
 
 from .callers import Callers, CallersError, Who
-from .chat import ChatResult
+from .chat import ChatResult, check_limits
 from .errors import Category, GatewayError
 from .limiter import Plan, Reservation, prompt_tokens
 from .request import ChatRequest
@@ -28,6 +29,7 @@ class Admission:
 
     request: ChatRequest
     caller: str
+    models: frozenset[str] | None  # what it may use (None: any), fallbacks included
     plan: Plan
     reservation: Reservation | None = None
 
@@ -35,15 +37,22 @@ class Admission:
     def headers(self) -> dict[str, str]:
         return self.reservation.headers if self.reservation else {}
 
-    def used(self, result: ChatResult) -> int:
-        """Tokens to settle: the gateway's count, else estimated from what was received."""
-        total = result.usage.total_tokens if result.usage else None
-        return self.reservation.used(total, result.content) if self.reservation else 0
+    def used(self, outcome: ChatResult | GatewayError) -> int:
+        """Tokens to settle: the gateway's count, else the prompt and what was received; for a
+        call that failed, none, unless it timed out (the gateway may have run it to the end)."""
+        if self.reservation is None:
+            return 0
+        if isinstance(outcome, GatewayError):
+            return self.reservation.tokens if outcome.category is Category.TIMEOUT else 0
+        total = outcome.usage.total_tokens if outcome.usage else None
+        return self.reservation.used(total, outcome.content)
 
 
 class Gate:
-    def __init__(self, settings: Settings, callers: Callers) -> None:
+    def __init__(self, settings: Settings, callers: Callers, workers: int) -> None:
         self.settings, self.callers = settings, callers
+        # Limits counted in this process while several run: each would allow the whole limit.
+        self.limits_split = workers > 1 and settings.limits_redis_url is None
 
     def authenticate(self, authorization: str | None) -> Who:
         """(name, policy) of the caller whose key `Authorization: Bearer ...` holds, or 401."""
@@ -53,7 +62,12 @@ class Gate:
         """The request as it goes upstream and its reservation plan, or 403 / 422."""
         name, caller = who
         model = body.model or self.settings.model
-        check_model(model, self.settings.allowed_model_set, caller.models)
+        models = check_model(model, self.settings.allowed_model_set, caller.models)
+        check_limits(body, self.settings)
+        if caller.limited and self.limits_split:  # limits added after the start: fail closed
+            why = f"caller {name} has limits, but each worker would count them alone"
+            logger.error("%s: set ALLTKN_LIMITS_REDIS_URL, or run one worker", why)
+            raise GatewayError(Category.LIMITER_UNAVAILABLE, why, detail=why)
         prompt = prompt_tokens(body)
         cap, where = self.settings.max_output_tokens, "the server's ALLTKN_MAX_OUTPUT_TOKENS"
         # What one call of this caller could ever use: a minute's or a day's tokens.
@@ -68,13 +82,14 @@ class Gate:
             raise GatewayError(Category.INVALID_REQUEST, why, detail=why, status=422)
         output = body.max_tokens or cap
         request = body.model_copy(update={"max_tokens": output})
-        return Admission(request, name, Plan.make(name, caller, model, prompt, output))
+        return Admission(request, name, models, Plan.make(name, caller, model, prompt, output))
 
 
 def check_model(
     model: str, allowed: frozenset[str] | None, callers_models: tuple[str, ...] | None
-) -> None:
-    """403 unless `model` is allowed by the service (None: any) and by the caller's list."""
+) -> frozenset[str] | None:
+    """The models the caller may use (None: any), or 403 unless `model` is one of them: allowed
+    by the service and in the caller's list."""
     if callers_models is not None:
         mine = frozenset(callers_models)
         allowed = allowed & mine if allowed is not None else mine
@@ -82,6 +97,7 @@ def check_model(
         shown = ", ".join(sorted(allowed)) or "none"
         why = f"model {model[:100]} is not allowed here; allowed: {shown}"
         raise GatewayError(Category.MODEL_NOT_ALLOWED, detail=why)
+    return allowed
 
 
 def limit_headers(state: dict[str, Any]) -> list[tuple[bytes, bytes]]:
@@ -93,8 +109,11 @@ def limit_headers(state: dict[str, Any]) -> list[tuple[bytes, bytes]]:
 
 
 def workers_from_environment() -> int:
+    """The worker processes uvicorn runs: WEB_CONCURRENCY (`serve`, and uvicorn's default), at
+    least 2 in a worker uvicorn spawned (`uvicorn --workers N` without WEB_CONCURRENCY)."""
     raw = os.environ.get("WEB_CONCURRENCY", "").strip()
-    return int(raw) if raw.isdigit() else 1
+    spawned = multiprocessing.parent_process() is not None
+    return max(int(raw) if raw.isdigit() else 1, 2 if spawned else 1)
 
 
 def workers_problem(settings: Settings, callers: Callers, workers: int) -> str | None:
