@@ -96,12 +96,16 @@ def test_the_readme_diff_is_one_field_and_one_line(gateway: Any) -> None:
 
 def test_top_p_reaches_the_gateway_from_http(gateway: Any) -> None:
     project = gateway.project
+    environ = env(gateway, project)
+    created = run(project, environ, "keys", "create", "extending")  # the default bake's callers
+    assert created.returncode == 0, created.stderr
+    auth = {"Authorization": f"Bearer {created.stdout.strip()}"}
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     server = subprocess.Popen(
         [sys.executable, "-m", PACKAGE, "serve", "--port", str(port)],
-        cwd=project, env=env(gateway, project), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        cwd=project, env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
@@ -113,14 +117,17 @@ def test_top_p_reaches_the_gateway_from_http(gateway: Any) -> None:
                 time.sleep(0.1)
         for path in ("/v1/chat", "/v1/chat/stream"):
             gateway.reset()
-            answer = httpx2.post(f"{url}{path}", json={"prompt": "hi", "top_p": 0.5}, timeout=10)
+            body = {"prompt": "hi", "top_p": 0.5}
+            answer = httpx2.post(f"{url}{path}", json=body, headers=auth, timeout=10)
             assert answer.status_code == 200, answer.text
             assert gateway.requests[-1].body["top_p"] == 0.5, path
-        answer = httpx2.post(f"{url}/v1/chat", json={"prompt": "hi", "top_p": 3}, timeout=10)
+        body = {"prompt": "hi", "top_p": 3}
+        answer = httpx2.post(f"{url}/v1/chat", json=body, headers=auth, timeout=10)
         assert answer.status_code == 422
         assert answer.json()["error"]["message"].startswith("top_p: ")
         gateway.reset()
-        assert httpx2.post(f"{url}/v1/chat", json={"prompt": "hi"}, timeout=10).is_success
+        answer = httpx2.post(f"{url}/v1/chat", json={"prompt": "hi"}, headers=auth, timeout=10)
+        assert answer.is_success, answer.text
         assert "top_p" not in gateway.requests[-1].body
     finally:
         server.terminate()

@@ -28,7 +28,10 @@ from typing import Any
 
 import pytest
 
-from {{ cookiecutter.package_name }} import CLIENT_NAME, TEMPLATE_VERSION, __version__, {% if cookiecutter.caller_auth == "keys" %}callers, {% endif %}doctor, support
+from {{ cookiecutter.package_name }} import CLIENT_NAME, TEMPLATE_VERSION, __version__, doctor, support
+{%- if cookiecutter.caller_auth == "keys" %}
+from {{ cookiecutter.package_name }}.callers import add as add_caller
+{%- endif %}
 from {{ cookiecutter.package_name }}.errors import Category, GatewayError
 from {{ cookiecutter.package_name }}.settings import ENV_NAMES, KEY_ENV_VAR
 
@@ -80,7 +83,7 @@ def doctor_env(
 
     apply()
 {%- if cookiecutter.caller_auth == "keys" %}
-    callers.add(tmp_path / "callers.json", "tests")  # the callers file: one caller, no limits
+    add_caller(tmp_path / "callers.json", "tests")  # the callers file: one caller, no limits
 {%- endif %}
     return apply
 

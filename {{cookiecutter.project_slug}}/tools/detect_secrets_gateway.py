@@ -1,5 +1,6 @@
-"""detect-secrets plugin: the AI gateway's API keys (`sk-` + 32 to 64 letters and digits){% if cookiecutter.caller_auth == "keys" %}
-and this service's caller keys (`ck_` + 40 to 64 URL-safe characters, made by `keys create`){% endif %}.
+"""detect-secrets plugin: the AI gateway's API keys (`sk-` + 32 to 64 letters and digits) and
+the caller keys of services made from this template (`ck_` + 40 to 64 URL-safe characters, made
+by `keys create`).
 
 detect-secrets loads this file by path: `.secrets.baseline` names it in `plugins_used`
 (`"path": "file://tools/detect_secrets_gateway.py"`, relative to the repository root, where
@@ -21,9 +22,7 @@ from detect_secrets.plugins.base import RegexBasedDetector
 # `sk-` + 32 to 64 letters and digits, optionally `-<digits>`; not part of a longer token
 # (`task-...`, `sk-proj-...` and keys of other formats are left to the other plugins).
 GATEWAY_KEY_RE = re.compile(r"(?<![A-Za-z0-9_-])sk-[A-Za-z0-9]{32,64}(?:-[0-9]+)?(?![A-Za-z0-9_-])")
-{%- if cookiecutter.caller_auth == "keys" %}
 CALLER_KEY_RE = re.compile(r"(?<![A-Za-z0-9_-])ck_[A-Za-z0-9_-]{40,64}(?![A-Za-z0-9_-])")
-{%- endif %}
 # What detect-secrets reports the finding as (named apart from `secret_type`, which its
 # keyword plugin would otherwise take for a hard-coded secret).
 KEY_LABEL = "AI Gateway Key"
@@ -33,4 +32,4 @@ class GatewayKeyDetector(RegexBasedDetector):
     """Scans for AI gateway API keys."""
 
     secret_type = KEY_LABEL
-    denylist = ({% if cookiecutter.caller_auth == "keys" %}GATEWAY_KEY_RE, CALLER_KEY_RE{% else %}GATEWAY_KEY_RE,{% endif %})
+    denylist = (GATEWAY_KEY_RE, CALLER_KEY_RE)

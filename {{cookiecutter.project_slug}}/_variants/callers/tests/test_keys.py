@@ -1,5 +1,5 @@
-"""`python -m {{ cookiecutter.package_name }} keys ...`, run in this process as an operator would: the new key
-alone on stdout, never a key again, bad input one `error:` line and exit 2."""
+"""`python -m <package> keys ...`, run in this process as an operator would: the new key alone
+on stdout, never a key again, bad input one `error:` line and exit 2."""
 
 from __future__ import annotations
 
