@@ -253,6 +253,17 @@ def test_a_model_not_allowed_is_a_403_without_an_upstream_call(
     assert gateway.requests == []
 
 
+@pytest.mark.parametrize("path", PATHS)
+def test_the_model_is_checked_before_the_rest_of_the_body(
+    server: Server, gateway: FakeGateway, keys: Keys, path: str
+) -> None:
+    body = {"prompt": "hi", "model": "gpt-4.5-preview", "temperature": 5, "colour": "red"}
+    response = server.post(path, body, headers=keys.auth("open"))
+
+    assert_error(response, 403, "model_not_allowed")
+    assert gateway.requests == []
+
+
 @pytest.mark.parametrize(
     ("caller", "model"),
     [

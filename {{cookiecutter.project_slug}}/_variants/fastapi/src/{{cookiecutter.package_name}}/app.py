@@ -87,9 +87,10 @@ def create_app(settings: Settings) -> FastAPI:
     async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
 {%- if cookiecutter.caller_auth == "keys" %}
         # FastAPI parses a JSON body before any dependency: the caller key still comes first,
-        # so that a client without one learns nothing about the body.
+        # so that a client without one learns nothing about the body, then the model.
         try:
-            gate.authenticate(request.headers.get("authorization"))
+            who = gate.authenticate(request.headers.get("authorization"))
+            gate.check_named_model(exc.body, who)
         except GatewayError as error:
             return JSONResponse(*gateway_error(error, request.state.request_id))
 {%- endif %}

@@ -35,11 +35,12 @@ def limiter() -> Limiter:
 
 
 def admit() -> Admission:
-    """The request, checked in order{% if cookiecutter.caller_auth == "keys" %}: caller key (401), body (400, 422), model (403), cap
+    """The request, checked in order{% if cookiecutter.caller_auth == "keys" %}: caller key (401), model (403), body (400, 422), cap
     (422), the caller's limits (429, 503){% else %}: body (400, 422), model (403), cap (422){% endif %}."""
     gate = cast(Gate, current_app.extensions["gate"])
 {%- if cookiecutter.caller_auth == "keys" %}
     who = gate.authenticate(request.headers.get("Authorization"))
+    gate.check_named_model(request.get_json(silent=True), who)  # the model before the body
     g.admission = admission = gate.check(chat_request(), who)  # its headers: app.py
     admission.reservation = limiter().reserve(admission.plan)
     return admission

@@ -58,6 +58,13 @@ class Gate:
         """(name, policy) of the caller whose key `Authorization: Bearer ...` holds, or 401."""
         return self.callers.authenticate(authorization)
 
+    def check_named_model(self, payload: object, who: Who) -> None:
+        """403 for a disallowed model named in a body not yet validated: the model is checked
+        before the rest of the body."""
+        model = payload.get("model") if isinstance(payload, dict) else None
+        if isinstance(model, str):
+            check_model(model, self.settings.allowed_model_set, who[1].models)
+
     def check(self, body: ChatRequest, who: Who) -> Admission:
         """The request as it goes upstream and its reservation plan, or 403 / 422."""
         name, caller = who
