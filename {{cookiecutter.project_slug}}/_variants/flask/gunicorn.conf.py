@@ -67,5 +67,5 @@ def on_starting(server: Any) -> None:
     gate = server.app.wsgi().extensions["gate"]
     if problem := workers_problem(gate.settings, gate.callers, server.cfg.workers):
         sys.exit(f"config error: {problem}")
-    gate.limits_split = server.cfg.workers > 1 and gate.settings.limits_redis_url is None
+    gate.workers = server.cfg.workers  # the app was made before gunicorn knew them
 {%- endif %}

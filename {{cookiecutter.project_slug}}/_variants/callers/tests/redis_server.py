@@ -4,7 +4,6 @@ one per test session on a free loopback port, nothing saved to disk."""
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -13,11 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+from .live_server import free_port
 
 
 class RedisServer:
@@ -30,7 +25,7 @@ class RedisServer:
                 "redis-server is not installed: the limits are tested against a real Redis "
                 "(Debian: apt-get install redis-server; macOS: brew install redis)"
             )
-        self.executable, self.directory, self.port = executable, directory, _free_port()
+        self.executable, self.directory, self.port = executable, directory, free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
     @property

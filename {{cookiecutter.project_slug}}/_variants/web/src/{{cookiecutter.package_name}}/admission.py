@@ -50,9 +50,11 @@ class Admission:
 
 class Gate:
     def __init__(self, settings: Settings, callers: Callers, workers: int) -> None:
-        self.settings, self.callers = settings, callers
-        # Limits counted in this process while several run: each would allow the whole limit.
-        self.limits_split = workers > 1 and settings.limits_redis_url is None
+        self.settings, self.callers, self.workers = settings, callers, workers
+
+    @property
+    def limits_split(self) -> bool:
+        return limits_split(self.settings, self.workers)
 
     def authenticate(self, authorization: str | None) -> Who:
         """(name, policy) of the caller whose key `Authorization: Bearer ...` holds, or 401."""
@@ -123,10 +125,15 @@ def workers_from_environment() -> int:
     return max(int(raw) if raw.isdigit() else 1, 2 if spawned else 1)
 
 
+def limits_split(settings: Settings, workers: int) -> bool:
+    """Limits counted in this process while several run: each would allow the whole limit."""
+    return workers > 1 and settings.limits_redis_url is None
+
+
 def workers_problem(settings: Settings, callers: Callers, workers: int) -> str | None:
     """Why `workers` processes cannot enforce the callers' limits (each would count alone)."""
     limited = sorted(name for name, caller in callers.current().items() if caller.limited)
-    if limited and workers > 1 and settings.limits_redis_url is None:
+    if limited and limits_split(settings, workers):
         return (
             f"{workers} worker processes would each count the limits of caller {limited[0]} "
             "on their own: set ALLTKN_LIMITS_REDIS_URL (one Redis shared by every worker and "
