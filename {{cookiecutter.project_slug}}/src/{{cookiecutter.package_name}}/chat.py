@@ -16,6 +16,7 @@ import openai
 from openai.types.chat import ChatCompletion
 from pydantic import BaseModel
 
+from . import metrics
 from .errors import Category, GatewayError, InStreamError, classify, request_id_from_headers
 from .logs import log_call
 from .request import ChatRequest, sdk_arguments
@@ -189,9 +190,16 @@ class Call:
         """Log the attempt's failure; the pause before the next attempt, or raise the final
         `GatewayError` (`sdk_retried`: the SDK already retried it; `stop`: the caller left)."""
         self.error = self.record.fail(exc)
+        model = self.attempts.model
         delay = None if stop else self.attempts.after(self.error, retry=not sdk_retried)
         if delay is None:
             raise self.error from None
+        if self.attempts.model == model:
+            metrics.add(metrics.RETRIES, gen_ai_request_model=metrics.model(model),
+                        error_type=self.error.category.value)  # fmt: skip
+        else:
+            metrics.add(metrics.FALLBACKS, gen_ai_request_model=metrics.model(model),
+                        alltkn_fallback_model=metrics.model(self.attempts.model))  # fmt: skip
         return delay
 
 
@@ -200,6 +208,7 @@ class CallRecord:
 
     def __init__(self, attempts: Attempts, call: CallInfo, *, stream: bool) -> None:
         self.model, self.fallback_from = attempts.model, attempts.fallback_from
+        self.requested = self.model  # `model` becomes the one the gateway says answered
         self.call, self.stream, self.started = call, stream, time.perf_counter()
         self.ttft_ms: float | None = None
         self.protocol: StreamProtocol | None = None  # a stream's, for what it has so far
@@ -258,11 +267,13 @@ class CallRecord:
         return ChatResult(content, self.model, self.usage, *ids)
 
     def log(self, status: str, error: GatewayError | None = None) -> None:
-        """Log the attempt, once; `client_disconnect` when the consumer left before the end."""
+        """Log and measure the attempt, once; `client_disconnect` when the consumer left before
+        the end."""
         if self.logged:
             return
         self.logged = True
         call, usage = self.call, self.usage
+        self.measure(status, error)
         log_call({
             "model": self.model, "fallback_from": self.fallback_from, "user": call.user,
 {%- if cookiecutter.caller_auth == "keys" %}
@@ -276,6 +287,26 @@ class CallRecord:
             "prompt_tokens": usage.prompt_tokens if usage else None,
             "completion_tokens": usage.completion_tokens if usage else None,
         })  # fmt: skip
+
+    def measure(self, status: str, error: GatewayError | None) -> None:
+        if not metrics.recording():
+            return
+        error_type = error.category.value if error else None
+        if status == "client_disconnect":
+            error_type = status  # not the gateway's failure, yet no whole answer either
+            metrics.add(metrics.CLIENT_DISCONNECTS, gen_ai_request_model=metrics.model(self.model))
+{%- if cookiecutter.caller_auth == "keys" %}
+        who = self.call.caller
+        attributes = metrics.call_attributes(self.requested, self.model, error_type, who)
+{%- else %}
+        attributes = metrics.call_attributes(self.requested, self.model, error_type)
+{%- endif %}
+        usage, first = self.usage, self.ttft_ms
+        metrics.record(metrics.Measurement(
+            attributes, time.perf_counter() - self.started,
+            None if first is None else first / 1000,
+            usage.prompt_tokens if usage else None, usage.completion_tokens if usage else None,
+        ))  # fmt: skip
 
     def _elapsed_ms(self) -> float:
         return round((time.perf_counter() - self.started) * 1000, 1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import json
 import math
 import random
 import time
@@ -17,6 +18,7 @@ from collections.abc import Mapping
 
 import httpx2
 
+from . import metrics
 from .errors import Category, GatewayError, category_for_response
 
 # Failures that may pass if tried again.
@@ -62,6 +64,20 @@ def veto(response: httpx2.Response, cap_s: float) -> None:
     category = category_for_response(response)
     if not may_retry(category, retry_after_s(response.headers), cap_s):
         response.headers["x-should-retry"] = "false"
+
+
+def review(response: httpx2.Response, cap_s: float, max_retries: int) -> None:
+    """The clients' response hook, on an answer the SDK would retry (body read): `veto`, or
+    count the retry the SDK is about to make (its header says how many it already made)."""
+    veto(response, cap_s)
+    if not metrics.recording() or response.headers.get("x-should-retry") == "false":
+        return
+    with contextlib.suppress(ValueError, AttributeError):  # not the JSON the service sent
+        if int(response.request.headers.get("x-stainless-retry-count", "0")) < max_retries:
+            model = json.loads(response.request.content).get("model")
+            category = category_for_response(response).value
+            metrics.add(metrics.RETRIES, gen_ai_request_model=metrics.model(model),
+                        error_type=category)  # fmt: skip
 
 
 class Attempts:

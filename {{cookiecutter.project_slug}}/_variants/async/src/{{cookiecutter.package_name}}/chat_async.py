@@ -19,12 +19,12 @@ from .settings import Settings
 
 def create_async_client(settings: Settings) -> AsyncOpenAI:
     """Over aiohttp (`openai[aiohttp]`): half the CPU per relayed stream of the default one."""
-    cap = settings.retry_after_cap_s
+    cap, retries = settings.retry_after_cap_s, settings.max_retries
 
     async def apply_retry_policy(response: httpx2.Response) -> None:
         if retry.sdk_would_retry(response.status_code):
             await response.aread()
-            retry.veto(response, cap)
+            retry.review(response, cap, retries)
 
     hooks = {"response": [apply_retry_policy]}
     return AsyncOpenAI(

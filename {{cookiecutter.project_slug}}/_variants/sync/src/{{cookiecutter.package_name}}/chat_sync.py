@@ -19,12 +19,12 @@ from .settings import Settings
 
 
 def create_client(settings: Settings) -> OpenAI:
-    cap = settings.retry_after_cap_s
+    cap, retries = settings.retry_after_cap_s, settings.max_retries
 
     def apply_retry_policy(response: httpx2.Response) -> None:
         if retry.sdk_would_retry(response.status_code):
             response.read()
-            retry.veto(response, cap)
+            retry.review(response, cap, retries)
 
     hooks = {"response": [apply_retry_policy]}
     return OpenAI(**settings.client_options(), http_client=DefaultHttpx2Client(event_hooks=hooks))
