@@ -166,8 +166,11 @@ def test_mixed_input(gateway: FakeGateway, batch: Batch, tmp_path: Path) -> None
     assert '"task": "t1"' in done.stderr
     summary = done.stdout
     assert "batch: 4 done, 6 failed (connection 1, invalid_input 4, model_not_found 1)" in summary
-    assert "tokens: " in summary
-    assert "requests/s (10 requests, 4 retries)" in summary
+    # The upstream calls, from the instruments: 429 then an answer, 4 dropped connections...
+    calls = "calls: 10 upstream, 6 failed (connection 4, model_not_found 1, rate_limited 1)"
+    assert f"{calls}, 4 retries, 0 fallbacks" in summary
+    assert "tokens: gpt-4o-mini 2 input + 12 output; other 2 input + 12 output" in summary
+    assert "duration: p50 " in summary
     assert "Traceback" not in done.stderr
     assert SENTINEL_KEY not in done.stdout + done.stderr + output.read_text()
 
@@ -277,6 +280,8 @@ def test_a_rejected_key_stops_the_batch_and_writes_nothing(
         pytest.param("corrupt-output", "line 1 is not a result row", id="resume-corrupt-output"),
         pytest.param("concurrency-0", "--concurrency", id="concurrency-0"),
         pytest.param("concurrency-text", "--concurrency", id="concurrency-text"),
+        pytest.param("metrics-dir-missing", "--metrics-file", id="metrics-file-in-missing-dir"),
+        pytest.param("metrics-is-dir", "--metrics-file", id="metrics-file-is-a-directory"),
     ],
 )
 def test_bad_paths_and_options_are_one_line_exit_2(
@@ -298,6 +303,9 @@ def test_bad_paths_and_options_are_one_line_exit_2(
     elif case == "corrupt-output":
         write_lines(output, ["not json"])
         args.append("--resume")
+    elif case.startswith("metrics"):
+        where = tmp_path if case == "metrics-is-dir" else tmp_path / "no" / "metrics.json"
+        args += ["--metrics-file", where]
     else:
         args += ["--concurrency", "0" if case == "concurrency-0" else "lots"]
 
@@ -411,3 +419,34 @@ def _read(fd: int) -> bytes:
         return os.read(fd, 65536)
     except OSError:  # the terminal closed: the batch has exited
         return b""
+
+
+def test_the_call_summary_is_written_as_json(
+    gateway: FakeGateway, batch: Batch, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ALLTKN_FALLBACK_MODELS", "gpt-4o")
+    source = write_lines(
+        tmp_path / "in.jsonl",
+        [
+            *prompts(3),
+            json.dumps({"id": "moved", "prompt": "x", "model": "fake-error-503-model"}),
+            json.dumps({"id": "denied", "prompt": "x", "model": "fake-error-403"}),
+        ],
+    )
+    metrics_file = tmp_path / "metrics.json"
+
+    done = batch(source, tmp_path / "out.jsonl", "--metrics-file", metrics_file)
+
+    assert done.returncode == 1, done.stderr  # the denied row failed
+    written = json.loads(metrics_file.read_text())
+    durations = written.pop("duration_s")
+    assert written == {
+        "calls": 6,  # 3 answers, the 503 and its fallback's answer, the 403
+        "errors": {"model_not_found": 1, "permission": 1},
+        "retries": 0,
+        "fallbacks": 1,
+        "tokens": {"gpt-4o": {"input": 1, "output": 6}, "gpt-4o-mini": {"input": 6, "output": 18}},
+    }
+    assert 0 < durations["p50"] <= durations["p95"] < 5
+    assert f"p50 {durations['p50']} s, p95 {durations['p95']} s" in done.stdout
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".metrics")] == []

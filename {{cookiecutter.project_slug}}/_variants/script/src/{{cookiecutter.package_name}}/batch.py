@@ -1,6 +1,7 @@
 """Batch jobs: every prompt of a JSONL file through the gateway, a bounded number at a time.
 
     python -m <package> batch INPUT.jsonl OUTPUT.jsonl [--concurrency N] [--model M] [--resume]
+                                                       [--metrics-file METRICS.json]
 
 Input, one JSON object per line: an ``"id"`` and a `request.ChatRequest` (``"prompt"`` or
 ``"messages"``, ``"model"``, ``"user"``, ``"task"``, ``"max_tokens"``, ``"temperature"``...);
@@ -21,6 +22,9 @@ or repeats an earlier one).
 - ``--resume`` skips rows already in OUTPUT; a partial last line (a crash mid-write) is removed.
 - SIGINT or SIGTERM stops taking rows, waits up to ``GRACE_S`` for those in flight (a second
   signal stops at once), and rows that never finished are left for ``--resume``.
+- The summary on stdout counts rows, then the upstream calls from the instruments
+  (`call_summary.py`): errors by category, retries, tokens by model, duration p50/p95;
+  ``--metrics-file`` writes those as JSON.
 """
 
 from __future__ import annotations
@@ -44,7 +48,8 @@ from pydantic import ConfigDict, ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from . import retry
+from . import metrics, retry
+from .call_summary import CallSummary, check_writable, write
 from .chat import CallInfo
 from .chat_async import AsyncChatService, create_async_client
 from .errors import Category, GatewayError
@@ -172,8 +177,7 @@ class Tally:
     and log lines scrolling above it (unwrapped, so a JSON log line stays one line)."""
 
     def __init__(self, total: int, already: int) -> None:
-        self.total, self.ok, self.skipped, self.requests, self.retries = total, 0, 0, 0, 0
-        self.tokens, self.failed = Counter[str](), Counter[str]()
+        self.total, self.ok, self.skipped, self.failed = total, 0, 0, Counter[str]()
         self.started = time.perf_counter()
         console = Console(file=sys.stderr, soft_wrap=True)
         columns = TextColumn("batch"), BarColumn(), TextColumn("{task.description}")
@@ -199,7 +203,6 @@ class Tally:
             self.failed[row["error"]["category"]] += 1
         else:
             self.ok += 1
-            self.tokens.update(row["usage"] or {})
         if not self._bar.disable:
             self._bar.update(self._task, advance=1, description=self._line())
 
@@ -216,19 +219,16 @@ class Tally:
     def note(self, text: str) -> None:
         print(text, file=sys.stderr, flush=True)  # above the bar, if there is one
 
-    def summary(self) -> str:
-        """Stops the bar; the lines of the summary."""
+    def summary(self, calls: CallSummary) -> str:
+        """Stops the bar; the lines of the summary: the rows, then the upstream calls."""
         self._bar.stop()
         wall = max(time.perf_counter() - self.started, 1e-9)
         failures = ", ".join(f"{name} {count}" for name, count in sorted(self.failed.items()))
         failed = f"{self.failed.total()} failed" + (f" ({failures})" if failures else "")
-        prompt, completion = self.tokens["prompt_tokens"], self.tokens["completion_tokens"]
-        rates = f"{self.finished / wall:.1f} rows/s, {self.requests / wall:.1f} requests/s"
+        rates = f"{self.finished / wall:.1f} rows/s, {len(calls.durations) / wall:.1f} calls/s"
         return (
             f"batch: {self.ok} done, {failed}, {self.skipped} skipped (already in OUTPUT), "
-            f"{self.total} rows in INPUT\n"
-            f"tokens: {prompt} prompt + {completion} completion = {prompt + completion}\n"
-            f"wall time {wall:.2f} s, {rates} ({self.requests} requests, {self.retries} retries)"
+            f"{self.total} rows in INPUT\n{calls.lines()}\nwall time {wall:.2f} s, {rates}"
         )
 
 
@@ -286,7 +286,6 @@ class _Batch:
             for attempt in itertools.count(1):
                 if delay is None or not await self._wait(delay):
                     return  # done (an error row), or stopping (left for --resume)
-                self.tally.requests += 1
                 try:
                     result = await self._service.complete(line, call)
                 except GatewayError as error:
@@ -312,7 +311,9 @@ class _Batch:
             failure = {"category": error.category.value, "message": error.message}
             self._write({"id": line.id, "error": failure})
         else:
-            self.tally.retries += 1
+            model = metrics.model(line.model or self._service.settings.model)
+            category = error.category.value
+            metrics.add(metrics.RETRIES, gen_ai_request_model=model, error_type=category)
             delay = retry.backoff_s(attempt) if after is None else after
             if error.category is not Category.RATE_LIMITED:
                 return delay
@@ -385,6 +386,13 @@ class _Batch:
         self._tasks.cancel_scope.cancel()
 
 
+def _write_metrics(batch: _Batch, path: Path, calls: CallSummary) -> None:
+    try:
+        write(path, calls)
+    except OSError as exc:
+        batch.write_error = batch.write_error or f"cannot write --metrics-file {path}: {exc}"
+
+
 def concurrency(text: str) -> int:
     if not text.strip().isdigit() or not 1 <= int(text) <= 256:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1 to 256")
@@ -399,6 +407,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--concurrency", type=concurrency, default=8, metavar="N", help="rows in flight (1-256)")
     add("--model", metavar="M", help="for rows that name none (default: ALLTKN_MODEL)")
     add("--resume", action="store_true", help="skip rows already in OUTPUT and append the rest")
+    add("--metrics-file", type=Path, metavar="METRICS.json", help="write the call summary as JSON")
 
 
 def main(args: argparse.Namespace, settings: Settings) -> int:
@@ -407,19 +416,26 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
     try:
         with _open(args.input, "rb", "INPUT") as lines:  # a quick pass: the progress total
             total = sum(1 for raw in lines if raw.strip())
+        if args.metrics_file and (problem := check_writable(args.metrics_file)):
+            raise BatchUsageError(problem)
         output, done = open_output(args)
     except BatchUsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    tally = Tally(total, len(done))
+    tally, calls = Tally(total, len(done)), CallSummary()
     batch = _Batch(args, output, tally)
+    metrics.configure(settings.model_copy(update={"model": args.model or settings.model}))
+    metrics.install(calls)
     try:
         anyio.run(batch.run, settings, done)
     except KeyboardInterrupt:
         batch.signum = SIGINT
     finally:
+        metrics.uninstall(calls)
         batch.close()
-        print(tally.summary(), flush=True)
+        print(tally.summary(calls), flush=True)
+        if args.metrics_file:
+            _write_metrics(batch, args.metrics_file, calls)
     if batch.signum is not None:
         print("interrupted: rows not finished are not in OUTPUT; rerun with --resume")
     elif (fatal := batch.fatal) is not None:
