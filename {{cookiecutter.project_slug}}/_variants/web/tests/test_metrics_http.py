@@ -258,7 +258,7 @@ def test_a_killed_worker_s_counts_stay_and_its_files_are_merged(
             victim = next(iter(worker_pids(directory) - killed))
             os.kill(victim, signal.SIGKILL)  # the server starts another in its place
             killed.add(victim)
-            wait_until(lambda: not alive(victim))  # reaped by the server
+            wait_until(lambda pid=victim: not alive(pid))  # reaped by the server
             wait_until(lambda: httpx2.get(server.url + "/healthz").status_code == 200)
             samples = scrape(server)
             assert total(samples, f"{DURATION}_count") == 5 * round_

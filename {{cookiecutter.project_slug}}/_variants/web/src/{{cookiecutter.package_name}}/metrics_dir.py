@@ -68,18 +68,24 @@ def remove_private() -> None:
 
 
 def merge_dead(directory: Path) -> None:
-    with merged(directory):
+    """Merge now, unless a scrape or another merge holds the lock (then that one merges): never
+    waits, so gunicorn's master is not held up when a worker exits."""
+    with merged(directory, wait=False):
         pass
 
 
 @contextmanager
-def merged(directory: Path) -> Iterator[None]:
+def merged(directory: Path, *, wait: bool = True) -> Iterator[None]:
     """Under the lock: dead processes' files merged; the caller reads the directory inside."""
     if fcntl is None:
         yield
         return
     with (directory / LOCK).open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        try:  # released when the file closes
+            fcntl.flock(lock, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield
+            return
         _finish(directory)
         _merge(directory)
         yield
