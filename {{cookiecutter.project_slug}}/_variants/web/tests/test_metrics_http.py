@@ -21,7 +21,7 @@ from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from {{ cookiecutter.package_name }} import metrics_dir
+from {{ cookiecutter.package_name }} import metrics_dir, prometheus
 
 from .fake_gateway import FakeGateway
 from .live_server import Server, parse_events, run_server
@@ -339,9 +339,19 @@ def test_dead_processes_files_are_merged_into_one_per_type(tmp_path: Path) -> No
         "merge.lock",
     }
     write(tmp_path, "counter", dead_pid(), {"calls_total": 1})  # one more, added to the merged
+    (tmp_path / f"histogram_{dead_pid()}.db").touch()  # one that died before sizing its file
     metrics_dir.merge_dead(tmp_path)
     assert total(collected(tmp_path), "calls_total") == 13
     assert len(list(tmp_path.iterdir())) == 5
+
+
+def test_a_file_a_worker_has_only_just_created_is_not_read(tmp_path: Path) -> None:
+    """prometheus_client creates a process's file empty, then sizes it: a scrape in between
+    would fail on it."""
+    two_dead_and_one_live(tmp_path)
+    (tmp_path / f"counter_{os.getppid()}.db").touch()  # a live process's, not yet sized
+    text = prometheus.PrometheusSink(tmp_path).exposition().decode()
+    assert 'calls_total{model="m"} 12.0' in text.splitlines()
 
 
 class Crash(Exception):

@@ -27,7 +27,7 @@ import os
 import shutil
 import tempfile
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -116,7 +116,7 @@ def _merge(directory: Path) -> None:
     for kind, paths in dead.items():
         target = directory / f"{kind}_merged.db"
         totals: dict[str, float] = defaultdict(float)
-        for path in [target, *paths] if target.exists() else paths:
+        for path in files([target, *paths]):
             for key, value, _, _ in MmapedDict.read_all_values_from_file(str(path)):
                 totals[key] += value  # raw samples: a histogram's buckets are not cumulative
         aside = target.with_name(target.name + ".tmp")
@@ -130,6 +130,12 @@ def _merge(directory: Path) -> None:
     pending.write_text(json.dumps(journal), encoding="utf-8")
     pending.replace(directory / JOURNAL)  # the commit
     _finish(directory)
+
+
+def files(paths: Iterable[Path]) -> list[Path]:
+    """Those of `paths` with counts to read: not missing, nor just created by a process and not
+    yet sized (prometheus_client fails on an empty file)."""
+    return [path for path in paths if path.exists() and path.stat().st_size]
 
 
 def _finish(directory: Path) -> None:

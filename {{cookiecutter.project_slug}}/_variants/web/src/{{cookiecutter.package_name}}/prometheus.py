@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import os
+from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -22,6 +23,7 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
+from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from pydantic import SecretStr
 
@@ -66,15 +68,16 @@ class PrometheusSink:
 
     def __init__(self, directory: Path | None) -> None:
         self.directory = directory
-        self.registry = CollectorRegistry()  # what a scrape reads
+        # What a scrape reads: the metrics' own registry in memory; else every process's files.
+        self.registry = CollectorRegistry()
         histograms = {i: self._series(Histogram, i, buckets=i.buckets) for i in metrics.HISTOGRAMS}
         self._duration = histograms[metrics.DURATION]
         self._first_chunk = histograms[metrics.TIME_TO_FIRST_CHUNK]
         self._tokens = histograms[metrics.TOKEN_USAGE]
         self._counters = {i: self._series(Counter, i) for i in metrics.COUNTERS}
-        if directory is not None:  # every process's files, the dead ones' merged
+        if directory is not None:
             self.registry = CollectorRegistry()
-            MultiProcessCollector(self.registry, path=str(directory))
+            self.registry.register(_Files(directory))
 
     def _series(self, kind: type[M], instrument: metrics.Instrument, **options: Any) -> _Series[M]:
         attributes = metrics.ATTRIBUTES[instrument]
@@ -101,6 +104,19 @@ class PrometheusSink:
             return generate_latest(self.registry)
         with metrics_dir.merged(self.directory):
             return generate_latest(self.registry)
+
+
+class _Files:
+    """prometheus_client's sum of the processes' files, minus any a process has just created
+    (`metrics_dir.files`): its `MultiProcessCollector` would fail on one."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def collect(self) -> Iterable[Metric]:
+        paths = [str(path) for path in metrics_dir.files(self.directory.glob("*.db"))]
+        summed: Iterable[Metric] = MultiProcessCollector.merge(paths, accumulate=True)
+        return summed
 
 
 @cache
