@@ -728,6 +728,24 @@ def test_the_deployment_reads_the_key_from_a_secret(baked: dict[str, Path], name
 
 
 @pytest.mark.parametrize("name", WITH_K8S)
+def test_the_pods_ask_prometheus_to_scrape_their_metrics(baked: dict[str, Path], name: str) -> None:
+    """Annotations a Prometheus that discovers pods reads: the container's port, `/metrics`;
+    the metrics token's Secret only as a comment (unset: /metrics is open)."""
+    deployment = yaml.safe_load((baked[name] / "k8s" / "deployment.yaml").read_text())
+    template = deployment["spec"]["template"]
+    (container,) = template["spec"]["containers"]
+    port = container["ports"][0]["containerPort"]
+
+    assert template["metadata"]["annotations"] == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(port),
+        "prometheus.io/path": "/metrics",
+    }
+    assert "ALLTKN_METRICS_TOKEN" not in {item["name"] for item in container["env"]}
+    assert "# - name: ALLTKN_METRICS_TOKEN" in (baked[name] / "k8s" / "deployment.yaml").read_text()
+
+
+@pytest.mark.parametrize("name", WITH_K8S)
 def test_the_deployment_mounts_the_callers_file_for_caller_keys(
     baked: dict[str, Path], name: str
 ) -> None:
