@@ -480,12 +480,13 @@ def test_every_fastapi_command_keeps_the_asyncio_loop(baked: dict[str, Path], na
         assert words[words.index("--loop") + 1 :][:1] == ["asyncio"], where
 
 
-def test_gunicorn_workers_come_from_the_environment(baked: dict[str, Path]) -> None:
+def test_gunicorn_workers_come_from_the_environment(baked: dict[str, Path], tmp_path: Path) -> None:
     config = baked["flask-defaults"] / "gunicorn.conf.py"
     code = "import runpy, sys; print(runpy.run_path(sys.argv[1])['workers'])"
     for value in ("5", None):
         env = {"PATH": "/usr/bin:/bin", **({"WEB_CONCURRENCY": value} if value else {})}
         env["PYTHONPATH"] = str(config.parent / "src")  # the config imports the package's logs
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path)  # else it makes one in /tmp
         done = subprocess.run(
             [sys.executable, "-c", code, str(config)],
             env=env,
