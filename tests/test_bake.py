@@ -211,6 +211,7 @@ DISTRIBUTION_IMPORTS = {
     "flask": "flask",
     "redis": "redis",  # the callers' limits (limiter.py)
     "gunicorn": "gunicorn",
+    "prometheus-client": "prometheus_client",
     "rich": "rich",
 }
 

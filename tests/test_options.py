@@ -480,12 +480,13 @@ def test_every_fastapi_command_keeps_the_asyncio_loop(baked: dict[str, Path], na
         assert words[words.index("--loop") + 1 :][:1] == ["asyncio"], where
 
 
-def test_gunicorn_workers_come_from_the_environment(baked: dict[str, Path]) -> None:
+def test_gunicorn_workers_come_from_the_environment(baked: dict[str, Path], tmp_path: Path) -> None:
     config = baked["flask-defaults"] / "gunicorn.conf.py"
     code = "import runpy, sys; print(runpy.run_path(sys.argv[1])['workers'])"
     for value in ("5", None):
         env = {"PATH": "/usr/bin:/bin", **({"WEB_CONCURRENCY": value} if value else {})}
         env["PYTHONPATH"] = str(config.parent / "src")  # the config imports the package's logs
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path)  # else it makes one in /tmp
         done = subprocess.run(
             [sys.executable, "-c", code, str(config)],
             env=env,
@@ -725,6 +726,24 @@ def test_the_deployment_reads_the_key_from_a_secret(baked: dict[str, Path], name
     assert (
         docs["Service"]["spec"]["selector"] == docs["Deployment"]["spec"]["selector"]["matchLabels"]
     )
+
+
+@pytest.mark.parametrize("name", WITH_K8S)
+def test_the_pods_ask_prometheus_to_scrape_their_metrics(baked: dict[str, Path], name: str) -> None:
+    """Annotations a Prometheus that discovers pods reads: the container's port, `/metrics`;
+    the metrics token's Secret only as a comment (unset: /metrics is open)."""
+    deployment = yaml.safe_load((baked[name] / "k8s" / "deployment.yaml").read_text())
+    template = deployment["spec"]["template"]
+    (container,) = template["spec"]["containers"]
+    port = container["ports"][0]["containerPort"]
+
+    assert template["metadata"]["annotations"] == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(port),
+        "prometheus.io/path": "/metrics",
+    }
+    assert "ALLTKN_METRICS_TOKEN" not in {item["name"] for item in container["env"]}
+    assert "# - name: ALLTKN_METRICS_TOKEN" in (baked[name] / "k8s" / "deployment.yaml").read_text()
 
 
 @pytest.mark.parametrize("name", WITH_K8S)

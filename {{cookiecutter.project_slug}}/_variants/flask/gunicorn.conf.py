@@ -6,6 +6,7 @@ from typing import Any
 
 from gunicorn.glogging import Logger
 
+from {{ cookiecutter.package_name }} import metrics_dir
 {% if cookiecutter.caller_auth == "keys" -%}
 from {{ cookiecutter.package_name }}.admission import workers_problem
 {% endif -%}
@@ -58,14 +59,31 @@ class StreamLogger(Logger):
 
 
 logger_class = StreamLogger
-{%- if cookiecutter.caller_auth == "keys" %}
+# The directory where the workers count for /metrics (metrics_dir.py), named before the app
+# loads and imports prometheus_client; always files, even for one worker: gunicorn replaces
+# workers (max_requests, timeouts) and their counts must outlive them.
+METRICS_DIR = metrics_dir.prepare()
 
 
 def on_starting(server: Any) -> None:
-    """The app is loaded (preload_app) and the worker count final (command line included):
-    limits counted in each worker's memory are refused with several workers."""
+    """Once, before the first worker: counts from an earlier run wiped.
+{%- if cookiecutter.caller_auth == "keys" %} The app is loaded
+    (preload_app) and the worker count final (command line included): limits counted in each
+    worker's memory are refused with several workers.
+{%- endif %}"""
+    metrics_dir.empty(METRICS_DIR)
+{%- if cookiecutter.caller_auth == "keys" %}
     gate = server.app.wsgi().extensions["gate"]
     if problem := workers_problem(gate.settings, gate.callers, server.cfg.workers):
         sys.exit(f"config error: {problem}")
     gate.workers = server.cfg.workers  # the app was made before gunicorn knew them
 {%- endif %}
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """A worker is gone: its counts merged, so that recycled workers leave no files behind."""
+    metrics_dir.merge_dead(METRICS_DIR)
+
+
+def on_exit(server: Any) -> None:
+    metrics_dir.remove_private()

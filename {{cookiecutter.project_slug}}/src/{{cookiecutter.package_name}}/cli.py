@@ -136,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _setup() -> Settings:
     settings = load_settings_or_exit()
-    configure_logging(settings.log_level, secrets=[settings.api_key.get_secret_value()])
+    configure_logging(settings.log_level, secrets=settings.secret_values)
     return settings
 
 
@@ -214,18 +214,26 @@ def _serve(args: argparse.Namespace) -> int:
 {%- endif %}
     import uvicorn  # only this command needs the server
 
+    from . import metrics_dir
     from .logs import logging_config
 
-    uvicorn.run(
-        f"{__package__}.app:app",
-        host=args.host,
-        port=args.port,
-        workers=int(raw),
-        # Not uvloop: a relay under it was measured missing client hang-ups (README).
-        loop="asyncio",
-        timeout_graceful_shutdown=30,
-        # uvicorn's own lines and its access lines in the service's JSON format (logs.py).
-        log_config=logging_config(settings.log_level),
-    )
+    # Where the workers count for /metrics, before any imports prometheus_client. One worker
+    # lives as long as the server: it may count in memory.
+    if raw != "1" or os.environ.get(metrics_dir.ENV, "").strip():
+        metrics_dir.empty(metrics_dir.prepare())
+    try:
+        uvicorn.run(
+            f"{__package__}.app:app",
+            host=args.host,
+            port=args.port,
+            workers=int(raw),
+            # Not uvloop: a relay under it was measured missing client hang-ups (README).
+            loop="asyncio",
+            timeout_graceful_shutdown=30,
+            # uvicorn's own lines and its access lines in the service's JSON format (logs.py).
+            log_config=logging_config(settings.log_level),
+        )
+    finally:
+        metrics_dir.remove_private()
     return 0
 {%- endif %}

@@ -31,6 +31,7 @@ class Category(str, Enum):
 {%- if cookiecutter.framework != "script" %}
     # The service's own refusals, before any upstream call (admission.py).
     MODEL_NOT_ALLOWED = "model_not_allowed"
+    METRICS_AUTH = "metrics_auth"  # `GET /metrics` without ALLTKN_METRICS_TOKEN
 {%- endif %}
 {%- if cookiecutter.caller_auth == "keys" %}
     CALLER_AUTH = "caller_auth"
@@ -68,6 +69,8 @@ _EXPLANATIONS: dict[Category, tuple[str, str]] = {
 {%- if cookiecutter.framework != "script" %}
     Category.MODEL_NOT_ALLOWED: ("This service does not allow that model.",
         "Use one of the models in ALLTKN_ALLOWED_MODELS (and in the caller's list)."),
+    Category.METRICS_AUTH: ("A valid metrics token is required.",
+        "Scrape with Authorization: Bearer <ALLTKN_METRICS_TOKEN> (Prometheus: authorization)."),
 {%- endif %}
 {%- if cookiecutter.caller_auth == "keys" %}
     Category.CALLER_AUTH: ("A valid caller key is required.",
@@ -88,7 +91,8 @@ _REQUEST_ID_SUFFIX = re.compile(r"\(request id: ?([A-Za-z0-9_.:-]+)\)")
 class GatewayError(Exception):
     """A classified failure; `str()` is the safe client message. `detail`: the service's own
     reason for a refusal (never the gateway's text); `status`: overrides the category's (422);
-    `headers`: sent with the error answer (a limit's state)."""
+    `headers`: sent with the error answer (a limit's state); `from_gateway`: a failed gateway
+    call (`classify`), not a request the service refused before any call."""
 
     category: Category
     upstream_message: str = ""
@@ -97,6 +101,7 @@ class GatewayError(Exception):
     detail: str | None = None
     status: int | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    from_gateway: bool = False
 
     def __str__(self) -> str:
         return self.message
@@ -145,7 +150,8 @@ def classify(exc: BaseException, *, stream_started: bool = False) -> GatewayErro
     retry_after = None
     if isinstance(exc, openai.APIStatusError) and category is Category.RATE_LIMITED:
         retry_after = exc.response.headers.get("retry-after")
-    return GatewayError(category, text, upstream_request_id(exc, text), retry_after)
+    request_id = upstream_request_id(exc, text)
+    return GatewayError(category, text, request_id, retry_after, from_gateway=True)
 
 
 def _timed_out(exc: BaseException) -> bool:

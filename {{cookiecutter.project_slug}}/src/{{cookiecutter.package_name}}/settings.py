@@ -103,6 +103,8 @@ class Settings(BaseSettings):
     # Models callers may name (comma-separated; "*": any). Default: ALLTKN_MODEL and the
     # fallback models, so a caller cannot spend the key on a model nobody chose.
     allowed_models: str = Field("", validation_alias="ALLTKN_ALLOWED_MODELS")
+    # Unset: `GET /metrics` is open (keep it off the internet); set: it wants this as a Bearer.
+    metrics_token: SecretStr | None = Field(None, validation_alias="ALLTKN_METRICS_TOKEN")
 {%- endif %}
 
     @field_validator("api_key")
@@ -154,9 +156,9 @@ class Settings(BaseSettings):
             raise ValueError("must be on or off")
         return value
 
-    @field_validator("max_input_chars", mode="before")
+    @field_validator("max_input_chars"{% if cookiecutter.framework != "script" %}, "metrics_token"{% endif %}, mode="before")
     @classmethod
-    def _empty_means_no_limit(cls, value: object) -> object:
+    def _empty_means_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("log_level", mode="before")
@@ -174,6 +176,16 @@ class Settings(BaseSettings):
             "max_retries": self.max_retries,
             "default_headers": CLIENT_HEADERS,
         }
+
+    @property
+    def secret_values(self) -> list[str]:
+        """What every log line masks."""
+{%- if cookiecutter.framework != "script" %}
+        token = self.metrics_token
+        return [self.api_key.get_secret_value(), token.get_secret_value() if token else ""]
+{%- else %}
+        return [self.api_key.get_secret_value()]
+{%- endif %}
 
     @property
     def fallback_model_list(self) -> tuple[str, ...]:

@@ -8,11 +8,12 @@ from __future__ import annotations
 from typing import Annotated, cast
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 {%- if cookiecutter.caller_auth == "keys" %}
 from starlette.background import BackgroundTask
 {%- endif %}
 
+from . import prometheus
 from .admission import Admission, Gate
 {%- if cookiecutter.caller_auth == "keys" %}
 from .callers import Who
@@ -24,7 +25,7 @@ from .errors import GatewayError
 {%- else %}
 from .chat_async import AsyncChatService
 {%- endif %}
-from .http_contract import DEMO_PAGE, DEMO_PAGE_HEADERS, result_body
+from .http_contract import DEMO_PAGE, DEMO_PAGE_HEADERS, metrics_denied, result_body
 {%- if cookiecutter.caller_auth == "keys" %}
 from .limiter import AsyncLimiter
 {%- endif %}
@@ -52,7 +53,9 @@ Limiter = Annotated[AsyncLimiter, Depends(get_limiter)]
 
 async def authenticate(request: Request) -> Who:
     """The caller, from `Authorization: Bearer <caller key>`; before the body is read: 401."""
-    return cast(Gate, request.state.gate).authenticate(request.headers.get("authorization"))
+    who = cast(Gate, request.state.gate).authenticate(request.headers.get("authorization"))
+    request.state.caller = who[0]  # named when a later check refuses the request (app.py)
+    return who
 
 
 Caller = Annotated[Who, Depends(authenticate)]
@@ -92,6 +95,16 @@ async def demo() -> HTMLResponse:
 @router.get("/healthz")
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
+
+
+# A plain `def`: reading the workers' counts runs in the thread pool, off the event loop.
+@router.get("/metrics", include_in_schema=False)
+def scrape(request: Request, service: Chat) -> Response:
+    """Prometheus metrics; no caller key, but ALLTKN_METRICS_TOKEN when it is set."""
+    token = service.settings.metrics_token
+    if not prometheus.authorized(request.headers.get("authorization"), token):
+        return JSONResponse(*metrics_denied(request.state.request_id))
+    return Response(prometheus.sink().exposition(), media_type=prometheus.CONTENT_TYPE)
 
 
 @router.post("/v1/chat")

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import CLIENT_NAME, __version__, api
+from . import CLIENT_NAME, __version__, api, metrics, prometheus
 {%- if cookiecutter.caller_auth == "keys" %}
 from .admission import Gate, limit_headers, load_callers_or_exit, workers_from_environment
 {%- else %}
@@ -56,7 +56,9 @@ def request_ids(app: ASGIApp) -> ASGIApp:
 
 
 def create_app(settings: Settings) -> FastAPI:
-    configure_logging(settings.log_level, secrets=[settings.api_key.get_secret_value()])
+    configure_logging(settings.log_level, secrets=settings.secret_values)
+    metrics.configure(settings)
+    metrics.install(prometheus.sink())
 {%- if cookiecutter.caller_auth == "keys" %}
     workers = workers_from_environment()
     gate = Gate(settings, load_callers_or_exit(settings, workers), workers)
@@ -88,15 +90,21 @@ def create_app(settings: Settings) -> FastAPI:
 {%- if cookiecutter.caller_auth == "keys" %}
         # FastAPI parses a JSON body before any dependency: the caller key still comes first,
         # so that a client without one learns nothing about the body, then the model.
+        caller = None
         try:
-            who = gate.authenticate(request.headers.get("authorization"))
-            gate.check_named_model(exc.body, who)
+            caller, policy = gate.authenticate(request.headers.get("authorization"))
+            gate.check_named_model(exc.body, (caller, policy))
         except GatewayError as error:
-            return JSONResponse(*gateway_error(error, request.state.request_id))
+            return JSONResponse(*gateway_error(error, request.state.request_id, caller))
 {%- endif %}
         bad_json = any(error.get("type") == "json_invalid" for error in exc.errors())
         message = "the body is not valid JSON" if bad_json else describe_errors(exc.errors())
-        return JSONResponse(bad_body(message, request.state.request_id), 400 if bad_json else 422)
+{%- if cookiecutter.caller_auth == "keys" %}
+        body = bad_body(message, request.state.request_id, caller)
+{%- else %}
+        body = bad_body(message, request.state.request_id)
+{%- endif %}
+        return JSONResponse(body, 400 if bad_json else 422)
 
     @app.exception_handler(HTTPException)
     async def no_route(request: Request, exc: HTTPException) -> JSONResponse:
@@ -106,7 +114,12 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.exception_handler(GatewayError)
     async def gateway_failed(request: Request, exc: GatewayError) -> JSONResponse:
+{%- if cookiecutter.caller_auth == "keys" %}
+        caller = getattr(request.state, "caller", None)  # known once the key was checked
+        return JSONResponse(*gateway_error(exc, request.state.request_id, caller))
+{%- else %}
         return JSONResponse(*gateway_error(exc, request.state.request_id))
+{%- endif %}
 
     return app
 

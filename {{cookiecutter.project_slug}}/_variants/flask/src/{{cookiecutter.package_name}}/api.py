@@ -11,6 +11,7 @@ from flask import Blueprint, Response, abort, current_app, g, make_response, req
 from pydantic import ValidationError
 
 from . import http_contract as contract
+from . import prometheus
 from .admission import Admission, Gate
 from .chat import CallInfo
 from .chat_sync import ChatService
@@ -40,6 +41,7 @@ def admit() -> Admission:
     gate = cast(Gate, current_app.extensions["gate"])
 {%- if cookiecutter.caller_auth == "keys" %}
     who = gate.authenticate(request.headers.get("Authorization"))
+    g.caller = who[0]  # named when a later check refuses the request
     gate.check_named_model(request.get_json(silent=True), who)  # the model before the body
     g.admission = admission = gate.check(chat_request(), who)  # its headers: app.py
     admission.reservation = limiter().reserve(admission.plan)
@@ -61,7 +63,11 @@ def chat_request() -> ChatRequest:
 
 
 def refuse(message: str, status: int) -> NoReturn:
+{%- if cookiecutter.caller_auth == "keys" %}
+    abort(make_response(contract.bad_body(message, g.request_id, g.get("caller")), status))
+{%- else %}
     abort(make_response(contract.bad_body(message, g.request_id), status))
+{%- endif %}
 
 
 def call_info(admission: Admission) -> CallInfo:
@@ -82,6 +88,15 @@ def demo() -> Response:
 @bp.get("/healthz")
 def healthz() -> dict[str, str]:
     return {"status": "ok"}
+
+
+@bp.get("/metrics")
+def scrape() -> Response | contract.Reply:
+    """Prometheus metrics; no caller key, but ALLTKN_METRICS_TOKEN when it is set."""
+    token = chat_service().settings.metrics_token
+    if not prometheus.authorized(request.headers.get("Authorization"), token):
+        return contract.metrics_denied(g.request_id)
+    return Response(prometheus.sink().exposition(), content_type=prometheus.CONTENT_TYPE)
 
 
 @bp.post("/v1/chat")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
-from . import api
+from . import api, metrics, prometheus
 from . import http_contract as contract
 {%- if cookiecutter.caller_auth == "keys" %}
 from .admission import Gate, load_callers_or_exit
@@ -26,7 +26,9 @@ from .settings import Settings, load_settings_or_exit
 
 
 def create_app(settings: Settings) -> Flask:
-    configure_logging(settings.log_level, secrets=[settings.api_key.get_secret_value()])
+    configure_logging(settings.log_level, secrets=settings.secret_values)
+    metrics.configure(settings)
+    metrics.install(prometheus.sink())
     app = Flask(__name__)
     # One client per process: it holds the connections to the gateway.
     app.extensions["chat"] = ChatService(create_client(settings), settings)
@@ -56,7 +58,11 @@ def create_app(settings: Settings) -> Flask:
 
     @app.errorhandler(GatewayError)
     def gateway_failed(error: GatewayError) -> contract.Reply:
+{%- if cookiecutter.caller_auth == "keys" %}
+        return contract.gateway_error(error, g.request_id, g.get("caller"))
+{%- else %}
         return contract.gateway_error(error, g.request_id)
+{%- endif %}
 
     @app.errorhandler(HTTPException)
     def no_route(error: HTTPException) -> contract.Reply:

@@ -1,5 +1,6 @@
 """The HTTP contract of both web variants: request ids, statuses, answer and error bodies
-(`errors.error_body`), SSE (a `data:` event per delta, then `event: done` or `event: error`)."""
+(`errors.error_body`), SSE (a `data:` event per delta, then `event: done` or `event: error`).
+Every request the service refuses before any upstream call is counted here (`refused`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 
 from pydantic_core import to_json
 
+from . import metrics
 from .chat import ChatResult, new_request_id
 from .errors import Category, GatewayError, error_body
 from .request import ChatRequest
@@ -25,8 +27,8 @@ BAD_BODY_HINT = (
     f", optionally with {', '.join(_OPTIONAL)}."
 )
 ENDPOINTS_HINT = (
-    "The API is POST /v1/chat and POST /v1/chat/stream; GET /healthz is the health check "
-    "and GET / the demo page."
+    "The API is POST /v1/chat and POST /v1/chat/stream; GET /healthz is the health check, "
+    "GET /metrics the Prometheus metrics and GET / the demo page."
 )
 _STATUSES = {
     Category.INVALID_REQUEST: 400,
@@ -70,16 +72,50 @@ def describe_errors(errors: Sequence[Mapping[str, Any]]) -> str:
     return f"{'.'.join(loc) or 'body'}: {message}{more}{about}"
 
 
+{% if cookiecutter.caller_auth == "keys" -%}
+def refused(category: Category, caller: str | None) -> None:
+    """Count a request refused before any upstream call (`caller`: once its key was checked)."""
+    metrics.add(metrics.REFUSED, error_type=category.value, alltkn_caller=caller or "")
+
+
+def bad_body(message: str, request_id: str, caller: str | None = None) -> dict[str, Any]:
+    refused(Category.INVALID_REQUEST, caller)
+    return error_body(Category.INVALID_REQUEST, message, BAD_BODY_HINT, request_id)
+
+
+def gateway_error(error: GatewayError, request_id: str, caller: str | None = None) -> Reply:
+    """A failed call or a refusal (counted): 502 unless its category or `status` says otherwise;
+    Retry-After passed on."""
+    if not error.from_gateway:
+        refused(error.category, caller)
+{%- else -%}
+def refused(category: Category) -> None:
+    """Count a request refused before any upstream call."""
+    metrics.add(metrics.REFUSED, error_type=category.value)
+
+
 def bad_body(message: str, request_id: str) -> dict[str, Any]:
+    refused(Category.INVALID_REQUEST)
     return error_body(Category.INVALID_REQUEST, message, BAD_BODY_HINT, request_id)
 
 
 def gateway_error(error: GatewayError, request_id: str) -> Reply:
-    """A failed call: 502 unless its category or `status` says otherwise; Retry-After passed on."""
+    """A failed call or a refusal (counted): 502 unless its category or `status` says otherwise;
+    Retry-After passed on."""
+    if not error.from_gateway:
+        refused(error.category)
+{%- endif %}
     body = error_body(error.category, error.message, error.hint, request_id)
     headers = {"Retry-After": error.retry_after} if error.retry_after else {}
     headers.update(error.headers)
     return body, error.status or _STATUSES.get(error.category, 502), headers
+
+
+def metrics_denied(request_id: str) -> Reply:
+    """401 for a scrape without the metrics token (no chat request: not counted as refused)."""
+    denied = GatewayError(Category.METRICS_AUTH)
+    body = error_body(denied.category, denied.message, denied.hint, request_id)
+    return body, 401, {"WWW-Authenticate": "Bearer"}
 
 
 def no_route_body(status: int, method: str, path: str, request_id: str) -> dict[str, Any]:

@@ -1,0 +1,360 @@
+"""Worker recycling benchmark: /metrics stays exact, fast and bounded while workers are replaced.
+
+Run from the template root, in an environment with the web variants' dependencies
+(`pip install -r requirements-dev.txt`); Linux (it finds uvicorn's workers in /proc):
+
+    python bench/bench_metrics_recycle.py [--recycles N]
+
+It bakes both web variants (`caller_auth=none`), starts the bundled fake gateway in its own
+process, and runs each service as its README says with 4 workers and PROMETHEUS_MULTIPROC_DIR
+in a temporary directory, while 8 clients send chats (every 5th streamed), each on a new
+connection, and a scraper reads /metrics every 100 ms, until N (200) workers were replaced:
+
+- Flask: gunicorn's `--max-requests 8` (GUNICORN_CMD_ARGS) recycles each worker after 8
+  requests;
+- FastAPI: one worker at a time is stopped with SIGTERM (its requests finish; at most two are
+  down at once) and `serve`'s supervisor starts another, as it does for any worker that exits.
+
+Then it reports the last scrape's totals against what the clients were answered (calls, input
+and output tokens), the scrape time (p50, p95, max) beside the same scrape before any recycling
+(the baseline), the most files the directory held, and the targets of the metrics issue with
+PASS/FAIL: totals exact, scrape under 100 ms (p95), directory bounded (at most 2 files per
+worker, the 2 merged files and the lock). Writes bench/results/metrics_recycle.json. About 4
+minutes on the 2-core development machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx2
+from bench_common import bake, fake_gateway, free_port
+from prometheus_client.parser import text_string_to_metric_families
+
+TEMPLATE_DIR = Path(__file__).resolve().parents[1]
+RESULTS = TEMPLATE_DIR / "bench" / "results" / "metrics_recycle.json"
+KEY = "bench-" + "k" * 40
+WORKERS = 4
+CLIENTS = 8
+MAX_REQUESTS = 8
+BOUND = 2 * WORKERS + 3
+# A second scraper over the same directory, in its own process: the CPU time of each scrape
+# (merging included), which the machine's load does not stretch the way it stretches wall time.
+SIDE_SCRAPER = """
+import sys, time
+from pathlib import Path
+from alltkn_service.prometheus import PrometheusSink
+sink = PrometheusSink(Path(sys.argv[1]))
+for _ in sys.stdin:
+    started = time.thread_time()
+    sink.exposition()
+    print((time.thread_time() - started) * 1000, flush=True)
+"""
+CLOSE = {"Connection": "close"}  # a new connection per request: the workers share the traffic
+TIMEOUT = 120  # no answer given up on by the client: each one it missed would count as extra
+
+
+def service_command(kind: str, port: int) -> list[str]:
+    if kind == "fastapi":
+        return [sys.executable, "-m", "alltkn_service", "serve", "--port", str(port)]
+    return [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
+            "--bind", f"127.0.0.1:{port}", "alltkn_service.app:app"]  # fmt: skip
+
+
+class Run:
+    """What the clients were answered and what the scraper saw."""
+
+    def __init__(self, url: str, directory: Path, side: subprocess.Popen[str]) -> None:
+        self.url, self.directory, self.side = url, directory, side
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.answered = 0
+        self.tokens = {"input": 0, "output": 0}
+        self.failures: Counter[str] = Counter()
+        self.scrape_ms: list[float] = []
+        self.healthz_ms: list[float] = []  # just before each scrape: the machine's moment
+        self.scrape_cpu_ms: list[float] = []
+        self.most_files = 0
+
+    def client(self, number: int) -> None:
+        sent = number
+        while not self.stop.is_set():
+            sent += 1
+            try:
+                usage = self.stream() if sent % 5 == 0 else self.chat()
+            except (httpx2.HTTPError, ValueError) as exc:
+                with self.lock:
+                    self.failures[type(exc).__name__] += 1
+                continue
+            with self.lock:
+                self.answered += 1
+                self.tokens["input"] += usage["prompt_tokens"]
+                self.tokens["output"] += usage["completion_tokens"]
+
+    def chat(self) -> dict[str, int]:
+        answer = httpx2.post(
+            self.url + "/v1/chat", json={"prompt": "a b c"}, headers=CLOSE, timeout=TIMEOUT
+        )
+        answer.raise_for_status()
+        return dict(answer.json()["usage"])
+
+    def stream(self) -> dict[str, int]:
+        with httpx2.stream(
+            "POST",
+            self.url + "/v1/chat/stream",
+            json={"prompt": "a b c d"},
+            headers=CLOSE,
+            timeout=TIMEOUT,
+        ) as response:
+            response.raise_for_status()
+            done = [line for line in response.iter_lines() if line.startswith('data: {"model"')]
+        if not done:
+            raise ValueError("the stream ended without its done event")
+        return dict(json.loads(done[0].removeprefix("data: "))["usage"])
+
+    def scrape(self) -> str:
+        """GET /healthz then GET /metrics, each timed: the difference is the scrape's own cost,
+        whatever the load on the machine at that moment."""
+        times = []
+        for path in ("/healthz", "/metrics"):
+            started = time.perf_counter()
+            response = httpx2.get(self.url + path, headers=CLOSE, timeout=TIMEOUT)
+            response.raise_for_status()
+            times.append((time.perf_counter() - started) * 1000)
+        self.healthz_ms.append(times[0])
+        self.scrape_ms.append(times[1])
+        return response.text
+
+    def scrape_on_the_side(self) -> None:
+        stdin, stdout = self.side.stdin, self.side.stdout
+        assert stdin is not None
+        assert stdout is not None
+        stdin.write("\n")
+        stdin.flush()
+        self.scrape_cpu_ms.append(float(stdout.readline()))
+
+    def scraper(self) -> None:
+        while not self.stop.wait(0.1):
+            self.most_files = max(self.most_files, len(os.listdir(self.directory)))
+            self.scrape_on_the_side()
+            try:
+                self.scrape()
+            except httpx2.HTTPError as exc:
+                with self.lock:
+                    self.failures[f"scrape {exc}"[:120]] += 1
+
+
+def totals(text: str) -> dict[str, float]:
+    """The calls and the input and output tokens a scrape counts (every label set)."""
+    found = {"calls": 0.0, "input_tokens": 0.0, "output_tokens": 0.0}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "gen_ai_client_operation_duration_seconds_count":
+                found["calls"] += sample.value
+            elif sample.name == "gen_ai_client_token_usage_sum":
+                found[sample.labels["gen_ai_token_type"] + "_tokens"] += sample.value
+    return found
+
+
+def uvicorn_workers(supervisor: int) -> list[int]:
+    """The live worker processes `serve` started (multiprocessing spawn), from /proc."""
+    workers = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            command = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == supervisor and fields[0] != "Z" and b"spawn_main" in command:
+            workers.append(int(stat.parent.name))
+    return workers
+
+
+def recycle_uvicorn(process: subprocess.Popen[bytes], recycles: int) -> int:
+    stopped: set[int] = set()
+    while len(stopped) < recycles:
+        live = [pid for pid in uvicorn_workers(process.pid) if pid not in stopped]
+        if len(live) == WORKERS:  # one down at a time: three serve while it boots
+            os.kill(live[0], signal.SIGTERM)
+            stopped.add(live[0])
+        time.sleep(0.05)
+    deadline = time.monotonic() + 60
+    while len(uvicorn_workers(process.pid)) < WORKERS and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return len(stopped)
+
+
+def recycle_gunicorn(log: Path, recycles: int) -> int:
+    """Wait for gunicorn (`--max-requests`) to have booted `recycles` replacement workers."""
+    booted, partial = 0, b""
+    with log.open("rb") as written:
+        while booted - WORKERS < recycles:
+            *lines, partial = (partial + written.read()).split(b"\n")  # what was written since
+            booted += sum(b"Booting worker" in line for line in lines)
+            time.sleep(0.1)
+    return booted - WORKERS
+
+
+def measure(
+    kind: str, project: Path, base_url: str, recycles: int, workdir: Path
+) -> dict[str, Any]:
+    directory = workdir / f"metrics-{kind}"
+    port, log = free_port(), workdir / f"{kind}.log"
+    env = {
+        **os.environ,
+        "ALLTKN_API_KEY": KEY,
+        "ALLTKN_BASE_URL": base_url,
+        "ALLTKN_MAX_RETRIES": "0",
+        "LOG_LEVEL": "WARNING",
+        "PYTHONPATH": str(project / "src"),
+        "WEB_CONCURRENCY": str(WORKERS),
+        "PROMETHEUS_MULTIPROC_DIR": str(directory),
+    }
+    if kind == "flask":
+        env["GUNICORN_CMD_ARGS"] = f"--max-requests {MAX_REQUESTS}"
+        env["LOG_LEVEL"] = "INFO"  # gunicorn's "Booting worker" lines count the recycles
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            service_command(kind, port), cwd=project, env=env, stdout=sink, stderr=sink
+        )
+    side = subprocess.Popen(
+        [sys.executable, "-c", SIDE_SCRAPER, str(directory)],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    run = Run(f"http://127.0.0.1:{port}", directory, side)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                run.scrape()
+                break
+            except httpx2.HTTPError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"{kind} did not serve:\n{log.read_text()}") from None
+                time.sleep(0.2)
+        run.scrape_ms.clear()
+        for _ in range(20):  # the baseline: a fresh directory, no worker replaced yet
+            run.scrape()
+        baseline = sorted(run.scrape_ms)
+        run.scrape_ms.clear()
+        run.healthz_ms.clear()
+        threads = [threading.Thread(target=run.client, args=(n,)) for n in range(CLIENTS)]
+        threads.append(threading.Thread(target=run.scraper))
+        started = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        if kind == "fastapi":
+            replaced = recycle_uvicorn(process, recycles)
+        else:
+            replaced = recycle_gunicorn(log, recycles)
+        run.stop.set()
+        for thread in threads:
+            thread.join()
+        seconds = time.perf_counter() - started
+        text = run.scrape()  # the last word: after every answer
+        files_after = sorted(os.listdir(directory))
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+        side.terminate()
+        side.wait()
+    said = log.read_text(errors="replace")
+    if "Traceback" in said:  # the first one, for whoever reads the results
+        run.failures[said[said.index("Traceback") :][:2000]] += 1
+    scraped = totals(text)
+    times = sorted(run.scrape_ms)
+    pairs = zip(run.scrape_ms, run.healthz_ms, strict=True)
+    own = sorted(scrape - healthz for scrape, healthz in pairs)
+    healthz = sorted(run.healthz_ms)
+    cpu = sorted(run.scrape_cpu_ms)
+    return {
+        "workers_replaced": replaced,
+        "seconds": round(seconds, 1),
+        "answered": run.answered,
+        "client_failures": dict(run.failures),
+        "answered_tokens": run.tokens,
+        "scraped": scraped,
+        "exact": scraped["calls"] == run.answered
+        and scraped["input_tokens"] == run.tokens["input"]
+        and scraped["output_tokens"] == run.tokens["output"],
+        "scrapes": len(times),
+        "scrape_ms": {"p50": pct(times, 0.5), "p95": pct(times, 0.95), "max": round(times[-1], 1)},
+        "healthz_ms": {"p50": pct(healthz, 0.5), "p95": pct(healthz, 0.95)},
+        "scrape_minus_healthz_ms": {"p50": pct(own, 0.5), "p95": pct(own, 0.95)},
+        "scrape_cpu_ms": {"p50": pct(cpu, 0.5), "p95": pct(cpu, 0.95), "max": pct(cpu, 1)},
+        "baseline_scrape_ms": {"p50": pct(baseline, 0.5), "p95": pct(baseline, 0.95)},
+        "most_files": run.most_files,
+        "files_after": files_after,
+    }
+
+
+def pct(ordered: list[float], q: float) -> float:
+    return round(ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))], 1)
+
+
+def targets(row: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    cpu = row["scrape_cpu_ms"]
+    return [
+        ("totals exact (calls, input and output tokens)",
+         f"{row['scraped']['calls']:.0f} scraped / {row['answered']} answered", row["exact"]),
+        ("scrape under 100 ms while recycling (its CPU time, merging included: p95, max)",
+         f"{cpu['p95']} ms, {cpu['max']} ms", cpu["p95"] < 100),
+        (f"directory bounded (<= {BOUND} files)", f"at most {row['most_files']}",
+         row["most_files"] <= BOUND and len(row["files_after"]) <= BOUND),
+    ]  # fmt: skip
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recycles", type=int, default=200, help="workers to replace (200)")
+    args = parser.parse_args()
+    results: dict[str, Any] = {"workers": WORKERS, "clients": CLIENTS}
+    workdir = Path(tempfile.mkdtemp(prefix="bench-metrics-"))
+    try:
+        projects = {kind: bake(kind, workdir, caller_auth="none") for kind in ("fastapi", "flask")}
+        with fake_gateway(projects["flask"], deltas=5, first_token_delay=0.01) as (base_url, _):
+            for kind, project in projects.items():
+                results[kind] = measure(kind, project, base_url, args.recycles, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2))
+    failed = False
+    for kind in ("fastapi", "flask"):
+        row = results[kind]
+        print(
+            f"{kind}: {row['workers_replaced']} workers replaced in {row['seconds']} s, "
+            f"{row['answered']} answers ({sum(row['client_failures'].values())} errors), "
+            f"{row['scrapes']} scrapes: {row['scrape_ms']['p50']} ms p50, "
+            f"{row['scrape_ms']['p95']} ms p95, {row['scrape_ms']['max']} ms max; /healthz "
+            f"just before: {row['healthz_ms']['p50']} ms p50, {row['healthz_ms']['p95']} ms p95; "
+            f"scrape less /healthz: {row['scrape_minus_healthz_ms']['p50']} ms p50, "
+            f"{row['scrape_minus_healthz_ms']['p95']} ms p95 (before any recycling: scrape "
+            f"{row['baseline_scrape_ms']['p50']} ms p50, {row['baseline_scrape_ms']['p95']} ms "
+            f"p95); CPU per scrape {row['scrape_cpu_ms']['p50']} ms p50, "
+            f"{row['scrape_cpu_ms']['p95']} ms p95, {row['scrape_cpu_ms']['max']} ms max; "
+            f"at most {row['most_files']} files, {len(row['files_after'])} at the end"
+        )
+        for name, value, ok in targets(row):
+            failed |= not ok
+            print(f"  {'PASS' if ok else 'FAIL'}  {name}: {value}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
