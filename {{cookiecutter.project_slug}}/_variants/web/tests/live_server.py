@@ -93,8 +93,9 @@ def free_port() -> int:
 
 def server_env(gateway: FakeGateway, **overrides: str) -> dict[str, str]:
     """The service's settings pointed at the fake; none of the service's variables set in the
-    environment the tests run in (a rollback switch, say) reaches the server."""
-    outside = {name: value for name, value in os.environ.items() if name not in ENV_NAMES.values()}
+    environment the tests run in (a rollback switch, an OTLP endpoint) reaches the server."""
+    ours = (*ENV_NAMES.values(), *(name for name in os.environ if name.startswith("OTEL_")))
+    outside = {name: value for name, value in os.environ.items() if name not in ours}
     env = {
         **outside,
         KEY_ENV_VAR: SENTINEL_KEY,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -11,7 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import CLIENT_NAME, __version__, api
+from . import CLIENT_NAME, __version__, api, telemetry
 {%- if cookiecutter.caller_auth == "keys" %}
 from .admission import Gate, limit_headers, load_callers_or_exit, workers_from_environment
 {%- else %}
@@ -19,12 +20,22 @@ from .admission import Gate, warn_open
 {%- endif %}
 from .chat_async import AsyncChatService, create_async_client
 from .errors import GatewayError
-from .http_contract import bad_body, describe_errors, gateway_error, no_route_body, request_id_from
+from .http_contract import (
+    UNTRACED_PATHS,
+    bad_body,
+    describe_errors,
+    gateway_error,
+    no_route_body,
+    request_id_from,
+)
 {%- if cookiecutter.caller_auth == "keys" %}
 from .limiter import AsyncLimiter
 {%- endif %}
 from .logs import REQUEST_ID, configure_logging
 from .settings import Settings, load_settings_or_exit
+
+if TYPE_CHECKING:
+    from .otlp import Tracing
 
 
 def request_ids(app: ASGIApp) -> ASGIApp:
@@ -55,8 +66,33 @@ def request_ids(app: ASGIApp) -> ASGIApp:
     return with_request_id
 
 
+def server_spans(app: ASGIApp, tracing: Tracing) -> ASGIApp:
+    """A SERVER span per request (telemetry.py), ended with its response (a stream's too)."""
+
+    async def with_span(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in UNTRACED_PATHS:
+            return await app(scope, receive, send)
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        span = tracing.server_span(scope["method"], scope["scheme"], scope["path"], headers)
+
+        async def send_with_status(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                span.status = message["status"]
+            await send(message)
+
+        try:
+            await app(scope, receive, send_with_status)
+        finally:
+            span.detach()
+            route = getattr(scope.get("route"), "path", None)  # FastAPI's, once matched
+            span.end(route, scope.get("state", {}).get("request_id"))  # request_ids' id
+
+    return with_span
+
+
 def create_app(settings: Settings) -> FastAPI:
     configure_logging(settings.log_level, secrets=[settings.api_key.get_secret_value()])
+    telemetry.start_or_exit(settings)  # spans and metrics over OTLP, if configured
 {%- if cookiecutter.caller_auth == "keys" %}
     workers = workers_from_environment()
     gate = Gate(settings, load_callers_or_exit(settings, workers), workers)
@@ -81,6 +117,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title=CLIENT_NAME, version=__version__, lifespan=lifespan)
     app.add_middleware(request_ids)
+    if telemetry.tracing:  # outside request_ids: the span times all of it
+        app.add_middleware(server_spans, tracing=telemetry.tracing)
     app.include_router(api.router)
 
     @app.exception_handler(RequestValidationError)
