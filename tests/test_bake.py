@@ -212,6 +212,8 @@ DISTRIBUTION_IMPORTS = {
     "redis": "redis",  # the callers' limits (limiter.py)
     "gunicorn": "gunicorn",
     "rich": "rich",
+    "opentelemetry-sdk": "TracerProvider",  # OTLP export (otlp.py)
+    "opentelemetry-exporter-otlp-proto-http": "OTLPSpanExporter",
 }
 
 

@@ -67,6 +67,15 @@ class Point:
     instance: str  # the exporting process's service.instance.id
 
 
+def wait_for(found: Callable[[], T], timeout: float = 10.0, why: Callable[[], str] = str) -> T:
+    """`found()` once it is truthy; a test failure, saying `why()`, if not within `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not (result := found()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert result, why()
+    return result
+
+
 def _value(value: AnyValue) -> Any:
     kind = value.WhichOneof("value")
     if kind == "array_value":
@@ -196,12 +205,7 @@ class OtlpReceiver:
             return b"".join(self.raw)
 
     def wait_for(self, found: Callable[[], T], timeout: float = 10.0) -> T:
-        """`found()` once it is truthy (a test failure if it is not within `timeout`)."""
-        deadline = time.monotonic() + timeout
-        while not (result := found()) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert result, f"not exported within {timeout} s; spans: {self.spans()}"
-        return result
+        return wait_for(found, timeout, lambda: f"not exported; spans: {self.spans()}")
 
     def reset(self) -> None:
         with self._lock:

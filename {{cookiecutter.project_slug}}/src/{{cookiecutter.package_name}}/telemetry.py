@@ -115,8 +115,8 @@ def start(settings: Settings) -> None:
         from . import otlp  # imports opentelemetry's SDK: only now
     except ImportError as exc:
         raise ConfigError(
-            f"OTEL_EXPORTER_OTLP_ENDPOINT is set, but {exc.name or 'opentelemetry'} is not "
-            "installed: pip install opentelemetry-sdk opentelemetry-exporter-otlp-proto-http"
+            f"an OTLP endpoint is set, but {exc.name or 'opentelemetry'} is not installed: "
+            "pip install opentelemetry-sdk opentelemetry-exporter-otlp-proto-http"
         ) from None
     try:
         _exporting = otlp.Exporting(settings, on)
