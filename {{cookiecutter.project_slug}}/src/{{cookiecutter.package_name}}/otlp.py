@@ -197,18 +197,18 @@ class ServerSpan:
     def detach(self) -> None:
         context.detach(self._token)
 
-    def end(self, route: str | None, request_id: str | None) -> None:
+    def end(self, route: str | None, request_id: str) -> None:
         span, status = self.span, self.status
+        attributes: dict[str, Any] = {"alltkn.request_id": request_id}
         if route:  # none: no route matched
             span.update_name(f"{self._name} {route}")
-            span.set_attribute("http.route", route)
-        if request_id:
-            span.set_attribute("alltkn.request_id", request_id)
+            attributes["http.route"] = route
         if status is not None:
-            span.set_attribute("http.response.status_code", status)
+            attributes["http.response.status_code"] = status
         if status is None or status >= 500:  # a 4xx is the caller's error, not the server's
-            span.set_attribute("error.type", str(status or "incomplete_response"))
+            attributes["error.type"] = str(status or "incomplete_response")
             span.set_status(StatusCode.ERROR)
+        span.set_attributes(attributes)
         span.end()
 
 
@@ -235,15 +235,16 @@ class UpstreamSpan:
 
     def end(self, record: CallRecord, error_type: str | None) -> None:
         span, usage = self.span, record.usage
-        span.set_attribute("gen_ai.response.model", record.model)
+        attributes: dict[str, Any] = {"gen_ai.response.model": record.model}
         if usage is not None:
-            span.set_attribute("gen_ai.usage.input_tokens", usage.prompt_tokens)
-            span.set_attribute("gen_ai.usage.output_tokens", usage.completion_tokens)
+            attributes["gen_ai.usage.input_tokens"] = usage.prompt_tokens
+            attributes["gen_ai.usage.output_tokens"] = usage.completion_tokens
         if record.finish_reason:
-            span.set_attribute("gen_ai.response.finish_reasons", [record.finish_reason])
+            attributes["gen_ai.response.finish_reasons"] = [record.finish_reason]
         if record.upstream_request_id:
-            span.set_attribute("alltkn.upstream_request_id", record.upstream_request_id)
+            attributes["alltkn.upstream_request_id"] = record.upstream_request_id
         if error_type:
-            span.set_attribute("error.type", error_type)
+            attributes["error.type"] = error_type
             span.set_status(StatusCode.ERROR)
+        span.set_attributes(attributes)
         span.end()

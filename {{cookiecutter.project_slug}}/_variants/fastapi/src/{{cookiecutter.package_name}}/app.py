@@ -35,12 +35,13 @@ from .logs import REQUEST_ID, configure_logging
 from .settings import Settings, load_settings_or_exit
 
 if TYPE_CHECKING:
-    from .otlp import Tracing
+    from .otlp import ServerSpan
 
 
 def request_ids(app: ASGIApp) -> ASGIApp:
-    """Request ids in `request.state`, echoed{% if cookiecutter.caller_auth == "keys" %} (with the caller's limit headers){% endif %}. Plain ASGI:
-    `@app.middleware` wraps streams."""
+    """Request ids in `request.state`, echoed{% if cookiecutter.caller_auth == "keys" %} (with the caller's limit headers){% endif %}; the
+    request's SERVER span, when traces are exported (telemetry.py). Plain ASGI: `@app.middleware`
+    wraps streams, and the span ends with the response, a stream's too."""
 
     async def with_request_id(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -50,6 +51,7 @@ def request_ids(app: ASGIApp) -> ASGIApp:
         state["request_id"] = request_id = request_id_from(inbound)
         REQUEST_ID.set(request_id)  # for uvicorn's access line (logs.py)
         header = (b"x-request-id", request_id.encode())
+        span = server_span(scope)
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -59,35 +61,26 @@ def request_ids(app: ASGIApp) -> ASGIApp:
 {%- else %}
                 message["headers"] = [*message.get("headers", []), header]
 {%- endif %}
+                if span:
+                    span.status = message["status"]
             await send(message)
 
-        await app(scope, receive, send_with_id)
+        try:
+            await app(scope, receive, send_with_id)
+        finally:
+            if span:
+                span.detach()
+                span.end(getattr(scope.get("route"), "path", None), request_id)  # FastAPI's
 
     return with_request_id
 
 
-def server_spans(app: ASGIApp, tracing: Tracing) -> ASGIApp:
-    """A SERVER span per request (telemetry.py), ended with its response (a stream's too)."""
-
-    async def with_span(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in UNTRACED_PATHS:
-            return await app(scope, receive, send)
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        span = tracing.server_span(scope["method"], scope["scheme"], scope["path"], headers)
-
-        async def send_with_status(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                span.status = message["status"]
-            await send(message)
-
-        try:
-            await app(scope, receive, send_with_status)
-        finally:
-            span.detach()
-            route = getattr(scope.get("route"), "path", None)  # FastAPI's, once matched
-            span.end(route, scope.get("state", {}).get("request_id"))  # request_ids' id
-
-    return with_span
+def server_span(scope: Scope) -> ServerSpan | None:
+    """The request's SERVER span, current from here on; none for probes and scrapes."""
+    if (tracing := telemetry.tracing) is None or scope["path"] in UNTRACED_PATHS:
+        return None
+    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+    return tracing.server_span(scope["method"], scope["scheme"], scope["path"], headers)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -117,8 +110,6 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title=CLIENT_NAME, version=__version__, lifespan=lifespan)
     app.add_middleware(request_ids)
-    if telemetry.tracing:  # outside request_ids: the span times all of it
-        app.add_middleware(server_spans, tracing=telemetry.tracing)
     app.include_router(api.router)
 
     @app.exception_handler(RequestValidationError)
