@@ -213,6 +213,8 @@ DISTRIBUTION_IMPORTS = {
     "gunicorn": "gunicorn",
     "prometheus-client": "prometheus_client",
     "rich": "rich",
+    "opentelemetry-sdk": "TracerProvider",  # OTLP export (otlp.py)
+    "opentelemetry-exporter-otlp-proto-http": "OTLPSpanExporter",
 }
 
 

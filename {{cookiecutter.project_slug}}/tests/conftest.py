@@ -14,6 +14,7 @@ import asyncio
 import importlib
 import importlib.util
 import logging
+import os
 import secrets
 import string
 from collections.abc import Callable, Coroutine, Iterator
@@ -59,7 +60,7 @@ def gateway_env(
 ) -> dict[str, str]:
     """The service's settings pointed at the fake gateway, isolated from any local .env and
     from the service's variables in the environment the tests run in (a rollback switch left
-    set in a shell must not change what the tests see)."""
+    set in a shell must not change what the tests see, nor an OTLP endpoint receive them)."""
     monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
     env = {
         KEY_ENV_VAR: SENTINEL_KEY,
@@ -72,7 +73,7 @@ def gateway_env(
         "OPENAI_API_KEY": "decoy-openai-key-value",  # pragma: allowlist secret
         "OPENAI_BASE_URL": "http://127.0.0.1:9/never-used",
     }
-    for name in ENV_NAMES.values():
+    for name in [*ENV_NAMES.values(), *(name for name in os.environ if name.startswith("OTEL_"))]:
         if name not in env:
             monkeypatch.delenv(name, raising=False)
     for name, value in env.items():

@@ -9,19 +9,22 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx2
 import openai
 from openai.types.chat import ChatCompletion
 from pydantic import BaseModel
 
-from . import metrics
+from . import metrics, telemetry
 from .errors import Category, GatewayError, InStreamError, classify, request_id_from_headers
 from .logs import log_call
 from .request import ChatRequest, sdk_arguments
 from .retry import Attempts
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from .otlp import CallTrace
 
 # What the SDK and its transport raise (ValueError: an answer that is not the JSON it should be,
 # a proxy's page, a garbled stream); anything else is a bug and must not be swallowed.
@@ -179,10 +182,13 @@ class Call:
 {%- endif %}
         self.attempts = Attempts(models, settings.max_retries, settings.retry_after_cap_s)
         self.error: GatewayError | None = None
+        # Traced (telemetry.py): the attempts' spans, children of the span current now.
+        tracing = telemetry.tracing
+        self.trace = tracing.call(request, self.cap, self.info) if tracing else None
 
     def next_attempt(self) -> dict[str, Any]:
         """Start an attempt on the current model: the keyword arguments of its SDK call."""
-        self.record = CallRecord(self.attempts, self.info, stream=self.stream)
+        self.record = CallRecord(self.attempts, self.info, stream=self.stream, trace=self.trace)
         arguments = sdk_arguments(self.request, self.record.model, self.cap)
         return {**arguments, **(STREAM_ARGUMENTS if self.stream else {}), **self.record.headers}
 
@@ -204,9 +210,11 @@ class Call:
 
 
 class CallRecord:
-    """Times one upstream attempt and logs it exactly once."""
+    """Times one upstream attempt and logs it (measures it, ends its span) exactly once."""
 
-    def __init__(self, attempts: Attempts, call: CallInfo, *, stream: bool) -> None:
+    def __init__(
+        self, attempts: Attempts, call: CallInfo, *, stream: bool, trace: CallTrace | None = None
+    ) -> None:
         self.model, self.fallback_from = attempts.model, attempts.fallback_from
         self.requested = self.model  # `model` becomes the one the gateway says answered
         self.call, self.stream, self.started = call, stream, time.perf_counter()
@@ -214,11 +222,14 @@ class CallRecord:
         self.protocol: StreamProtocol | None = None  # a stream's, for what it has so far
         self.usage: Usage | None = None
         self.upstream_request_id: str | None = None
+        self.finish_reason: str | None = None
         self.content, self.logged = "", False
+        self.span = trace.attempt(self.model) if trace else None
 
     @property
     def headers(self) -> dict[str, Any]:
-        return {"extra_headers": {"X-Request-ID": self.call.request_id}}
+        ids = {"X-Request-ID": self.call.request_id}
+        return {"extra_headers": {**ids, **self.span.headers} if self.span else ids}
 
     def opened(self, headers: httpx2.Headers) -> None:
         self.upstream_request_id = request_id_from_headers(headers)
@@ -239,12 +250,14 @@ class CallRecord:
         if not completion.choices:
             raise ValueError("the gateway returned no choices")  # upstream_unavailable
         self.content = completion.choices[0].message.content or ""
+        self.finish_reason = completion.choices[0].finish_reason
         self.log("ok")
         return self.result()
 
     def streamed(self, protocol: StreamProtocol) -> None:
         """The stream was read to its end (raises, logged, if it ended badly)."""
         self.usage, self.model = protocol.usage, protocol.model or self.model
+        self.finish_reason = protocol.finish_reason
         self.content = "".join(protocol.parts)
         try:
             protocol.end()
@@ -273,7 +286,12 @@ class CallRecord:
             return
         self.logged = True
         call, usage = self.call, self.usage
-        self.measure(status, error)
+        error_type = error.category.value if error else None
+        if status == "client_disconnect":  # not the gateway's failure, yet no whole answer either
+            error_type = status
+        self.measure(error_type)
+        if self.span:
+            self.span.end(self, error_type)
         log_call({
             "model": self.model, "fallback_from": self.fallback_from, "user": call.user,
 {%- if cookiecutter.caller_auth == "keys" %}
@@ -288,12 +306,10 @@ class CallRecord:
             "completion_tokens": usage.completion_tokens if usage else None,
         })  # fmt: skip
 
-    def measure(self, status: str, error: GatewayError | None) -> None:
+    def measure(self, error_type: str | None) -> None:
         if not metrics.recording():
             return
-        error_type = error.category.value if error else None
-        if status == "client_disconnect":
-            error_type = status  # not the gateway's failure, yet no whole answer either
+        if error_type == "client_disconnect":
             metrics.add(metrics.CLIENT_DISCONNECTS, gen_ai_request_model=metrics.model(self.model))
 {%- if cookiecutter.caller_auth == "keys" %}
         who = self.call.caller

@@ -32,11 +32,11 @@ from typing import Any, NoReturn
 from pydantic import ValidationError
 
 {% if cookiecutter.framework == "script" -%}
-from . import CLIENT_NAME, batch, doctor
+from . import CLIENT_NAME, batch, doctor, telemetry
 {%- elif cookiecutter.caller_auth == "keys" -%}
-from . import CLIENT_NAME, doctor, keys
+from . import CLIENT_NAME, doctor, keys, telemetry
 {%- else -%}
-from . import CLIENT_NAME, doctor
+from . import CLIENT_NAME, doctor, telemetry
 {%- endif %}
 from .chat import CallInfo
 {%- if cookiecutter.framework == "fastapi" %}
@@ -137,6 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _setup() -> Settings:
     settings = load_settings_or_exit()
     configure_logging(settings.log_level, secrets=settings.secret_values)
+    telemetry.start_or_exit(settings)  # spans and metrics over OTLP, if configured
     return settings
 
 

@@ -96,6 +96,7 @@ def server_env(gateway: FakeGateway, **overrides: str) -> dict[str, str]:
     environment the tests run in (a rollback switch, say, or a metrics directory that servers
     running side by side would share) reaches the server."""
     ours = {*ENV_NAMES.values(), "PROMETHEUS_MULTIPROC_DIR"}
+    ours |= {name for name in os.environ if name.startswith("OTEL_")}  # an OTLP endpoint
     outside = {name: value for name, value in os.environ.items() if name not in ours}
     env = {
         **outside,

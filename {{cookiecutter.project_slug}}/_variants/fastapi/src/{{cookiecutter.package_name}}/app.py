@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -11,7 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import CLIENT_NAME, __version__, api, metrics, prometheus
+from . import CLIENT_NAME, __version__, api, metrics, prometheus, telemetry
 {%- if cookiecutter.caller_auth == "keys" %}
 from .admission import Gate, limit_headers, load_callers_or_exit, workers_from_environment
 {%- else %}
@@ -19,17 +20,28 @@ from .admission import Gate, warn_open
 {%- endif %}
 from .chat_async import AsyncChatService, create_async_client
 from .errors import GatewayError
-from .http_contract import bad_body, describe_errors, gateway_error, no_route_body, request_id_from
+from .http_contract import (
+    UNTRACED_PATHS,
+    bad_body,
+    describe_errors,
+    gateway_error,
+    no_route_body,
+    request_id_from,
+)
 {%- if cookiecutter.caller_auth == "keys" %}
 from .limiter import AsyncLimiter
 {%- endif %}
 from .logs import REQUEST_ID, configure_logging
 from .settings import Settings, load_settings_or_exit
 
+if TYPE_CHECKING:
+    from .otlp import ServerSpan
+
 
 def request_ids(app: ASGIApp) -> ASGIApp:
-    """Request ids in `request.state`, echoed{% if cookiecutter.caller_auth == "keys" %} (with the caller's limit headers){% endif %}. Plain ASGI:
-    `@app.middleware` wraps streams."""
+    """Request ids in `request.state`, echoed{% if cookiecutter.caller_auth == "keys" %} (with the caller's limit headers){% endif %}; the
+    request's SERVER span, when traces are exported (telemetry.py). Plain ASGI: `@app.middleware`
+    wraps streams, and the span ends with the response, a stream's too."""
 
     async def with_request_id(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -39,6 +51,7 @@ def request_ids(app: ASGIApp) -> ASGIApp:
         state["request_id"] = request_id = request_id_from(inbound)
         REQUEST_ID.set(request_id)  # for uvicorn's access line (logs.py)
         header = (b"x-request-id", request_id.encode())
+        span = server_span(scope)
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -48,17 +61,33 @@ def request_ids(app: ASGIApp) -> ASGIApp:
 {%- else %}
                 message["headers"] = [*message.get("headers", []), header]
 {%- endif %}
+                if span:
+                    span.status = message["status"]
             await send(message)
 
-        await app(scope, receive, send_with_id)
+        try:
+            await app(scope, receive, send_with_id)
+        finally:
+            if span:
+                span.detach()
+                span.end(getattr(scope.get("route"), "path", None), request_id)  # FastAPI's
 
     return with_request_id
+
+
+def server_span(scope: Scope) -> ServerSpan | None:
+    """The request's SERVER span, current from here on; none for probes and scrapes."""
+    if (tracing := telemetry.tracing) is None or scope["path"] in UNTRACED_PATHS:
+        return None
+    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+    return tracing.server_span(scope["method"], scope["scheme"], scope["path"], headers)
 
 
 def create_app(settings: Settings) -> FastAPI:
     configure_logging(settings.log_level, secrets=settings.secret_values)
     metrics.configure(settings)
     metrics.install(prometheus.sink())
+    telemetry.start_or_exit(settings)  # spans and metrics over OTLP, if configured
 {%- if cookiecutter.caller_auth == "keys" %}
     workers = workers_from_environment()
     gate = Gate(settings, load_callers_or_exit(settings, workers), workers)

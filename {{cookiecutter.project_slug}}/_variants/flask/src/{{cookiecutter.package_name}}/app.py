@@ -6,10 +6,12 @@ long stream at its timeout and serve one stream per process.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
-from . import api, metrics, prometheus
+from . import api, metrics, prometheus, telemetry
 from . import http_contract as contract
 {%- if cookiecutter.caller_auth == "keys" %}
 from .admission import Gate, load_callers_or_exit
@@ -24,11 +26,15 @@ from .limiter import Limiter
 from .logs import configure_logging
 from .settings import Settings, load_settings_or_exit
 
+if TYPE_CHECKING:
+    from .otlp import Tracing
+
 
 def create_app(settings: Settings) -> Flask:
     configure_logging(settings.log_level, secrets=settings.secret_values)
     metrics.configure(settings)
     metrics.install(prometheus.sink())
+    telemetry.start_or_exit(settings)  # spans and metrics over OTLP, if configured
     app = Flask(__name__)
     # One client per process: it holds the connections to the gateway.
     app.extensions["chat"] = ChatService(create_client(settings), settings)
@@ -71,7 +77,32 @@ def create_app(settings: Settings) -> Flask:
         allowed = isinstance(error, MethodNotAllowed) and error.valid_methods
         return body, status, {"Allow": ", ".join(allowed)} if allowed else {}
 
+    if telemetry.tracing:
+        trace_requests(app, telemetry.tracing)
     return app
+
+
+def trace_requests(app: Flask, tracing: Tracing) -> None:
+    """A SERVER span per request (telemetry.py), ended with its response (a stream's too)."""
+
+    @app.before_request
+    def start_span() -> None:
+        if request.path not in contract.UNTRACED_PATHS:
+            headers = request.headers
+            g.span = tracing.server_span(request.method, request.scheme, request.path, headers)
+
+    @app.after_request
+    def end_span_with_response(response: Response) -> Response:
+        if span := g.get("span"):
+            span.status = response.status_code
+            route, request_id = request.url_rule.rule if request.url_rule else None, g.request_id
+            response.call_on_close(lambda: span.end(route, request_id))
+        return response
+
+    @app.teardown_request
+    def detach_span(error: BaseException | None) -> None:
+        if span := g.get("span"):
+            span.detach()  # the request's context ends here, before a stream's body
 
 
 app = create_app(load_settings_or_exit())

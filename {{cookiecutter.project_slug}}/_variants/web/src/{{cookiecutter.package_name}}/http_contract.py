@@ -52,6 +52,8 @@ DEMO_PAGE = (resources.files(__package__) / "static" / "index.html").read_bytes(
 # Proxies (nginx, CDNs) buffer unless told not to: a buffered stream looks like a hang.
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 MEDIA_TYPE = "text/event-stream"
+# Health checks and scrapes get no span (telemetry.py): every few seconds, they drown the rest.
+UNTRACED_PATHS = frozenset({"/healthz", "/metrics"})
 KEEPALIVE = b": keep-alive\n\n"  # an SSE comment: keeps proxies from timing a silence out
 
 

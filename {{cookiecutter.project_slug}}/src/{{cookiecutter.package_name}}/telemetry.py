@@ -1,0 +1,144 @@
+"""Traces and metrics over OTLP/HTTP, when the environment names a collector: the standard
+OpenTelemetry variables, read from the environment (not .env), as every OpenTelemetry SDK does.
+
+- `OTEL_EXPORTER_OTLP_ENDPOINT` (http://collector:4318: both signals), or
+  `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` (one each, the full
+  URL); unset, nothing is exported. `OTEL_SDK_DISABLED=true`, or `OTEL_TRACES_EXPORTER=none` /
+  `OTEL_METRICS_EXPORTER=none`, turn it off.
+- `OTEL_SERVICE_NAME` (default: the project's name), `OTEL_RESOURCE_ATTRIBUTES`,
+  `OTEL_EXPORTER_OTLP_HEADERS` (a collector's key: masked in the logs), `..._TIMEOUT`,
+  `..._COMPRESSION`, `OTEL_TRACES_SAMPLER`, `OTEL_BSP_SCHEDULE_DELAY`,
+  `OTEL_METRIC_EXPORT_INTERVAL`...: as the OpenTelemetry SDK reads them.
+
+What is exported (`otlp.py`): a SERVER span per request to the web service, continuing the
+caller's W3C `traceparent`; a CLIENT span per upstream attempt, whose `traceparent` goes to the
+gateway; `metrics.py`'s instruments. Never a prompt, an answer, an end user or a key.
+
+Off, opentelemetry's SDK is not even imported and `tracing` is None: all the chat path checks.
+What is pending goes out at exit (`stop`); a collector that is down costs log lines, never a
+request, and holds an exit up for at most `otlp.EXIT_WAIT_S`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlsplit
+
+from .logs import configure_logging
+from .settings import ConfigError, Settings
+
+if TYPE_CHECKING:
+    from .otlp import Exporting, Tracing
+
+PROTOCOL = "http/protobuf"  # the exporter this project ships
+SIGNALS = ("TRACES", "METRICS")
+# Numbers the SDK would replace by its default, with a traceback in the log: refused at start.
+_NUMBERS = (
+    "OTEL_BSP_SCHEDULE_DELAY", "OTEL_BSP_EXPORT_TIMEOUT", "OTEL_BSP_MAX_QUEUE_SIZE",
+    "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "OTEL_METRIC_EXPORT_INTERVAL", "OTEL_METRIC_EXPORT_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_TIMEOUT", "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
+)  # fmt: skip
+_HEADERS = ("OTEL_EXPORTER_OTLP_HEADERS", *(f"OTEL_EXPORTER_OTLP_{s}_HEADERS" for s in SIGNALS))
+
+tracing: Tracing | None = None  # the spans' maker, while traces are exported
+_exporting: Exporting | None = None
+
+
+def signals(environ: Mapping[str, str] = os.environ) -> frozenset[str]:
+    """What to export ("traces", "metrics"); `ConfigError` for a variable the exporter could not
+    use (it would log an error at every export instead)."""
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return frozenset()
+    on = set()
+    for signal in SIGNALS:
+        name = f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT"
+        name = name if environ.get(name, "").strip() else "OTEL_EXPORTER_OTLP_ENDPOINT"
+        exporter = environ.get(f"OTEL_{signal}_EXPORTER", "").strip().lower() or "otlp"
+        if not environ.get(name, "").strip() or exporter == "none":
+            continue
+        if exporter != "otlp":
+            raise ConfigError(f"OTEL_{signal}_EXPORTER must be otlp or none (OTLP is exported)")
+        _check_endpoint(name, environ[name])
+        protocol = f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL"
+        protocol = protocol if environ.get(protocol) else "OTEL_EXPORTER_OTLP_PROTOCOL"
+        if environ.get(protocol, PROTOCOL).strip() != PROTOCOL:
+            raise ConfigError(f"{protocol} must be {PROTOCOL}, the one OTLP exporter installed")
+        on.add(signal.lower())
+    if on:
+        for name in _NUMBERS:
+            value, whole = environ.get(name, "").strip(), name.startswith("OTEL_BSP_")
+            if value and not (value if whole else value.replace(".", "", 1)).isdigit():
+                raise ConfigError(f"{name} must be a {'whole ' if whole else ''}number, 0 or more")
+        header_values(environ)
+    return frozenset(on)
+
+
+def _check_endpoint(name: str, url: str) -> None:
+    problem = f"{name} must be an http:// or https:// URL, such as http://otel-collector:4318"
+    try:
+        parts = urlsplit(url.strip())
+        parts.port  # noqa: B018 - raises for a port that is not a number
+    except ValueError:
+        raise ConfigError(problem) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(problem)  # the value is not shown: it may hold a password
+
+
+def header_values(environ: Mapping[str, str] = os.environ) -> list[str]:
+    """The values of the exporter's headers (a collector's key, say), to mask in the logs."""
+    values = []
+    for name in _HEADERS:
+        for pair in filter(None, (part.strip() for part in environ.get(name, "").split(","))):
+            key, equals, value = pair.partition("=")
+            if not equals or not key.strip():
+                raise ConfigError(f"{name} must be name=value pairs separated by commas, such "
+                                  "as x-api-key=KEY (URL-encode a comma in a value)")  # fmt: skip
+            values += [value.strip(), unquote(value).strip()]
+    return values
+
+
+def start(settings: Settings) -> None:
+    """Export what the environment asks for, from this process (once); `ConfigError` names a
+    variable that is wrong."""
+    global tracing, _exporting
+    on = signals()
+    if not on or _exporting is not None:
+        return
+    if secrets := header_values():  # masked in the lines the SDK logs
+        configure_logging(settings.log_level, secrets=secrets)
+    try:
+        from . import otlp  # imports opentelemetry's SDK: only now
+    except ImportError as exc:
+        raise ConfigError(
+            f"an OTLP endpoint is set, but {exc.name or 'opentelemetry'} is not installed: "
+            "pip install opentelemetry-sdk opentelemetry-exporter-otlp-proto-http"
+        ) from None
+    try:
+        _exporting = otlp.Exporting(settings, on)
+    except (ValueError, TypeError, RuntimeError, OSError) as exc:  # the SDK's own checks
+        raise ConfigError(f"OpenTelemetry: {exc}") from None
+    tracing = _exporting.tracing
+    atexit.register(stop)
+
+
+def start_or_exit(settings: Settings) -> None:
+    """For entry points: the one-line problem and exit 2 instead of a traceback."""
+    try:
+        start(settings)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def stop() -> None:
+    """Export what is pending and stop exporting (at exit: `start` registered it)."""
+    global tracing, _exporting
+    atexit.unregister(stop)
+    if _exporting is not None:
+        _exporting.stop()
+    tracing = _exporting = None
