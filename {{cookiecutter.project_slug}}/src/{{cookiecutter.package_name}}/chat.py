@@ -63,6 +63,7 @@ class ChatResult:
     usage: Usage | None
     request_id: str
     upstream_request_id: str | None = None
+    finish_reason: str | None = None  # "stop"; "length": cut short at max_tokens
 
 
 class _Delta(BaseModel):  # unknown fields are ignored: a gateway may add what it likes
@@ -205,6 +206,7 @@ class CallRecord:
         self.protocol: StreamProtocol | None = None  # a stream's, for what it has so far
         self.usage: Usage | None = None
         self.upstream_request_id: str | None = None
+        self.finish_reason: str | None = None
         self.content, self.logged = "", False
 
     @property
@@ -230,6 +232,7 @@ class CallRecord:
         if not completion.choices:
             raise ValueError("the gateway returned no choices")  # upstream_unavailable
         self.content = completion.choices[0].message.content or ""
+        self.finish_reason = completion.choices[0].finish_reason
         self.log("ok")
         return self.result()
 
@@ -237,6 +240,7 @@ class CallRecord:
         """The stream was read to its end (raises, logged, if it ended badly)."""
         self.usage, self.model = protocol.usage, protocol.model or self.model
         self.content = "".join(protocol.parts)
+        self.finish_reason = protocol.finish_reason
         try:
             protocol.end()
         except ValueError as exc:
@@ -255,7 +259,7 @@ class CallRecord:
         """The answer; of a stream left early, what it had delivered (and no usage)."""
         ids = self.call.request_id, self.upstream_request_id
         content = self.content or ("".join(self.protocol.parts) if self.protocol else "")
-        return ChatResult(content, self.model, self.usage, *ids)
+        return ChatResult(content, self.model, self.usage, *ids, self.finish_reason)
 
     def log(self, status: str, error: GatewayError | None = None) -> None:
         """Log the attempt, once; `client_disconnect` when the consumer left before the end."""
