@@ -39,7 +39,7 @@ def run(*args: str, stdin: bytes | str = "dev-null") -> subprocess.CompletedProc
             terminal, options["stdin"] = pty.openpty()
             opened.callback(os.close, terminal)
             opened.callback(os.close, options["stdin"])
-        done = subprocess.run(command, capture_output=True, timeout=30, check=False, **options)
+        done = subprocess.run(command, capture_output=True, timeout=60, check=False, **options)
     return subprocess.CompletedProcess(
         command, done.returncode, done.stdout.decode(), done.stderr.decode()
     )
