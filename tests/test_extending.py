@@ -83,7 +83,14 @@ def env(gateway: Any, project: Path) -> dict[str, str]:
 def run(project: Path, environ: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", PACKAGE, *args]
     return subprocess.run(
-        command, cwd=project, env=environ, capture_output=True, text=True, timeout=60, check=False
+        command,
+        cwd=project,
+        env=environ,
+        stdin=subprocess.DEVNULL,  # not the runner's own: `ask` reads piped input
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 

@@ -160,6 +160,7 @@ def run_python(
         [sys.executable, *args],
         cwd=cwd,
         env=env,
+        stdin=subprocess.DEVNULL,  # not the runner's own: `ask` reads piped input
         capture_output=True,
         text=True,
         timeout=timeout,

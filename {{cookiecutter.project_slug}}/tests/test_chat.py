@@ -32,6 +32,7 @@ def test_complete_returns_answer_model_usage_and_ids(driver: Driver) -> None:
     assert result.usage == Usage(prompt_tokens=3, completion_tokens=6, total_tokens=9)
     assert result.request_id == "req-123"
     assert result.upstream_request_id
+    assert result.finish_reason == "stop"
 
 
 def test_stream_yields_each_delta_then_usage_from_the_final_chunk(driver: Driver) -> None:
@@ -42,6 +43,7 @@ def test_stream_yields_each_delta_then_usage_from_the_final_chunk(driver: Driver
     assert (result.content, result.model, result.request_id) == (ANSWER, "gpt-4o-mini", "req-9")
     assert result.usage == Usage(prompt_tokens=3, completion_tokens=6, total_tokens=9)
     assert result.upstream_request_id
+    assert result.finish_reason == "stop"
 
 
 @pytest.mark.parametrize(

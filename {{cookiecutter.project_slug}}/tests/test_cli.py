@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import signal
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -17,22 +20,37 @@ from .fake_gateway import FakeGateway
 
 pytestmark = pytest.mark.usefixtures("gateway_env")
 
+COMMAND = [sys.executable, "-m", "{{ cookiecutter.package_name }}"]
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    """The command as a process: for what only a process shows (signals, pipes, the exit)."""
-    return subprocess.run(
-        [sys.executable, "-m", "{{ cookiecutter.package_name }}", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
+
+def run(*args: str, stdin: bytes | str = "dev-null") -> subprocess.CompletedProcess[str]:
+    """The command as a process: for what only a process shows (signals, pipes, the exit).
+    `stdin`: bytes piped in, or "dev-null", "closed" or "terminal"; never the runner's own."""
+    command: list[str] = [*COMMAND, *args]
+    options: dict[str, Any] = {"stdin": subprocess.DEVNULL}
+    with contextlib.ExitStack() as opened:
+        if isinstance(stdin, bytes):
+            options = {"input": stdin}
+        elif stdin == "closed":
+            command = ["sh", "-c", 'exec "$@" <&-', "sh", *command]
+        elif stdin == "terminal":
+            import pty  # POSIX only
+
+            terminal, options["stdin"] = pty.openpty()
+            opened.callback(os.close, terminal)
+            opened.callback(os.close, options["stdin"])
+        done = subprocess.run(command, capture_output=True, timeout=60, check=False, **options)
+    return subprocess.CompletedProcess(
+        command, done.returncode, done.stdout.decode(), done.stderr.decode()
     )
 
 
 def ask(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     """`ask` in this process (much faster than a process per case): exit code, stdout, stderr."""
     try:
-        code = main(["ask", *args])
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(sys, "stdin", io.StringIO())  # no piped input, whatever the runner's
+            code = main(["ask", *args])
     except SystemExit as exit_:
         code = exit_.code if isinstance(exit_.code, int) else 1
     out, err = capsys.readouterr()
@@ -70,7 +88,9 @@ def test_options_reach_the_gateway_and_the_log(
         pytest.param(("hello", "--temperature", "3"), "--temperature", id="temperature-above-2"),
         pytest.param(("hello", "--max-tokens", "0"), "--max-tokens", id="max-tokens-zero"),
         pytest.param(("hello", "--max-tokens", "many"), "--max-tokens", id="max-tokens-text"),
-        pytest.param(("   ",), "the prompt", id="blank-prompt"),
+        pytest.param(("hello", "--max-tokens", "1.0"), "--max-tokens", id="max-tokens-float"),
+        pytest.param(("hello", "--system", ""), "--system", id="empty-system"),
+        pytest.param(("hello", "-m", "two words"), "--model", id="model-with-a-space"),
     ],
 )
 def test_bad_options_exit_2_with_one_line(
@@ -154,7 +174,8 @@ def test_missing_key_exits_2_with_one_line(monkeypatch: pytest.MonkeyPatch) -> N
 
 def test_ctrl_c_closes_the_stream_and_exits_130(gateway: FakeGateway) -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "{{ cookiecutter.package_name }}", "ask", "hi", "--model", "fake-slow"],
+        [*COMMAND, "ask", "hi", "--model", "fake-slow"],
+        stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -173,7 +194,8 @@ def test_ctrl_c_closes_the_stream_and_exits_130(gateway: FakeGateway) -> None:
 def test_a_reader_leaving_closes_the_stream_quietly(gateway: FakeGateway) -> None:
     # `ask ... | head -c 5`: the pipe closes after the first delta.
     process = subprocess.Popen(
-        [sys.executable, "-m", "{{ cookiecutter.package_name }}", "ask", "hi", "--model", "fake-slow"],
+        [*COMMAND, "ask", "hi", "--model", "fake-slow"],
+        stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

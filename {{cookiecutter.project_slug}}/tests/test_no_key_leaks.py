@@ -272,6 +272,7 @@ CLI_RUNS = [
 def _start_cli(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "{{ cookiecutter.package_name }}", *args],
+        stdin=subprocess.DEVNULL,  # not the test runner's: `ask` reads piped input
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

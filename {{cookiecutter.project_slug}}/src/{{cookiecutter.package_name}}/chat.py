@@ -67,6 +67,7 @@ class ChatResult:
     usage: Usage | None
     request_id: str
     upstream_request_id: str | None = None
+    finish_reason: str | None = None  # "stop"; "length": cut short at max_tokens
 
 
 class _Delta(BaseModel):  # unknown fields are ignored: a gateway may add what it likes
@@ -259,6 +260,7 @@ class CallRecord:
         self.usage, self.model = protocol.usage, protocol.model or self.model
         self.finish_reason = protocol.finish_reason
         self.content = "".join(protocol.parts)
+        self.finish_reason = protocol.finish_reason
         try:
             protocol.end()
         except ValueError as exc:
@@ -277,7 +279,7 @@ class CallRecord:
         """The answer; of a stream left early, what it had delivered (and no usage)."""
         ids = self.call.request_id, self.upstream_request_id
         content = self.content or ("".join(self.protocol.parts) if self.protocol else "")
-        return ChatResult(content, self.model, self.usage, *ids)
+        return ChatResult(content, self.model, self.usage, *ids, self.finish_reason)
 
     def log(self, status: str, error: GatewayError | None = None) -> None:
         """Log and measure the attempt, once; `client_disconnect` when the consumer left before

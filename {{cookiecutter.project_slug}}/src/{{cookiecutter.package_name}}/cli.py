@@ -1,5 +1,9 @@
 """Command line: `<slug> ask "prompt"`, or `python -m <package> ask "prompt"`.
 
+`ask` sends piped input before the prompt (`git diff | <slug> ask "Write a commit message"`;
+`ask -` reads the prompt from stdin alone); `--json` prints one JSON object when the call ends:
+the answer, or the `{"error": {...}}` body the web variants answer with.
+
 `<slug> doctor [--json | --support]` checks the configuration and the gateway live (`doctor.py`).
 {%- if cookiecutter.framework == "fastapi" %}
 `<slug> serve [--host H] [--port P]` runs the service: uvicorn, `WEB_CONCURRENCY` workers.
@@ -24,8 +28,10 @@ import asyncio
 import contextlib
 import json
 import os
+import stat
 import sys
 from collections.abc import Sequence
+from dataclasses import asdict
 from importlib import metadata
 from typing import Any, NoReturn
 
@@ -38,21 +44,23 @@ from . import CLIENT_NAME, doctor, keys, telemetry
 {%- else -%}
 from . import CLIENT_NAME, doctor, telemetry
 {%- endif %}
-from .chat import CallInfo
+from .chat import CallInfo, ChatResult
 {%- if cookiecutter.framework == "fastapi" %}
 from .chat_async import AsyncChatService, create_async_client
 {%- else %}
 from .chat_sync import ChatService, create_client
 {%- endif %}
-from .errors import GatewayError
+from .errors import GatewayError, error_body
 from .logs import configure_logging
-from .request import ChatRequest, Parameters
+from .request import MAX_CONTENT_CHARS, ChatRequest, Parameters
 from .settings import Settings, load_settings_or_exit
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what the shell reports for a tool killed by it
+# More bytes than this are more characters than one message takes (UTF-8: at most 4 a character).
+MAX_STDIN_BYTES = 4 * MAX_CONTENT_CHARS
 {%- if cookiecutter.framework == "fastapi" %}
 MAX_WORKERS = 64
 {%- endif %}
@@ -69,13 +77,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=CLIENT_NAME, description=_description())
     commands = parser.add_subparsers(dest="command", required=True)
     ask = commands.add_parser("ask", help="send one prompt and print the answer")
-    ask.add_argument("prompt", help="the message to send")
-    ask.add_argument("--model", help="model to use instead of ALLTKN_MODEL")
+    ask.add_argument(
+        "prompt", nargs="?", help="the message to send, after any piped input ('-': stdin alone)"
+    )
+    ask.add_argument("-s", "--system", metavar="TEXT", help="a system message: how to answer")
+    ask.add_argument("-m", "--model", help="model to use instead of ALLTKN_MODEL")
     ask.add_argument("--no-stream", action="store_true", help="wait for the whole answer")
+    ask.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object when done: content, model, usage, ids, finish_reason; "
+        "or the error",
+    )
     ask.add_argument("--user", help="end user the call is made for (logged)")
     ask.add_argument("--task", help="kind of task, e.g. summarise (logged)")
     for name, field in Parameters.model_fields.items():  # --max-tokens, --temperature, ...
         ask.add_argument(f"--{name.replace('_', '-')}", dest=name, help=field.description)
+    ask.set_defaults(usage_error=ask.error)  # for an `ask` with nothing to send
     doctor.add_arguments(
         commands.add_parser(
             "doctor",
@@ -141,10 +159,45 @@ def _setup() -> Settings:
     return settings
 
 
+def _usage_error(where: str, message: str) -> NoReturn:
+    print(f"error: {where}: {message}", file=sys.stderr)
+    raise SystemExit(EXIT_USAGE)
+
+
+def _read_stdin(*, even_a_terminal: bool) -> str:
+    """Piped input: stdin when it is a pipe, a file or a socket (`-`: whatever it is), else "".
+    A terminal, /dev/null or no stdin at all (a job's, a test runner's) is no input."""
+    try:
+        mode = os.fstat(sys.stdin.fileno()).st_mode
+    except (AttributeError, OSError, ValueError):  # closed, or a stand-in with no file behind
+        return ""
+    if not (even_a_terminal or stat.S_ISFIFO(mode) or stat.S_ISREG(mode) or stat.S_ISSOCK(mode)):
+        return ""
+    data = sys.stdin.buffer.read(MAX_STDIN_BYTES + 1)  # bounded: `cat huge.log | ask` is refused
+    if len(data) > MAX_STDIN_BYTES:
+        most = f"more than the {MAX_CONTENT_CHARS} characters one message takes"
+        _usage_error("stdin", f"over {MAX_STDIN_BYTES} bytes, {most}; send less (head -c)")
+    try:
+        return data.decode("utf-8-sig")  # without the byte order mark some editors write
+    except UnicodeDecodeError as exc:
+        byte = f"byte 0x{data[exc.start]:02x} at offset {exc.start}"
+        _usage_error("stdin", f"not UTF-8 text ({byte}); pipe text (iconv -t UTF-8 converts it)")
+
+
 def _request(args: argparse.Namespace) -> ChatRequest:
-    """The request `ask` sends, or exit 2 with one line naming the bad option."""
-    fields: dict[str, Any] = {"prompt": args.prompt, "model": args.model}
-    fields.update(user=args.user, task=args.task)
+    """The request `ask` sends, or exit 2 with one line naming what is wrong. The user's message
+    is the piped input, then the prompt; with --system a system message comes first."""
+    piped = _read_stdin(even_a_terminal=args.prompt == "-").rstrip()
+    prompt = None if args.prompt == "-" else args.prompt
+    text = "\n\n".join(part for part in (piped, prompt) if part and part.strip())
+    if not text:
+        args.usage_error("no prompt: give one, or pipe text in ('ask -' reads it from stdin)")
+    fields: dict[str, Any] = {"model": args.model, "user": args.user, "task": args.task}
+    if args.system is None:
+        fields["prompt"] = text
+    else:
+        system = {"role": "system", "content": args.system}
+        fields["messages"] = [system, {"role": "user", "content": text}]
     for name in Parameters.model_fields:  # values as JSON when they are (`0.5`, `["a"]`)
         if (raw := getattr(args, name)) is not None:
             with contextlib.suppress(ValueError):
@@ -154,50 +207,74 @@ def _request(args: argparse.Namespace) -> ChatRequest:
         return ChatRequest.model_validate(fields)
     except ValidationError as exc:
         error = exc.errors(include_url=False, include_input=False)[0]
-        name = str(error["loc"][0]) if error["loc"] else "prompt"
-        where = "the prompt" if name == "prompt" else "--" + name.replace("_", "-")
-        print(f"error: {where}: {error['msg'].removeprefix('Value error, ')}", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE) from None
+        loc = error["loc"]
+        if loc[:2] == ("messages", 0):
+            where = "--system"
+        elif loc and loc[0] not in ("prompt", "messages"):
+            where = "--" + str(loc[0]).replace("_", "-")
+        else:
+            where = "stdin and the prompt" if piped else "the prompt"
+        _usage_error(where, error["msg"].removeprefix("Value error, "))
 
 
 def _ask(args: argparse.Namespace) -> int:
     request = _request(args)
     settings = _setup()
     call = CallInfo(user=args.user, task=args.task)
+    stream, echo = not args.no_stream, not args.json  # --json: the one object, at the end
     try:
 {%- if cookiecutter.framework == "fastapi" %}
-        asyncio.run(_ask_async(settings, request, call, stream=not args.no_stream))
+        result = asyncio.run(_answer(settings, request, call, stream=stream, echo=echo))
 {%- else %}
-        service = ChatService(create_client(settings), settings)
-        if args.no_stream:
-            print(service.complete(request, call).content)
-            return 0
-        with service.open_stream(request, call) as stream:
-            for delta in stream:
-                sys.stdout.write(delta)
-                sys.stdout.flush()
-        sys.stdout.write("\n")
+        result = _answer(settings, request, call, stream=stream, echo=echo)
 {%- endif %}
     except GatewayError as error:
-        print(f"error[{error.category.value}]: {error} (hint: {error.hint})", file=sys.stderr)
+        if args.json:  # the web variants' error body: `jq` reads either outcome
+            body = error_body(error.category, error.message, error.hint, call.request_id)
+            print(json.dumps(body, ensure_ascii=False))
+        else:
+            print(f"error[{error.category.value}]: {error} (hint: {error.hint})", file=sys.stderr)
         return EXIT_FAILED
+    if args.json:
+        print(json.dumps(asdict(result), ensure_ascii=False))
+    else:
+        print("" if stream else result.content)  # a streamed answer is out, bar its newline
     return 0
 {%- if cookiecutter.framework == "fastapi" %}
 
 
-async def _ask_async(
-    settings: Settings, request: ChatRequest, call: CallInfo, *, stream: bool
-) -> None:
+async def _answer(
+    settings: Settings, request: ChatRequest, call: CallInfo, *, stream: bool, echo: bool
+) -> ChatResult:
+    """The whole answer; streamed, each delta is printed as it comes when `echo`."""
     async with create_async_client(settings) as client:
         service = AsyncChatService(client, settings)
         if not stream:
-            print((await service.complete(request, call)).content)
-            return
+            return await service.complete(request, call)
         async with await service.open_stream(request, call) as deltas:
             async for delta in deltas:
+                if echo:
+                    sys.stdout.write(delta)
+                    sys.stdout.flush()
+        return deltas.result()
+{%- else %}
+
+
+def _answer(
+    settings: Settings, request: ChatRequest, call: CallInfo, *, stream: bool, echo: bool
+) -> ChatResult:
+    """The whole answer; streamed, each delta is printed as it comes when `echo`."""
+    service = ChatService(create_client(settings), settings)
+    if not stream:
+        return service.complete(request, call)
+    with service.open_stream(request, call) as deltas:
+        for delta in deltas:
+            if echo:
                 sys.stdout.write(delta)
                 sys.stdout.flush()
-        sys.stdout.write("\n")
+    return deltas.result()
+{%- endif %}
+{%- if cookiecutter.framework == "fastapi" %}
 
 
 def _serve(args: argparse.Namespace) -> int:
