@@ -68,24 +68,27 @@ def remove_private() -> None:
 
 
 def merge_dead(directory: Path) -> None:
-    """Merge now, unless a scrape or another merge holds the lock (then that one merges): never
-    waits, so gunicorn's master is not held up when a worker exits."""
-    with merged(directory, wait=False):
-        pass
+    """Merge now, unless a scrape or another merge holds the lock (and merges): never waits, so
+    gunicorn's master is not held up when a worker exits."""
+    if fcntl is None:
+        return
+    with (directory / LOCK).open("a") as lock:
+        try:  # held until the file closes
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return
+        _finish(directory)
+        _merge(directory)
 
 
 @contextmanager
-def merged(directory: Path, *, wait: bool = True) -> Iterator[None]:
+def merged(directory: Path) -> Iterator[None]:
     """Under the lock: dead processes' files merged; the caller reads the directory inside."""
     if fcntl is None:
         yield
         return
     with (directory / LOCK).open("a") as lock:
-        try:  # released when the file closes
-            fcntl.flock(lock, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield
-            return
+        fcntl.flock(lock, fcntl.LOCK_EX)  # held until the file closes
         _finish(directory)
         _merge(directory)
         yield
