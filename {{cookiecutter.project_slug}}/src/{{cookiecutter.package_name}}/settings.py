@@ -103,6 +103,10 @@ class Settings(BaseSettings):
     # Models callers may name (comma-separated; "*": any). Default: ALLTKN_MODEL and the
     # fallback models, so a caller cannot spend the key on a model nobody chose.
     allowed_models: str = Field("", validation_alias="ALLTKN_ALLOWED_MODELS")
+    # A request body over this many bytes is refused (413) before it is read to the end.
+    max_body_bytes: int = Field(
+        1_048_576, ge=1024, le=1_073_741_824, validation_alias="ALLTKN_MAX_BODY_BYTES"
+    )
 {%- endif %}
 
     @field_validator("api_key")

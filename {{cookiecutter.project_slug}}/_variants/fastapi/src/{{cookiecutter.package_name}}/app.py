@@ -19,7 +19,7 @@ from .admission import Gate, warn_open
 {%- endif %}
 from .chat_async import AsyncChatService, create_async_client
 from .errors import GatewayError
-from .http_contract import bad_body, describe_errors, gateway_error, no_route_body, request_id_from
+from .http_contract import BadBody, describe_errors, gateway_error, no_route_body, request_id_from
 {%- if cookiecutter.caller_auth == "keys" %}
 from .limiter import AsyncLimiter
 {%- endif %}
@@ -94,9 +94,8 @@ def create_app(settings: Settings) -> FastAPI:
         except GatewayError as error:
             return JSONResponse(*gateway_error(error, request.state.request_id))
 {%- endif %}
-        bad_json = any(error.get("type") == "json_invalid" for error in exc.errors())
-        message = "the body is not valid JSON" if bad_json else describe_errors(exc.errors())
-        return JSONResponse(bad_body(message, request.state.request_id), 400 if bad_json else 422)
+        refusal = BadBody(422, describe_errors(exc.errors()))  # 415, 413, 400 came in api.py
+        return JSONResponse(*gateway_error(refusal, request.state.request_id))
 
     @app.exception_handler(HTTPException)
     async def no_route(request: Request, exc: HTTPException) -> JSONResponse:
