@@ -36,9 +36,9 @@ from .sse import EventStreamResponse
 
 
 class JSONBodyRoute(APIRoute):
-    """A route whose body is JSON, refused as `http_contract` decides before FastAPI reads it
-    ({% if cookiecutter.caller_auth == "keys" %}after the caller key, 401: {% endif %}by its headers, 415 or 413; read no further than
-    ALLTKN_MAX_BODY_BYTES, 413; parsed, 400 or 422). FastAPI then reuses the parsed body."""
+    """Routes taking a JSON body get it checked as `http_contract` decides: by its headers (415,
+    413), read no further than ALLTKN_MAX_BODY_BYTES (413) and parsed (400, 422); FastAPI
+    then reuses the parse.{% if cookiecutter.caller_auth == "keys" %} A bad caller key still answers 401 first.{% endif %}"""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handle = super().get_route_handler()
@@ -110,7 +110,7 @@ Limiter = Annotated[AsyncLimiter, Depends(get_limiter)]
 
 
 async def authenticate(request: Request) -> Who:
-    """The caller, from `Authorization: Bearer <caller key>`; before the body is read: 401."""
+    """The caller, from `Authorization: Bearer <caller key>`, or 401."""
     return cast(Gate, request.state.gate).authenticate(request.headers.get("authorization"))
 
 
