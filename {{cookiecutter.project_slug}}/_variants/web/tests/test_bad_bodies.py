@@ -3,9 +3,9 @@ in one table, `BAD_BODIES`, which both web variants run, so FastAPI and Flask ca
 on a status (a 500 included) without one of them failing it. No bad body reaches the gateway,
 and none leaves a traceback in the server's log.
 
-The order: {% if cookiecutter.caller_auth == "keys" %}the caller key (401, test_caller_access.py), then {% endif %}the headers (415 for a body
-not declared JSON, 413 for one declared too large), then the body as it is read (413 past
-ALLTKN_MAX_BODY_BYTES), parsed (400) and validated (422).
+The order: {% if cookiecutter.caller_auth == "keys" %}the caller key (401), {% endif %}the headers (415 for a body not declared JSON, 413
+for one declared too large), the body as it is read (413 past ALLTKN_MAX_BODY_BYTES), parsed
+(400){% if cookiecutter.caller_auth == "keys" %}, the model it names (403; these two: test_caller_access.py){% endif %} and validated (422).
 """
 
 from __future__ import annotations

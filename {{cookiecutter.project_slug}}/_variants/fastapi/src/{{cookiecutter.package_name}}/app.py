@@ -94,7 +94,7 @@ def create_app(settings: Settings) -> FastAPI:
         except GatewayError as error:
             return JSONResponse(*gateway_error(error, request.state.request_id))
 {%- endif %}
-        refusal = BadBody(422, describe_errors(exc.errors()))  # 415, 413, 400 came in api.py
+        refusal = BadBody(422, describe_errors(exc.errors()))  # 415, 413, 400: api.py
         return JSONResponse(*gateway_error(refusal, request.state.request_id))
 
     @app.exception_handler(HTTPException)

@@ -145,7 +145,7 @@ def json_object(raw: bytes, payload: object) -> dict[str, Any]:
             raise BadBody(400, f"the body's JSON nests deeper than {MAX_JSON_DEPTH} levels")
     if not isinstance(payload, dict):
         kinds = {type(None): "null", bool: "true or false", str: "a string", list: "an array"}
-        raise BadBody(422, f"the body is {kinds.get(type(payload), 'a number')}; send an object")
+        raise BadBody(422, f"the body is {kinds.get(type(payload), 'a number')}, not an object")
     return payload
 
 
