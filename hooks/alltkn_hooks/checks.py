@@ -112,6 +112,7 @@ RESERVED_ENV_NAMES = (
     "ALLTKN_MAX_INPUT_CHARS",
     "ALLTKN_MAX_OUTPUT_TOKENS",
     "ALLTKN_ALLOWED_MODELS",
+    "ALLTKN_MAX_BODY_BYTES",
     "ALLTKN_CALLERS_FILE",
     "ALLTKN_LIMITS_REDIS_URL",
     # The container's and the servers' own settings (Dockerfile, gunicorn.conf.py, k8s/).

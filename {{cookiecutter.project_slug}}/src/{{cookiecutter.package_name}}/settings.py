@@ -105,6 +105,10 @@ class Settings(BaseSettings):
     allowed_models: str = Field("", validation_alias="ALLTKN_ALLOWED_MODELS")
     # Unset: `GET /metrics` is open (keep it off the internet); set: it wants this as a Bearer.
     metrics_token: SecretStr | None = Field(None, validation_alias="ALLTKN_METRICS_TOKEN")
+    # A request body over this many bytes is refused (413) before it is read to the end.
+    max_body_bytes: int = Field(
+        1_048_576, ge=1024, le=1_073_741_824, validation_alias="ALLTKN_MAX_BODY_BYTES"
+    )
 {%- endif %}
 
     @field_validator("api_key")

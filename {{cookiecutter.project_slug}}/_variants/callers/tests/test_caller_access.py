@@ -37,6 +37,7 @@ from .redis_server import RedisServer, redis_server  # noqa: F401
 from .server import server_command
 
 PATHS = ["/v1/chat", "/v1/chat/stream"]
+JSON = "application/json"
 MAX_OUTPUT_TOKENS = 512
 HI = {"prompt": "hi"}  # 1 word at the fake: its usage is 1 + 6 deltas = 7 tokens
 # The callers of the module's server, one (or one pair) per test.
@@ -188,22 +189,49 @@ def test_no_valid_caller_key_is_a_401_without_an_upstream_call(
 
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize(
-    "body",
+    ("body", "content_type"),
     [
-        pytest.param(b"{not json", id="not-json"),
-        pytest.param(b"{}", id="no-prompt"),
-        pytest.param(b'{"prompt": "hi", "model": "gpt-4.5-preview"}', id="a-model-not-allowed"),
-        pytest.param(b'{"prompt": "hi", "max_tokens": 1000000000}', id="max-tokens-too-high"),
+        pytest.param(json.dumps(HI).encode(), "text/plain", id="not-declared-json"),
+        pytest.param(b"x" * 1_100_000, JSON, id="over-the-body-limit"),
+        pytest.param(b"{not json", JSON, id="not-json"),
+        pytest.param(b"[" * 5000, JSON, id="nested-too-deep"),
+        pytest.param(b"{}", JSON, id="no-prompt"),
+        pytest.param(
+            b'{"prompt": "hi", "model": "gpt-4.5-preview"}', JSON, id="a-model-not-allowed"
+        ),
+        pytest.param(b'{"prompt": "hi", "max_tokens": 1000000000}', JSON, id="max-tokens-too-high"),
     ],
 )
 def test_the_key_is_checked_before_the_body(
-    server: Server, gateway: FakeGateway, path: str, body: bytes
+    server: Server, gateway: FakeGateway, path: str, body: bytes, content_type: str
 ) -> None:
     """Without a key, nothing about the request is looked at: no body errors to learn from."""
-    response = server.request(
-        "POST", path, content=body, headers={"Content-Type": "application/json"}
-    )
+    response = server.request("POST", path, content=body, headers={"Content-Type": content_type})
     assert_error(response, 401, "caller_auth")
+    assert gateway.requests == []
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize(
+    ("body", "ctype", "status"),
+    [
+        pytest.param(b'{"model": "gpt-4.5-preview", "prompt": "hi"}', "text/plain", 415, id="415"),
+        pytest.param(b'{"model": "gpt-4.5-preview", "prompt": "', JSON, 400, id="400"),
+    ],
+)
+def test_the_headers_and_the_parse_come_before_the_model(
+    server: Server,
+    gateway: FakeGateway,
+    keys: Keys,
+    path: str,
+    body: bytes,
+    ctype: str,
+    status: int,
+) -> None:
+    """415 and 400 before the 403 the model the body names would get."""
+    headers = {**keys.auth("open"), "Content-Type": ctype}
+    response = server.request("POST", path, content=body, headers=headers)
+    assert_error(response, status, "invalid_request")
     assert gateway.requests == []
 
 

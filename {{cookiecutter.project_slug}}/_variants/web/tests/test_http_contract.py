@@ -1,5 +1,6 @@
 """The HTTP contract, tested against the real server process on loopback, as clients see it:
-statuses, bodies, request ids, parameters, streams, and the key in no response and no log line.
+statuses, bodies, request ids, parameters, streams, and the key in no response and no log line
+(bad request bodies: test_bad_bodies.py).
 
 Streaming and disconnects only behave for real over a socket, so nothing here uses an
 in-process test client. One server for the module, at LOG_LEVEL=DEBUG so that the key checks
@@ -182,53 +183,6 @@ def test_an_invalid_request_id_is_replaced(server: Server) -> None:
         "/v1/chat", {"prompt": "hi"}, headers={"X-Request-ID": "bad id\twith spaces"}
     )
     assert response.headers["x-request-id"] not in ("", "bad id\twith spaces")
-
-
-@pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize(
-    ("body", "status", "names"),
-    [
-        pytest.param(b"{not json", 400, "JSON", id="not-json"),
-        pytest.param({}, 422, "messages", id="empty-object"),
-        pytest.param(
-            {"prompt": "a", "messages": [{"role": "user", "content": "b"}]},
-            422,
-            "not both",
-            id="both",
-        ),
-        pytest.param({"prompt": "   "}, 422, "blank", id="blank-prompt"),
-        pytest.param({"messages": []}, 422, "messages", id="no-messages"),
-        pytest.param({"messages": [{"role": "robot", "content": "x"}]}, 422, "role", id="bad-role"),
-        pytest.param({"messages": [{"role": "user"}]}, 422, "content", id="no-content"),
-        pytest.param({"prompt": "x", "model": "two words"}, 422, "model", id="bad-model-name"),
-        pytest.param({"prompt": "x", "temperature": 3}, 422, "temperature", id="temperature-3"),
-        pytest.param({"prompt": "x", "temperature": -1}, 422, "0-2", id="temperature-negative"),
-        pytest.param({"prompt": "x", "max_tokens": 0}, 422, "max_tokens", id="max-tokens-0"),
-        pytest.param({"prompt": "x", "max_tokens": 2.5}, 422, "max_tokens", id="max-tokens-2.5"),
-        pytest.param({"prompt": "x", "max_tokens": "many"}, 422, "integer", id="max-tokens-text"),
-        pytest.param({"prompt": "x", "top_k": 3}, 422, "top_k", id="unknown-field"),
-        pytest.param([1, 2], 422, "", id="not-an-object"),
-    ],
-)
-def test_bad_bodies_are_refused_before_any_gateway_call(
-    server: Server, gateway: FakeGateway, path: str, body: Any, status: int, names: str
-) -> None:
-    if isinstance(body, bytes):
-        response = server.request(
-            "POST", path, content=body, headers={"Content-Type": "application/json"}
-        )
-    else:
-        response = server.post(path, body)
-
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert error["category"] == "invalid_request"
-    assert names in error["message"]
-    assert "\n" not in error["message"]
-    assert error["hint"]
-    assert error["request_id"] == response.headers["x-request-id"]
-    assert_no_key(server.seen[-1])
-    assert gateway.requests == []
 
 
 @pytest.mark.parametrize(

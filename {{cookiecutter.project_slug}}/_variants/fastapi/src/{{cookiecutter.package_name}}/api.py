@@ -5,14 +5,18 @@ cap checked){% endif %}, and the request id from `request.state`."""
 
 from __future__ import annotations
 
-from typing import Annotated, cast
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any, cast
 
-from fastapi import APIRouter, Depends, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.routing import APIRoute
 {%- if cookiecutter.caller_auth == "keys" %}
 from starlette.background import BackgroundTask
 {%- endif %}
+from starlette.types import Message, Receive
 
+from . import http_contract as contract
 from . import prometheus
 from .admission import Admission, Gate
 {%- if cookiecutter.caller_auth == "keys" %}
@@ -25,14 +29,70 @@ from .errors import GatewayError
 {%- else %}
 from .chat_async import AsyncChatService
 {%- endif %}
-from .http_contract import DEMO_PAGE, DEMO_PAGE_HEADERS, metrics_denied, result_body
 {%- if cookiecutter.caller_auth == "keys" %}
 from .limiter import AsyncLimiter
 {%- endif %}
 from .request import ChatRequest
 from .sse import EventStreamResponse
 
-router = APIRouter()
+
+class JSONBodyRoute(APIRoute):
+    """Routes taking a JSON body get it checked as `http_contract` decides: by its headers (415,
+    413), read no further than ALLTKN_MAX_BODY_BYTES (413) and parsed (400, 422); FastAPI
+    then reuses the parse.{% if cookiecutter.caller_auth == "keys" %} A bad caller key still answers 401 first.{% endif %}"""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handle = super().get_route_handler()
+        if self.body_field is None:
+            return handle
+
+        async def handle_json(request: Request) -> Response:
+            gate = cast(Gate, request.state.gate)
+            try:
+                request = await read_json(request, gate.settings.max_body_bytes)
+            except contract.BadBody:
+{%- if cookiecutter.caller_auth == "keys" %}
+                who = gate.authenticate(request.headers.get("authorization"))  # the key first
+                request.state.caller = who[0]  # named in the refusal's count
+{%- endif %}
+                raise
+            return await handle(request)
+
+        return handle_json
+
+
+async def read_json(request: Request, limit: int) -> Request:
+    """`request` with its body read and parsed (cached in it), or `contract.BadBody`."""
+    length = request.headers.get("content-length")
+    content_length = int(length) if length and length.isdigit() else None
+    contract.check_body_headers(request.headers.get("content-type"), content_length, limit)
+    if content_length is None:  # sent chunked: counted as it comes
+        request = Request(request.scope, counted(request.receive, limit))
+    raw = await request.body()
+    try:
+        payload = await request.json()
+    except (ValueError, RecursionError) as error:
+        raise contract.not_json(raw, error) from None
+    contract.json_object(raw, payload)
+    return request
+
+
+def counted(receive: Receive, limit: int) -> Receive:
+    """`receive` refusing the body (413) once more than `limit` bytes of it came."""
+    received = 0
+
+    async def receive_counted() -> Message:
+        nonlocal received
+        message = await receive()
+        received += len(message.get("body", b""))
+        if received > limit:
+            raise contract.too_large(limit)
+        return message
+
+    return receive_counted
+
+
+router = APIRouter(route_class=JSONBodyRoute)
 
 
 # Dependencies: async, so FastAPI skips its thread pool; what they return is made in the lifespan.
@@ -52,7 +112,7 @@ Limiter = Annotated[AsyncLimiter, Depends(get_limiter)]
 
 
 async def authenticate(request: Request) -> Who:
-    """The caller, from `Authorization: Bearer <caller key>`; before the body is read: 401."""
+    """The caller, from `Authorization: Bearer <caller key>`, or 401."""
     who = cast(Gate, request.state.gate).authenticate(request.headers.get("authorization"))
     request.state.caller = who[0]  # named when a later check refuses the request (app.py)
     return who
@@ -89,7 +149,7 @@ def call_info(admission: Admission, request: Request) -> CallInfo:
 
 @router.get("/", include_in_schema=False)
 async def demo() -> HTMLResponse:
-    return HTMLResponse(DEMO_PAGE, headers=DEMO_PAGE_HEADERS)
+    return HTMLResponse(contract.DEMO_PAGE, headers=contract.DEMO_PAGE_HEADERS)
 
 
 @router.get("/healthz")
@@ -103,7 +163,7 @@ def scrape(request: Request, service: Chat) -> Response:
     """Prometheus metrics; no caller key, but ALLTKN_METRICS_TOKEN when it is set."""
     token = service.settings.metrics_token
     if not prometheus.authorized(request.headers.get("authorization"), token):
-        return JSONResponse(*metrics_denied(request.state.request_id))
+        return JSONResponse(*contract.metrics_denied(request.state.request_id))
     return Response(prometheus.sink().exposition(), media_type=prometheus.CONTENT_TYPE)
 
 
@@ -118,11 +178,11 @@ async def chat(
         await limiter.settle(admission.reservation, admission.used(error))
         raise
     await limiter.settle(admission.reservation, admission.used(result))
-    return JSONResponse(result_body(result))
+    return JSONResponse(contract.result_body(result))
 {%- else %}
 async def chat(admission: Admitted, request: Request, service: Chat) -> JSONResponse:
     result = await service.complete(admission.request, call_info(admission, request))
-    return JSONResponse(result_body(result))
+    return JSONResponse(contract.result_body(result))
 {%- endif %}
 
 

@@ -5,9 +5,10 @@ checked{% endif %}), `g.request_id` the request's id."""
 
 from __future__ import annotations
 
-from typing import Any, NoReturn, cast
+from contextlib import suppress
+from typing import Any, cast
 
-from flask import Blueprint, Response, abort, current_app, g, make_response, request
+from flask import Blueprint, Response, after_this_request, current_app, g, request
 from pydantic import ValidationError
 
 from . import http_contract as contract
@@ -23,6 +24,7 @@ from .request import ChatRequest
 from .sse import event_stream
 
 bp = Blueprint("api", __name__)
+DISCARD_BYTES = 64 * 1024 * 1024  # of a refused body: discard_after_the_answer()
 
 
 def chat_service() -> ChatService:
@@ -36,38 +38,64 @@ def limiter() -> Limiter:
 
 
 def admit() -> Admission:
-    """The request, checked in order{% if cookiecutter.caller_auth == "keys" %}: caller key (401), model (403), body (400, 422), cap
-    (422), the caller's limits (429, 503){% else %}: body (400, 422), model (403), cap (422){% endif %}."""
+    """The request, checked in order{% if cookiecutter.caller_auth == "keys" %}: caller key (401), body (415, 413, 400), model (403),
+    body (422), cap (422), the caller's limits (429, 503){% else %}: body (415, 413, 400, 422), model (403), cap (422){% endif %}."""
     gate = cast(Gate, current_app.extensions["gate"])
 {%- if cookiecutter.caller_auth == "keys" %}
     who = gate.authenticate(request.headers.get("Authorization"))
     g.caller = who[0]  # named when a later check refuses the request
-    gate.check_named_model(request.get_json(silent=True), who)  # the model before the body
-    g.admission = admission = gate.check(chat_request(), who)  # its headers: app.py
+    payload = json_body(gate.settings.max_body_bytes)
+    gate.check_named_model(payload, who)  # the model before the rest of the body
+    g.admission = admission = gate.check(chat_request(payload), who)  # its headers: app.py
     admission.reservation = limiter().reserve(admission.plan)
     return admission
 {%- else %}
-    return gate.check(chat_request())
+    return gate.check(chat_request(json_body(gate.settings.max_body_bytes)))
 {%- endif %}
 
 
-def chat_request() -> ChatRequest:
-    """The request's body as a `ChatRequest`, or a 400 / 422 error body naming the problem."""
-    payload = request.get_json(silent=True)
-    if payload is None:
-        refuse("the body is not valid JSON (send Content-Type: application/json)", 400)
+def json_body(limit: int) -> dict[str, Any]:
+    """The body's JSON object, refused as `http_contract` decides: by its headers (415, 413),
+    then read no further than `limit` bytes (413) and parsed (400, 422)."""
+    try:
+        contract.check_body_headers(request.content_type, request.content_length, limit)
+        body = bytearray()
+        while piece := request.stream.read(65536):  # a body sent chunked is counted as it comes
+            body += piece
+            if len(body) > limit:
+                raise contract.too_large(limit)
+    except contract.BadBody:
+        discard_after_the_answer()
+        raise
+    return contract.parse_body(bytes(body))
+
+
+def discard_after_the_answer() -> None:
+    """Once the answer is out, read and drop what is left of the body, up to DISCARD_BYTES: a
+    client still sending it would get a connection reset instead of the answer, as gunicorn
+    closes a connection with more than 64 KiB of a body unread."""
+    stream = request.stream
+
+    def discard() -> None:
+        with suppress(Exception):  # the answer is out; whatever the client does now
+            for _ in range(DISCARD_BYTES // 65536):
+                if not stream.read(65536):
+                    return
+
+    def after(response: Response) -> Response:
+        response.call_on_close(discard)
+        return response
+
+    after_this_request(after)
+
+
+def chat_request(payload: dict[str, Any]) -> ChatRequest:
+    """The body as a `ChatRequest`, or a 422 naming the field."""
     try:
         return ChatRequest.model_validate(payload)
     except ValidationError as exc:
-        refuse(contract.describe_errors(exc.errors(include_url=False, include_input=False)), 422)
-
-
-def refuse(message: str, status: int) -> NoReturn:
-{%- if cookiecutter.caller_auth == "keys" %}
-    abort(make_response(contract.bad_body(message, g.request_id, g.get("caller")), status))
-{%- else %}
-    abort(make_response(contract.bad_body(message, g.request_id), status))
-{%- endif %}
+        problem = contract.describe_errors(exc.errors(include_url=False, include_input=False))
+        raise contract.BadBody(422, problem) from None
 
 
 def call_info(admission: Admission) -> CallInfo:

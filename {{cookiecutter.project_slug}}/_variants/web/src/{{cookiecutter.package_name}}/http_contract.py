@@ -1,9 +1,11 @@
 """The HTTP contract of both web variants: request ids, statuses, answer and error bodies
-(`errors.error_body`), SSE (a `data:` event per delta, then `event: done` or `event: error`).
-Every request the service refuses before any upstream call is counted here (`refused`)."""
+(`errors.error_body`), what a bad request body gets (`BadBody`), SSE (a `data:` event per
+delta, then `event: done` or `event: error`). Every request the service refuses before any
+upstream call is counted here (`refused`)."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
@@ -26,6 +28,9 @@ BAD_BODY_HINT = (
     'Send JSON like {"prompt": "Hello"} or {"messages": [{"role": "user", "content": "Hello"}]}'
     f", optionally with {', '.join(_OPTIONAL)}."
 )
+TOO_LARGE_HINT = "Send a shorter prompt or fewer messages."
+# The deepest a body's JSON may nest; the schema needs 3 levels: {"messages": [{...}]}.
+MAX_JSON_DEPTH = 32
 ENDPOINTS_HINT = (
     "The API is POST /v1/chat and POST /v1/chat/stream; GET /healthz is the health check, "
     "GET /metrics the Prometheus metrics and GET / the demo page."
@@ -74,15 +79,85 @@ def describe_errors(errors: Sequence[Mapping[str, Any]]) -> str:
     return f"{'.'.join(loc) or 'body'}: {message}{more}{about}"
 
 
+class BadBody(GatewayError):
+    """A request body refused before any upstream call, `detail` naming what is wrong: 415
+    (not declared JSON), 413 (over ALLTKN_MAX_BODY_BYTES), 400 (not JSON this service reads),
+    422 (JSON that is not an object, or breaks the schema)."""
+
+    def __init__(self, status: int, detail: str, hint: str = BAD_BODY_HINT) -> None:
+        super().__init__(Category.INVALID_REQUEST, detail=detail, status=status)
+        self.advice = hint
+
+    @property
+    def hint(self) -> str:
+        return self.advice
+
+
+def check_body_headers(content_type: str | None, content_length: int | None, limit: int) -> None:
+    """415 for a body not declared JSON (`application/json` or `application/*+json`, any
+    parameters), 413 for one declared over `limit` bytes: decided before the body is read."""
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    kind, _, subtype = media_type.partition("/")
+    json_subtype = subtype == "json" or (subtype.endswith("+json") and "/" not in subtype)
+    if kind != "application" or not json_subtype:
+        sent = f"Content-Type {media_type[:100]}" if media_type else "no Content-Type"
+        raise BadBody(415, f"the request has {sent}; send Content-Type: application/json")
+    if content_length is not None and content_length > limit:
+        raise too_large(limit)
+
+
+def too_large(limit: int) -> BadBody:
+    message = f"the body is over {limit} bytes, the server's limit (ALLTKN_MAX_BODY_BYTES)"
+    return BadBody(413, message, TOO_LARGE_HINT)
+
+
+def parse_body(raw: bytes) -> dict[str, Any]:
+    """The JSON object `raw` holds, or 400 / 422 (`not_json`, `json_object`)."""
+    try:
+        payload = json.loads(raw)
+    except (ValueError, RecursionError) as error:
+        raise not_json(raw, error) from None
+    return json_object(raw, payload)
+
+
+def not_json(raw: bytes, error: ValueError | RecursionError) -> BadBody:
+    """400 naming why `raw` did not parse (`error`: what `json.loads` raised)."""
+    if not raw.strip():
+        return BadBody(400, "the body is empty")
+    if isinstance(error, RecursionError):
+        return BadBody(400, f"the body's JSON nests deeper than {MAX_JSON_DEPTH} levels")
+    if isinstance(error, json.JSONDecodeError):
+        where = f"{error.msg}: line {error.lineno} column {error.colno}"
+        return BadBody(400, f"the body is not valid JSON ({where})")
+    return BadBody(400, "the body is not UTF-8 text")  # a UnicodeDecodeError
+
+
+def json_object(raw: bytes, payload: object) -> dict[str, Any]:
+    """`payload` (parsed from `raw`), or 400 when it nests deeper than MAX_JSON_DEPTH levels,
+    422 when it is not an object."""
+    # Fewer brackets than levels cannot nest too deep: most bodies skip the walk.
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH:
+        level = [payload] if isinstance(payload, (dict, list)) else []
+        for _ in range(MAX_JSON_DEPTH):  # one level down per pass
+            level = [
+                child
+                for node in level
+                for child in (node.values() if isinstance(node, dict) else node)
+                if isinstance(child, (dict, list))
+            ]
+        if level:
+            raise BadBody(400, f"the body's JSON nests deeper than {MAX_JSON_DEPTH} levels")
+    if not isinstance(payload, dict):
+        kinds = {type(None): "null", bool: "true or false", str: "a string", list: "an array"}
+        raise BadBody(422, f"the body is {kinds.get(type(payload), 'a number')}, not an object")
+    return payload
+
+
 {% if cookiecutter.caller_auth == "keys" -%}
 def refused(category: Category, caller: str | None) -> None:
     """Count a request refused before any upstream call (`caller`: once its key was checked)."""
     metrics.add(metrics.REFUSED, error_type=category.value, alltkn_caller=caller or "")
 
-
-def bad_body(message: str, request_id: str, caller: str | None = None) -> dict[str, Any]:
-    refused(Category.INVALID_REQUEST, caller)
-    return error_body(Category.INVALID_REQUEST, message, BAD_BODY_HINT, request_id)
 
 
 def gateway_error(error: GatewayError, request_id: str, caller: str | None = None) -> Reply:
@@ -94,11 +169,6 @@ def gateway_error(error: GatewayError, request_id: str, caller: str | None = Non
 def refused(category: Category) -> None:
     """Count a request refused before any upstream call."""
     metrics.add(metrics.REFUSED, error_type=category.value)
-
-
-def bad_body(message: str, request_id: str) -> dict[str, Any]:
-    refused(Category.INVALID_REQUEST)
-    return error_body(Category.INVALID_REQUEST, message, BAD_BODY_HINT, request_id)
 
 
 def gateway_error(error: GatewayError, request_id: str) -> Reply:
