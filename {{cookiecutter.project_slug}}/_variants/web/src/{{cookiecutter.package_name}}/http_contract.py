@@ -159,7 +159,6 @@ def refused(category: Category, caller: str | None) -> None:
     metrics.add(metrics.REFUSED, error_type=category.value, alltkn_caller=caller or "")
 
 
-
 def gateway_error(error: GatewayError, request_id: str, caller: str | None = None) -> Reply:
     """A failed call or a refusal (counted): 502 unless its category or `status` says otherwise;
     Retry-After passed on."""
