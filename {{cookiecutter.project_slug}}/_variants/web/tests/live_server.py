@@ -143,7 +143,7 @@ def run_server(
         )
     running = Server(process, f"http://127.0.0.1:{port}", log, key)
     try:
-        _wait_until_healthy(running)
+        _wait_until_healthy(running, workers)
         yield running
     finally:
         running.client.close()
@@ -155,8 +155,9 @@ def run_server(
     assert "Traceback" not in output, output
 
 
-def _wait_until_healthy(server: Server) -> None:
-    deadline = time.monotonic() + 20
+def _wait_until_healthy(server: Server, workers: int) -> None:
+    # Each worker may import the app in a new interpreter (uvicorn): slow on a busy machine.
+    deadline = time.monotonic() + 20 + 10 * (workers - 1)
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
             pytest.fail(f"server exited at start:\n{server.output()}")
