@@ -81,8 +81,13 @@ class Exporting:
         if self.sink is not None:
             metrics.uninstall(self.sink)
         stopping = [threading.Thread(target=p.shutdown, daemon=True) for p in self.providers]
-        for thread in stopping:
-            thread.start()
+        try:
+            for thread in stopping:
+                thread.start()
+        except RuntimeError:  # Python 3.12 starts no thread at exit: one after the other
+            stopping = []
+            for provider in self.providers:
+                provider.shutdown()
         deadline = time.monotonic() + wait_s
         for thread in stopping:
             thread.join(max(deadline - time.monotonic(), 0))

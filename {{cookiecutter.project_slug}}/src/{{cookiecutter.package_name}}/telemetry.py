@@ -16,7 +16,8 @@ gateway; `metrics.py`'s instruments. Never a prompt, an answer, an end user or a
 
 Off, opentelemetry's SDK is not even imported and `tracing` is None: all the chat path checks.
 What is pending goes out at exit (`stop`); a collector that is down costs log lines, never a
-request, and holds an exit up for at most `otlp.EXIT_WAIT_S`.
+request, and holds an exit up for at most `otlp.EXIT_WAIT_S` (on Python 3.12, which starts no
+thread at exit, for the exporter's timeout per signal).
 """
 
 from __future__ import annotations
