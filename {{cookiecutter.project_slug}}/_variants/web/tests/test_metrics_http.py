@@ -208,7 +208,9 @@ def test_metrics_needs_no_caller_key_but_the_metrics_token_once_set(
         samples = scrape(server, Authorization=f"Bearer {TOKEN}")
         assert total(samples, f"{DURATION}_count") == 1
         assert total(samples, "alltkn_requests_refused_total") == 0  # scrapes are not refused
-    assert TOKEN not in server.output()
+        httpx2.get(server.url + f"/metrics?pasted={TOKEN}")  # the access line shows the query
+    assert "pasted=" in server.output()
+    assert TOKEN not in server.output()  # masked like the key
 
     (unset := tmp_path / "no-token").mkdir()
     with serve(gateway, unset, 1) as open_server:  # no token: anyone who reaches it
