@@ -19,6 +19,7 @@ PYTHON_VERSIONS = ("3.10", "3.11", "3.12", "3.13")
 YES_NO = ("yes", "no")
 CI_CHOICES = ("github", "gitlab", "none")
 CALLER_AUTH_CHOICES = ("keys", "none")
+WORKER_CHOICES = ("none", "celery")
 WEB_FRAMEWORKS = ("fastapi", "flask")
 DEPENDENCY_NAMES = frozenset(
     {
@@ -387,6 +388,7 @@ CHECKS: tuple[tuple[str, Check], ...] = (
     ("package_name", check_package_name),
     ("framework", check_framework),
     ("caller_auth", choice_check("caller_auth", CALLER_AUTH_CHOICES)),
+    ("worker", choice_check("worker", WORKER_CHOICES)),
     ("python_version", check_python_version),
     ("docker", choice_check("docker", YES_NO)),
     ("kubernetes", choice_check("kubernetes", YES_NO)),

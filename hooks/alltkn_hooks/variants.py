@@ -11,18 +11,24 @@ VARIANTS_DIR = "_variants"
 _LAYERS = {
     "fastapi": ("web", "async", "fastapi"),
     "flask": ("web", "sync", "flask"),
-    "script": ("sync", "async", "script"),
+    "script": ("sync", "async", "rows", "script"),
 }
-# Layers an option adds after the framework's: (answer name, value) -> layer.
-_OPTION_LAYERS = (
-    (("caller_auth", "keys"), "callers"),
-    (("docker", "yes"), "docker"),
-    (("kubernetes", "yes"), "k8s"),
-    (("ci", "github"), "ci-github"),
-    (("ci", "gitlab"), "ci-gitlab"),
+# Layers an option adds after the framework's: (answer name, value) -> layers, in order. A layer
+# two options (or an option and the framework) both add is assembled once, where it comes first.
+_OPTION_LAYERS: tuple[tuple[tuple[str, str], tuple[str, ...]], ...] = (
+    (("caller_auth", "keys"), ("limits", "callers")),
+    # The worker runs the sync service, paces its calls with the limiter's Redis scripts and
+    # reads the batch line format.
+    (("worker", "celery"), ("sync", "limits", "rows", "worker", "worker-web", "worker-{web}")),
+    (("docker", "yes"), ("docker",)),
+    (("kubernetes", "yes"), ("k8s", "k8s-worker")),
+    (("ci", "github"), ("ci-github",)),
+    (("ci", "gitlab"), ("ci-gitlab",)),
 )
 # Option layers only a web framework gets (pre-gen refuses the answers asking for more).
-_WEB_ONLY_LAYERS = frozenset({"callers"})
+_WEB_ONLY_LAYERS = frozenset({"callers", "worker-web", "worker-{web}"})
+# Layers only another option's answer brings in: layer -> (answer name, value).
+_ONLY_WITH = {"k8s-worker": ("worker", "celery")}
 
 
 class VariantCollision(Exception):
@@ -38,11 +44,18 @@ def layers_for(framework: str, options: Mapping[str, object] | None = None) -> l
         raise ValueError(f"unknown framework {framework!r}") from None
     chosen = options or {}
     web = "web" in layers
-    return layers + [
-        layer
-        for (name, value), layer in _OPTION_LAYERS
-        if chosen.get(name) == value and (web or layer not in _WEB_ONLY_LAYERS)
-    ]
+    for (name, value), added in _OPTION_LAYERS:
+        if chosen.get(name) != value:
+            continue
+        for layer in added:
+            needs = _ONLY_WITH.get(layer)
+            if (web or layer not in _WEB_ONLY_LAYERS) and (
+                not needs or chosen.get(needs[0]) == needs[1]
+            ):
+                layer = layer.replace("{web}", framework)
+                if layer not in layers:
+                    layers.append(layer)
+    return layers
 
 
 def variant_moves(

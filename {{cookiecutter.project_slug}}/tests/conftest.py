@@ -16,6 +16,7 @@ import importlib.util
 import logging
 import os
 import secrets
+import socket
 import string
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, Protocol, TypeVar
@@ -41,6 +42,12 @@ DRIVERS = [
     name for name in ("sync", "async") if importlib.util.find_spec(f"{_PACKAGE}.chat_{name}")
 ]
 T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 @pytest.fixture(scope="session")

@@ -27,6 +27,12 @@ RETRIED = frozenset(
 )
 # Failures another model may not have (ALLTKN_FALLBACK_MODELS); not auth, quota... (per key).
 FALLBACK_ON = frozenset({Category.MODEL_NOT_FOUND, Category.UPSTREAM_UNAVAILABLE, Category.TIMEOUT})
+{%- if cookiecutter.framework == "script" or cookiecutter.worker == "celery" %}
+# Work nobody waits for (batch rows, queued jobs): how often it is tried, and a Retry-After longer
+# than an interactive call's (ALLTKN_RETRY_AFTER_CAP_S) it waits out.
+UNATTENDED_ATTEMPTS = {Category.RATE_LIMITED: 6}  # 4 for the others in RETRIED
+UNATTENDED_RETRY_AFTER_CAP_S = 60.0
+{%- endif %}
 
 
 def backoff_s(attempt: int) -> float:
@@ -51,6 +57,12 @@ def may_retry(category: Category, retry_after: float | None, cap_s: float) -> bo
     """A `Retry-After` above the cap fails fast rather than waiting: the caller gets the 429
     and the gateway's delay, instead of a request hung for a minute."""
     return category in RETRIED and (retry_after is None or retry_after <= cap_s)
+{%- if cookiecutter.framework == "script" or cookiecutter.worker == "celery" %}
+
+
+def unattended_attempts(category: Category) -> int:
+    return UNATTENDED_ATTEMPTS.get(category, 4)
+{%- endif %}
 
 
 def sdk_would_retry(status: int) -> bool:

@@ -28,7 +28,7 @@ from {{ cookiecutter.package_name }} import callers
 {% endif -%}
 from {{ cookiecutter.package_name }}.settings import ENV_NAMES, KEY_ENV_VAR
 
-from .conftest import SENTINEL_KEY
+from .conftest import SENTINEL_KEY, free_port
 from .fake_gateway import FakeGateway
 from .server import server_command
 
@@ -83,12 +83,6 @@ class Server:
                 assert found, f"no upstream_call logged for {request_id}:\n{self.output()}"
                 return found[-1]
             time.sleep(0.02)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def server_env(gateway: FakeGateway, **overrides: str) -> dict[str, str]:

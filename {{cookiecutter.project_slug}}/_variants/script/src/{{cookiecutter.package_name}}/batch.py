@@ -37,14 +37,11 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
-from dataclasses import asdict
 from pathlib import Path
 from signal import SIGINT, SIGTERM
-from typing import IO, Any
+from typing import IO
 
 import anyio
-from pydantic import ConfigDict, ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -53,86 +50,17 @@ from .call_summary import CallSummary, check_writable, write
 from .chat import CallInfo
 from .chat_async import AsyncChatService, create_async_client
 from .errors import Category, GatewayError
-from .request import ChatRequest
+from .rows import BatchLine, Lines, Row, error_row, read_lines, result_row, row_key
 from .settings import Settings
 
 GRACE_S = 5.0
 PLAIN_PROGRESS_EVERY_S = 10.0
 # Failures of the key, the account or the URL: every other row would fail the same way.
 FATAL = frozenset({Category.AUTH, Category.QUOTA, Category.BAD_BASE_URL})
-# Attempts per row. What is retried, and how long to wait, is `retry.py`'s; a batch waits out a
-# longer Retry-After than an interactive call (ALLTKN_RETRY_AFTER_CAP_S): nobody is waiting.
-ATTEMPTS = {Category.RATE_LIMITED: 6}  # 4 for the others in `retry.RETRIED`
-RETRY_AFTER_CAP_S = 60.0
-
-Row = dict[str, Any]
-Lines = Iterator[tuple[str, "BatchLine | Row"]]  # (key, a valid line or its error row)
 
 
 class BatchUsageError(Exception):
     """Bad input path, output path or option; the message is one line with the fix."""
-
-
-class BatchLine(ChatRequest):
-    """A valid input line: the request (every `request.Parameters` field too) and its id."""
-
-    model_config = ConfigDict(extra="allow")  # the file's own fields, never sent: `model_extra`
-
-    id: str | int
-
-
-def read_lines(lines: Iterable[bytes]) -> Lines:
-    """Parse the input lazily; blank lines are skipped."""
-    first_line_of: dict[str, int] = {}
-    for number, raw in enumerate(lines, 1):
-        if raw.strip():
-            line = parse_line(number, raw, first_line_of)
-            yield (row_key(line) if isinstance(line, dict) else json.dumps(line.id)), line
-
-
-def parse_line(number: int, raw: bytes, first_line_of: dict[str, int]) -> BatchLine | Row:
-    try:
-        data = json.loads(raw.decode("utf-8-sig"))
-    except UnicodeDecodeError:
-        return invalid(number, None, "not UTF-8 text")
-    except json.JSONDecodeError as exc:
-        return invalid(number, None, f"not valid JSON ({exc.msg} at column {exc.colno})")
-    if not isinstance(data, dict):
-        return invalid(number, None, "not a JSON object")
-    row_id = data.get("id")
-    if isinstance(row_id, bool) or not isinstance(row_id, (str, int)) or row_id == "":
-        return invalid(number, None, 'no "id" (a non-empty string or an integer)')
-    key = json.dumps(row_id)  # keeps 1 and "1" apart
-    if key in first_line_of:
-        return invalid(number, None, f"duplicate id {key} (first on line {first_line_of[key]})")
-    first_line_of[key] = number
-    try:
-        return BatchLine.model_validate(data)
-    except ValidationError as exc:
-        return invalid(number, row_id, describe(exc))
-
-
-def describe(exc: ValidationError) -> str:
-    """What is wrong with a line, each problem naming its field (and what the field takes)."""
-    problems = []
-    for error in exc.errors(include_input=False, include_url=False)[:3]:
-        problem = error["msg"].removeprefix("Value error, ")
-        if error["loc"]:
-            known = BatchLine.model_fields.get(str(error["loc"][0]))
-            about = f" ({known.description})" if known and known.description else ""
-            problem = f'"{".".join(map(str, error["loc"]))}"{about}: {problem}'
-        problems.append(problem)
-    return "; ".join(problems)
-
-
-def invalid(number: int, row_id: str | int | None, reason: str) -> Row:
-    error = {"category": "invalid_input", "message": f"line {number}: {reason}"}
-    return {"id": row_id, "line": number, "error": error}
-
-
-def row_key(row: Row) -> str:
-    """What identifies a row for --resume: its id, or the line of one without a usable id."""
-    return json.dumps(row["id"]) if row["id"] is not None else f"line:{int(row['line'])}"
 
 
 def open_output(args: argparse.Namespace) -> tuple[IO[bytes], set[str]]:
@@ -291,10 +219,8 @@ class _Batch:
                 except GatewayError as error:
                     delay = self._retry_delay(line, error, attempt)
                     continue
-                usage = asdict(result.usage) if result.usage else None
                 duration_ms = round((time.perf_counter() - started) * 1000, 1)
-                row = dict(id=line.id, content=result.content, model=result.model, usage=usage)
-                self._write({**row, "duration_ms": duration_ms})
+                self._write(result_row(line.id, result, duration_ms))
                 return
         finally:
             self._slots.release()
@@ -303,13 +229,12 @@ class _Batch:
         """The pause before the row's next attempt; None once its error row is written or the
         batch stops. What is retried, and how long to wait, is `retry.py`'s; how often, ours."""
         after = retry.retry_after_s({"retry-after": error.retry_after or ""})
-        after = None if after is None else min(max(after, 0.0), RETRY_AFTER_CAP_S)
-        last = attempt >= ATTEMPTS.get(error.category, 4)
+        after = None if after is None else min(max(after, 0.0), retry.UNATTENDED_RETRY_AFTER_CAP_S)
+        last = attempt >= retry.unattended_attempts(error.category)
         if error.category in FATAL:
             self._stop_batch(fatal=error)
-        elif last or not retry.may_retry(error.category, after, RETRY_AFTER_CAP_S):
-            failure = {"category": error.category.value, "message": error.message}
-            self._write({"id": line.id, "error": failure})
+        elif last or not retry.may_retry(error.category, after, retry.UNATTENDED_RETRY_AFTER_CAP_S):
+            self._write(error_row(line.id, error.category.value, error.message))
         else:
             model = metrics.model(line.model or self._service.settings.model)
             category = error.category.value

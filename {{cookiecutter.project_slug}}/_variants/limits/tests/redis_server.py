@@ -1,4 +1,4 @@
-"""A real Redis for the limits tests: Debian's `redis-server` (`apt-get install redis-server`),
+"""A real Redis for the limits{% if cookiecutter.worker == "celery" %} and queue{% endif %} tests: Debian's `redis-server` (`apt-get install redis-server`),
 one per test session on a free loopback port, nothing saved to disk."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from .live_server import free_port
+from .conftest import free_port
 
 
 class RedisServer:

@@ -1,4 +1,4 @@
-"""Per-caller limits: requests per minute, tokens per minute, tokens per UTC day.
+"""{% if cookiecutter.caller_auth == "keys" %}Per-caller limits: requests per minute, tokens per minute, tokens per UTC day.
 
 A call reserves before it starts: one request, and its prompt (estimated) plus the most tokens it
 may generate. It settles after, with the tokens the gateway counted (or, for a stream cut short,
@@ -8,31 +8,76 @@ once, so a refused request costs nothing and concurrent requests never overshoot
 With ALLTKN_LIMITS_REDIS_URL the counters live in Redis: one Lua script per step, atomic for
 every worker and replica. Without it, in this process only (`MemoryStore`), which is right for a
 single process; the service refuses to start several workers on it (`admission.py`).
+{%- endif %}
+{%- if cookiecutter.worker == "celery" %}{% if cookiecutter.caller_auth == "keys" %}
+
+{% endif %}The queue's pace (`Pacer`, for `worker.py`): ALLTKN_QUEUE_RPM and ALLTKN_QUEUE_TPM for every
+worker at once, in the queue's Redis. Each call is given the moment it may start (virtual
+scheduling, GCRA): calls are spaced 60/rpm seconds apart and a call of n tokens holds the next
+one back n * 60/tpm seconds, so no 60 seconds, wherever they start, hold more than the limit
+plus one call (counters per calendar minute allow twice the limit across a minute's boundary).
+{%- endif %}
 """
 
 from __future__ import annotations
-
+{% if cookiecutter.caller_auth == "keys" %}
 import logging
 import math
 import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+{%- endif %}
 from typing import Any
 
 import redis
-{%- if cookiecutter.framework == "fastapi" %}
+{%- if cookiecutter.framework == "fastapi" and cookiecutter.caller_auth == "keys" %}
 import redis.asyncio
 import redis.asyncio.retry
 {%- endif %}
 import redis.retry
 from redis.backoff import NoBackoff
-
+{% if cookiecutter.caller_auth == "keys" %}
 from .callers import Caller
 from .errors import Category, GatewayError
+{%- endif %}
 from .request import ChatRequest
 
 PREFIX = "alltkn"
+def estimate_tokens(text: str) -> int:
+    """A generous token count for `text` (3 UTF-8 bytes a token: over for English, about right
+    for Chinese); reservations are settled with the gateway's own count."""
+    return (len(text.encode()) + 2) // 3
+
+
+def prompt_tokens(request: ChatRequest) -> int:
+    if request.prompt is not None:
+        return estimate_tokens(request.prompt) + 4
+    return sum(estimate_tokens(m.content) + 4 for m in request.messages or [])
+
+
+REDIS_ERRORS = (redis.RedisError, OSError)
+
+
+# Redis slower than this fails a request closed (503 limiter_unavailable). Not much shorter: a
+# saturated machine (100 streams on 2 cores) schedules a connect or a reply 0.5 s late now and
+# then, and each would be a refused request.
+REDIS_TIMEOUT_S = 2.0
+# Connections per process, opened as needed and kept; a request waits for a free one (at most
+# REDIS_TIMEOUT_S) instead of opening one more in a burst.
+REDIS_CONNECTIONS = 32
+
+
+def redis_options(retry: object) -> dict[str, Any]:
+    timeouts = {"socket_timeout": REDIS_TIMEOUT_S, "socket_connect_timeout": REDIS_TIMEOUT_S}
+    pool = {"max_connections": REDIS_CONNECTIONS, "timeout": REDIS_TIMEOUT_S}
+    # `retry` of no retries: a reservation sent twice would count twice; failing closed is quick.
+    return {**timeouts, **pool, "retry": retry, "decode_responses": True}
+
+
+{%- if cookiecutter.caller_auth == "keys" %}
+
+
 USAGE_DAYS = 8  # how long `keys usage` can look back
 logger = logging.getLogger(__name__)
 _MINUTE_TTL_S = 120  # a minute's counters outlive it, so a late settle finds them
@@ -83,18 +128,6 @@ _REFUSALS = {
     4: (Category.CALLER_RATE_LIMITED, "tokens per UTC day (counting its running calls)"),
 }
 RUNNING_CALLS_WAIT_S = 5  # Retry-After when the day's tokens are held by running calls
-
-
-def estimate_tokens(text: str) -> int:
-    """A generous token count for `text` (3 UTF-8 bytes a token: over for English, about right
-    for Chinese); reservations are settled with the gateway's own count."""
-    return (len(text.encode()) + 2) // 3
-
-
-def prompt_tokens(request: ChatRequest) -> int:
-    if request.prompt is not None:
-        return estimate_tokens(request.prompt) + 4
-    return sum(estimate_tokens(m.content) + 4 for m in request.messages or [])
 
 
 @dataclass(frozen=True)
@@ -239,9 +272,6 @@ class MemoryStore:
         fields[name] = fields.get(name, 0) + amount
 
 
-REDIS_ERRORS = (redis.RedisError, OSError)
-
-
 def unavailable(exc: BaseException) -> GatewayError:
     """Fail closed; logged here, since no call line follows (Redis's errors hold no password)."""
     logger.warning("limits store unreachable, request refused: %s", type(exc).__name__)
@@ -255,22 +285,6 @@ def _settle_failed(exc: BaseException, reservation: Reservation) -> None:
         reservation.tokens,
         type(exc).__name__,
     )
-
-
-# Redis slower than this fails a request closed (503 limiter_unavailable). Not much shorter: a
-# saturated machine (100 streams on 2 cores) schedules a connect or a reply 0.5 s late now and
-# then, and each would be a refused request.
-REDIS_TIMEOUT_S = 2.0
-# Connections per process, opened as needed and kept; a request waits for a free one (at most
-# REDIS_TIMEOUT_S) instead of opening one more in a burst.
-REDIS_CONNECTIONS = 32
-
-
-def redis_options(retry: object) -> dict[str, Any]:
-    timeouts = {"socket_timeout": REDIS_TIMEOUT_S, "socket_connect_timeout": REDIS_TIMEOUT_S}
-    pool = {"max_connections": REDIS_CONNECTIONS, "timeout": REDIS_TIMEOUT_S}
-    # `retry` of no retries: a reservation sent twice would count twice; failing closed is quick.
-    return {**timeouts, **pool, "retry": retry, "decode_responses": True}
 
 
 class Limiter:
@@ -351,4 +365,63 @@ class AsyncLimiter:
     async def aclose(self) -> None:
         if self.memory is None:
             await self.redis.aclose()
+{%- endif %}
+{%- endif %}
+{%- if cookiecutter.worker == "celery" %}
+
+
+# KEYS: the next free moment (ms) for a request, for a token. ARGV: ms per request, ms per
+# token (0: no limit), the call's tokens, the longest wait (ms) worth taking a moment for.
+# Returns the wait in ms; -1 - the wait when it is longer (nothing taken).
+PACE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local per_req, per_tok = tonumber(ARGV[1]), tonumber(ARGV[2])
+local cost, longest = tonumber(ARGV[3]), tonumber(ARGV[4])
+local start = math.max(now, tonumber(redis.call('GET', KEYS[1]) or '0'),
+  tonumber(redis.call('GET', KEYS[2]) or '0'))
+local wait = start - now
+if wait > longest then return -1 - math.floor(wait) end
+local next_req, next_tok = start + per_req, start + cost * per_tok
+local ttl = math.ceil(math.max(next_req, next_tok) - now) + 60000
+if per_req > 0 then redis.call('SET', KEYS[1], string.format('%.3f', next_req), 'PX', ttl) end
+if per_tok > 0 then redis.call('SET', KEYS[2], string.format('%.3f', next_tok), 'PX', ttl) end
+return math.floor(wait)
+"""
+# KEYS: the tokens' next free moment. ARGV: (used - reserved tokens) * ms per token.
+REPACE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('INCRBYFLOAT', KEYS[1], ARGV[1]) end
+"""
+
+
+class Pacer:
+    """The queue's rate for every worker: `reserve` before a call, `settle` after it. Without
+    ALLTKN_QUEUE_RPM and ALLTKN_QUEUE_TPM it paces nothing (and never touches Redis)."""
+
+    def __init__(self, redis_url: str, rpm: int | None, tpm: int | None) -> None:
+        self.ms_per_request = 60_000 / rpm if rpm else 0.0
+        self.ms_per_token = 60_000 / tpm if tpm else 0.0
+        base = f"{PREFIX}:queue:pace"
+        self.keys = [f"{base}:requests", f"{base}:tokens"]
+        self.active = bool(rpm or tpm)
+        if self.active:
+            options = redis_options(redis.retry.Retry(NoBackoff(), 0))
+            pool = redis.BlockingConnectionPool.from_url(redis_url, **options)
+            self.redis = redis.Redis.from_pool(pool)
+            self._pace = self.redis.register_script(PACE)
+            self._repace = self.redis.register_script(REPACE)
+
+    def reserve(self, tokens: int, longest_s: float) -> tuple[bool, float]:
+        """Ask for the next free moment for a call of `tokens`: (taken, seconds until it). Not
+        taken when it is more than `longest_s` away. Raises `REDIS_ERRORS`."""
+        if not self.active:
+            return True, 0.0
+        argv = [self.ms_per_request, self.ms_per_token, tokens, int(longest_s * 1000)]
+        wait_ms = int(self._pace(self.keys, argv))
+        return (True, wait_ms / 1000) if wait_ms >= 0 else (False, (-1 - wait_ms) / 1000)
+
+    def settle(self, reserved: int, used: int) -> None:
+        """Give back (or take) the tokens a call did not use (or used beyond its reservation)."""
+        if self.active and self.ms_per_token and used != reserved:
+            self._repace(self.keys[1:], [(used - reserved) * self.ms_per_token])
 {%- endif %}
