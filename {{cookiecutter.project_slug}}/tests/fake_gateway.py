@@ -55,19 +55,23 @@ Checks run in this order: route, bearer token (401), body (400 for malformed JSO
 ``fake-stream-slow-start`` stream: the first token only after ``hang_seconds``
 ``fake-stream-stall``      stream: the first delta, then ``hang_seconds`` between the others
 ``fake-firehose``          40,000 deltas of 500 characters, as fast as the client reads them
-``fake-429-once``          429 ``rate_limit_exceeded`` with ``Retry-After: 1`` on the first request
-                           for each distinct ``messages``; later requests answer normally
+``fake-429-once``          429 ``rate_limit_exceeded`` with ``Retry-After: 1`` (or
+                           ``once_retry_after``) on the first request for each distinct
+                           ``messages``; later requests answer normally
 ``fake-drop``              closes the connection without answering (stream or not)
 =========================  ===================================================================
 
 Without ``"stream": true`` the stream-only scenarios answer like an ordinary model.
 
+With ``rpm_limit=N`` a chat request past N in the last 60 s is answered 429 (``Retry-After: 1``)
+before any scenario, as a gateway enforcing a rate would.
+
 Bookkeeping, all thread-safe: every request (rejected ones too) is appended to ``requests``
-before it is answered; ``aborted_streams`` counts streams whose client went away before the
-end (noticed at the next chunk, so within one ``delta_interval``; after ``[DONE]`` nothing is
-aborted); ``completed_streams`` counts streams written to the end of their scenario (the broken
-scenarios included);
-``connections_opened`` counts accepted connections (a client that reuses its connections opens
+before it is answered, with the time it arrived (``at``) and then the status it got;
+``aborted_streams`` counts streams whose client went away before the end (noticed at the next
+chunk, so within one ``delta_interval``; after ``[DONE]`` nothing is aborted);
+``completed_streams`` counts streams written to the end of their scenario (the broken scenarios
+included); ``connections_opened`` counts accepted connections (a client that reuses its connections opens
 one). ``reset()`` clears them all. No request can take the server down: handler failures are
 logged at DEBUG level and never printed.
 """
@@ -75,7 +79,9 @@ logged at DEBUG level and never printed.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
+import dataclasses
 import json
 import logging
 import secrets
@@ -141,6 +147,8 @@ class RecordedRequest:
     path: str
     headers: dict[str, str]
     body: Any
+    at: float = 0.0  # time.time() when it arrived
+    status: int | None = None  # the status it was answered with (None: not answered yet)
 
 
 @dataclass(frozen=True)
@@ -208,6 +216,14 @@ _RATE_LIMITED_ONCE = _GatewayError(
     headers=(("Retry-After", "1"),),
 )
 
+_OVER_RPM = _GatewayError(
+    429,
+    "Rate limit reached for requests per minute.",
+    "rate_limit_error",
+    "rate_limit_exceeded",
+    headers=(("Retry-After", "1"),),
+)
+
 _STREAM_ERROR = {
     "message": "upstream error: 上游负载已饱和",
     "type": "upstream_error",
@@ -258,6 +274,8 @@ class FakeGateway:
         hang_seconds: float = 5.0,
         port: int = 0,
         models: Sequence[str] = MODELS,
+        rpm_limit: int | None = None,
+        once_retry_after: str = "1",
     ) -> None:
         self.api_key = api_key
         self.models = tuple(models)
@@ -265,6 +283,10 @@ class FakeGateway:
         self.delta_interval = delta_interval
         self.deltas = tuple(deltas)
         self.hang_seconds = hang_seconds
+        # Past this many chat requests in the last 60 s, 429 with Retry-After: 1 (None: never).
+        self.rpm_limit = rpm_limit
+        self.once_retry_after = once_retry_after  # the fake-429-once scenario's Retry-After
+        self._admitted: collections.deque[float] = collections.deque()
         self.requests: list[RecordedRequest] = []
         self.aborted_streams = 0
         self.completed_streams = 0
@@ -349,6 +371,7 @@ class FakeGateway:
         """Forget recorded requests, zero the counters and re-arm the "once" scenarios."""
         with self._lock:
             self.requests.clear()
+            self._admitted.clear()
             self.aborted_streams = 0
             self.completed_streams = 0
             self.connections_opened = 0
@@ -359,6 +382,19 @@ class FakeGateway:
     def _record(self, request: RecordedRequest) -> None:
         with self._lock:
             self.requests.append(request)
+
+    def _over_rpm(self) -> bool:
+        """True when a chat request now would be over `rpm_limit` (it is then not counted)."""
+        if self.rpm_limit is None:
+            return False
+        now = time.monotonic()
+        with self._lock:
+            while self._admitted and self._admitted[0] <= now - 60:
+                self._admitted.popleft()
+            if len(self._admitted) >= self.rpm_limit:
+                return True
+            self._admitted.append(now)
+            return False
 
     def _first_time(self, model: str, messages: Any) -> bool:
         """True the first time ``model`` is asked with these ``messages`` (since a reset)."""
@@ -512,14 +548,14 @@ class _Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         raw = self._read_body()
         body = _parse_json(raw)
-        self.server.gateway._record(
-            RecordedRequest(
-                method=self.command,
-                path=path,
-                headers={name.lower(): value for name, value in self.headers.items()},
-                body=body,
-            )
+        self.recorded = RecordedRequest(
+            method=self.command,
+            path=path,
+            headers={name.lower(): value for name, value in self.headers.items()},
+            body=body,
+            at=time.time(),
         )
+        self.server.gateway._record(self.recorded)
         if (self.command, path) == ("GET", STATS_PATH):
             self._stats()
         elif (self.command, path) == ("GET", f"{BASE_PATH}/models"):
@@ -575,6 +611,9 @@ class _Handler(BaseHTTPRequestHandler):
             )
             return
         model = _model_of(body) or ""
+        if gateway._over_rpm():
+            self._send_error(_OVER_RPM)
+            return
         scripted = _ERROR_SCENARIOS.get(model)
         if scripted is not None:
             self._send_error(scripted, model=model)
@@ -583,7 +622,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._cut_connection()
             return
         if model == _RATE_LIMITED_ONCE_MODEL and gateway._first_time(model, body["messages"]):
-            self._send_error(_RATE_LIMITED_ONCE, model=model)
+            after = gateway.once_retry_after
+            limited = dataclasses.replace(_RATE_LIMITED_ONCE, headers=(("Retry-After", after),))
+            self._send_error(limited, model=model)
             return
         if model == "fake-error-502":
             self._send_bytes(502, _PROXY_ERROR_PAGE, "text/html")
@@ -726,6 +767,8 @@ class _Handler(BaseHTTPRequestHandler):
     ) -> None:
         """Status line and headers; ``length=None`` means a chunked body follows."""
         self.head_sent = True
+        with contextlib.suppress(AttributeError):  # no request recorded: not a routed one
+            self.recorded.status = status
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         if length is None:

@@ -14,6 +14,9 @@ the answer, or the `{"error": {...}}` body the web variants answer with.
 {%- if cookiecutter.caller_auth == "keys" %}
 `<slug> keys create|list|revoke|usage` manages who may call the service (`keys.py`).
 {%- endif %}
+{%- if cookiecutter.worker == "celery" %}
+`<slug> worker`, `enqueue IN.jsonl`, `collect JOBS OUT.jsonl [--wait]`: the queue (docs/WORKER.md).
+{%- endif %}
 
 Exit codes: 0 answered, 1 the gateway call failed, 2 bad usage or configuration, 130 interrupted,
 141 the reader of the output went away (`... | head`).
@@ -38,11 +41,11 @@ from typing import Any, NoReturn
 from pydantic import ValidationError
 
 {% if cookiecutter.framework == "script" -%}
-from . import CLIENT_NAME, batch, doctor, telemetry
+from . import CLIENT_NAME, batch, doctor{{ ", queue_cli" if cookiecutter.worker == "celery" else "" }}, telemetry
 {%- elif cookiecutter.caller_auth == "keys" -%}
-from . import CLIENT_NAME, doctor, keys, telemetry
+from . import CLIENT_NAME, doctor, keys{{ ", queue_cli" if cookiecutter.worker == "celery" else "" }}, telemetry
 {%- else -%}
-from . import CLIENT_NAME, doctor, telemetry
+from . import CLIENT_NAME, doctor{{ ", queue_cli" if cookiecutter.worker == "celery" else "" }}, telemetry
 {%- endif %}
 from .chat import CallInfo, ChatResult
 {%- if cookiecutter.framework == "fastapi" %}
@@ -115,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
 {%- if cookiecutter.caller_auth == "keys" %}
     keys.add_arguments(commands.add_parser("keys", help="create, list and revoke caller keys"))
 {%- endif %}
+{%- if cookiecutter.worker == "celery" %}
+    queue_cli.add_commands(commands)
+{%- endif %}
     return parser
 
 
@@ -140,6 +146,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 {%- if cookiecutter.caller_auth == "keys" %}
         if args.command == "keys":
             return keys.main(args)
+{%- endif %}
+{%- if cookiecutter.worker == "celery" %}
+        if args.command in queue_cli.COMMANDS:
+            return queue_cli.main(args)
 {%- endif %}
         return _ask(args)
     except KeyboardInterrupt:

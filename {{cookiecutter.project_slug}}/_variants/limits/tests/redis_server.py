@@ -1,5 +1,6 @@
-"""A real Redis for the limits{% if cookiecutter.worker == "celery" %} and queue{% endif %} tests: Debian's `redis-server` (`apt-get install redis-server`),
-one per test session on a free loopback port, nothing saved to disk."""
+"""A real Redis for the {% if cookiecutter.caller_auth == "keys" %}limits{% endif %}{% if cookiecutter.caller_auth == "keys" and cookiecutter.worker == "celery" %} and {% endif %}{% if cookiecutter.worker == "celery" %}queue{% endif %} tests: Debian's `redis-server`
+(`apt-get install redis-server`), one per test session on a free loopback port, nothing saved to
+disk."""
 
 from __future__ import annotations
 

@@ -44,6 +44,8 @@ from .errors import Category, GatewayError
 from .request import ChatRequest
 
 PREFIX = "alltkn"
+
+
 def estimate_tokens(text: str) -> int:
     """A generous token count for `text` (3 UTF-8 bytes a token: over for English, about right
     for Chinese); reservations are settled with the gateway's own count."""

@@ -27,6 +27,11 @@ class BatchLine(ChatRequest):
     id: str | int
 
 
+def request_of(line: BatchLine) -> ChatRequest:
+    """The request alone: without the id and the file's own fields."""
+    return ChatRequest.model_validate(line.model_dump(exclude={"id", *(line.model_extra or {})}))
+
+
 def read_lines(lines: Iterable[bytes]) -> Lines:
     """Parse the input lazily; blank lines are skipped."""
     first_line_of: dict[str, int] = {}
