@@ -35,6 +35,7 @@ def default_options(framework: str) -> dict[str, str]:
         "kubernetes": "yes" if framework != "script" and defaults["docker"] == "yes" else "no",
         "ci": defaults["ci"],
         "caller_auth": "keys" if framework != "script" else "none",
+        "worker": defaults["worker"],
     }
 
 
@@ -82,6 +83,21 @@ def test_each_variant_has_exactly_its_files(
     assert project.name == "alltkn-service"
     assert baked_files(project) == expected_files(post_gen, "alltkn_service", framework)
     assert not (project / "_variants").exists()
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_the_celery_worker_bake_has_exactly_its_files(
+    cookies: Any, post_gen: ModuleType, framework: str
+) -> None:
+    project = bake(cookies, framework=framework, worker="celery")
+    options = {**default_options(framework), "worker": "celery"}
+
+    assert baked_files(project) == expected_files(post_gen, "alltkn_service", framework, options)
+    package = project / "src" / "alltkn_service"
+    assert {"worker.py", "jobs.py", "queue_cli.py", "chat_sync.py", "limiter.py", "rows.py"} <= {
+        path.name for path in package.glob("*.py")
+    }
+    assert (project / "k8s" / "worker-deployment.yaml").is_file() == (framework != "script")
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
@@ -178,7 +194,8 @@ def test_env_files_are_ignored_but_the_example_is_not(cookies: Any, framework: s
             id=f"{fw}-longest-names",
         )
         for fw in FRAMEWORKS
-    ],
+    ]
+    + [pytest.param({"framework": fw, "worker": "celery"}, id=f"{fw}-celery") for fw in FRAMEWORKS],
 )
 def test_generated_code_passes_ruff(cookies: Any, answers: dict[str, str]) -> None:
     project = bake(cookies, **answers)
@@ -209,7 +226,8 @@ DISTRIBUTION_IMPORTS = {
     "uvicorn": "uvicorn",
     "httptools": "uvicorn",  # uvicorn's HTTP parser, picked up by uvicorn when installed
     "flask": "flask",
-    "redis": "redis",  # the callers' limits (limiter.py)
+    "redis": "redis",  # the callers' limits and the queue's pace (limiter.py)
+    "celery": "celery",  # the queue's worker (worker.py)
     "gunicorn": "gunicorn",
     "prometheus-client": "prometheus_client",
     "rich": "rich",
@@ -245,6 +263,7 @@ def _imports(path: Path) -> tuple[set[str], set[str]]:
         *[pytest.param(framework, None, id=framework) for framework in FRAMEWORKS],
         pytest.param("fastapi", "none", id="fastapi-open"),
         pytest.param("flask", "none", id="flask-open"),
+        *[pytest.param(fw, "worker", id=f"{fw}-celery-worker") for fw in FRAMEWORKS],
     ],
 )
 def test_each_variant_ships_only_what_it_runs(
@@ -252,7 +271,9 @@ def test_each_variant_ships_only_what_it_runs(
 ) -> None:
     """Every module of the bake is reachable from the variant's entry points, every class it
     defines is used, and every dependency is imported by reachable code."""
-    answers = {"caller_auth": caller_auth} if caller_auth else {}
+    answers = {"caller_auth": caller_auth} if caller_auth not in (None, "worker") else {}
+    if caller_auth == "worker":
+        answers = {"worker": "celery"}
     project = bake(cookies, framework=framework, **answers)
     package = project / "src" / "alltkn_service"
     modules = {path.stem: path for path in package.glob("*.py")}

@@ -601,7 +601,7 @@ def test_main_discards_the_rendered_copy(
     [
         pytest.param("fastapi", ["web", "async", "fastapi"], id="fastapi"),
         pytest.param("flask", ["web", "sync", "flask"], id="flask"),
-        pytest.param("script", ["sync", "async", "script"], id="script"),
+        pytest.param("script", ["sync", "async", "rows", "script"], id="script"),
     ],
 )
 def test_layers_for(framework: str, layers: list[str]) -> None:
@@ -620,6 +620,7 @@ VARIANT_FILES = {
     "fastapi": ["src/pkg/app.py", "tests/server.py"],
     "flask": ["src/pkg/app.py", "tests/server.py", "gunicorn.conf.py"],
     "script": ["src/pkg/batch.py"],
+    "rows": ["src/pkg/rows.py"],
 }
 BASE_FILES = ["pyproject.toml", "src/pkg/__init__.py", "tests/test_core.py"]
 

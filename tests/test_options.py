@@ -813,7 +813,7 @@ def test_the_deployment_mounts_the_callers_file_for_caller_keys(
         pytest.param(
             "script",
             {"docker": "yes", "kubernetes": "no", "ci": "gitlab"},
-            ["sync", "async", "script", "docker", "ci-gitlab"],
+            ["sync", "async", "rows", "script", "docker", "ci-gitlab"],
             id="script-docker-gitlab",
         ),
         pytest.param(
@@ -825,7 +825,7 @@ def test_the_deployment_mounts_the_callers_file_for_caller_keys(
         pytest.param(
             "flask",
             {"caller_auth": "keys", "docker": "yes", "kubernetes": "yes", "ci": "gitlab"},
-            ["web", "sync", "flask", "callers", "docker", "k8s", "ci-gitlab"],
+            ["web", "sync", "flask", "limits", "callers", "docker", "k8s", "ci-gitlab"],
             id="flask-caller-keys",
         ),
         pytest.param(
@@ -837,8 +837,40 @@ def test_the_deployment_mounts_the_callers_file_for_caller_keys(
         pytest.param(
             "script",
             {"caller_auth": "keys", "docker": "yes"},
-            ["sync", "async", "script", "docker"],
+            ["sync", "async", "rows", "script", "docker"],
             id="script-never-gets-caller-keys",
+        ),
+        pytest.param(
+            "fastapi",
+            {"caller_auth": "keys", "worker": "celery", "docker": "yes", "kubernetes": "yes"},
+            [
+                "web",
+                "async",
+                "fastapi",
+                "limits",
+                "callers",
+                "sync",
+                "rows",
+                "worker",
+                "worker-web",
+                "worker-fastapi",
+                "docker",
+                "k8s",
+                "k8s-worker",
+            ],
+            id="fastapi-celery-worker",
+        ),
+        pytest.param(
+            "script",
+            {"worker": "celery", "kubernetes": "no"},
+            ["sync", "async", "rows", "script", "limits", "worker"],
+            id="script-celery-worker",
+        ),
+        pytest.param(
+            "flask",
+            {"worker": "none", "kubernetes": "yes"},
+            ["web", "sync", "flask", "k8s"],
+            id="no-worker-no-worker-deployment",
         ),
     ],
 )

@@ -25,8 +25,9 @@ _OPTION_LAYERS: tuple[tuple[tuple[str, str], tuple[str, ...]], ...] = (
     (("ci", "github"), ("ci-github",)),
     (("ci", "gitlab"), ("ci-gitlab",)),
 )
-# Option layers only a web framework gets (pre-gen refuses the answers asking for more).
-_WEB_ONLY_LAYERS = frozenset({"callers", "worker-web", "worker-{web}"})
+# Answers and layers only a web framework gets (pre-gen refuses the answers asking for more).
+_WEB_ONLY_ANSWERS = frozenset({("caller_auth", "keys")})
+_WEB_ONLY_LAYERS = frozenset({"worker-web", "worker-{web}"})
 # Layers only another option's answer brings in: layer -> (answer name, value).
 _ONLY_WITH = {"k8s-worker": ("worker", "celery")}
 
@@ -45,7 +46,7 @@ def layers_for(framework: str, options: Mapping[str, object] | None = None) -> l
     chosen = options or {}
     web = "web" in layers
     for (name, value), added in _OPTION_LAYERS:
-        if chosen.get(name) != value:
+        if chosen.get(name) != value or (not web and (name, value) in _WEB_ONLY_ANSWERS):
             continue
         for layer in added:
             needs = _ONLY_WITH.get(layer)
