@@ -71,9 +71,9 @@ before it is answered, with the time it arrived (``at``) and then the status it 
 ``aborted_streams`` counts streams whose client went away before the end (noticed at the next
 chunk, so within one ``delta_interval``; after ``[DONE]`` nothing is aborted);
 ``completed_streams`` counts streams written to the end of their scenario (the broken scenarios
-included); ``connections_opened`` counts accepted connections (a client that reuses its connections opens
-one). ``reset()`` clears them all. No request can take the server down: handler failures are
-logged at DEBUG level and never printed.
+included); ``connections_opened`` counts accepted connections (a client that reuses its
+connections opens one). ``reset()`` clears them all. No request can take the server down: handler
+failures are logged at DEBUG level and never printed.
 """
 
 from __future__ import annotations
