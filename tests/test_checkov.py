@@ -95,7 +95,8 @@ def test_every_skipped_check_says_why(cookies: Any) -> None:
             if not line.startswith("  #"):
                 break
             reason.append(line)
-        assert reason and check in reason[-1], f"{check} is skipped without a reason"
+        assert reason, f"{check} is skipped without a reason"
+        assert check in reason[-1]
 
 
 def test_checkov_fails_a_latest_image(cookies: Any) -> None:

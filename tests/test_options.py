@@ -43,14 +43,14 @@ COMBINATIONS = [
     pytest.param("fastapi", {}, id="fastapi-defaults"),
     pytest.param("flask", {}, id="flask-defaults"),
     pytest.param("script", {}, id="script-defaults"),
-    pytest.param("fastapi", {"docker": "no", "kubernetes": "no"}, id="fastapi-no-docker"),
-    pytest.param("flask", {"kubernetes": "no"}, id="flask-docker-without-k8s"),
+    pytest.param("fastapi", {"docker": "no"}, id="fastapi-no-docker"),
+    pytest.param("flask", {"kubernetes": "yes"}, id="flask-k8s"),
     pytest.param("script", {"docker": "no"}, id="script-no-docker"),
-    pytest.param("fastapi", {"ci": "gitlab"}, id="fastapi-ci-gitlab"),
+    pytest.param("fastapi", {"ci": "gitlab", "kubernetes": "yes"}, id="fastapi-k8s-ci-gitlab"),
     pytest.param("script", {"ci": "gitlab"}, id="script-ci-gitlab"),
     pytest.param("flask", {"ci": "none"}, id="flask-ci-none"),
-    pytest.param("fastapi", {"ci": "none", "docker": "no", "kubernetes": "no"}, id="fastapi-bare"),
-    pytest.param("fastapi", {"caller_auth": "none"}, id="fastapi-open"),
+    pytest.param("fastapi", {"ci": "none", "docker": "no"}, id="fastapi-bare"),
+    pytest.param("fastapi", {"caller_auth": "none", "kubernetes": "yes"}, id="fastapi-open-k8s"),
     pytest.param("flask", {"caller_auth": "none", "ci": "gitlab"}, id="flask-open-gitlab"),
 ]
 
@@ -67,11 +67,6 @@ UNSUPPORTED = [
         "error: kubernetes: the manifests deploy the image the Dockerfile builds, and "
         "docker=no. Use docker=yes, or kubernetes=no",
         id="k8s-without-docker",
-    ),
-    pytest.param(
-        {"kubernetes": "maybe"},
-        "error: kubernetes: is not a known choice. Use one of yes, no",
-        id="k8s-not-yes-or-no",
     ),
     pytest.param(
         {"framework": "script", "caller_auth": "keys"},
@@ -92,7 +87,7 @@ def options_for(framework: str, overrides: dict[str, str]) -> dict[str, str]:
     options = {
         "caller_auth": "keys" if web else "none",
         "docker": "yes",
-        "kubernetes": "yes" if web else "no",
+        "kubernetes": "no",
         "ci": "github",
     }
     return {**options, **overrides}
@@ -513,7 +508,7 @@ def exec_form(dockerfile: str, instruction: str) -> list[str]:
     return list(json.loads(found[-1]))
 
 
-@pytest.mark.parametrize("name", ["fastapi-defaults", "flask-defaults", "fastapi-open"])
+@pytest.mark.parametrize("name", ["fastapi-defaults", "flask-defaults", "fastapi-open-k8s"])
 def test_the_image_command_serves_and_its_healthcheck_passes(
     baked: dict[str, Path], tmp_path: Path, name: str
 ) -> None:
