@@ -25,10 +25,13 @@ REQUIREMENTS = TEMPLATE_DIR / "requirements-checkov.txt"
 
 # Every bake that has a Dockerfile, manifests and CI files, both CIs, with and without caller keys.
 BAKES = [
-    pytest.param({"framework": "fastapi"}, id="fastapi-github"),
-    pytest.param({"framework": "flask"}, id="flask-github"),
-    pytest.param({"framework": "fastapi", "caller_auth": "none", "ci": "gitlab"}, id="fastapi-gl"),
-    pytest.param({"framework": "flask", "ci": "gitlab"}, id="flask-gitlab"),
+    pytest.param({"framework": "fastapi", "kubernetes": "yes"}, id="fastapi-github"),
+    pytest.param({"framework": "flask", "kubernetes": "yes"}, id="flask-github"),
+    pytest.param(
+        {"framework": "fastapi", "kubernetes": "yes", "caller_auth": "none", "ci": "gitlab"},
+        id="fastapi-open-gitlab",
+    ),
+    pytest.param({"framework": "flask", "kubernetes": "yes", "ci": "gitlab"}, id="flask-gitlab"),
     pytest.param({"framework": "script"}, id="script-github"),
 ]
 
@@ -82,7 +85,7 @@ def test_checkov_finds_nothing(cookies: Any, answers: dict[str, str]) -> None:
 
 
 def test_every_skipped_check_says_why(cookies: Any) -> None:
-    project = bake(cookies, {"framework": "fastapi"})
+    project = bake(cookies, {"framework": "fastapi", "kubernetes": "yes"})
     text = (project / ".checkov.yaml").read_text(encoding="utf-8")
     config = yaml.safe_load(text)
     lines = text.splitlines()
@@ -101,7 +104,7 @@ def test_every_skipped_check_says_why(cookies: Any) -> None:
 
 def test_checkov_fails_a_latest_image(cookies: Any) -> None:
     """The gate works: the same bake with the image by `:latest` fails CKV_K8S_14 / 43."""
-    project = bake(cookies, {"framework": "flask"})
+    project = bake(cookies, {"framework": "flask", "kubernetes": "yes"})
     deployment = project / "k8s" / "deployment.yaml"
     text = deployment.read_text(encoding="utf-8")
     deployment.write_text(
