@@ -89,8 +89,9 @@ def test_each_variant_has_exactly_its_files(
 def test_the_celery_worker_bake_has_exactly_its_files(
     cookies: Any, post_gen: ModuleType, framework: str
 ) -> None:
-    project = bake(cookies, framework=framework, worker="celery")
-    options = {**default_options(framework), "worker": "celery"}
+    k8s = {"docker": "yes", "kubernetes": "yes"} if framework != "script" else {}
+    project = bake(cookies, framework=framework, worker="celery", **k8s)
+    options = {**default_options(framework), "worker": "celery", **k8s}
 
     assert baked_files(project) == expected_files(post_gen, "alltkn_service", framework, options)
     package = project / "src" / "alltkn_service"
