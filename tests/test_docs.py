@@ -5,7 +5,8 @@
 - `mkdocs.yml`'s nav is exactly the pages of `docs/`, and `mkdocs build --strict` passes (a
   broken link or a page left out of the nav fails it).
 - The README's options table and `docs/options.md`'s name every variable cookiecutter prompts
-  for; the README's transcript counts as many prompts, with the choices in cookiecutter's order.
+  for, and each choice's default (its first); the README's transcript counts as many prompts,
+  with the Python versions in cookiecutter's order.
 - The README's `--no-input` command, with the template's path for `gh:OWNER/REPO`, generates a
   project.
 """
@@ -94,6 +95,22 @@ def test_the_options_tables_name_every_prompted_variable() -> None:
     for where, text in (("README.md", readme()), ("docs/options.md", options)):
         missing = set(prompted()) - table_variables(text)
         assert not missing, f"{where}'s options table misses {sorted(missing)}"
+
+
+def test_the_options_tables_give_each_choice_its_default() -> None:
+    """The first choice is what Enter and `--no-input` take: both tables say so."""
+    options = (DOCS / "options.md").read_text(encoding="utf-8")
+    for where, text in (("README.md", readme()), ("docs/options.md", options)):
+        rows = {
+            row.split("|")[1].strip(): row.split("|")[2]
+            for row in text.splitlines()
+            if row.startswith("| `")
+        }
+        for name, value in prompted().items():
+            if isinstance(value, list):
+                assert f"`{value[0]}`" in rows[f"`{name}`"], (
+                    f"{where}: {name} defaults to {value[0]}"
+                )
 
 
 def test_the_readme_transcript_matches_the_prompts() -> None:
