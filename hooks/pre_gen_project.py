@@ -7,7 +7,9 @@ Steps (`review`):
    (`alltkn_hooks.replay`).
 2. Every other answer is checked (`alltkn_hooks.checks`): one line
    `error: <variable>: <what is wrong>. <how to fix>` per problem.
-3. With no problem, record which files the output directory already holds
+3. On any problem, the last line is the command that asks again for the refused answers alone,
+   the others kept (`alltkn_hooks.replay.answer_again`, which trims this run's replay file).
+4. With no problem, record which files the output directory already holds
    (`alltkn_hooks.manifest`), so that a failed post-generation scan removes only what this run
    wrote, also under `--overwrite-if-exists`.
 
@@ -30,15 +32,19 @@ from pathlib import Path
 
 def review(answers: Mapping[str, object], project_dir: Path) -> list[str]:
     """Every error line for these answers; with none, records the output directory's files."""
-    from alltkn_hooks import answer_secrets, checks, manifest
+    from alltkn_hooks import TEMPLATE_DIR, answer_secrets, checks, manifest, replay
 
     refused, secret_errors = answer_secrets.check_secrets(answers)
     # A refused answer's own checks may quote it (a slug suggestion): leave them out.
-    errors = [line for name, line in checks.problems_by_variable(answers) if name not in refused]
-    errors += secret_errors
+    problems = [
+        (name, line) for name, line in checks.problems_by_variable(answers) if name not in refused
+    ]
+    errors = [line for _, line in problems] + secret_errors
     if not errors:
         manifest.write_manifest(project_dir)
-    return errors
+        return errors
+    hint = replay.answer_again(TEMPLATE_DIR, answers, refused | {name for name, _ in problems})
+    return [*errors, hint] if hint else errors
 
 
 def main(

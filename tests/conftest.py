@@ -11,6 +11,7 @@
   config, replay and cache directories inside `tmp_path`; the output goes to `out_dir(tmp_path)`.
   `run_cookiecutter` is the same with any options, and any template (`copy_template` makes one
   a test may alter).
+- `refusal_lines(stderr)`: a refused run's error lines and its last line, the replay hint.
 - `cookiecutter_defaults()`: the default answers, with the derived slug and package rendered;
   `hook_answers()` adds what cookiecutter adds before the hooks run (`_repo_dir`).
 - Fixtures `pre_gen`, `post_gen`, `scanner`: those modules, loaded once per session;
@@ -78,11 +79,23 @@ def cookiecutter_defaults() -> dict[str, str]:
     slug = re.sub(r"[^a-z0-9]+", "-", answers["project_name"].lower()).strip("-")
     answers["project_slug"] = slug
     answers["package_name"] = slug.replace("-", "_")
-    # Defaults that depend on earlier answers (kubernetes: only for web services with docker).
+    # Defaults that depend on earlier answers (caller_auth: keys for the web services).
     for name, value in answers.items():
         if "{{" in value:
             answers[name] = jinja2.Environment().from_string(value).render(cookiecutter=answers)
     return answers
+
+
+REPLAY_HINT = "To answer again with your other answers kept, run: cookiecutter --replay-file "
+
+
+def refusal_lines(stderr: str) -> tuple[list[str], str | None]:
+    """A refused run's stderr: its `error:` lines, and its last line when that is the replay
+    hint (`cookiecutter --replay-file ...`, which asks again for the refused answers alone)."""
+    lines = stderr.splitlines()
+    if lines and lines[-1].startswith(REPLAY_HINT):
+        return lines[:-1], lines[-1]
+    return lines, None
 
 
 def hook_answers(**overrides: object) -> dict[str, object]:

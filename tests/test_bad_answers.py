@@ -1,7 +1,9 @@
 """End to end through the real `cookiecutter` command: bad answers and templated secrets.
 
 Every refusal must: exit non-zero, print one `error: <variable>: ...` line per problem on
-stderr and nothing else there (no traceback), never echo a secret, and leave nothing under -o.
+stderr, then the replay hint (the command that asks again for the refused answers alone; see
+tests/test_prompts.py) and nothing else there (no traceback), never echo a secret, and leave
+nothing under -o.
 (Cookiecutter itself logs its own "Stopping generation" traceback to *stdout* on any hook
 failure; that is outside the template's control and is not asserted on.)
 """
@@ -21,6 +23,7 @@ from conftest import (
     cookiecutter_defaults,
     copy_template,
     out_dir,
+    refusal_lines,
     run_cookiecutter,
 )
 
@@ -91,9 +94,10 @@ def assert_refused(
 ) -> None:
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
-    lines = result.stderr.splitlines()
+    lines, replay_hint = refusal_lines(result.stderr)
     assert lines, result.stdout
     assert all(line.startswith("error: ") for line in lines), result.stderr
+    assert replay_hint is not None, result.stderr
     ours = [line for line in lines if line.startswith(f"error: {variable}: ")]
     assert ours, result.stderr
     assert any(fix in line for line in ours), ours
@@ -126,6 +130,7 @@ def write_replay(path: Path, **answers: str) -> Path:
     [
         pytest.param("framework", "django", "fastapi, flask, script", id="framework-not-a-choice"),
         pytest.param("python_version", "3.9", "3.10, 3.11", id="python-not-a-choice"),
+        pytest.param("kubernetes", "maybe", "yes, no", id="kubernetes-not-a-choice"),
     ],
 )
 def test_out_of_list_choice_from_a_replay_file_is_refused_by_the_hook(
@@ -143,6 +148,7 @@ def test_out_of_list_choice_from_a_replay_file_is_refused_by_the_hook(
     [
         pytest.param("framework", "django", id="framework"),
         pytest.param("python_version", "3.9", id="python-version"),
+        pytest.param("kubernetes", "maybe", id="kubernetes"),
     ],
 )
 def test_out_of_list_choice_on_the_command_line_is_refused_by_cookiecutter(
@@ -225,11 +231,13 @@ def test_a_secret_answer_is_refused_and_scrubbed_from_the_replay_file(
 ) -> None:
     result = bake_private(tmp_path, env=env, **answers)
 
-    lines = result.stderr.splitlines()
+    lines, hint = refusal_lines(result.stderr)
     replay = replay_path(tmp_path)
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert all(line.startswith("error: ") for line in lines), result.stderr
+    assert hint is not None
+    assert f"--replay-file {replay} " in hint
     (ours,) = [line for line in lines if line.startswith(f"error: {variable}: ")]
     assert f"looks like a secret ({kind}); the value is not shown" in ours
     assert f"it was removed from cookiecutter's replay file {replay}" in ours

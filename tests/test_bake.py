@@ -32,7 +32,7 @@ def default_options(framework: str) -> dict[str, str]:
     defaults = cookiecutter_defaults()
     return {
         "docker": defaults["docker"],
-        "kubernetes": "yes" if framework != "script" and defaults["docker"] == "yes" else "no",
+        "kubernetes": defaults["kubernetes"],
         "ci": defaults["ci"],
         "caller_auth": "keys" if framework != "script" else "none",
     }

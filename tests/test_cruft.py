@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from alltkn_hooks import cruft_file
-from conftest import cli_env, copy_template, out_dir, run_cookiecutter
+from conftest import REPLAY_HINT, cli_env, copy_template, out_dir, refusal_lines, run_cookiecutter
 
 GIT_IDENTITY = {
     "GIT_AUTHOR_NAME": "Template Test",
@@ -359,7 +359,11 @@ def test_a_secret_answer_is_refused_and_scrubbed_without_proc(tmp_path: Path) ->
 
     replay = tmp_path / "home" / "replay" / "my-template.json"
     assert done.returncode != 0
-    (line,) = done.stderr.splitlines()
+    (line,), hint = refusal_lines(done.stderr)
+    assert hint == (
+        f"{REPLAY_HINT}{replay} -o {out_dir(tmp_path)} {template.name}"
+    )  # the template as given (a relative path), the output directory as cookiecutter made it
+    assert "description" not in json.loads(replay.read_text(encoding="utf-8"))["cookiecutter"]
     assert line.startswith("error: description: looks like a secret (gateway_key)")
     assert line.endswith(f"it was removed from cookiecutter's replay file {replay}")
     assert key not in done.stdout + done.stderr + replay.read_text(encoding="utf-8")

@@ -82,12 +82,14 @@ PLANTED_BY_ID = {
 
 @pytest.fixture(scope="session")
 def baked(cookies_session: Any) -> Callable[..., Path]:
-    """`baked(framework, ci="github")`: the project, baked once per session per pair."""
+    """`baked(framework, ci="github")`: the project, baked once per session per pair; the web
+    services with their Kubernetes manifests (opt-in), so every file type is scanned."""
     projects: dict[tuple[str, str], Path] = {}
 
     def bake(framework: str, ci: str = "github") -> Path:
         if (framework, ci) not in projects:
-            result = cookies_session.bake(extra_context={"framework": framework, "ci": ci})
+            k8s = {"kubernetes": "yes"} if framework != "script" else {}
+            result = cookies_session.bake(extra_context={"framework": framework, "ci": ci, **k8s})
             assert result.exit_code == 0, result.exception
             projects[framework, ci] = Path(str(result.project_path))
         return projects[framework, ci]

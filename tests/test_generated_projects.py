@@ -20,7 +20,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 VARIANTS = [
-    pytest.param("fastapi", "3.12", {}, id="fastapi-py3.12-docker-k8s-github"),
+    pytest.param("fastapi", "3.12", {"kubernetes": "yes"}, id="fastapi-py3.12-docker-k8s-github"),
     pytest.param("flask", "3.10", {"kubernetes": "no", "ci": "gitlab"}, id="flask-py3.10-gitlab"),
     pytest.param("script", "3.13", {"docker": "no", "ci": "none"}, id="script-py3.13-bare"),
 ]

@@ -995,6 +995,8 @@ def test_an_unmarked_python_block_is_refused() -> None:
 def documents(project: Path) -> list[tuple[str, Path]]:
     """(name, markdown file); their blocks run, or are type-checked, in the snippets' directory."""
     found = [("template README.md", TEMPLATE_DIR / "README.md")]
+    for path in sorted(TEMPLATE_DIR.glob("docs/*.md")):
+        found.append((f"template docs/{path.name}", path))
     for path in sorted([project / "README.md", *(project / "docs").rglob("*.md")]):
         found.append((path.relative_to(project).as_posix(), path))
     return found

@@ -9,6 +9,8 @@ Modules:
 - `checks`: one check per answer, and the combinations that cannot work;
 - `secret_scan`: the generation-time secret scanner (answers, generated files);
 - `answer_secrets`: secrets in the answers, refused and scrubbed from the replay (`replay`);
+- `replay`: cookiecutter's replay files: secrets scrubbed, and the hint that asks again for the
+  refused answers alone;
 - `manifest`: what the output directory held before this run (`--overwrite-if-exists`);
 - `variants`: the `_variants/` layers moved into place;
 - `cruft_file`: `.cruft.json` for projects generated with plain cookiecutter;
