@@ -55,6 +55,8 @@ Checks run in this order: route, bearer token (401), body (400 for malformed JSO
 ``fake-stream-slow-start`` stream: the first token only after ``hang_seconds``
 ``fake-stream-stall``      stream: the first delta, then ``hang_seconds`` between the others
 ``fake-firehose``          40,000 deltas of 500 characters, as fast as the client reads them
+``fake-stream-trickle``    stream: "tick " every 0.1 s for 10 minutes, like a gateway that
+                           never stops (each read well within any read timeout)
 ``fake-429-once``          429 ``rate_limit_exceeded`` with ``Retry-After: 1`` on the first request
                            for each distinct ``messages``; later requests answer normally
 ``fake-drop``              closes the connection without answering (stream or not)
@@ -113,6 +115,9 @@ _STREAM_SLOW_START_MODEL = "fake-stream-slow-start"
 _STREAM_STALL_MODEL = "fake-stream-stall"
 _FIREHOSE_MODEL = "fake-firehose"
 _FIREHOSE_DELTAS = ("x" * 500,) * 40_000  # 20 MB, more than socket buffers hold
+_TRICKLE_MODEL = "fake-stream-trickle"
+_TRICKLE_INTERVAL = 0.1
+_TRICKLE_DELTAS = ("tick ",) * 6000
 STATS_PATH = "/_fake/stats"
 _TIMEOUT_MODEL = "fake-timeout"
 _CUT_AFTER_DELTAS = 2
@@ -401,6 +406,8 @@ class FakeGateway:
             deltas, first, interval = _SLOW_DELTAS, 0.0, _SLOW_INTERVAL
         elif model == _FIREHOSE_MODEL:
             deltas, first, interval = _FIREHOSE_DELTAS, 0.0, 0.0
+        elif model == _TRICKLE_MODEL and body.get("stream") is True:
+            deltas, first, interval = _TRICKLE_DELTAS, 0.0, _TRICKLE_INTERVAL
         elif model == _SLOW_START_MODEL:
             deltas, first, interval = self.deltas, _SLOW_START_SECONDS, self.delta_interval
         elif model == _STREAM_SLOW_START_MODEL and body.get("stream") is True:

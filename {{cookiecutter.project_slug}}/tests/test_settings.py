@@ -141,5 +141,5 @@ class TestTheSuiteIgnoresTheServicesVariablesSetInItsShell:
 
     def test_the_switches_are_cleared(self) -> None:
         settings = load_settings()
-        assert (settings.streaming, settings.max_input_chars) == ("on", None)
+        assert (settings.streaming, settings.max_input_chars) == ("on", 200_000)
         assert (settings.fallback_model_list, settings.max_output_tokens) == ((), 4096)

@@ -94,7 +94,11 @@ class Settings(BaseSettings):
     # "off": stream endpoints answer with one delta from a non-streaming call.
     streaming: Switch = Field("on", validation_alias="ALLTKN_STREAMING")
     # Requests whose message contents hold more characters are refused before any call.
-    max_input_chars: int | None = Field(None, gt=0, validation_alias="ALLTKN_MAX_INPUT_CHARS")
+    max_input_chars: int = Field(
+        200_000, gt=0, le=10_000_000, validation_alias="ALLTKN_MAX_INPUT_CHARS"
+    )
+    # A whole stream, first byte to last: a gateway trickling tokens holds it no longer.
+    max_stream_s: float = Field(300.0, gt=0, le=86_400, validation_alias="ALLTKN_MAX_STREAM_S")
     # The most tokens one answer may ask for: sent when a request names none, a 422 above it.
     max_output_tokens: int = Field(
         4096, gt=0, le=1_000_000, validation_alias="ALLTKN_MAX_OUTPUT_TOKENS"
@@ -162,10 +166,13 @@ class Settings(BaseSettings):
             raise ValueError("must be on or off")
         return value
 
-    @field_validator("max_input_chars"{% if cookiecutter.framework != "script" %}, "metrics_token"{% endif %}, mode="before")
+{%- if cookiecutter.framework != "script" %}
+
+    @field_validator("metrics_token", mode="before")
     @classmethod
     def _empty_means_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+{%- endif %}
 
     @field_validator("log_level", mode="before")
     @classmethod
