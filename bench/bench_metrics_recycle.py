@@ -176,7 +176,7 @@ class Run:
         rounds = 0
         while not self.stop.wait(0.1):
             rounds += 1
-            if rounds % 20 == 0:  # every 2 s or so
+            if rounds % 5 == 0:  # every half second or so
                 try:
                     self.quiet_scrape()
                 except httpx2.HTTPError as exc:
