@@ -300,7 +300,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     # Where the workers count for /metrics, before any imports prometheus_client. One worker
     # lives as long as the server: it may count in memory.
-    if raw != "1" or os.environ.get(metrics_dir.ENV, "").strip():
+    if settings.metrics == "on" and (raw != "1" or os.environ.get(metrics_dir.ENV, "").strip()):
         metrics_dir.empty(metrics_dir.prepare())
     try:
         uvicorn.run(
