@@ -21,7 +21,7 @@ def _count(name: str, default: int, high: int) -> int:
     """A whole number from the environment; a bad one stops gunicorn with one line."""
     raw = os.environ.get(name, "").strip() or str(default)
     if not (raw.isdigit() and 1 <= int(raw) <= high):
-        sys.exit(f"config error: {name} must be a whole number from 1 to {high}")
+        sys.exit(f"error[config]: {name} must be a whole number from 1 to {high}")
     return int(raw)
 
 
@@ -77,7 +77,7 @@ def on_starting(server: Any) -> None:
 {%- if cookiecutter.caller_auth == "keys" %}
     gate = server.app.wsgi().extensions["gate"]
     if problem := workers_problem(gate.settings, gate.callers, server.cfg.workers):
-        sys.exit(f"config error: {problem}")
+        sys.exit(f"error[config]: {problem}")
     gate.workers = server.cfg.workers  # the app was made before gunicorn knew them
 {%- endif %}
 

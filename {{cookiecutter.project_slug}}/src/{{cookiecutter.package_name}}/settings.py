@@ -248,5 +248,5 @@ def load_settings_or_exit() -> Settings:
     try:
         return load_settings()
     except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
+        print(f"error[config]: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
