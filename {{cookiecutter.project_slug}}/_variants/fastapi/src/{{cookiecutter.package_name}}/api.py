@@ -52,7 +52,8 @@ class JSONBodyRoute(APIRoute):
             gate = cast(Gate, request.state.gate)
             settings = gate.settings
             try:
-                request = await read_json(request, settings.max_body_bytes, settings.client_timeout_s)
+                limit, timeout_s = settings.max_body_bytes, settings.client_timeout_s
+                request = await read_json(request, limit, timeout_s)
             except contract.BadBody:
 {%- if cookiecutter.caller_auth == "keys" %}
                 who = gate.authenticate(request.headers.get("authorization"))  # the key first
