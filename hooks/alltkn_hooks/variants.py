@@ -55,13 +55,19 @@ def layers_for(framework: str, options: Mapping[str, object] | None = None) -> l
             for (name, value), layer in _OPTION_LAYERS
             if chosen.get(name) == value and (web or layer not in _WEB_ONLY_LAYERS)
         ),
-        lock_layer({**chosen, "framework": framework}),
+        *lock_layers({**chosen, "framework": framework}),
     ]
 
 
 def lock_layer(answers: Mapping[str, object]) -> str:
-    """The lock layer for these answers (`LOCK_ANSWERS`); one that does not exist adds nothing."""
+    """The lock layer's name for these answers (`LOCK_ANSWERS`)."""
     return LOCK_LAYER_PREFIX + "-".join(str(answers.get(name, "")) for name in LOCK_ANSWERS)
+
+
+def lock_layers(answers: Mapping[str, object]) -> list[str]:
+    """The lock layer when every `LOCK_ANSWERS` is answered (a layer that does not exist, such as
+    one for answers the pre-gen hook refuses, adds nothing)."""
+    return [lock_layer(answers)] if all(name in answers for name in LOCK_ANSWERS) else []
 
 
 def name_the_lock(project_dir: Path, project_slug: str) -> None:
