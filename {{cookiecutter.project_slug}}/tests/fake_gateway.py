@@ -13,6 +13,9 @@ SIGINT/SIGTERM. Without ``--api-key`` any bearer token is accepted::
 
     python fake_gateway.py [--port 0] [--api-key KEY] [--first-token-delay S] [--delta-interval S]
 
+``--wait`` serves nothing: it waits up to 10 s for a fake gateway on ``--port`` and exits 0 once
+one answers, else 1 with one line saying how to start it (``make try`` runs it first).
+
 Routes, under the base path ``/api/v1``:
 
 - ``GET  /api/v1/models``: the ids in ``models`` (default: gpt-4o-mini, gpt-4o, fake-slow).
@@ -55,6 +58,8 @@ Checks run in this order: route, bearer token (401), body (400 for malformed JSO
 ``fake-stream-slow-start`` stream: the first token only after ``hang_seconds``
 ``fake-stream-stall``      stream: the first delta, then ``hang_seconds`` between the others
 ``fake-firehose``          40,000 deltas of 500 characters, as fast as the client reads them
+``fake-stream-trickle``    stream: "tick " every 0.1 s for 10 minutes, like a gateway that
+                           never stops (each read well within any read timeout)
 ``fake-429-once``          429 ``rate_limit_exceeded`` with ``Retry-After: 1`` on the first request
                            for each distinct ``messages``; later requests answer normally
 ``fake-drop``              closes the connection without answering (stream or not)
@@ -113,6 +118,9 @@ _STREAM_SLOW_START_MODEL = "fake-stream-slow-start"
 _STREAM_STALL_MODEL = "fake-stream-stall"
 _FIREHOSE_MODEL = "fake-firehose"
 _FIREHOSE_DELTAS = ("x" * 500,) * 40_000  # 20 MB, more than socket buffers hold
+_TRICKLE_MODEL = "fake-stream-trickle"
+_TRICKLE_INTERVAL = 0.1
+_TRICKLE_DELTAS = ("tick ",) * 6000
 STATS_PATH = "/_fake/stats"
 _TIMEOUT_MODEL = "fake-timeout"
 _CUT_AFTER_DELTAS = 2
@@ -401,6 +409,8 @@ class FakeGateway:
             deltas, first, interval = _SLOW_DELTAS, 0.0, _SLOW_INTERVAL
         elif model == _FIREHOSE_MODEL:
             deltas, first, interval = _FIREHOSE_DELTAS, 0.0, 0.0
+        elif model == _TRICKLE_MODEL and body.get("stream") is True:
+            deltas, first, interval = _TRICKLE_DELTAS, 0.0, _TRICKLE_INTERVAL
         elif model == _SLOW_START_MODEL:
             deltas, first, interval = self.deltas, _SLOW_START_SECONDS, self.delta_interval
         elif model == _STREAM_SLOW_START_MODEL and body.get("stream") is True:
@@ -824,6 +834,22 @@ def _peer_closed(connection: socket.socket) -> bool:
 # -- command line ------------------------------------------------------------------------------
 
 
+def _wait_for(port: int, seconds: float) -> int:
+    """0 once a fake gateway answers on 127.0.0.1:`port` (its stats route), else 1 and a hint."""
+    deadline = time.monotonic() + seconds
+    while True:
+        address = ("127.0.0.1", port)
+        with contextlib.suppress(OSError), socket.create_connection(address, timeout=1) as sock:
+            sock.sendall(f"GET {STATS_PATH} HTTP/1.0\r\n\r\n".encode())
+            if sock.recv(64).startswith(b"HTTP/1.1 200"):
+                return 0
+        if time.monotonic() > deadline:
+            where = f"127.0.0.1:{port}"
+            print(f"error: no fake gateway on {where}: start it first (make fake)", file=sys.stderr)
+            return 1
+        time.sleep(0.1)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Serve the fake one-api style gateway.")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
@@ -833,7 +859,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--deltas", type=int, default=0, metavar="N", help="answer with N deltas (default: 6)"
     )
+    parser.add_argument(
+        "--wait", action="store_true", help="wait (10 s at most) for a fake gateway on --port"
+    )
     args = parser.parse_args(argv)
+    if args.wait:
+        return _wait_for(args.port, 10.0)
 
     stop = threading.Event()
 

@@ -13,10 +13,10 @@ import pytest
 from pydantic import ValidationError
 
 from {{ cookiecutter.package_name }}.chat import CallInfo, StreamProtocol, Usage
-from {{ cookiecutter.package_name }}.errors import InStreamError
+from {{ cookiecutter.package_name }}.errors import Category, InStreamError
 from {{ cookiecutter.package_name }}.request import ChatRequest, Message
 
-from .conftest import ANSWER, HELLO, SENTINEL_KEY, Driver, ask
+from .conftest import ANSWER, HELLO, SENTINEL_KEY, Driver, ask, failure
 from .fake_gateway import FakeGateway
 
 Calls = Callable[[], list[dict[str, Any]]]
@@ -159,6 +159,39 @@ def test_leaving_a_stream_early_closes_it_upstream_and_logs_it_once(
     (entry,) = upstream_calls()
     assert (entry["status"], entry["category"]) == ("client_disconnect", None)
     assert entry["ttft_ms"] is not None
+
+
+def test_a_trickling_stream_is_cut_at_the_deadline_and_closed_upstream(
+    gateway: FakeGateway, driver: Driver, upstream_calls: Calls
+) -> None:
+    """ALLTKN_MAX_STREAM_S bounds the whole stream: fake-stream-trickle sends a delta every
+    0.1 s for minutes, each read well within ALLTKN_TIMEOUT_S."""
+    received: list[str] = []
+    started = time.monotonic()
+    chat = driver.chat(max_stream_s=0.5)
+    error = failure(chat, "fake-stream-trickle", stream=True, received=received)
+
+    assert 0.5 <= time.monotonic() - started < 1.5
+    assert error.category is Category.TIMEOUT
+    assert "ALLTKN_MAX_STREAM_S" in error.message
+    assert 3 <= len(received) <= 7  # it had been streaming all along
+    assert gateway.wait_for(lambda: gateway.aborted_streams == 1, timeout=2)
+    (entry,) = upstream_calls()
+    assert (entry["status"], entry["category"]) == ("error", "timeout")
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        pytest.param({"prompt": "x" * 200_001}, id="prompt"),
+        pytest.param(
+            {"messages": [{"role": "user", "content": "x" * 40_001}] * 5}, id="messages-together"
+        ),
+    ],
+)
+def test_a_request_holds_at_most_200000_characters_in_all(fields: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError, match="200000"):
+        ChatRequest.model_validate(fields)
 
 
 # -- the request, alone --------------------------------------------------------------------

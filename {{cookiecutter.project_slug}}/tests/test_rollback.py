@@ -10,7 +10,7 @@ import pytest
 
 from {{ cookiecutter.package_name }}.errors import Category, GatewayError
 from {{ cookiecutter.package_name }}.request import ChatRequest, Message
-from {{ cookiecutter.package_name }}.settings import load_settings
+from {{ cookiecutter.package_name }}.settings import ConfigError, load_settings
 
 from .conftest import ANSWER, HELLO, Chat, Driver, ask, failure
 from .fake_gateway import FakeGateway
@@ -262,7 +262,7 @@ def test_input_chars_counts_the_text_of_every_message() -> None:
 def test_switch_defaults_and_accepted_forms(monkeypatch: pytest.MonkeyPatch) -> None:
     defaults = load_settings()
     assert defaults.fallback_model_list == ()
-    assert (defaults.streaming, defaults.max_input_chars) == ("on", None)
+    assert (defaults.streaming, defaults.max_input_chars) == ("on", 200_000)
     assert defaults.max_output_tokens == 4096
 
     monkeypatch.setenv("ALLTKN_FALLBACK_MODELS", " gpt-4o , gpt-4o-mini ")
@@ -274,5 +274,6 @@ def test_switch_defaults_and_accepted_forms(monkeypatch: pytest.MonkeyPatch) -> 
     assert (switched.streaming, switched.max_input_chars) == ("off", 12000)
     assert switched.max_output_tokens == 512
 
-    monkeypatch.setenv("ALLTKN_MAX_INPUT_CHARS", "")
-    assert load_settings().max_input_chars is None
+    monkeypatch.setenv("ALLTKN_MAX_INPUT_CHARS", "")  # no longer "no limit": a finite default
+    with pytest.raises(ConfigError, match="ALLTKN_MAX_INPUT_CHARS"):
+        load_settings()

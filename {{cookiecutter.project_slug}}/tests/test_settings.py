@@ -119,7 +119,7 @@ def test_entry_points_exit_2_with_the_one_line(
 
     assert caught.value.code == 2
     assert capsys.readouterr().err.splitlines() == [
-        "config error: ALLTKN_STREAMING must be on or off. "
+        "error[config]: ALLTKN_STREAMING must be on or off. "
         "Set it in the environment or in .env (see .env.example)."
     ]
 
@@ -141,5 +141,5 @@ class TestTheSuiteIgnoresTheServicesVariablesSetInItsShell:
 
     def test_the_switches_are_cleared(self) -> None:
         settings = load_settings()
-        assert (settings.streaming, settings.max_input_chars) == ("on", None)
+        assert (settings.streaming, settings.max_input_chars) == ("on", 200_000)
         assert (settings.fallback_model_list, settings.max_output_tokens) == ((), 4096)

@@ -156,7 +156,7 @@ def check_limits(request: ChatRequest, settings: Settings) -> None:
     if request.max_tokens is not None and request.max_tokens > cap:
         why = f"max_tokens: at most {cap} (the server's ALLTKN_MAX_OUTPUT_TOKENS)"
         raise GatewayError(Category.INVALID_REQUEST, why, detail=why, status=422)
-    if limit is not None and (size := request.input_chars()) > limit:
+    if (size := request.input_chars()) > limit:
         why = f"The input is {size} characters long; the limit is {limit} characters."
         raise GatewayError(Category.INVALID_REQUEST, why, detail=f"{why} Shorten the messages.")
 
@@ -183,6 +183,8 @@ class Call:
 {%- endif %}
         self.attempts = Attempts(models, settings.max_retries, settings.retry_after_cap_s)
         self.error: GatewayError | None = None
+        self.max_stream_s = settings.max_stream_s
+        self.deadline = time.monotonic() + self.max_stream_s  # of a stream, attempts included
         # Traced (telemetry.py): the attempts' spans, children of the span current now.
         tracing = telemetry.tracing
         self.trace = tracing.call(request, self.cap, self.info) if tracing else None
@@ -192,6 +194,17 @@ class Call:
         self.record = CallRecord(self.attempts, self.info, stream=self.stream, trace=self.trace)
         arguments = sdk_arguments(self.request, self.record.model, self.cap)
         return {**arguments, **(STREAM_ARGUMENTS if self.stream else {}), **self.record.headers}
+
+    def cut(self) -> None:
+        """Past ALLTKN_MAX_STREAM_S, raise the stream's last error, `timeout` (logged): the
+        drivers ask before each line they read, so a trickling gateway holds a stream no longer
+        (a silent one: one ALLTKN_TIMEOUT_S more at most)."""
+        if time.monotonic() >= self.deadline:
+            why = (
+                f"the answer took longer than {self.max_stream_s:g} s, the server's limit "
+                "for one stream (ALLTKN_MAX_STREAM_S)"
+            )
+            raise self.record.fail(GatewayError(Category.TIMEOUT, why, detail=why))
 
     def failed(self, exc: BaseException, *, sdk_retried: bool = False, stop: bool = False) -> float:
         """Log the attempt's failure; the pause before the next attempt, or raise the final

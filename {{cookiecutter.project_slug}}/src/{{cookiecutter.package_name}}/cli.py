@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument(
+        "--reload", action="store_true", help="one worker, restarted on code changes (development)"
+    )
 {%- endif %}
 {%- if cookiecutter.framework == "script" %}
     batch.add_arguments(
@@ -283,7 +286,7 @@ def _serve(args: argparse.Namespace) -> int:
     settings = _setup()
     raw = os.environ.get("WEB_CONCURRENCY", "").strip() or "1"
     if not (raw.isdigit() and 1 <= int(raw) <= MAX_WORKERS):
-        print(f"config error: WEB_CONCURRENCY must be 1 to {MAX_WORKERS} workers", file=sys.stderr)
+        print(f"error[config]: WEB_CONCURRENCY must be 1 to {MAX_WORKERS} workers", file=sys.stderr)
         return EXIT_USAGE
 {%- if cookiecutter.caller_auth == "keys" %}
     from .admission import load_callers_or_exit
@@ -297,7 +300,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     # Where the workers count for /metrics, before any imports prometheus_client. One worker
     # lives as long as the server: it may count in memory.
-    if raw != "1" or os.environ.get(metrics_dir.ENV, "").strip():
+    if settings.metrics == "on" and (raw != "1" or os.environ.get(metrics_dir.ENV, "").strip()):
         metrics_dir.empty(metrics_dir.prepare())
     try:
         uvicorn.run(
@@ -305,6 +308,8 @@ def _serve(args: argparse.Namespace) -> int:
             host=args.host,
             port=args.port,
             workers=int(raw),
+            # The settings are checked above, before the reloader starts: a bad one exits 2 here.
+            reload=args.reload,
             # Not uvloop: a relay under it was measured missing client hang-ups (README).
             loop="asyncio",
             timeout_graceful_shutdown=30,

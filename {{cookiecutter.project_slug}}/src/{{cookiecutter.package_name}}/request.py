@@ -10,6 +10,8 @@ from openai.types.chat import ChatCompletionMessageParam
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MAX_MESSAGES = 200
+# Characters of content in one request, all messages together: its JSON fits under
+# ALLTKN_MAX_BODY_BYTES's default (1 MiB).
 MAX_CONTENT_CHARS = 200_000
 
 
@@ -49,6 +51,10 @@ class ChatRequest(Parameters):
             raise ValueError("send either 'messages' or 'prompt', not both and not neither")
         if self.prompt is not None and not self.prompt.strip():
             raise ValueError("'prompt' is blank")
+        if (size := self.input_chars()) > MAX_CONTENT_CHARS:
+            raise ValueError(
+                f"the messages hold {size} characters in all; at most {MAX_CONTENT_CHARS}"
+            )
         return self
 
     def to_messages(self) -> list[ChatCompletionMessageParam]:

@@ -94,7 +94,11 @@ class Settings(BaseSettings):
     # "off": stream endpoints answer with one delta from a non-streaming call.
     streaming: Switch = Field("on", validation_alias="ALLTKN_STREAMING")
     # Requests whose message contents hold more characters are refused before any call.
-    max_input_chars: int | None = Field(None, gt=0, validation_alias="ALLTKN_MAX_INPUT_CHARS")
+    max_input_chars: int = Field(
+        200_000, gt=0, le=10_000_000, validation_alias="ALLTKN_MAX_INPUT_CHARS"
+    )
+    # A whole stream, first byte to last: a gateway trickling tokens holds it no longer.
+    max_stream_s: float = Field(300.0, gt=0, le=86_400, validation_alias="ALLTKN_MAX_STREAM_S")
     # The most tokens one answer may ask for: sent when a request names none, a 422 above it.
     max_output_tokens: int = Field(
         4096, gt=0, le=1_000_000, validation_alias="ALLTKN_MAX_OUTPUT_TOKENS"
@@ -103,6 +107,8 @@ class Settings(BaseSettings):
     # Models callers may name (comma-separated; "*": any). Default: ALLTKN_MODEL and the
     # fallback models, so a caller cannot spend the key on a model nobody chose.
     allowed_models: str = Field("", validation_alias="ALLTKN_ALLOWED_MODELS")
+    # "off": no `GET /metrics` (404), nothing counted for it, no file written: no cost at all.
+    metrics: Switch = Field("on", validation_alias="ALLTKN_METRICS")
     # Unset: `GET /metrics` is open (keep it off the internet); set: it wants this as a Bearer.
     metrics_token: SecretStr | None = Field(None, validation_alias="ALLTKN_METRICS_TOKEN")
     # A request body over this many bytes is refused (413) before it is read to the end.
@@ -153,17 +159,20 @@ class Settings(BaseSettings):
             raise ValueError("lists a model twice")
         return ",".join(models)
 
-    @field_validator("streaming", mode="before")
+    @field_validator("streaming"{% if cookiecutter.framework != "script" %}, "metrics"{% endif %}, mode="before")
     @classmethod
-    def _check_streaming(cls, value: object) -> object:
+    def _check_switch(cls, value: object) -> object:
         if isinstance(value, str) and (value := value.strip().lower()) not in ("on", "off"):
             raise ValueError("must be on or off")
         return value
 
-    @field_validator("max_input_chars"{% if cookiecutter.framework != "script" %}, "metrics_token"{% endif %}, mode="before")
+{%- if cookiecutter.framework != "script" %}
+
+    @field_validator("metrics_token", mode="before")
     @classmethod
     def _empty_means_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+{%- endif %}
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -239,5 +248,5 @@ def load_settings_or_exit() -> Settings:
     try:
         return load_settings()
     except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
+        print(f"error[config]: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

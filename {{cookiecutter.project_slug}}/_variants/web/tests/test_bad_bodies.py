@@ -104,6 +104,11 @@ BAD_BODIES = {
     "messages-a-string": Bad(b'{"messages": "hi"}', 422, "messages:"),
     "no-messages": Bad(b'{"messages": []}', 422, "messages:"),
     "too-many-messages": Bad(messages(MAX_MESSAGES + 1), 422, "messages:"),
+    "messages-over-the-characters-limit-together": Bad(
+        dumped({"messages": [{"role": "user", "content": "x" * (MAX_CONTENT_CHARS // 2 + 1)}] * 2}),
+        422,
+        f"at most {MAX_CONTENT_CHARS}",
+    ),
     "bad-role": Bad(dumped({"messages": [{"role": "robot", "content": "x"}]}), 422, "role"),
     "no-content": Bad(dumped({"messages": [{"role": "user"}]}), 422, "content"),
     "bad-model-name": Bad(b'{"prompt": "x", "model": "two words"}', 422, "model:"),

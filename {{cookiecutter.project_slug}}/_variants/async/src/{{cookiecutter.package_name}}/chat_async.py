@@ -93,6 +93,7 @@ class AsyncChatStream:
             yield first
             try:
                 async for line in self._lines:
+                    self._call.cut()
                     if delta := self._protocol.feed(line):
                         yield delta
                     elif self._protocol.done:
@@ -112,6 +113,7 @@ class AsyncChatStream:
             self._lines = self._response.iter_lines()
             try:
                 async for line in self._lines:
+                    self._call.cut()
                     if delta := protocol.feed(line):
                         self._call.record.first_delta()
                         return delta

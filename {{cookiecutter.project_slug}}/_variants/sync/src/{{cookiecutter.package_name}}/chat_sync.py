@@ -90,6 +90,7 @@ class ChatStream:
             yield first
             try:
                 for line in self._lines:
+                    self._call.cut()
                     if delta := self._protocol.feed(line):
                         yield delta
                     elif self._protocol.done:
@@ -109,6 +110,7 @@ class ChatStream:
             self._lines = self._response.iter_lines()
             try:
                 for line in self._lines:
+                    self._call.cut()
                     if delta := protocol.feed(line):
                         self._call.record.first_delta()
                         return delta
