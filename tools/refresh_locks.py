@@ -89,7 +89,8 @@ def refresh(answers: dict[str, str], root: Path, check: bool, upgrade: bool) -> 
     if check:
         done = run(["make", "--no-print-directory", "lock-check"], project)
         if done.returncode != 0:
-            return f"{layer}: {(done.stdout + done.stderr).strip().splitlines()[-1]}"
+            said = [line for line in (done.stdout + done.stderr).splitlines() if "rror" in line]
+            return next((line for line in said if not line.startswith("make")), "out of date")
         return None
     if upgrade:
         done = run(["uv", "lock", "--upgrade", "--quiet"], project)
