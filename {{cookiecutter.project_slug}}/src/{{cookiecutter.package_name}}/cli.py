@@ -27,6 +27,7 @@ import asyncio
 {%- endif %}
 import contextlib
 import json
+import logging
 import os
 import stat
 import sys
@@ -51,7 +52,7 @@ from .chat_async import AsyncChatService, create_async_client
 from .chat_sync import ChatService, create_client
 {%- endif %}
 from .errors import GatewayError, error_body
-from .logs import configure_logging
+from .logs import CALL_LOGGER, configure_logging
 from .request import MAX_CONTENT_CHARS, ChatRequest, Parameters
 from .settings import Settings, load_settings_or_exit
 
@@ -64,6 +65,19 @@ MAX_STDIN_BYTES = 4 * MAX_CONTENT_CHARS
 {%- if cookiecutter.framework == "fastapi" %}
 MAX_WORKERS = 64
 {%- endif %}
+
+
+class _AnswerLine(logging.Filter):
+    """On a terminal, a log line written while the answer's last line is open ends it first."""
+
+    open = False  # a delta was written and no newline since
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _AnswerLine.open:
+            _AnswerLine.open = False
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+        return True
 
 
 class _Parser(argparse.ArgumentParser):
@@ -91,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ask.add_argument("--user", help="end user the call is made for (logged)")
     ask.add_argument("--task", help="kind of task, e.g. summarise (logged)")
+    ask.add_argument(
+        "-v", "--verbose", action="store_true", help="on a terminal, show the call log line too"
+    )
     for name, field in Parameters.model_fields.items():  # --max-tokens, --temperature, ...
         ask.add_argument(f"--{name.replace('_', '-')}", dest=name, help=field.description)
     ask.set_defaults(usage_error=ask.error)  # for an `ask` with nothing to send
@@ -223,6 +240,11 @@ def _request(args: argparse.Namespace) -> ChatRequest:
 def _ask(args: argparse.Namespace) -> int:
     request = _request(args)
     settings = _setup()
+    if sys.stderr.isatty() and not args.verbose:  # a person reading: a failed call's line only
+        CALL_LOGGER.setLevel(logging.WARNING)
+    if sys.stdout.isatty():
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_AnswerLine())
     call = CallInfo(user=args.user, task=args.task)
     stream, echo = not args.no_stream, not args.json  # --json: the one object, at the end
     try:
@@ -241,7 +263,10 @@ def _ask(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(asdict(result), ensure_ascii=False))
     else:
-        print("" if stream else result.content)  # a streamed answer is out, bar its newline
+        if not stream:
+            print(result.content)
+        elif _AnswerLine.open or not result.content:  # streamed: its newline, unless written
+            print()
     return 0
 {%- if cookiecutter.framework == "fastapi" %}
 
@@ -259,6 +284,7 @@ async def _answer(
                 if echo:
                     sys.stdout.write(delta)
                     sys.stdout.flush()
+                    _AnswerLine.open = True
         return deltas.result()
 {%- else %}
 
@@ -275,6 +301,7 @@ def _answer(
             if echo:
                 sys.stdout.write(delta)
                 sys.stdout.flush()
+                _AnswerLine.open = True
     return deltas.result()
 {%- endif %}
 {%- if cookiecutter.framework == "fastapi" %}
