@@ -35,6 +35,8 @@ threads = _count("GUNICORN_THREADS", 32, high=1024)
 timeout = _count("GUNICORN_TIMEOUT", 120, high=86_400)
 graceful_timeout = 30
 keepalive = 5
+# No control socket (gunicornc): nothing here uses it, and it is one more way in.
+control_socket_disable = True
 # Load the app in the master so a configuration error stops the server with one line
 # instead of workers failing to boot in a loop.
 preload_app = True
@@ -74,6 +76,12 @@ def on_starting(server: Any) -> None:
 {%- endif %}"""
     if METRICS_DIR:
         metrics_dir.empty(METRICS_DIR)
+    cap, threads = server.app.wsgi().extensions["slots"].limit, server.cfg.threads
+    if cap >= threads:
+        sys.exit(
+            f"error[config]: ALLTKN_MAX_STREAMS ({cap}) must be below GUNICORN_THREADS "
+            f"({threads}), so that /healthz always finds a thread: lower it or add threads"
+        )
 {%- if cookiecutter.caller_auth == "keys" %}
     gate = server.app.wsgi().extensions["gate"]
     if problem := workers_problem(gate.settings, gate.callers, server.cfg.workers):

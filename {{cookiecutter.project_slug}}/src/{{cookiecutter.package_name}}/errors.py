@@ -32,6 +32,7 @@ class Category(str, Enum):
     # The service's own refusals, before any upstream call (admission.py).
     MODEL_NOT_ALLOWED = "model_not_allowed"
     METRICS_AUTH = "metrics_auth"  # `GET /metrics` without ALLTKN_METRICS_TOKEN
+    SERVER_BUSY = "server_busy"  # a worker's ALLTKN_MAX_STREAMS chat requests in flight
 {%- endif %}
 {%- if cookiecutter.caller_auth == "keys" %}
     CALLER_AUTH = "caller_auth"
@@ -71,6 +72,9 @@ _EXPLANATIONS: dict[Category, tuple[str, str]] = {
         "Use one of the models in ALLTKN_ALLOWED_MODELS (and in the caller's list)."),
     Category.METRICS_AUTH: ("A valid metrics token is required.",
         "Scrape with Authorization: Bearer <ALLTKN_METRICS_TOKEN> (Prometheus: authorization)."),
+    Category.SERVER_BUSY: ("The service is serving as many requests as it can.",
+        "Retry after the delay in Retry-After; operators: add workers or replicas, or raise "
+        "ALLTKN_MAX_STREAMS."),
 {%- endif %}
 {%- if cookiecutter.caller_auth == "keys" %}
     Category.CALLER_AUTH: ("A valid caller key is required.",

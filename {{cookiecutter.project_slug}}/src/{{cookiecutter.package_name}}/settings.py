@@ -115,6 +115,15 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         1_048_576, ge=1024, le=1_073_741_824, validation_alias="ALLTKN_MAX_BODY_BYTES"
     )
+    # Chat requests one worker serves at once (streams included); past it, 503 server_busy.
+{%- if cookiecutter.framework == "flask" %}
+    # Below GUNICORN_THREADS (gunicorn.conf.py checks), so /healthz always finds a thread.
+    max_streams: int = Field(24, ge=1, le=100_000, validation_alias="ALLTKN_MAX_STREAMS")
+{%- else %}
+    max_streams: int = Field(200, ge=1, le=100_000, validation_alias="ALLTKN_MAX_STREAMS")
+{%- endif %}
+    # A client gets this long to send a request's head and its body: then 408.
+    client_timeout_s: float = Field(10.0, gt=0, le=3600, validation_alias="ALLTKN_CLIENT_TIMEOUT_S")
 {%- endif %}
 
     @field_validator("api_key")

@@ -8,12 +8,14 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, cast
 
+import anyio
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.routing import APIRoute
 {%- if cookiecutter.caller_auth == "keys" %}
 from starlette.background import BackgroundTask
 {%- endif %}
+from starlette.requests import ClientDisconnect
 from starlette.types import Message, Receive
 
 from . import http_contract as contract
@@ -37,7 +39,8 @@ from .sse import EventStreamResponse
 
 class JSONBodyRoute(APIRoute):
     """Routes taking a JSON body get it checked as `http_contract` decides: by its headers (415,
-    413), read no further than ALLTKN_MAX_BODY_BYTES (413) and parsed (400, 422); FastAPI
+    413), read no further than ALLTKN_MAX_BODY_BYTES (413) nor longer than
+    ALLTKN_CLIENT_TIMEOUT_S (408) and parsed (400, 422); FastAPI
     then reuses the parse.{% if cookiecutter.caller_auth == "keys" %} A bad caller key still answers 401 first.{% endif %}"""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
@@ -47,8 +50,10 @@ class JSONBodyRoute(APIRoute):
 
         async def handle_json(request: Request) -> Response:
             gate = cast(Gate, request.state.gate)
+            settings = gate.settings
             try:
-                request = await read_json(request, gate.settings.max_body_bytes)
+                limit, timeout_s = settings.max_body_bytes, settings.client_timeout_s
+                request = await read_json(request, limit, timeout_s)
             except contract.BadBody:
 {%- if cookiecutter.caller_auth == "keys" %}
                 who = gate.authenticate(request.headers.get("authorization"))  # the key first
@@ -60,14 +65,21 @@ class JSONBodyRoute(APIRoute):
         return handle_json
 
 
-async def read_json(request: Request, limit: int) -> Request:
-    """`request` with its body read and parsed (cached in it), or `contract.BadBody`."""
+async def read_json(request: Request, limit: int, timeout_s: float) -> Request:
+    """`request` with its body read within `timeout_s` and parsed (cached in it), or
+    `contract.BadBody`."""
     length = request.headers.get("content-length")
     content_length = int(length) if length and length.isdigit() else None
     contract.check_body_headers(request.headers.get("content-type"), content_length, limit)
     if content_length is None:  # sent chunked: counted as it comes
         request = Request(request.scope, counted(request.receive, limit))
-    raw = await request.body()
+    try:
+        with anyio.fail_after(timeout_s):
+            raw = await request.body()
+    except TimeoutError:
+        raise contract.too_slow(timeout_s) from None
+    except ClientDisconnect:  # nobody reads the answer; it keeps a traceback out of the log
+        raise contract.BadBody(400, "the client hung up before its body ended") from None
     try:
         payload = await request.json()
     except (ValueError, RecursionError) as error:

@@ -21,8 +21,10 @@ from .admission import Gate, warn_open
 from .chat_async import AsyncChatService, create_async_client
 from .errors import GatewayError
 from .http_contract import (
+    CHAT_PATHS,
     UNTRACED_PATHS,
     BadBody,
+    Slots,
     describe_errors,
     gateway_error,
     no_route_body,
@@ -75,6 +77,26 @@ def request_ids(app: ASGIApp) -> ASGIApp:
     return with_request_id
 
 
+def chat_slots(app: ASGIApp, slots: Slots) -> ASGIApp:
+    """Each chat request holds one of the worker's `slots` until its answer is out (a stream's
+    too), or gets 503 `server_busy`; nothing else takes one."""
+
+    async def with_a_slot(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] not in CHAT_PATHS or scope["method"] != "POST":
+            return await app(scope, receive, send)
+        try:
+            slots.take()
+        except GatewayError as busy:
+            reply = JSONResponse(*gateway_error(busy, scope["state"]["request_id"]))
+            return await reply(scope, receive, send)
+        try:
+            await app(scope, receive, send)
+        finally:
+            slots.give_back()
+
+    return with_a_slot
+
+
 def server_span(scope: Scope) -> ServerSpan | None:
     """The request's SERVER span, current from here on; none for probes and scrapes."""
     if (tracing := telemetry.tracing) is None or scope["path"] in UNTRACED_PATHS:
@@ -114,7 +136,8 @@ def create_app(settings: Settings) -> FastAPI:
 {%- endif %}
 
     app = FastAPI(title=CLIENT_NAME, version=__version__, lifespan=lifespan)
-    app.add_middleware(request_ids)
+    app.add_middleware(chat_slots, slots=Slots(settings.max_streams))
+    app.add_middleware(request_ids)  # the outer one: it runs first
     app.include_router(api.router)
     if settings.metrics == "on":
         app.include_router(api.metrics_router)

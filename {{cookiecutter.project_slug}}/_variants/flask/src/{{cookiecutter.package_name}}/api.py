@@ -5,11 +5,14 @@ checked{% endif %}), `g.request_id` the request's id."""
 
 from __future__ import annotations
 
+import socket
+import time
 from contextlib import suppress
 from typing import Any, cast
 
 from flask import Blueprint, Response, after_this_request, current_app, g, request
 from pydantic import ValidationError
+from werkzeug.exceptions import ClientDisconnected
 
 from . import http_contract as contract
 from .admission import Admission, Gate
@@ -43,30 +46,58 @@ def admit() -> Admission:
 {%- if cookiecutter.caller_auth == "keys" %}
     who = gate.authenticate(request.headers.get("Authorization"))
     g.caller = who[0]  # named when a later check refuses the request
-    payload = json_body(gate.settings.max_body_bytes)
+    payload = json_body(gate.settings.max_body_bytes, gate.settings.client_timeout_s)
     gate.check_named_model(payload, who)  # the model before the rest of the body
     g.admission = admission = gate.check(chat_request(payload), who)  # its headers: app.py
     admission.reservation = limiter().reserve(admission.plan)
     return admission
 {%- else %}
-    return gate.check(chat_request(json_body(gate.settings.max_body_bytes)))
+    settings = gate.settings
+    return gate.check(chat_request(json_body(settings.max_body_bytes, settings.client_timeout_s)))
 {%- endif %}
 
 
-def json_body(limit: int) -> dict[str, Any]:
+def json_body(limit: int, timeout_s: float) -> dict[str, Any]:
     """The body's JSON object, refused as `http_contract` decides: by its headers (415, 413),
-    then read no further than `limit` bytes (413) and parsed (400, 422)."""
+    then read no further than `limit` bytes (413) nor longer than `timeout_s` (408), and
+    parsed (400, 422)."""
+    sock = request.environ.get("gunicorn.socket")
     try:
         contract.check_body_headers(request.content_type, request.content_length, limit)
-        body = bytearray()
-        while piece := request.stream.read(65536):  # a body sent chunked is counted as it comes
+        if sock is not None:
+            sock.settimeout(timeout_s)  # for each read: a trickle of bytes is caught below
+        started, body = time.monotonic(), bytearray()
+        while piece := read_piece():  # a body sent chunked is counted as it comes
             body += piece
             if len(body) > limit:
                 raise contract.too_large(limit)
+            if time.monotonic() - started > timeout_s:
+                raise TimeoutError
+    except TimeoutError:
+        stop_reading()
+        raise contract.too_slow(timeout_s) from None
     except contract.BadBody:
         discard_after_the_answer()
         raise
     return contract.parse_body(bytes(body))
+
+
+def stop_reading() -> None:
+    """Read nothing more from this client: before the next request on the connection,
+    gunicorn would wait for the rest of a body nobody reads, holding a thread."""
+    if (sock := request.environ.get("gunicorn.socket")) is not None:
+        with suppress(OSError):
+            sock.shutdown(socket.SHUT_RD)
+
+
+def read_piece() -> bytes:
+    """Up to 64 KiB more of the body; `TimeoutError` when the socket's timeout ran out."""
+    try:
+        return request.stream.read(65536)
+    except ClientDisconnected as exc:  # how Werkzeug reports a failed read, a timeout too
+        if isinstance(exc.__context__, TimeoutError):
+            raise TimeoutError from None
+        raise
 
 
 def discard_after_the_answer() -> None:

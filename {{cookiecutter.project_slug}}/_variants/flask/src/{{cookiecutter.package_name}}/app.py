@@ -58,8 +58,25 @@ def create_app(settings: Settings) -> Flask:
     def assign_request_id() -> None:
         g.request_id = contract.request_id_from(request.headers.get(contract.REQUEST_ID_HEADER))
 
+    slots = contract.Slots(settings.max_streams)
+    app.extensions["slots"] = slots
+
+    @app.before_request
+    def take_a_slot() -> None:
+        """Each chat request holds one of the worker's slots until its answer is out (a
+        stream's too), or gets 503 `server_busy`: the other threads stay for /healthz."""
+        if request.path in contract.CHAT_PATHS and request.method == "POST":
+            try:
+                slots.take()
+            except GatewayError:
+                api.stop_reading()  # its body is never read
+                raise
+            g.slot = True
+
     @app.after_request
     def echo_request_id(response: Response) -> Response:
+        if g.pop("slot", False):
+            response.call_on_close(slots.give_back)
         response.headers[contract.REQUEST_ID_HEADER] = g.request_id
 {%- if cookiecutter.caller_auth == "keys" %}
         if admission := g.get("admission"):  # the caller's limits, after this request

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from http import HTTPStatus
@@ -40,6 +41,7 @@ _STATUSES = {
     Category.RATE_LIMITED: 429,
     Category.TIMEOUT: 504,
     Category.MODEL_NOT_ALLOWED: 403,
+    Category.SERVER_BUSY: 503,
 {%- if cookiecutter.caller_auth == "keys" %}
     Category.CALLER_AUTH: 401,
     Category.CALLER_RATE_LIMITED: 429,
@@ -57,6 +59,8 @@ DEMO_PAGE = (resources.files(__package__) / "static" / "index.html").read_bytes(
 # Proxies (nginx, CDNs) buffer unless told not to: a buffered stream looks like a hang.
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 MEDIA_TYPE = "text/event-stream"
+# What takes a slot (`Slots`): a chat request, however it ends.
+CHAT_PATHS = frozenset({"/v1/chat", "/v1/chat/stream"})
 # Health checks and scrapes get no span (telemetry.py): every few seconds, they drown the rest.
 UNTRACED_PATHS = frozenset({"/healthz", "/metrics"})
 KEEPALIVE = b": keep-alive\n\n"  # an SSE comment: keeps proxies from timing a silence out
@@ -104,6 +108,33 @@ def check_body_headers(content_type: str | None, content_length: int | None, lim
         raise BadBody(415, f"the request has {sent}; send Content-Type: application/json")
     if content_length is not None and content_length > limit:
         raise too_large(limit)
+
+
+class Slots:
+    """The chat requests one worker serves at once (ALLTKN_MAX_STREAMS): past it, 503
+    `server_busy` with Retry-After, so that `/healthz` and scrapes always find capacity."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used = limit, 0
+        self._lock = threading.Lock()  # Flask serves from threads
+
+    def take(self) -> None:
+        """Take a slot, or raise the 503; `give_back` once the answer is out, however."""
+        with self._lock:
+            if self.used >= self.limit:
+                why = f"this worker is serving {self.limit} chat requests (ALLTKN_MAX_STREAMS)"
+                raise GatewayError(Category.SERVER_BUSY, detail=why, retry_after="1")
+            self.used += 1
+
+    def give_back(self) -> None:
+        with self._lock:
+            self.used -= 1
+
+
+def too_slow(seconds: float, what: str = "body") -> BadBody:
+    """408 for a client that did not send the request's `what` within ALLTKN_CLIENT_TIMEOUT_S."""
+    message = f"the request's {what} did not arrive within {seconds:g} s (ALLTKN_CLIENT_TIMEOUT_S)"
+    return BadBody(408, message, "Send the whole request at once.")
 
 
 def too_large(limit: int) -> BadBody:

@@ -1,0 +1,65 @@
+"""uvicorn's HTTP protocol with a deadline for a request's head: a client gets
+ALLTKN_CLIENT_TIMEOUT_S from its connection (or, on a kept-alive one, from the next request's
+first byte) to send the request line and headers, then 408 and the connection is closed.
+uvicorn has no such timeout: one header a second would hold a connection for ever. `serve`
+runs uvicorn with it (`http=PROTOCOL`)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from pydantic_core import to_json
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from .errors import error_body
+from .http_contract import request_id_from, too_slow
+
+PROTOCOL = f"{__name__}:HeadTimeoutProtocol"  # by name: uvicorn's worker processes import it
+
+
+class HeadTimeoutProtocol(HttpToolsProtocol):
+    timeout_s: float | None = None  # ALLTKN_CLIENT_TIMEOUT_S, read once per process
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        if self._head_timer is None and (self.cycle is None or self.cycle.response_complete):
+            self._arm()  # the first byte of the next request on a kept-alive connection
+        super().data_received(data)
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        if HeadTimeoutProtocol.timeout_s is None:
+            from .settings import load_settings  # checked by `serve` before it started us
+
+            HeadTimeoutProtocol.timeout_s = load_settings().client_timeout_s
+        self._head_timer = self.loop.call_later(self.timeout_s or 0, self._timed_out)
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing():
+            return
+        refusal, request_id = too_slow(self.timeout_s or 0, "head"), request_id_from(None)
+        body = to_json(error_body(refusal.category, refusal.message, refusal.hint, request_id))
+        head = (
+            b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+            b"x-request-id: %s\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
+            % (request_id.encode(), len(body))
+        )
+        self.transport.write(head + body)
+        self.transport.close()
