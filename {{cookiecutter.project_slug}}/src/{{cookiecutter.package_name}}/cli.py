@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import stat
 import sys
 from collections.abc import Sequence
@@ -64,6 +65,17 @@ MAX_STDIN_BYTES = 4 * MAX_CONTENT_CHARS
 {%- if cookiecutter.framework == "fastapi" %}
 MAX_WORKERS = 64
 {%- endif %}
+
+
+# What a model's answer may not send to a terminal: control characters (escape sequences move
+# the cursor, retitle the window, hide text), bar newline and tab.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def for_terminal(text: str) -> str:
+    """`text` without control characters other than newline and tab, when stdout is a terminal
+    (piped or redirected, the answer goes out as the model wrote it)."""
+    return _CONTROL.sub("", text) if sys.stdout.isatty() else text
 
 
 class _Parser(argparse.ArgumentParser):
@@ -238,7 +250,7 @@ def _ask(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(asdict(result), ensure_ascii=False))
     else:
-        print("" if stream else result.content)  # a streamed answer is out, bar its newline
+        print("" if stream else for_terminal(result.content))  # a streamed answer is out, bar its newline
     return 0
 {%- if cookiecutter.framework == "fastapi" %}
 
@@ -254,7 +266,7 @@ async def _answer(
         async with await service.open_stream(request, call) as deltas:
             async for delta in deltas:
                 if echo:
-                    sys.stdout.write(delta)
+                    sys.stdout.write(for_terminal(delta))
                     sys.stdout.flush()
         return deltas.result()
 {%- else %}
@@ -270,7 +282,7 @@ def _answer(
     with service.open_stream(request, call) as deltas:
         for delta in deltas:
             if echo:
-                sys.stdout.write(delta)
+                sys.stdout.write(for_terminal(delta))
                 sys.stdout.flush()
     return deltas.result()
 {%- endif %}
