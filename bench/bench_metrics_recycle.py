@@ -90,19 +90,28 @@ class Run:
         self.scrape_ms: list[float] = []
         self.healthz_ms: list[float] = []  # just before each scrape: the machine's moment
         self.scrape_cpu_ms: list[float] = []
+        self.quiet_ms: list[float] = []  # scrapes taken with no request in flight
         self.most_files = 0
+        self.go = threading.Event()  # cleared: the clients hold their next request
+        self.go.set()
+        self.in_flight = 0
 
     def client(self, number: int) -> None:
         sent = number
         while not self.stop.is_set():
+            self.go.wait()
             sent += 1
+            with self.lock:
+                self.in_flight += 1
             try:
                 usage = self.stream() if sent % 5 == 0 else self.chat()
             except (httpx2.HTTPError, ValueError) as exc:
                 with self.lock:
                     self.failures[type(exc).__name__] += 1
+                    self.in_flight -= 1
                 continue
             with self.lock:
+                self.in_flight -= 1
                 self.answered += 1
                 self.tokens["input"] += usage["prompt_tokens"]
                 self.tokens["output"] += usage["completion_tokens"]
@@ -149,8 +158,30 @@ class Run:
         stdin.flush()
         self.scrape_cpu_ms.append(float(stdout.readline()))
 
+    def quiet_scrape(self) -> None:
+        """Hold the clients, wait for the requests in flight to finish, time one scrape: its
+        wall time with nothing else asked of the service (the directory as recycling left it)."""
+        self.go.clear()
+        try:
+            deadline = time.monotonic() + 30
+            while self.in_flight and time.monotonic() < deadline:
+                time.sleep(0.005)
+            started = time.perf_counter()
+            httpx2.get(self.url + "/metrics", headers=CLOSE, timeout=TIMEOUT).raise_for_status()
+            self.quiet_ms.append((time.perf_counter() - started) * 1000)
+        finally:
+            self.go.set()
+
     def scraper(self) -> None:
+        rounds = 0
         while not self.stop.wait(0.1):
+            rounds += 1
+            if rounds % 5 == 0:  # every half second or so
+                try:
+                    self.quiet_scrape()
+                except httpx2.HTTPError as exc:
+                    with self.lock:
+                        self.failures[f"quiet scrape {exc}"[:120]] += 1
             self.most_files = max(self.most_files, len(os.listdir(self.directory)))
             self.scrape_on_the_side()
             try:
@@ -301,6 +332,7 @@ def measure(
     own = sorted(scrape - healthz for scrape, healthz in pairs)
     healthz = sorted(run.healthz_ms)
     cpu = sorted(run.scrape_cpu_ms)
+    quiet = sorted(run.quiet_ms) or [float("nan")]
     return {
         "workers_replaced": replaced,
         "seconds": round(seconds, 1),
@@ -317,6 +349,12 @@ def measure(
         "healthz_ms": {"p50": pct(healthz, 0.5), "p95": pct(healthz, 0.95)},
         "scrape_minus_healthz_ms": {"p50": pct(own, 0.5), "p95": pct(own, 0.95)},
         "scrape_cpu_ms": {"p50": pct(cpu, 0.5), "p95": pct(cpu, 0.95), "max": pct(cpu, 1)},
+        "quiet_scrape_ms": {
+            "count": len(run.quiet_ms),
+            "p50": pct(quiet, 0.5),
+            "p95": pct(quiet, 0.95),
+        },
+        "load_average": [round(x, 1) for x in os.getloadavg()],
         "baseline_scrape_ms": {"p50": pct(baseline, 0.5), "p95": pct(baseline, 0.95)},
         "most_files": run.most_files,
         "files_after": files_after,
@@ -335,6 +373,8 @@ def targets(row: dict[str, Any]) -> list[tuple[str, str, bool]]:
          f"{row['answered']} answered", row["exact"]),
         ("scrape under 100 ms while recycling (its CPU time, merging included: p95, max)",
          f"{cpu['p95']} ms, {cpu['max']} ms", cpu["p95"] < 100),
+        ("scrape under 100 ms in wall time with no request in flight (p95)",
+         f"{row['quiet_scrape_ms']['p95']} ms", row["quiet_scrape_ms"]["p95"] < 100),
         (f"directory bounded (<= {BOUND} files)", f"at most {row['most_files']}",
          row["most_files"] <= BOUND and len(row["files_after"]) <= BOUND),
     ]  # fmt: skip
@@ -345,6 +385,8 @@ def main() -> int:
     parser.add_argument("--recycles", type=int, default=200, help="workers to replace (200)")
     args = parser.parse_args()
     results: dict[str, Any] = {"workers": WORKERS, "clients": CLIENTS}
+    results["load_average_at_start"] = [round(x, 1) for x in os.getloadavg()]
+    print(f"load average at the start: {results['load_average_at_start']}", flush=True)
     workdir = Path(tempfile.mkdtemp(prefix="bench-metrics-"))
     try:
         projects = {kind: bake(kind, workdir, caller_auth="none") for kind in ("fastapi", "flask")}
@@ -369,7 +411,10 @@ def main() -> int:
             f"{row['baseline_scrape_ms']['p50']} ms p50, {row['baseline_scrape_ms']['p95']} ms "
             f"p95); CPU per scrape {row['scrape_cpu_ms']['p50']} ms p50, "
             f"{row['scrape_cpu_ms']['p95']} ms p95, {row['scrape_cpu_ms']['max']} ms max; "
-            f"at most {row['most_files']} files, {len(row['files_after'])} at the end"
+            f"at most {row['most_files']} files, {len(row['files_after'])} at the end; "
+            f"{row['quiet_scrape_ms']['count']} scrapes with no request in flight: "
+            f"{row['quiet_scrape_ms']['p50']} ms p50, {row['quiet_scrape_ms']['p95']} ms p95; "
+            f"load average at the end {row['load_average']}"
         )
         for name, value, ok in targets(row):
             failed |= not ok

@@ -91,12 +91,14 @@ class Sample:
 @dataclass(frozen=True)
 class Relay:
     """One measured relay: how it starts (`kind`: baseline, fastapi or flask), from which bake,
-    with which extra environment, and the headers its requests carry."""
+    with which extra environment, and the headers its requests carry; `wrapper`: a command it
+    runs under (valgrind, for bench_metrics_cost.py's instruction counts)."""
 
     kind: str
     project: Path | None = None
     env: dict[str, str] = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)
+    wrapper: tuple[str, ...] = ()
 
 
 # -- processes ---------------------------------------------------------------------------------
@@ -168,14 +170,14 @@ def service(relay: Relay, base_url: str) -> Iterator[tuple[str, int]]:
     }
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen(
-            service_command(relay.kind, port),
+            [*relay.wrapper, *service_command(relay.kind, port)],
             cwd=cwd,
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=log,
         )
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + (120 if relay.wrapper else 20)
         try:
             while True:
                 try:

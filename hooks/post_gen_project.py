@@ -38,8 +38,8 @@ def next_steps(answers: Mapping[str, object], project_dir: Path) -> list[str]:
     key_var = answers.get("api_key_env_var", "ALLTKN_API_KEY")
     return [
         f"Next: cd {project_dir}",
-        "  make dev && make test    (uv if installed, else a .venv with pip; without make:",
-        '    python -m venv .venv && . .venv/bin/activate && pip install -e ".[dev]" && pytest)',
+        "  git init && make dev && make test    (uv if installed, else a .venv with pip)",
+        "  make fake & make try                 (against the bundled fake gateway: no key needed)",
         (
             f"  cp .env.example .env, then set {key_var} in .env or your environment "
             "(never in code or in cookiecutter answers)"

@@ -315,7 +315,7 @@ def test_the_pre_commit_hook_uses_the_projects_detect_secrets(
 
     done = run([*command, "--all-files"], project, environ)
     assert done.returncode != 0
-    assert "detect-secrets not found: run make dev" in done.stdout
+    assert "detect-secrets-hook not found: run make dev" in done.stdout
 
     (project / ".venv" / "bin").mkdir(parents=True)
     (project / ".venv" / "bin" / "detect-secrets-hook").symlink_to(tool("detect-secrets-hook"))

@@ -8,7 +8,8 @@
   for, and each choice's default (its first); the README's transcript counts as many prompts,
   with the Python versions in cookiecutter's order.
 - The README's `--no-input` command, with the template's path for `gh:OWNER/REPO`, generates a
-  project.
+  project, and each `make` target of its "Try it without a key" is one of the generated
+  Makefile's (whose README runs them in its own tests).
 """
 
 from __future__ import annotations
@@ -129,3 +130,14 @@ def test_the_readme_no_input_command_generates_a_project(tmp_path: Path) -> None
     done = run_cookiecutter(tmp_path, ["--no-input"], command.group(1).split())
     assert done.returncode == 0, done.stderr
     assert (out_dir(tmp_path) / "alltkn-service" / "pyproject.toml").is_file()
+
+
+def test_the_readme_try_it_targets_are_the_generated_makefiles() -> None:
+    section = readme().split("## Try it without a key", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```bash\n(.*?)```", section, re.DOTALL)
+    assert block, "README.md: the try-it commands are missing"
+    targets = re.findall(r"^make ([\w-]+)", block.group(1), re.MULTILINE)
+    assert targets == ["dev", "fake", "try"]
+    makefile = (TEMPLATE_DIR / "{{cookiecutter.project_slug}}" / "Makefile").read_text("utf-8")
+    for target in targets:
+        assert re.search(rf"^{target}:", makefile, re.MULTILINE), f"no make {target}"

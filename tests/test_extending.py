@@ -1,6 +1,6 @@
-"""The generated README's "Extending" promise: a new request parameter is one field and one line.
+"""The generated docs/EXTENDING.md's promise: a new request parameter is one field and one line.
 
-The diff the README shows is applied, as written, to fresh bakes (FastAPI for HTTP, the script
+The diff it shows is applied, as written, to fresh bakes (FastAPI for HTTP, the script
 variant for the CLI and batch); then `top_p` must reach the gateway from all three, be refused
 with one line when it is out of range, and not be sent when the caller leaves it out.
 """
@@ -28,9 +28,9 @@ PACKAGE = "alltkn_service"
 
 
 def readme_diff(project: Path) -> list[tuple[str, str]]:
-    """(context line, added line) for each `+` line of the README's Extending diff."""
-    readme = (project / "README.md").read_text(encoding="utf-8")
-    section = readme.split("## Extending", 1)[1]
+    """(context line, added line) for each `+` line of docs/EXTENDING.md's diff."""
+    readme = (project / "docs" / "EXTENDING.md").read_text(encoding="utf-8")
+    section = readme.split("# Extending", 1)[1]
     block = re.search(r"```diff\n(.*?)```", section, re.DOTALL)
     assert block, "the Extending section shows no diff"
     pairs, context = [], ""

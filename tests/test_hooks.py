@@ -736,10 +736,8 @@ def test_run_on_a_clean_project_prints_next_steps(
     assert 4 <= len(out.splitlines()) <= 5
     for fragment in (
         f"cd {project}",
-        "make dev && make test",
-        "python -m venv .venv",
-        'pip install -e ".[dev]"',
-        "pytest",
+        "git init && make dev && make test",
+        "make fake & make try",
         "cp .env.example .env",
         "ALLTKN_API_KEY",
     ):
@@ -906,7 +904,10 @@ def test_main_uses_cwd_and_environment(
     monkeypatch.setenv("ALLTKN_API_KEY", "short")
 
     assert post_gen.main(answers) == 0
-    assert "Next:" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Next: cd " in out
+    # git first: `make dev` installs the commit hooks only in a git checkout.
+    assert "\n  git init && make dev && make test " in out
 
 
 def test_post_gen_main_turns_an_internal_error_into_one_line(

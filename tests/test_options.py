@@ -291,17 +291,19 @@ def test_the_first_commit_passes_the_hygiene_hooks(baked: dict[str, Path], name:
 
 
 def local_hooks_config(project: Path, destination: Path) -> Path:
-    """The project's pre-commit config with only its `repo: local` hooks (the others are
-    cloned from GitHub, out of reach offline); the hooks themselves are run as written."""
+    """The project's ruff hooks, run as written. Every hook is `repo: local` (nothing is cloned:
+    the first commit works offline); detect-secrets' hook: tests/test_detect_secrets.py."""
     config = yaml.safe_load((project / ".pre-commit-config.yaml").read_text(encoding="utf-8"))
-    config["repos"] = [repo for repo in config["repos"] if repo["repo"] == "local"]
+    assert [repo["repo"] for repo in config["repos"]] == ["local"]
     assert {hook["id"] for repo in config["repos"] for hook in repo["hooks"]} >= {
         "detect-secrets",
         "ruff-check",
         "ruff-format",
+        "mypy",
+        "trailing-whitespace",
     }
-    for repo in config["repos"]:  # detect-secrets' hook: tests/test_detect_secrets.py
-        repo["hooks"] = [hook for hook in repo["hooks"] if hook["id"] != "detect-secrets"]
+    for repo in config["repos"]:
+        repo["hooks"] = [hook for hook in repo["hooks"] if hook["id"].startswith("ruff-")]
     destination.write_text(yaml.safe_dump(config), encoding="utf-8")
     return destination
 
@@ -451,10 +453,10 @@ def test_the_image_is_multi_stage_slim_non_root(baked: dict[str, Path], name: st
 @pytest.mark.parametrize("name", ids_with(lambda o, fw: fw == "fastapi"))
 def test_every_fastapi_command_keeps_the_asyncio_loop(baked: dict[str, Path], name: str) -> None:
     """uvloop misses client hang-ups (upstream streams run on, billed): the image's command,
-    `make run` and the README's production command all pin `--loop asyncio`, on uvicorn's
+    `make run` and docs/RUN.md's production command all pin `--loop asyncio`, on uvicorn's
     command line or through `serve`, which pins it in the code."""
     project = baked[name]
-    readme = (project / "README.md").read_text(encoding="utf-8")
+    readme = (project / "docs" / "RUN.md").read_text(encoding="utf-8")
     serve = (project / "src" / "alltkn_service" / "cli.py").read_text(encoding="utf-8")
     assert 'loop="asyncio"' in serve
     production = re.search(r"^Production: `([^`]+)`", readme, re.MULTILINE)
@@ -462,7 +464,7 @@ def test_every_fastapi_command_keeps_the_asyncio_loop(baked: dict[str, Path], na
     makefile = (project / "Makefile").read_text(encoding="utf-8")
     run_line = re.search(r"^run:.*\n\t(.+)$", makefile, re.MULTILINE)
     assert run_line is not None
-    commands = {"README production": production[1], "make run": run_line[1]}
+    commands = {"docs/RUN.md production": production[1], "make run": run_line[1]}
     if (project / "Dockerfile").exists():
         commands["image CMD"] = exec_form(
             (project / "Dockerfile").read_text(encoding="utf-8"), "CMD"
@@ -470,7 +472,7 @@ def test_every_fastapi_command_keeps_the_asyncio_loop(baked: dict[str, Path], na
     for where, command in commands.items():
         words = shlex.split(command)
         if "serve" in words:
-            assert words[words.index("serve") - 1] == "alltkn_service", where
+            assert words[words.index("serve") - 1] in ("alltkn_service", "$(PACKAGE)"), where
             continue
         assert {"alltkn_service.app:app", "$(PACKAGE).app:app"} & set(words), where
         assert "--loop" in words, f"{where}: {command}"

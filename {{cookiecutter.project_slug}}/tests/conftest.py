@@ -16,6 +16,7 @@ import importlib.util
 import logging
 import os
 import secrets
+import signal
 import string
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, Protocol, TypeVar
@@ -28,6 +29,11 @@ from {{ cookiecutter.package_name }}.request import ChatRequest
 from {{ cookiecutter.package_name }}.settings import ENV_NAMES, KEY_ENV_VAR, Settings, load_settings
 
 from .fake_gateway import FakeGateway
+
+# A shell starts a background job (`make test &`) with SIGINT ignored, and an ignored signal stays
+# ignored in every child: the Ctrl-C tests' processes would never see theirs. Python's own handler
+# here is reset to the default in each child at exec.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 SENTINEL_KEY = "sk-" + "".join(
     secrets.choice(string.ascii_letters + string.digits) for _ in range(48)

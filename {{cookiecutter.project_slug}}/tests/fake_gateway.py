@@ -13,6 +13,9 @@ SIGINT/SIGTERM. Without ``--api-key`` any bearer token is accepted::
 
     python fake_gateway.py [--port 0] [--api-key KEY] [--first-token-delay S] [--delta-interval S]
 
+``--wait`` serves nothing: it waits up to 10 s for a fake gateway on ``--port`` and exits 0 once
+one answers, else 1 with one line saying how to start it (``make try`` runs it first).
+
 Routes, under the base path ``/api/v1``:
 
 - ``GET  /api/v1/models``: the ids in ``models`` (default: gpt-4o-mini, gpt-4o, fake-slow).
@@ -831,6 +834,22 @@ def _peer_closed(connection: socket.socket) -> bool:
 # -- command line ------------------------------------------------------------------------------
 
 
+def _wait_for(port: int, seconds: float) -> int:
+    """0 once a fake gateway answers on 127.0.0.1:`port` (its stats route), else 1 and a hint."""
+    deadline = time.monotonic() + seconds
+    while True:
+        address = ("127.0.0.1", port)
+        with contextlib.suppress(OSError), socket.create_connection(address, timeout=1) as sock:
+            sock.sendall(f"GET {STATS_PATH} HTTP/1.0\r\n\r\n".encode())
+            if sock.recv(64).startswith(b"HTTP/1.1 200"):
+                return 0
+        if time.monotonic() > deadline:
+            where = f"127.0.0.1:{port}"
+            print(f"error: no fake gateway on {where}: start it first (make fake)", file=sys.stderr)
+            return 1
+        time.sleep(0.1)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Serve the fake one-api style gateway.")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
@@ -840,7 +859,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--deltas", type=int, default=0, metavar="N", help="answer with N deltas (default: 6)"
     )
+    parser.add_argument(
+        "--wait", action="store_true", help="wait (10 s at most) for a fake gateway on --port"
+    )
     args = parser.parse_args(argv)
+    if args.wait:
+        return _wait_for(args.port, 10.0)
 
     stop = threading.Event()
 

@@ -163,7 +163,7 @@ def test_all_pass_exits_0_after_one_completion_and_one_stream(
     assert [bool(call.body.get("stream")) for call in calls] == [False, True]  # no retries
     assert all(call.body["max_tokens"] == doctor.MAX_TOKENS for call in calls)
     assert all(call.headers["x-client-name"] == f"{CLIENT_NAME}/{__version__}" for call in calls)
-    assert not list(tmp_path.glob("support-report-*"))  # only failed runs leave a report
+    assert not list(tmp_path.glob("support-reports/*"))  # only failed runs leave a report
 
 
 def test_all_pass_verdicts_in_json(
@@ -336,7 +336,9 @@ def test_wrong_key_text_output_names_the_failure_in_each_skip(
         assert re.search(rf"SKIP  {re.escape(title)} .*needs the auth \(GET /models\) check", out)
     assert OTHER_KEY not in out
     assert f"****{OTHER_KEY[-4:]}" in out
-    assert re.search(r"^Support report: .*support-report-\d{8}T\d{6}Z\.txt", out, re.MULTILINE)
+    assert re.search(
+        r"^Support report: .*support-reports/support-report-\d{8}T\d{6}Z\.txt", out, re.MULTILINE
+    )
 
 
 def test_gateway_text_prints_on_a_terminal_that_cannot_show_it(
@@ -403,7 +405,7 @@ def test_model_and_fallbacks_must_be_listed(
     assert hint in listed["hint"]
 
 
-# -- settings and the base URL: rows of the report, never a config error exit -------------------
+# -- settings and the base URL: rows of the report, never an error[config] exit -------------------
 
 SETTINGS_PROBLEMS = [
     pytest.param({KEY_ENV_VAR: None}, f"{KEY_ENV_VAR} is not set", id="missing-key"),
@@ -429,7 +431,7 @@ def test_settings_problems_are_a_failed_row_and_nothing_is_sent(
     code, out, err = run_doctor(capsys)
 
     assert code == 1
-    assert "config error" not in err
+    assert "error[config]" not in err
     assert re.search(rf"^FAIL  settings .*{re.escape(detail)}.*\(see \.env\.example\)", out, re.M)
     for title in ("API key", "base URL", "auth (GET /models)", "completion", "stream"):
         assert re.search(rf"^SKIP  {re.escape(title)} .*needs the settings check", out, re.M)
@@ -596,12 +598,35 @@ def test_env_file_and_key_in_git(
     if tracked:
         assert "git tracks .env" in out
         assert "the key is in tracked files, at 2 place(s): .env:1, notes.md:3" in out
-        reports = list(tmp_path.glob("support-report-*.txt"))
+        reports = list(tmp_path.glob("support-reports/support-report-*.txt"))
         assert len(reports) == 1
-        ignored = subprocess.run(["git", "check-ignore", "-q", reports[0].name], check=False)
+        ignored = subprocess.run(["git", "check-ignore", "-q", str(reports[0])], check=False)
         assert ignored.returncode == 0  # the project's .gitignore keeps reports out of commits
     else:
         assert code == 0
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_the_fake_gateways_documented_key_is_no_leak(
+    doctor_env: Callable[..., None], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The README's try-it key, committed in the docs and the Makefile, passes the git check;
+    any other key in the same files fails it."""
+    doctor_env(**{KEY_ENV_VAR: doctor.FAKE_GATEWAY_KEY})
+    git("init", "-q")
+    (tmp_path / "README.md").write_text(f"make try sets {doctor.FAKE_GATEWAY_KEY}\n")
+    git("add", "README.md")
+
+    _, out, _ = run_doctor(capsys)  # (this fake takes one key only: auth fails)
+
+    assert re.search(r"PASS  key not in git .*the fake gateway's documented key", out)
+    assert re.search(r"WARN  API key ", out)  # not shaped like a gateway key, as it says
+
+    doctor_env(**{KEY_ENV_VAR: doctor.FAKE_GATEWAY_KEY + "-not"})
+    (tmp_path / "README.md").write_text(f"{doctor.FAKE_GATEWAY_KEY}-not\n")
+    git("add", "README.md")
+    _, out, _ = run_doctor(capsys)
+    assert "FAIL  key not in git" in out
 
 
 # -- the support report -------------------------------------------------------------------------
@@ -639,7 +664,7 @@ def test_support_report_has_the_evidence_and_no_key(
     if not support.FRAMEWORKS:
         assert framework.startswith("none")
     # The same report is written to a file, whose name is given on stderr.
-    saved = list(tmp_path.glob("support-report-*.txt"))
+    saved = list(tmp_path.glob("support-reports/support-report-*.txt"))
     assert len(saved) == 1
     assert re.fullmatch(r"support-report-\d{8}T\d{6}Z\.txt", saved[0].name)
     assert saved[0].read_text(encoding="utf-8") + "\n" == out
@@ -654,7 +679,7 @@ def test_support_report_of_a_passing_run_writes_no_file(
 
     assert code == 0
     assert "Every check passed." in out
-    assert not list(tmp_path.glob("support-report-*"))
+    assert not list(tmp_path.glob("support-reports/*"))
 
 
 def test_support_report_of_a_local_failure_says_nothing_reached_the_gateway(
@@ -663,7 +688,7 @@ def test_support_report_of_a_local_failure_says_nothing_reached_the_gateway(
     doctor_env(**{KEY_ENV_VAR: None})
     _, out, _ = run_doctor(capsys, "--support")
 
-    assert field(out, "Key").startswith(f"{KEY_ENV_VAR} = not set")
+    assert field(out, "Key") == f"{KEY_ENV_VAR} = not set"
     assert field(out, "Category").startswith("none: checked on this host")
 
 
@@ -673,13 +698,28 @@ def test_unwritable_directory_still_reports(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     doctor_env(**{KEY_ENV_VAR: None})
-    monkeypatch.setattr(support, "REPORT_PREFIX", "missing-dir/support-report-")
+    monkeypatch.setattr(support, "REPORTS_DIR", Path("missing-dir/support-reports"))
     code, out, err = run_doctor(capsys)
 
     assert code == 1
     assert "FAIL  settings" in out
     assert "could not write the support report" in err
     assert "doctor --support" in err
+
+
+def test_only_the_newest_support_reports_are_kept(
+    doctor_env: Callable[..., None], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    doctor_env(**{KEY_ENV_VAR: None})
+    saved = []
+    for _ in range(support.KEEP_REPORTS + 2):
+        code, _, err = run_doctor(capsys, "--support")
+        assert code == 1
+        saved.append(Path(err.split("Support report: ", 1)[1].split(" (paste", 1)[0]))
+
+    kept = sorted((tmp_path / "support-reports").iterdir())
+    assert sorted(saved[-support.KEEP_REPORTS :]) == kept
+    assert len(kept) == support.KEEP_REPORTS == 5
 
 
 def test_json_and_support_together_is_a_usage_error() -> None:

@@ -119,7 +119,7 @@ def test_entry_points_exit_2_with_the_one_line(
 
     assert caught.value.code == 2
     assert capsys.readouterr().err.splitlines() == [
-        "config error: ALLTKN_STREAMING must be on or off. "
+        "error[config]: ALLTKN_STREAMING must be on or off. "
         "Set it in the environment or in .env (see .env.example)."
     ]
 

@@ -307,7 +307,7 @@ def test_a_bad_otel_variable_stops_the_command_with_one_line_naming_it(
         main(["ask", "hi"])
     error = capsys.readouterr().err
     assert stopped.value.code == 2
-    assert error.startswith(f"config error: {problem}")
+    assert error.startswith(f"error[config]: {problem}")
     assert error.count("\n") == 1
     assert value not in error  # a header's value, an endpoint's password: never shown
     assert not gateway.requests

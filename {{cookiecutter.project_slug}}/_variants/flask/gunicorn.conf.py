@@ -11,6 +11,7 @@ from {{ cookiecutter.package_name }} import metrics_dir
 from {{ cookiecutter.package_name }}.admission import workers_problem
 {% endif -%}
 from {{ cookiecutter.package_name }}.logs import logging_config
+from {{ cookiecutter.package_name }}.settings import load_settings_or_exit
 
 # All interfaces: inside a container the port is only reachable as published.
 bind = os.environ.get("BIND", "0.0.0.0:8000")
@@ -20,7 +21,7 @@ def _count(name: str, default: int, high: int) -> int:
     """A whole number from the environment; a bad one stops gunicorn with one line."""
     raw = os.environ.get(name, "").strip() or str(default)
     if not (raw.isdigit() and 1 <= int(raw) <= high):
-        sys.exit(f"config error: {name} must be a whole number from 1 to {high}")
+        sys.exit(f"error[config]: {name} must be a whole number from 1 to {high}")
     return int(raw)
 
 
@@ -63,8 +64,8 @@ class StreamLogger(Logger):
 logger_class = StreamLogger
 # The directory where the workers count for /metrics (metrics_dir.py), named before the app
 # loads and imports prometheus_client; always files, even for one worker: gunicorn replaces
-# workers (max_requests, timeouts) and their counts must outlive them.
-METRICS_DIR = metrics_dir.prepare()
+# workers (max_requests, timeouts) and their counts must outlive them. None: ALLTKN_METRICS=off.
+METRICS_DIR = metrics_dir.prepare() if load_settings_or_exit().metrics == "on" else None
 
 
 def on_starting(server: Any) -> None:
@@ -73,7 +74,8 @@ def on_starting(server: Any) -> None:
     (preload_app) and the worker count final (command line included): limits counted in each
     worker's memory are refused with several workers.
 {%- endif %}"""
-    metrics_dir.empty(METRICS_DIR)
+    if METRICS_DIR:
+        metrics_dir.empty(METRICS_DIR)
     cap, threads = server.app.wsgi().extensions["slots"].limit, server.cfg.threads
     if cap >= threads:
         sys.exit(
@@ -83,14 +85,15 @@ def on_starting(server: Any) -> None:
 {%- if cookiecutter.caller_auth == "keys" %}
     gate = server.app.wsgi().extensions["gate"]
     if problem := workers_problem(gate.settings, gate.callers, server.cfg.workers):
-        sys.exit(f"config error: {problem}")
+        sys.exit(f"error[config]: {problem}")
     gate.workers = server.cfg.workers  # the app was made before gunicorn knew them
 {%- endif %}
 
 
 def child_exit(server: Any, worker: Any) -> None:
     """A worker is gone: its counts merged, so that recycled workers leave no files behind."""
-    metrics_dir.merge_dead(METRICS_DIR)
+    if METRICS_DIR:
+        metrics_dir.merge_dead(METRICS_DIR)
 
 
 def on_exit(server: Any) -> None:

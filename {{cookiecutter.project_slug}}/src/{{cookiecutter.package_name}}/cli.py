@@ -27,6 +27,7 @@ import asyncio
 {%- endif %}
 import contextlib
 import json
+import logging
 import os
 import re
 import stat
@@ -52,7 +53,7 @@ from .chat_async import AsyncChatService, create_async_client
 from .chat_sync import ChatService, create_client
 {%- endif %}
 from .errors import GatewayError, error_body
-from .logs import configure_logging
+from .logs import CALL_LOGGER, configure_logging
 from .request import MAX_CONTENT_CHARS, ChatRequest, Parameters
 from .settings import Settings, load_settings_or_exit
 
@@ -76,6 +77,19 @@ def for_terminal(text: str) -> str:
     """`text` without control characters other than newline and tab, when stdout is a terminal
     (piped or redirected, the answer goes out as the model wrote it)."""
     return _CONTROL.sub("", text) if sys.stdout.isatty() else text
+
+
+class _AnswerLine(logging.Filter):
+    """On a terminal, a log line written while the answer's last line is open ends it first."""
+
+    open = False  # a delta was written and no newline since
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _AnswerLine.open:
+            _AnswerLine.open = False
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+        return True
 
 
 class _Parser(argparse.ArgumentParser):
@@ -103,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ask.add_argument("--user", help="end user the call is made for (logged)")
     ask.add_argument("--task", help="kind of task, e.g. summarise (logged)")
+    ask.add_argument(
+        "-v", "--verbose", action="store_true", help="on a terminal, show the call log line too"
+    )
     for name, field in Parameters.model_fields.items():  # --max-tokens, --temperature, ...
         ask.add_argument(f"--{name.replace('_', '-')}", dest=name, help=field.description)
     ask.set_defaults(usage_error=ask.error)  # for an `ask` with nothing to send
@@ -118,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument(
+        "--reload", action="store_true", help="one worker, restarted on code changes (development)"
+    )
 {%- endif %}
 {%- if cookiecutter.framework == "script" %}
     batch.add_arguments(
@@ -232,6 +252,11 @@ def _request(args: argparse.Namespace) -> ChatRequest:
 def _ask(args: argparse.Namespace) -> int:
     request = _request(args)
     settings = _setup()
+    if sys.stderr.isatty() and not args.verbose:  # a person reading: a failed call's line only
+        CALL_LOGGER.setLevel(logging.WARNING)
+    if sys.stdout.isatty():
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_AnswerLine())
     call = CallInfo(user=args.user, task=args.task)
     stream, echo = not args.no_stream, not args.json  # --json: the one object, at the end
     try:
@@ -250,7 +275,10 @@ def _ask(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(asdict(result), ensure_ascii=False))
     else:
-        print("" if stream else for_terminal(result.content))  # a streamed answer is out, bar its newline
+        if not stream:
+            print(for_terminal(result.content))
+        elif _AnswerLine.open or not result.content:  # streamed: its newline, unless written
+            print()
     return 0
 {%- if cookiecutter.framework == "fastapi" %}
 
@@ -268,6 +296,7 @@ async def _answer(
                 if echo:
                     sys.stdout.write(for_terminal(delta))
                     sys.stdout.flush()
+                    _AnswerLine.open = True
         return deltas.result()
 {%- else %}
 
@@ -284,6 +313,7 @@ def _answer(
             if echo:
                 sys.stdout.write(for_terminal(delta))
                 sys.stdout.flush()
+                _AnswerLine.open = True
     return deltas.result()
 {%- endif %}
 {%- if cookiecutter.framework == "fastapi" %}
@@ -295,7 +325,7 @@ def _serve(args: argparse.Namespace) -> int:
     settings = _setup()
     raw = os.environ.get("WEB_CONCURRENCY", "").strip() or "1"
     if not (raw.isdigit() and 1 <= int(raw) <= MAX_WORKERS):
-        print(f"config error: WEB_CONCURRENCY must be 1 to {MAX_WORKERS} workers", file=sys.stderr)
+        print(f"error[config]: WEB_CONCURRENCY must be 1 to {MAX_WORKERS} workers", file=sys.stderr)
         return EXIT_USAGE
 {%- if cookiecutter.caller_auth == "keys" %}
     from .admission import load_callers_or_exit
@@ -310,7 +340,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     # Where the workers count for /metrics, before any imports prometheus_client. One worker
     # lives as long as the server: it may count in memory.
-    if raw != "1" or os.environ.get(metrics_dir.ENV, "").strip():
+    if settings.metrics == "on" and (raw != "1" or os.environ.get(metrics_dir.ENV, "").strip()):
         metrics_dir.empty(metrics_dir.prepare())
     try:
         uvicorn.run(
@@ -318,6 +348,8 @@ def _serve(args: argparse.Namespace) -> int:
             host=args.host,
             port=args.port,
             workers=int(raw),
+            # The settings are checked above, before the reloader starts: a bad one exits 2 here.
+            reload=args.reload,
             # Not uvloop: a relay under it was measured missing client hang-ups (README).
             loop="asyncio",
             http=PROTOCOL,  # httptools, plus a deadline for a request's head (408)

@@ -114,34 +114,44 @@ def meter_provider(resource: Resource) -> MeterProvider:
 
 
 class OtlpSink:
-    """`metrics.py`'s measurements on instruments of the same names, units and attributes."""
+    """`metrics.py`'s measurements on instruments of the same names, units and attributes. The
+    attributes each instrument gets from an attribute set are worked out once, then kept."""
 
     def __init__(self, meter: Meter) -> None:
-        self._histograms = {
+        histograms = {
             h: meter.create_histogram(h.name, h.unit, h.description) for h in metrics.HISTOGRAMS
         }
+        self._duration = histograms[metrics.DURATION]
+        self._first_chunk = histograms[metrics.TIME_TO_FIRST_CHUNK]
+        self._tokens = histograms[metrics.TOKEN_USAGE]
         self._counters = {
             c: meter.create_counter(c.name, c.unit, c.description) for c in metrics.COUNTERS
         }
+        # An attribute set's: duration, time to first chunk, input and output tokens.
+        self._calls: dict[tuple[tuple[str, str], ...], tuple[dict[str, str], ...]] = {}
 
     def record(self, measurement: metrics.Measurement) -> None:
         attributes = measurement.attributes
-        self._record(metrics.DURATION, measurement.duration_s, attributes)
+        key = tuple(attributes.items())
+        sets = self._calls.get(key)
+        if sets is None:
+            typed = [{**attributes, "gen_ai.token.type": kind} for kind in ("input", "output")]
+            sets = self._calls[key] = (
+                _only(metrics.DURATION, attributes),
+                _only(metrics.TIME_TO_FIRST_CHUNK, attributes),
+                *(_only(metrics.TOKEN_USAGE, each) for each in typed),
+            )
+        duration, first_chunk, input_tokens, output_tokens = sets
+        self._duration.record(measurement.duration_s, duration)
         if (first := measurement.time_to_first_chunk_s) is not None:
-            self._record(metrics.TIME_TO_FIRST_CHUNK, first, attributes)
-        tokens = {"input": measurement.input_tokens, "output": measurement.output_tokens}
-        for kind, count in tokens.items():
-            if count is not None:
-                typed = {**attributes, "gen_ai.token.type": kind}
-                self._record(metrics.TOKEN_USAGE, count, typed)
+            self._first_chunk.record(first, first_chunk)
+        if (tokens := measurement.input_tokens) is not None:
+            self._tokens.record(tokens, input_tokens)
+        if (tokens := measurement.output_tokens) is not None:
+            self._tokens.record(tokens, output_tokens)
 
     def add(self, counter: metrics.Instrument, attributes: metrics.Attributes) -> None:
         self._counters[counter].add(1, _only(counter, attributes))
-
-    def _record(
-        self, histogram: metrics.Instrument, value: float, attributes: metrics.Attributes
-    ) -> None:
-        self._histograms[histogram].record(value, _only(histogram, attributes))
 
 
 def _only(instrument: metrics.Instrument, attributes: metrics.Attributes) -> dict[str, str]:

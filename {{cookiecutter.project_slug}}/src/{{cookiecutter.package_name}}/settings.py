@@ -107,6 +107,8 @@ class Settings(BaseSettings):
     # Models callers may name (comma-separated; "*": any). Default: ALLTKN_MODEL and the
     # fallback models, so a caller cannot spend the key on a model nobody chose.
     allowed_models: str = Field("", validation_alias="ALLTKN_ALLOWED_MODELS")
+    # "off": no `GET /metrics` (404), nothing counted for it, no file written: no cost at all.
+    metrics: Switch = Field("on", validation_alias="ALLTKN_METRICS")
     # Unset: `GET /metrics` is open (keep it off the internet); set: it wants this as a Bearer.
     metrics_token: SecretStr | None = Field(None, validation_alias="ALLTKN_METRICS_TOKEN")
     # A request body over this many bytes is refused (413) before it is read to the end.
@@ -171,9 +173,9 @@ class Settings(BaseSettings):
             raise ValueError("lists a model twice")
         return ",".join(models)
 
-    @field_validator("streaming"{% if cookiecutter.framework != "script" %}, "dev_ui"{% endif %}, mode="before")
+    @field_validator("streaming"{% if cookiecutter.framework != "script" %}, "metrics", "dev_ui"{% endif %}, mode="before")
     @classmethod
-    def _check_streaming(cls, value: object) -> object:
+    def _check_switch(cls, value: object) -> object:
         if isinstance(value, str) and (value := value.strip().lower()) not in ("on", "off"):
             raise ValueError("must be on or off")
         return value
@@ -266,5 +268,5 @@ def load_settings_or_exit() -> Settings:
     try:
         return load_settings()
     except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
+        print(f"error[config]: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

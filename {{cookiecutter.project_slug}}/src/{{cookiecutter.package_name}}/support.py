@@ -18,7 +18,7 @@ from .redaction import redact
 from .settings import KEY_ENV_VAR
 
 FRAMEWORKS: tuple[str, ...] = {% if cookiecutter.framework == "fastapi" %}("fastapi", "uvicorn"){% elif cookiecutter.framework == "flask" %}("flask", "gunicorn"){% else %}(){% endif %}
-REPORT_PREFIX = "support-report-"
+REPORTS_DIR, REPORT_PREFIX, KEEP_REPORTS = Path("support-reports"), "support-report-", 5
 STATUSES = ("pass", "warn", "fail", "skip")
 
 
@@ -113,6 +113,8 @@ class Report:
     def ticket(self) -> str:
         """The support report: text ready to paste into a ticket."""
         about, failures = self.versions(), [c for c in self.checks if c.status == "fail"]
+        masked = self.key not in ("not set", "unknown")
+        key = f"{self.key} (last 4 characters only)" if masked else self.key
         facts = {
             "Time": f"{self.started_at:%Y-%m-%d %H:%M:%S UTC}",
             "Client": f"{about['client']} (X-Client-Name: {CLIENT_HEADERS['X-Client-Name']})",
@@ -120,7 +122,7 @@ class Report:
             **{name: about[name.lower()] for name in ("Python", "openai", "Framework")},
             "Model": self.model,
             "Gateway host": f"{self.gateway_host} ({self.gateway_scheme or '?'})",
-            "Key": f"{KEY_ENV_VAR} = {self.key} (last 4 characters only)",
+            "Key": f"{KEY_ENV_VAR} = {key}",
             "Timeout": f"ALLTKN_TIMEOUT_S = {self.timeout_s:g} s",
             "Result": self.summary(),
         }
@@ -158,19 +160,27 @@ class Report:
         return json.dumps(document, ensure_ascii=False, indent=2)
 
     def save(self, text: str) -> Path | None:
-        """`support-report-<UTC time>.txt` here, never overwriting another; None if it fails."""
+        """`support-reports/support-report-<UTC time>.txt`, never overwriting another, keeping the
+        newest KEEP_REPORTS; None if it fails."""
         stamp = f"{REPORT_PREFIX}{self.started_at:%Y%m%dT%H%M%SZ}"
         try:
+            REPORTS_DIR.mkdir(exist_ok=True)
             for n in range(1, 100):
-                path = Path(f"{stamp}{f'-{n}' * (n > 1)}.txt")
+                path = REPORTS_DIR / f"{stamp}{f'-{n}' * (n > 1)}.txt"
                 with contextlib.suppress(FileExistsError), path.open("x", encoding="utf-8") as file:
                     file.write(text)
-                    return path.resolve()
-            raise FileExistsError("99 support reports made in the same second")
+                    break
+            else:
+                raise FileExistsError("99 support reports made in the same second")
         except OSError as exc:
             fix = f"run '{CLIENT_NAME} doctor --support' and copy its output instead"
             print(f"doctor: could not write the support report ({exc}); {fix}", file=sys.stderr)
             return None
+        with contextlib.suppress(OSError):  # the oldest beyond KEEP_REPORTS go
+            saved = REPORTS_DIR.glob(f"{REPORT_PREFIX}*.txt")
+            for old in sorted(saved, key=lambda p: (p.stat().st_mtime_ns, p.name))[:-KEEP_REPORTS]:
+                old.unlink()
+        return path.resolve()
 
     def output(self, mode: Literal["text", "json", "support"]) -> int:
         """Print the report; a failed run also saves the support report. Exit 1 if one failed."""

@@ -132,7 +132,7 @@ def start_or_exit(settings: Settings) -> None:
     try:
         start(settings)
     except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
+        print(f"error[config]: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

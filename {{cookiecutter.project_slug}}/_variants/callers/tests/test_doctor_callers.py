@@ -198,7 +198,7 @@ def test_unreachable_redis_fails_in_time_without_its_password(
     error = "TimeoutError" if port == "silent" else "ConnectionError"
     assert f"cannot reach Redis at 127.0.0.1:{number} ({error})" in out
     assert "ALLTKN_LIMITS_REDIS_URL" in out  # the hint names the variable
-    report = next(tmp_path.glob("support-report-*.txt")).read_text(encoding="utf-8")
+    report = next(tmp_path.glob("support-reports/support-report-*.txt")).read_text(encoding="utf-8")
     for text in (out, err, report, json.dumps(doctor_json(capsys))):
         assert PASSWORD not in text
         assert PASSWORD[-4:] not in text

@@ -385,6 +385,7 @@ def test_the_key_is_in_no_response_and_no_server_output(server: Server) -> None:
         # missing key takes the same path, `load_settings_or_exit`: see test_settings.py.)
         pytest.param(KEY_ENV_VAR, "<your-alltkn-api-key>", id="key-placeholder-2-workers"),
         pytest.param("WEB_CONCURRENCY", "65", id="workers-too-many"),
+        pytest.param("ALLTKN_METRICS", "maybe", id="metrics-switch-neither-on-nor-off"),
     ],
 )
 def test_the_server_refuses_to_start_with_a_bad_setting(

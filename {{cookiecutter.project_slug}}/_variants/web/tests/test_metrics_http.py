@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from {{ cookiecutter.package_name }} import metrics_dir, prometheus
 
 from .fake_gateway import FakeGateway
-from .live_server import Server, parse_events, run_server
+from .live_server import PROJECT_ROOT, Server, parse_events, run_server, server_env
 
 # Signals, and dead workers' files are merged only on POSIX systems.
 pytestmark = pytest.mark.skipif(os.name == "nt", reason="POSIX only")
@@ -215,6 +215,34 @@ def test_metrics_needs_no_caller_key_but_the_metrics_token_once_set(
     (unset := tmp_path / "no-token").mkdir()
     with serve(gateway, unset, 1) as open_server:  # no token: anyone who reaches it
         assert httpx2.get(open_server.url + "/metrics").status_code == 200
+
+
+def test_with_metrics_off_there_is_no_endpoint_no_file_and_no_sink(
+    gateway: FakeGateway, tmp_path: Path
+) -> None:
+    directory = tmp_path / "metrics"
+    off = {"ALLTKN_METRICS": "off", "PROMETHEUS_MULTIPROC_DIR": str(directory)}
+    with serve(gateway, tmp_path, 2, **off) as server:
+        tokens = drive(server)  # answers, errors, a cut, a hang-up, refusals: all as usual
+        assert tokens["input"] > 0
+        missing = httpx2.get(server.url + "/metrics")
+        assert missing.status_code == 404
+        assert "ALLTKN_METRICS=off" in missing.json()["error"]["message"]
+    assert not directory.exists() or not list(directory.iterdir())
+    # Nothing counts for it in the app: no sink installed, prometheus_client not imported.
+    check = (
+        "import sys; from {{ cookiecutter.package_name }} import app, metrics; "
+        "print(metrics.recording(), 'prometheus_client' in sys.modules)"
+    )
+    env = server_env(gateway, ALLTKN_METRICS="off")
+{%- if cookiecutter.caller_auth == "keys" %}
+    env["ALLTKN_CALLERS_FILE"] = str(tmp_path / "callers.json")  # the server's (run_server)
+{%- endif %}
+    done = subprocess.run(
+        [sys.executable, "-c", check], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "False"]
 
 
 def worker_pids(directory: Path) -> set[int]:

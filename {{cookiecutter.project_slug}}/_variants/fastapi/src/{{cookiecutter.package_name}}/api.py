@@ -19,7 +19,6 @@ from starlette.requests import ClientDisconnect
 from starlette.types import Message, Receive
 
 from . import http_contract as contract
-from . import prometheus
 from .admission import Admission, Gate
 {%- if cookiecutter.caller_auth == "keys" %}
 from .callers import Who
@@ -172,10 +171,16 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
+# Included by `create_app` only with ALLTKN_METRICS=on (the default).
+metrics_router = APIRouter()
+
+
 # A plain `def`: reading the workers' counts runs in the thread pool, off the event loop.
-@router.get("/metrics", include_in_schema=False)
+@metrics_router.get("/metrics", include_in_schema=False)
 def scrape(request: Request, service: Chat) -> Response:
     """Prometheus metrics; no caller key, but ALLTKN_METRICS_TOKEN when it is set."""
+    from . import prometheus  # imported by `create_app` already: metrics are on
+
     token = service.settings.metrics_token
     if not prometheus.authorized(request.headers.get("authorization"), token):
         return JSONResponse(*contract.metrics_denied(request.state.request_id))

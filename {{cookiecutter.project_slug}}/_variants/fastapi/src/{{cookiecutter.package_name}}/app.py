@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import CLIENT_NAME, __version__, api, metrics, prometheus, telemetry
+from . import CLIENT_NAME, __version__, api, metrics, telemetry
 {%- if cookiecutter.caller_auth == "keys" %}
 from .admission import Gate, limit_headers, load_callers_or_exit, workers_from_environment
 {%- else %}
@@ -117,7 +117,10 @@ def server_span(scope: Scope) -> ServerSpan | None:
 def create_app(settings: Settings) -> FastAPI:
     configure_logging(settings.log_level, secrets=settings.secret_values)
     metrics.configure(settings)
-    metrics.install(prometheus.sink())
+    if settings.metrics == "on":  # off: prometheus_client is not even imported
+        from . import prometheus
+
+        metrics.install(prometheus.sink())
     telemetry.start_or_exit(settings)  # spans and metrics over OTLP, if configured
 {%- if cookiecutter.caller_auth == "keys" %}
     workers = workers_from_environment()
@@ -153,6 +156,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(guard, slots=Slots(settings.max_streams), hosts=settings.allowed_host_set)
     app.add_middleware(request_ids)  # the outer one: it runs first
     app.include_router(api.router)
+    if settings.metrics == "on":
+        app.include_router(api.metrics_router)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -15,7 +15,6 @@ from pydantic import ValidationError
 from werkzeug.exceptions import ClientDisconnected
 
 from . import http_contract as contract
-from . import prometheus
 from .admission import Admission, Gate
 from .chat import CallInfo
 from .chat_sync import ChatService
@@ -152,9 +151,15 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@bp.get("/metrics")
+# Registered by `create_app` only with ALLTKN_METRICS=on (the default).
+metrics_bp = Blueprint("metrics", __name__)
+
+
+@metrics_bp.get("/metrics")
 def scrape() -> Response | contract.Reply:
     """Prometheus metrics; no caller key, but ALLTKN_METRICS_TOKEN when it is set."""
+    from . import prometheus  # imported by `create_app` already: metrics are on
+
     token = chat_service().settings.metrics_token
     if not prometheus.authorized(request.headers.get("Authorization"), token):
         return contract.metrics_denied(g.request_id)

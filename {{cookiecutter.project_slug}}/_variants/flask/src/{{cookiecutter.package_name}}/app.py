@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
-from . import api, metrics, prometheus, telemetry
+from . import api, metrics, telemetry
 from . import http_contract as contract
 {%- if cookiecutter.caller_auth == "keys" %}
 from .admission import Gate, load_callers_or_exit
@@ -33,7 +33,10 @@ if TYPE_CHECKING:
 def create_app(settings: Settings) -> Flask:
     configure_logging(settings.log_level, secrets=settings.secret_values)
     metrics.configure(settings)
-    metrics.install(prometheus.sink())
+    if settings.metrics == "on":  # off: prometheus_client is not even imported
+        from . import prometheus
+
+        metrics.install(prometheus.sink())
     telemetry.start_or_exit(settings)  # spans and metrics over OTLP, if configured
     app = Flask(__name__)
     # One client per process: it holds the connections to the gateway.
@@ -48,6 +51,8 @@ def create_app(settings: Settings) -> Flask:
     app.extensions["gate"] = Gate(settings)
 {%- endif %}
     app.register_blueprint(api.bp)
+    if settings.metrics == "on":
+        app.register_blueprint(api.metrics_bp)
 
     @app.before_request
     def assign_request_id() -> None:

@@ -148,9 +148,9 @@ def load_callers_or_exit(settings: Settings, workers: int) -> Callers:
     try:
         callers = Callers(settings.callers_file)
     except CallersError as exc:
-        sys.exit(f"config error: {exc}")
+        sys.exit(f"error[config]: {exc}")
     if problem := workers_problem(settings, callers, workers):
-        sys.exit(f"config error: {problem}")
+        sys.exit(f"error[config]: {problem}")
     if not callers.current():
         logger.warning("no callers in %s: every chat request gets 401", settings.callers_file)
     return callers

@@ -251,7 +251,10 @@ def metrics_denied(request_id: str) -> Reply:
 
 
 def no_route_body(status: int, method: str, path: str, request_id: str) -> dict[str, Any]:
-    known = {404: f"there is no endpoint at {path}", 405: f"{method} is not allowed on {path}"}
+    missing = f"there is no endpoint at {path}"
+    if path == "/metrics":  # not served: the switch is off
+        missing += " (ALLTKN_METRICS=off; set it to on to serve the Prometheus metrics)"
+    known = {404: missing, 405: f"{method} is not allowed on {path}"}
     message = known.get(status, HTTPStatus(status).phrase)[:300]
     return error_body(Category.INVALID_REQUEST, message, ENDPOINTS_HINT, request_id)
 

@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -44,59 +44,61 @@ def label_name(attribute: str) -> str:
     return attribute.replace(".", "_")
 
 
-M = TypeVar("M", Counter, Histogram)
-
-
-class _Series(Generic[M]):
-    """A metric's labelled children by their label values: a dict lookup per observation."""
-
-    def __init__(self, metric: M, attributes: tuple[str, ...]) -> None:
-        self.metric: M = metric
-        self.attributes = attributes
-        self.children: dict[tuple[str, ...], M] = {}
-
-    def child(self, attributes: metrics.Attributes) -> M:
-        values = tuple(attributes.get(name, "") for name in self.attributes)
-        child = self.children.get(values)
-        if child is None:
-            child = self.children[values] = self.metric.labels(*values)
-        return child
-
-
 class PrometheusSink:
-    """A `metrics.Sink` of Prometheus metrics, and their exposition."""
+    """A `metrics.Sink` of Prometheus metrics, and their exposition. The labelled children of
+    an attribute set are looked up once, then kept: a record costs one dict lookup before the
+    observations (the sets are few: `metrics.py` bounds them)."""
 
     def __init__(self, directory: Path | None) -> None:
         self.directory = directory
         # What a scrape reads: the metrics' own registry in memory; else every process's files.
         self.registry = CollectorRegistry()
-        histograms = {i: self._series(Histogram, i, buckets=i.buckets) for i in metrics.HISTOGRAMS}
-        self._duration = histograms[metrics.DURATION]
-        self._first_chunk = histograms[metrics.TIME_TO_FIRST_CHUNK]
-        self._tokens = histograms[metrics.TOKEN_USAGE]
-        self._counters = {i: self._series(Counter, i) for i in metrics.COUNTERS}
+        self._metrics: dict[metrics.Instrument, Any] = {
+            **{i: self._metric(Histogram, i, buckets=i.buckets) for i in metrics.HISTOGRAMS},
+            **{i: self._metric(Counter, i) for i in metrics.COUNTERS},
+        }
+        # An attribute set's children: duration, time to first chunk, input and output tokens.
+        self._calls: dict[tuple[tuple[str, str], ...], tuple[Histogram, ...]] = {}
+        self._counted: dict[tuple[metrics.Instrument, tuple[str, ...]], Counter] = {}
         if directory is not None:
             self.registry = CollectorRegistry()
             self.registry.register(_Files(directory))
 
-    def _series(self, kind: type[M], instrument: metrics.Instrument, **options: Any) -> _Series[M]:
-        attributes = metrics.ATTRIBUTES[instrument]
-        labels = [label_name(attribute) for attribute in attributes]
+    def _metric(self, kind: type[Any], instrument: metrics.Instrument, **options: Any) -> Any:
+        labels = [label_name(attribute) for attribute in metrics.ATTRIBUTES[instrument]]
         name, help_text = prometheus_name(instrument), instrument.description
-        return _Series(kind(name, help_text, labels, registry=self.registry, **options), attributes)
+        return kind(name, help_text, labels, registry=self.registry, **options)
+
+    def _child(self, instrument: metrics.Instrument, attributes: metrics.Attributes) -> Any:
+        values = [attributes.get(name, "") for name in metrics.ATTRIBUTES[instrument]]
+        return self._metrics[instrument].labels(*values)
 
     def record(self, measurement: metrics.Measurement) -> None:
         attributes = measurement.attributes
-        self._duration.child(attributes).observe(measurement.duration_s)
+        key = tuple(attributes.items())
+        children = self._calls.get(key)
+        if children is None:
+            typed = [{**attributes, "gen_ai.token.type": kind} for kind in ("input", "output")]
+            children = self._calls[key] = (
+                self._child(metrics.DURATION, attributes),
+                self._child(metrics.TIME_TO_FIRST_CHUNK, attributes),
+                *(self._child(metrics.TOKEN_USAGE, each) for each in typed),
+            )
+        duration, first_chunk, input_tokens, output_tokens = children
+        duration.observe(measurement.duration_s)
         if (first := measurement.time_to_first_chunk_s) is not None:
-            self._first_chunk.child(attributes).observe(first)
-        tokens_by_type = ("input", measurement.input_tokens), ("output", measurement.output_tokens)
-        for kind, tokens in tokens_by_type:
-            if tokens is not None:
-                self._tokens.child({**attributes, "gen_ai.token.type": kind}).observe(tokens)
+            first_chunk.observe(first)
+        if (tokens := measurement.input_tokens) is not None:
+            input_tokens.observe(tokens)
+        if (tokens := measurement.output_tokens) is not None:
+            output_tokens.observe(tokens)
 
     def add(self, counter: metrics.Instrument, attributes: metrics.Attributes) -> None:
-        self._counters[counter].child(attributes).inc()
+        key = (counter, tuple(attributes.values()))
+        child = self._counted.get(key)
+        if child is None:
+            child = self._counted[key] = self._child(counter, attributes)
+        child.inc()
 
     def exposition(self) -> bytes:
         """The Prometheus text format: every worker's counts, exact."""
