@@ -66,6 +66,7 @@ def run(answers: Mapping[str, object], project_dir: Path, environ: Mapping[str, 
         )
         return 1
     kept -= {path.relative_to(project_dir).as_posix() for path in moved}
+    variants.name_the_lock(project_dir, str(answers.get("project_slug", "")))
     by_cruft = cruft_file.rendered_by_cruft(answers)
     if not by_cruft:
         cruft_file.write_cruft_file(project_dir, answers, TEMPLATE_DIR)

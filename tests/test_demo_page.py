@@ -126,6 +126,7 @@ def service(request: pytest.FixtureRequest, cookies_session: Any) -> Iterator[Se
             "ALLTKN_BASE_URL": base_url,
             "ALLTKN_MAX_RETRIES": "0",
             "ALLTKN_ALLOWED_MODELS": "*",  # the fake's scenario models
+            "ALLTKN_DEV_UI": "on",  # the page is a development surface, off by default
         }
         command = [sys.executable, *COMMANDS[framework], target]
         if framework == "flask":

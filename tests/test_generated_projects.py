@@ -1,6 +1,7 @@
 """Slow tier: each variant installed with pip into a fresh virtualenv, its own checks run there.
 
-This is what a team does on day one (`pip install -e ".[dev]"`, then `make check`: ruff, mypy
+This is what a team does on day one (`make dev` without uv: the hashed lock, then the project
+without build isolation; then `make check`: ruff, mypy
 --strict, the secret scan, pytest), on the Python version the team picked, so it proves the
 generated project installs and passes on its own. Each variant also carries a different
 docker / kubernetes / ci combination; those options add no Python, so three bakes cover them.
@@ -70,7 +71,12 @@ def test_variant_installs_and_passes_its_own_checks(
     # pytest-xdist only to overlap the suite's waits (servers starting, timeouts) in this tier,
     # which runs three projects' checks next to the rest of the template suite.
     pip = [str(bin_dir / "python"), "-m", "pip", "install", "-q"]
-    run([*pip, "-e", ".[dev]", "pytest-xdist"], cwd=project)
+    # As `make dev` without uv: only the hashed lock, then the project with the locked backend;
+    # so the universal lock is shown to install on each of these Pythons.
+    run([*pip, "--require-hashes", "--no-deps", "-r", "requirements-dev.lock.txt"], cwd=project)
+    run([*pip, "--no-deps", "--no-build-isolation", "-e", "."], cwd=project)
+    run([str(bin_dir / "python"), "-m", "pip", "check"], cwd=project)
+    run([*pip, "pytest-xdist"], cwd=project)
     # The tests must not depend on anything in the caller's environment.
     env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "HOME": str(tmp_path)}
     env["PYTEST_ADDOPTS"] = "-n 2"

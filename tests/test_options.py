@@ -246,11 +246,14 @@ def test_makefile_has_the_verbs_with_and_without_uv(baked: dict[str, Path], name
     project = baked[name]
     for uv in ("", "/usr/bin/true"):  # UV= forces pip; any path stands in for uv
         plan = run_ok(["make", "-n", f"UV={uv}", *MAKE_VERBS], project)
-        if uv:
-            assert "uv sync --extra dev" in plan
+        if uv:  # from uv.lock, refusing a lock that no longer matches pyproject.toml
+            assert "uv sync --locked --extra dev" in plan
             assert "uv run python -m pytest" in plan
-        else:
-            assert '.venv/bin/python -m pip install -q -e ".[dev]"' in plan
+        else:  # from the hashed export of uv.lock, the project without build isolation
+            pip = ".venv/bin/python -m pip install -q"
+            assert f"{pip} --require-hashes --no-deps -r requirements-dev.lock.txt" in plan
+            assert f"{pip} --no-deps --no-build-isolation -e ." in plan
+            assert "-e .[dev]" not in plan.replace('"', "")
             assert ".venv/bin/python -m pytest" in plan
         assert "-m alltkn_service doctor" in plan
         assert "-m detect_secrets.pre_commit_hook --baseline .secrets.baseline" in plan
@@ -429,8 +432,15 @@ def test_the_image_is_multi_stage_slim_non_root(baked: dict[str, Path], name: st
     froms = re.findall(r"^FROM (\S+)", dockerfile, re.MULTILINE)
     web = not name.startswith("script")
 
+    # Both stages on the same slim image of the chosen Python, pinned by digest.
     assert len(froms) == 2
-    assert all(image.endswith("-slim") for image in froms)
+    assert froms[0] == froms[1]
+    assert re.fullmatch(r"python:3\.13\.\d+-slim-bookworm@sha256:[0-9a-f]{64}", froms[0])
+    assert "docker buildx imagetools inspect" in dockerfile
+    # Only hashed, locked wheels; the project itself built by the locked backend.
+    assert "--require-hashes --no-deps -r requirements.lock.txt" in dockerfile
+    assert "--require-hashes --no-deps -r requirements-build.lock.txt" in dockerfile
+    assert "--no-build-isolation" in dockerfile
     assert "ca-certificates" in dockerfile
     assert re.search(r"^USER 10001$", dockerfile, re.MULTILINE)
     assert instructions.index("USER") > instructions.index("RUN")  # nothing runs as root after
@@ -619,8 +629,20 @@ def test_github_workflows_validate_and_pass_zizmor(baked: dict[str, Path], name:
         [tool("check-jsonschema"), "--builtin-schema", "vendor.github-workflows", *workflows],
         project,
     )
-    # The auditor persona reports every finding, the pedantic and low-confidence ones too.
-    run_ok([tool("zizmor"), "--offline", "--no-progress", "--persona=auditor", *workflows], project)
+    dependabot = project / ".github" / "dependabot.yml"
+    run_ok(
+        [tool("check-jsonschema"), "--builtin-schema", "vendor.dependabot", str(dependabot)],
+        project,
+    )
+    ecosystems = [u["package-ecosystem"] for u in yaml.safe_load(dependabot.read_text())["updates"]]
+    docker = ["docker"] if (project / "Dockerfile").exists() else []
+    assert ecosystems == ["uv", *docker, "github-actions"]
+    # The auditor persona reports every finding, the pedantic and low-confidence ones too; the
+    # whole .github directory: the workflows and dependabot.yml.
+    output = run_ok(
+        [tool("zizmor"), "--offline", "--no-progress", "--persona=auditor", ".github"], project
+    )
+    assert "No findings to report" in output
 
 
 @pytest.mark.parametrize("name", WITH_GITHUB)
@@ -666,6 +688,13 @@ def test_github_ci_is_least_privilege_pinned_and_runs_make(
     # doctor checks the callers file of caller-key bakes: a throwaway one, never the real one.
     throwaway = "python -m alltkn_service keys create ci-smoke > /dev/null"
     assert (throwaway in doctor["run"].splitlines()) == caller_keys(name)
+    # Every install is from the hashed lock; no job installs the project with its dependencies.
+    installs = [
+        line for s in steps for line in s.get("run", "").splitlines() if "pip install" in line
+    ]
+    locked = ("--require-hashes --no-deps -r requirements", "--no-deps --no-build-isolation")
+    assert installs
+    assert all(any(part in line for part in locked) for line in installs), installs
     # No step prints the key or the environment.
     assert not any(
         re.search(r"echo .*secrets\.|printenv|\benv\b\s*$", s.get("run", "")) for s in steps
@@ -679,8 +708,20 @@ def test_gitlab_ci_validates_and_calls_make_targets(baked: dict[str, Path], name
         [tool("check-jsonschema"), "--builtin-schema", "vendor.gitlab-ci", ".gitlab-ci.yml"],
         project,
     )
+    run_ok(
+        [tool("check-jsonschema"), "--builtin-schema", "vendor.renovate", "renovate.json"], project
+    )
     ci = yaml.safe_load((project / ".gitlab-ci.yml").read_text())
     jobs = {k: v for k, v in ci.items() if isinstance(v, dict) and "script" in v}
+    # Every install is from the hashed lock (detect-secrets alone, at its pinned version).
+    lines = [
+        *ci[".install-dev"]["before_script"],
+        *(x for job in jobs.values() for x in job["script"]),
+    ]
+    installs = [line for line in lines if "pip install" in line and "detect-secrets" not in line]
+    locked = ("--require-hashes --no-deps -r requirements", "--no-deps --no-build-isolation")
+    assert len(installs) == 4
+    assert all(any(part in line for part in locked) for line in installs), installs
     calls = make_calls([line for job in jobs.values() for line in job["script"]])
 
     assert set(jobs) == {"lint", "typecheck", "test", "secret-scan", "smoke"}
@@ -890,19 +931,29 @@ def test_the_deployment_mounts_the_callers_file_for_caller_keys(
         pytest.param(
             "flask",
             {"caller_auth": "keys", "docker": "yes", "kubernetes": "yes", "ci": "gitlab"},
-            ["web", "sync", "flask", "limits", "callers", "docker", "k8s", "ci-gitlab"],
+            [
+                "web",
+                "sync",
+                "flask",
+                "limits",
+                "callers",
+                "docker",
+                "k8s",
+                "ci-gitlab",
+                "lock-flask-keys",
+            ],
             id="flask-caller-keys",
         ),
         pytest.param(
             "fastapi",
             {"caller_auth": "none", "ci": "github"},
-            ["web", "async", "fastapi", "ci-github"],
+            ["web", "async", "fastapi", "ci-github", "lock-fastapi-none"],
             id="fastapi-open",
         ),
         pytest.param(
             "script",
             {"caller_auth": "keys", "docker": "yes"},
-            ["sync", "async", "rows", "script", "docker"],
+            ["sync", "async", "rows", "script", "docker", "lock-script-keys"],
             id="script-never-gets-caller-keys",
         ),
         pytest.param(
@@ -1022,3 +1073,15 @@ def test_cruft_state_leaves_out_machine_details(post_gen: ModuleType, tmp_path: 
             "_commit": "a" * 40,
         }
     }
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_the_readme_is_short_and_tries_first(baked: dict[str, Path], name: str) -> None:
+    """At most 150 lines; "Try it without a key" right after Quick start, in one `bash try`
+    block (tests/test_newcomer.py runs it); no benchmark figures (the template's docs)."""
+    readme = (baked[name] / "README.md").read_text(encoding="utf-8")
+    headings = re.findall(r"^## (.+)$", readme, re.MULTILINE)
+    assert len(readme.splitlines()) <= 150
+    assert headings[:2] == ["Quick start", "Try it without a key"]
+    assert readme.count("```bash try\n") == 1
+    assert not re.search(r"\d x the ideal|peak RSS|\d MB\b", readme)

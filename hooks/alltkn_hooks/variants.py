@@ -3,6 +3,7 @@ relative paths in the project, then delete `_variants/`."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -30,6 +31,15 @@ _WEB_ONLY_ANSWERS = frozenset({("caller_auth", "keys")})
 _WEB_ONLY_LAYERS = frozenset({"worker-web", "worker-{web}"})
 # Layers only another option's answer brings in: layer -> (answer name, value).
 _ONLY_WITH = {"k8s-worker": ("worker", "celery")}
+# The answers that change the generated pyproject.toml's dependencies, in this order, name the
+# lock layer `lock-<framework>-<caller_auth>`: that combination's uv.lock and hashed requirements
+# files, written by tools/refresh_locks.py. An option that adds a dependency is one more name
+# here, then `python tools/refresh_locks.py` writes its layers.
+LOCK_ANSWERS = ("framework", "caller_auth")
+LOCK_LAYER_PREFIX = "lock-"
+# uv.lock names the project; the layers hold this placeholder (they are copied, not rendered).
+LOCK_FILE = "uv.lock"
+LOCK_NAME_PLACEHOLDER = 'name = "{{ cookiecutter.project_slug }}"'
 
 
 class VariantCollision(Exception):
@@ -56,7 +66,31 @@ def layers_for(framework: str, options: Mapping[str, object] | None = None) -> l
                 layer = layer.replace("{web}", framework)
                 if layer not in layers:
                     layers.append(layer)
-    return layers
+    return layers + lock_layers({**chosen, "framework": framework})
+
+
+def lock_layer(answers: Mapping[str, object]) -> str:
+    """The lock layer's name for these answers (`LOCK_ANSWERS`)."""
+    return LOCK_LAYER_PREFIX + "-".join(str(answers.get(name, "")) for name in LOCK_ANSWERS)
+
+
+def lock_layers(answers: Mapping[str, object]) -> list[str]:
+    """The lock layer when every `LOCK_ANSWERS` is answered (a layer that does not exist, such as
+    one for answers the pre-gen hook refuses, adds nothing)."""
+    if (
+        answers.get("worker") == "celery"
+    ):  # no lock with Celery yet: refresh_locks.py knows no worker
+        return []
+    return [lock_layer(answers)] if all(name in answers for name in LOCK_ANSWERS) else []
+
+
+def name_the_lock(project_dir: Path, project_slug: str) -> None:
+    """Put the project's name in the moved uv.lock (the layers hold a placeholder)."""
+    lock = project_dir / LOCK_FILE
+    if lock.is_file():
+        text = lock.read_text(encoding="utf-8")
+        named = f"name = {json.dumps(project_slug)}"
+        lock.write_text(text.replace(LOCK_NAME_PLACEHOLDER, named, 1), encoding="utf-8")
 
 
 def variant_moves(

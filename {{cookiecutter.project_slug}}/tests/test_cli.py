@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from {{ cookiecutter.package_name }}.cli import main
+from {{ cookiecutter.package_name }}.cli import for_terminal, main
 from {{ cookiecutter.package_name }}.settings import KEY_ENV_VAR
 
 from .conftest import SENTINEL_KEY
@@ -213,3 +213,18 @@ def test_a_reader_leaving_closes_the_stream_quietly(gateway: FakeGateway) -> Non
     assert "Exception ignored" not in stderr
     assert '"status": "client_disconnect"' in stderr
     assert gateway.wait_for(lambda: gateway.aborted_streams == 1, timeout=2)
+
+
+@pytest.mark.parametrize("tty", [True, False], ids=["terminal", "pipe"])
+def test_control_characters_of_an_answer_are_stripped_on_a_terminal_only(
+    monkeypatch: pytest.MonkeyPatch, tty: bool
+) -> None:
+    """An answer's escape sequences could retitle the window, move the cursor or hide text in a
+    terminal; piped, the answer goes out as the model wrote it."""
+    answer = "red:\x1b[31m\x1b]0;title\x07 bell\x07 back\x08\r\x9b2J\nline two\tand a tab"
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: tty)
+    shown = for_terminal(answer)
+    if tty:
+        assert shown == "red:[31m]0;title bell back2J\nline two\tand a tab"
+    else:
+        assert shown == answer

@@ -83,6 +83,24 @@ def test_a_call_is_one_json_line_with_its_fields(
     assert (line["status"], line["duration_ms"]) == (status, 12.5)
 
 
+def test_line_and_format_separators_in_a_field_are_escaped(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """U+2028, U+0085 and friends end a line in some viewers; U+202E turns text around: each is
+    a \\u escape in the line, and the same text once the JSON is read."""
+    sneaky = "a\u2028b\u2029c\u0085d\u202ee\u2066f\u200bg\x7fh"
+    configure_logging("INFO")
+    log_call({"status": "ok", "user": sneaky, "task": "t\u202a"})
+
+    raw = capsys.readouterr().err
+    assert raw.count("\n") == 1
+    for char in "\u2028\u2029\u0085\u202e\u2066\u200b\x7f\u202a":
+        assert char not in raw
+    assert "\\u202e" in raw
+    line = json.loads(raw)
+    assert (line["user"], line["task"]) == (sneaky, "t\u202a")
+
+
 def test_other_records_carry_their_message_traceback_and_stack(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -32,6 +32,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import stat
 import sys
 from collections.abc import Sequence
@@ -68,6 +69,17 @@ MAX_STDIN_BYTES = 4 * MAX_CONTENT_CHARS
 {%- if cookiecutter.framework == "fastapi" %}
 MAX_WORKERS = 64
 {%- endif %}
+
+
+# What a model's answer may not send to a terminal: control characters (escape sequences move
+# the cursor, retitle the window, hide text), bar newline and tab.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def for_terminal(text: str) -> str:
+    """`text` without control characters other than newline and tab, when stdout is a terminal
+    (piped or redirected, the answer goes out as the model wrote it)."""
+    return _CONTROL.sub("", text) if sys.stdout.isatty() else text
 
 
 class _AnswerLine(logging.Filter):
@@ -274,7 +286,7 @@ def _ask(args: argparse.Namespace) -> int:
         print(json.dumps(asdict(result), ensure_ascii=False))
     else:
         if not stream:
-            print(result.content)
+            print(for_terminal(result.content))
         elif _AnswerLine.open or not result.content:  # streamed: its newline, unless written
             print()
     return 0
@@ -292,7 +304,7 @@ async def _answer(
         async with await service.open_stream(request, call) as deltas:
             async for delta in deltas:
                 if echo:
-                    sys.stdout.write(delta)
+                    sys.stdout.write(for_terminal(delta))
                     sys.stdout.flush()
                     _AnswerLine.open = True
         return deltas.result()
@@ -309,7 +321,7 @@ def _answer(
     with service.open_stream(request, call) as deltas:
         for delta in deltas:
             if echo:
-                sys.stdout.write(delta)
+                sys.stdout.write(for_terminal(delta))
                 sys.stdout.flush()
                 _AnswerLine.open = True
     return deltas.result()

@@ -33,6 +33,7 @@ class Category(str, Enum):
     MODEL_NOT_ALLOWED = "model_not_allowed"
     METRICS_AUTH = "metrics_auth"  # `GET /metrics` without ALLTKN_METRICS_TOKEN
     SERVER_BUSY = "server_busy"  # a worker's ALLTKN_MAX_STREAMS chat requests in flight
+    HOST_NOT_ALLOWED = "host_not_allowed"  # a Host header outside ALLTKN_ALLOWED_HOSTS
 {%- endif %}
 {%- if cookiecutter.caller_auth == "keys" %}
     CALLER_AUTH = "caller_auth"
@@ -72,6 +73,8 @@ _EXPLANATIONS: dict[Category, tuple[str, str]] = {
         "Use one of the models in ALLTKN_ALLOWED_MODELS (and in the caller's list)."),
     Category.METRICS_AUTH: ("A valid metrics token is required.",
         "Scrape with Authorization: Bearer <ALLTKN_METRICS_TOKEN> (Prometheus: authorization)."),
+    Category.HOST_NOT_ALLOWED: ("This service does not answer to that host name.",
+        "Call the service by one of its names; operators: list them in ALLTKN_ALLOWED_HOSTS."),
     Category.SERVER_BUSY: ("The service is serving as many requests as it can.",
         "Retry after the delay in Retry-After; operators: add workers or replicas, or raise "
         "ALLTKN_MAX_STREAMS."),

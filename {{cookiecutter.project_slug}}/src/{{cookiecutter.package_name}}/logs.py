@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import logging.config
+import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -23,6 +24,11 @@ REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
 # Loggers the servers configure themselves: sent to the one handler on the root logger.
 SERVER_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "gunicorn.error", "gunicorn.access")
 TRANSPORT_LOGGERS = ("openai", "httpx2", "httpcore2", "aiohttp")  # the call log covers them
+
+# What JSON leaves as it is but breaks or disguises a line in a terminal or a log viewer: C1
+# controls (U+0085 is a newline to some), the line and paragraph separators, bidi controls
+# (U+202E writes the rest backwards), invisible format characters.
+_UNSAFE = re.compile("[\x7f-\x9f\u2028\u2029\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
 
 _secrets: tuple[str, ...] = ()  # exact values to mask (the live key)
 _base_factory: Callable[..., logging.LogRecord] | None = None
@@ -92,7 +98,13 @@ class JsonFormatter(logging.Formatter):
             entry["request_id"] = request_id
         extra = {"exc": record.exc_text, "stack": record.stack_info}
         entry |= fields | {key: value for key, value in extra.items() if value}
-        return json.dumps(entry, ensure_ascii=False, default=str)
+        return escape_unsafe(json.dumps(entry, ensure_ascii=False, default=str))
+
+
+def escape_unsafe(line: str) -> str:
+    """A JSON `line` with the `_UNSAFE` characters as \\u escapes: the same JSON to a parser,
+    one plain line to a person."""
+    return _UNSAFE.sub(lambda found: f"\\u{ord(found.group()):04x}", line)
 
 
 class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]

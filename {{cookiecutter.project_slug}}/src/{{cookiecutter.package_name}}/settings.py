@@ -122,6 +122,11 @@ class Settings(BaseSettings):
 {%- else %}
     max_streams: int = Field(200, ge=1, le=100_000, validation_alias="ALLTKN_MAX_STREAMS")
 {%- endif %}
+    # "on": /docs, /redoc, /openapi.json (FastAPI) and the demo page `GET /`; off: 404.
+    dev_ui: Switch = Field("off", validation_alias="ALLTKN_DEV_UI")
+    # The Host names the service answers to (comma-separated; "*": any); another gets 400.
+    # /healthz and /metrics answer any host (probes and scrapes come by pod IP).
+    allowed_hosts: str = Field("localhost,127.0.0.1,::1", validation_alias="ALLTKN_ALLOWED_HOSTS")
     # A client gets this long to send a request's head and its body: then 408.
     client_timeout_s: float = Field(10.0, gt=0, le=3600, validation_alias="ALLTKN_CLIENT_TIMEOUT_S")
 {%- endif %}
@@ -168,7 +173,7 @@ class Settings(BaseSettings):
             raise ValueError("lists a model twice")
         return ",".join(models)
 
-    @field_validator("streaming"{% if cookiecutter.framework != "script" %}, "metrics"{% endif %}, mode="before")
+    @field_validator("streaming"{% if cookiecutter.framework != "script" %}, "metrics", "dev_ui"{% endif %}, mode="before")
     @classmethod
     def _check_switch(cls, value: object) -> object:
         if isinstance(value, str) and (value := value.strip().lower()) not in ("on", "off"):
@@ -222,6 +227,12 @@ class Settings(BaseSettings):
         if self.allowed_models:
             return frozenset(self.allowed_models.split(","))
         return frozenset((self.model, *self.fallback_model_list))
+
+    @property
+    def allowed_host_set(self) -> frozenset[str] | None:
+        """The Host names requests may carry, lower-cased; None: any."""
+        hosts = {host.strip().lower().strip("[]") for host in self.allowed_hosts.split(",")}
+        return None if "*" in hosts else frozenset(hosts - {""})
 {%- endif %}
 
 

@@ -100,6 +100,7 @@ def server(
         ALLTKN_ALLOWED_MODELS="",
         ALLTKN_FALLBACK_MODELS="gpt-4o",
         ALLTKN_MAX_OUTPUT_TOKENS=str(MAX_OUTPUT_TOKENS),
+        ALLTKN_DEV_UI="on",  # the demo page too
     ) as running:
         yield running
     keys.assert_in_none_of(running.output())

@@ -9,7 +9,7 @@ from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, cast
 
 import anyio
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.routing import APIRoute
 {%- if cookiecutter.caller_auth == "keys" %}
@@ -159,7 +159,10 @@ def call_info(admission: Admission, request: Request) -> CallInfo:
 
 
 @router.get("/", include_in_schema=False)
-async def demo() -> HTMLResponse:
+async def demo(service: Chat) -> HTMLResponse:
+    """The demo page, with ALLTKN_DEV_UI=on (`make run`); off, 404."""
+    if service.settings.dev_ui != "on":
+        raise HTTPException(404)
     return HTMLResponse(contract.DEMO_PAGE, headers=contract.DEMO_PAGE_HEADERS)
 
 

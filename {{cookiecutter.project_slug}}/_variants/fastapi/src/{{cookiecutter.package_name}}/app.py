@@ -22,9 +22,11 @@ from .chat_async import AsyncChatService, create_async_client
 from .errors import GatewayError
 from .http_contract import (
     CHAT_PATHS,
+    NOSNIFF,
     UNTRACED_PATHS,
     BadBody,
     Slots,
+    check_host,
     describe_errors,
     gateway_error,
     no_route_body,
@@ -41,7 +43,8 @@ if TYPE_CHECKING:
 
 
 def request_ids(app: ASGIApp) -> ASGIApp:
-    """Request ids in `request.state`, echoed{% if cookiecutter.caller_auth == "keys" %} (with the caller's limit headers){% endif %}; the
+    """Request ids in `request.state`, echoed{% if cookiecutter.caller_auth == "keys" %} (with the caller's limit headers){% endif %}, and
+    `nosniff`, on every response; the
     request's SERVER span, when traces are exported (telemetry.py). Plain ASGI: `@app.middleware`
     wraps streams, and the span ends with the response, a stream's too."""
 
@@ -52,16 +55,16 @@ def request_ids(app: ASGIApp) -> ASGIApp:
         state = scope.setdefault("state", {})
         state["request_id"] = request_id = request_id_from(inbound)
         REQUEST_ID.set(request_id)  # for uvicorn's access line (logs.py)
-        header = (b"x-request-id", request_id.encode())
+        added = [(b"x-request-id", request_id.encode()), tuple(n.encode() for n in NOSNIFF)]
         span = server_span(scope)
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
 {%- if cookiecutter.caller_auth == "keys" %}
-                headers = [*message.get("headers", []), header, *limit_headers(state)]
+                headers = [*message.get("headers", []), *added, *limit_headers(state)]
                 message["headers"] = headers
 {%- else %}
-                message["headers"] = [*message.get("headers", []), header]
+                message["headers"] = [*message.get("headers", []), *added]
 {%- endif %}
                 if span:
                     span.status = message["status"]
@@ -77,24 +80,30 @@ def request_ids(app: ASGIApp) -> ASGIApp:
     return with_request_id
 
 
-def chat_slots(app: ASGIApp, slots: Slots) -> ASGIApp:
-    """Each chat request holds one of the worker's `slots` until its answer is out (a stream's
-    too), or gets 503 `server_busy`; nothing else takes one."""
+def guard(app: ASGIApp, slots: Slots, hosts: frozenset[str] | None) -> ASGIApp:
+    """A Host outside `hosts` gets 400 `host_not_allowed` (`check_host`); each chat request
+    holds one of the worker's `slots` until its answer is out (a stream's too), or gets 503
+    `server_busy`; nothing else takes one."""
 
-    async def with_a_slot(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] not in CHAT_PATHS or scope["method"] != "POST":
+    async def guarded(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
             return await app(scope, receive, send)
+        chat = scope["path"] in CHAT_PATHS and scope["method"] == "POST"
         try:
-            slots.take()
-        except GatewayError as busy:
-            reply = JSONResponse(*gateway_error(busy, scope["state"]["request_id"]))
+            host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
+            check_host(host, scope["path"], hosts)
+            if chat:
+                slots.take()
+        except GatewayError as refusal:
+            reply = JSONResponse(*gateway_error(refusal, scope["state"]["request_id"]))
             return await reply(scope, receive, send)
         try:
             await app(scope, receive, send)
         finally:
-            slots.give_back()
+            if chat:
+                slots.give_back()
 
-    return with_a_slot
+    return guarded
 
 
 def server_span(scope: Scope) -> ServerSpan | None:
@@ -135,8 +144,16 @@ def create_app(settings: Settings) -> FastAPI:
             yield {"chat": AsyncChatService(client, settings), "gate": gate}  # `request.state`
 {%- endif %}
 
-    app = FastAPI(title=CLIENT_NAME, version=__version__, lifespan=lifespan)
-    app.add_middleware(chat_slots, slots=Slots(settings.max_streams))
+    dev = settings.dev_ui == "on"  # off: /docs, /redoc and /openapi.json answer 404
+    app = FastAPI(
+        title=CLIENT_NAME,
+        version=__version__,
+        lifespan=lifespan,
+        docs_url="/docs" if dev else None,
+        redoc_url="/redoc" if dev else None,
+        openapi_url="/openapi.json" if dev else None,
+    )
+    app.add_middleware(guard, slots=Slots(settings.max_streams), hosts=settings.allowed_host_set)
     app.add_middleware(request_ids)  # the outer one: it runs first
     app.include_router(api.router)
     if settings.metrics == "on":

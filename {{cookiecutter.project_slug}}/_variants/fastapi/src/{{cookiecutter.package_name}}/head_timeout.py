@@ -58,6 +58,7 @@ class HeadTimeoutProtocol(HttpToolsProtocol):
         body = to_json(error_body(refusal.category, refusal.message, refusal.hint, request_id))
         head = (
             b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+            b"x-content-type-options: nosniff\r\n"
             b"x-request-id: %s\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
             % (request_id.encode(), len(body))
         )

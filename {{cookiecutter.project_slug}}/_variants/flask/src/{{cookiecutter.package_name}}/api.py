@@ -10,7 +10,7 @@ import time
 from contextlib import suppress
 from typing import Any, cast
 
-from flask import Blueprint, Response, after_this_request, current_app, g, request
+from flask import Blueprint, Response, abort, after_this_request, current_app, g, request
 from pydantic import ValidationError
 from werkzeug.exceptions import ClientDisconnected
 
@@ -140,6 +140,9 @@ def call_info(admission: Admission) -> CallInfo:
 
 @bp.get("/")
 def demo() -> Response:
+    """The demo page, with ALLTKN_DEV_UI=on (`make run`); off, 404."""
+    if chat_service().settings.dev_ui != "on":
+        abort(404)
     return Response(contract.DEMO_PAGE, mimetype="text/html", headers=contract.DEMO_PAGE_HEADERS)
 
 

@@ -61,10 +61,14 @@ def create_app(settings: Settings) -> Flask:
     slots = contract.Slots(settings.max_streams)
     app.extensions["slots"] = slots
 
+    hosts = settings.allowed_host_set
+
     @app.before_request
-    def take_a_slot() -> None:
-        """Each chat request holds one of the worker's slots until its answer is out (a
-        stream's too), or gets 503 `server_busy`: the other threads stay for /healthz."""
+    def guard() -> None:
+        """A Host outside ALLTKN_ALLOWED_HOSTS gets 400 (`check_host`); each chat request holds
+        one of the worker's slots until its answer is out (a stream's too), or gets 503
+        `server_busy`: the other threads stay for /healthz."""
+        contract.check_host(request.host, request.path, hosts)
         if request.path in contract.CHAT_PATHS and request.method == "POST":
             try:
                 slots.take()
@@ -78,6 +82,7 @@ def create_app(settings: Settings) -> Flask:
         if g.pop("slot", False):
             response.call_on_close(slots.give_back)
         response.headers[contract.REQUEST_ID_HEADER] = g.request_id
+        response.headers.setdefault(*contract.NOSNIFF)
 {%- if cookiecutter.caller_auth == "keys" %}
         if admission := g.get("admission"):  # the caller's limits, after this request
             response.headers.update(admission.headers)

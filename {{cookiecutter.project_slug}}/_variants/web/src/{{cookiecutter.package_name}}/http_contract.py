@@ -5,6 +5,8 @@ upstream call is counted here (`refused`)."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import re
 import threading
@@ -34,7 +36,7 @@ TOO_LARGE_HINT = "Send a shorter prompt or fewer messages."
 MAX_JSON_DEPTH = 32
 ENDPOINTS_HINT = (
     "The API is POST /v1/chat and POST /v1/chat/stream; GET /healthz is the health check, "
-    "GET /metrics the Prometheus metrics and GET / the demo page."
+    "GET /metrics the Prometheus metrics and GET / the demo page (with ALLTKN_DEV_UI=on)."
 )
 _STATUSES = {
     Category.INVALID_REQUEST: 400,
@@ -42,6 +44,7 @@ _STATUSES = {
     Category.TIMEOUT: 504,
     Category.MODEL_NOT_ALLOWED: 403,
     Category.SERVER_BUSY: 503,
+    Category.HOST_NOT_ALLOWED: 400,
 {%- if cookiecutter.caller_auth == "keys" %}
     Category.CALLER_AUTH: 401,
     Category.CALLER_RATE_LIMITED: 429,
@@ -49,19 +52,33 @@ _STATUSES = {
     Category.LIMITER_UNAVAILABLE: 503,
 {%- endif %}
 }
-# The demo page may only talk to this service; it holds no key and no setting.
+DEMO_PAGE = (resources.files(__package__) / "static" / "index.html").read_bytes()
+
+
+def _inline_hash(tag: str) -> str:
+    """The CSP source allowing the page's one inline `<tag>` element, by its hash."""
+    found = re.search(rb"<%s>(.*?)</%s>" % (tag.encode(), tag.encode()), DEMO_PAGE, re.DOTALL)
+    digest = hashlib.sha256(found.group(1) if found else b"").digest()
+    return f"'sha256-{base64.b64encode(digest).decode()}'"
+
+
+# The demo page may only run its own script and talk to this service, in no frame; it holds
+# no key and no setting.
 DEMO_PAGE_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; "
-    "style-src 'unsafe-inline'; connect-src 'self'; base-uri 'none'; form-action 'none'",
+    "Content-Security-Policy": f"default-src 'none'; script-src {_inline_hash('script')}; "
+    f"style-src {_inline_hash('style')}; connect-src 'self'; base-uri 'none'; "
+    "form-action 'none'; frame-ancestors 'none'",
     "Cache-Control": "no-cache",
 }
-DEMO_PAGE = (resources.files(__package__) / "static" / "index.html").read_bytes()
+# On every response: a browser takes each for the type it says, never sniffs another.
+NOSNIFF = ("X-Content-Type-Options", "nosniff")
 # Proxies (nginx, CDNs) buffer unless told not to: a buffered stream looks like a hang.
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 MEDIA_TYPE = "text/event-stream"
 # What takes a slot (`Slots`): a chat request, however it ends.
 CHAT_PATHS = frozenset({"/v1/chat", "/v1/chat/stream"})
-# Health checks and scrapes get no span (telemetry.py): every few seconds, they drown the rest.
+# Health checks and scrapes get no span (telemetry.py): every few seconds, they drown the rest;
+# they answer any Host (`check_host`): kubelets and Prometheus come by pod IP.
 UNTRACED_PATHS = frozenset({"/healthz", "/metrics"})
 KEEPALIVE = b": keep-alive\n\n"  # an SSE comment: keeps proxies from timing a silence out
 
@@ -108,6 +125,19 @@ def check_body_headers(content_type: str | None, content_length: int | None, lim
         raise BadBody(415, f"the request has {sent}; send Content-Type: application/json")
     if content_length is not None and content_length > limit:
         raise too_large(limit)
+
+
+def check_host(host_header: str | None, path: str, allowed: frozenset[str] | None) -> None:
+    """400 `host_not_allowed` for a Host outside ALLTKN_ALLOWED_HOSTS (`allowed`; None: any),
+    but on /healthz and /metrics: a page on another site that resolves its own name to this
+    service (DNS rebinding) cannot spend the key."""
+    if allowed is None or path in UNTRACED_PATHS:
+        return
+    host = (host_header or "").strip().lower()
+    name = host[1 : host.find("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
+    if name not in allowed:
+        why = f"the Host {host[:100] or '(none)'} is not in ALLTKN_ALLOWED_HOSTS"
+        raise GatewayError(Category.HOST_NOT_ALLOWED, detail=why)
 
 
 class Slots:
