@@ -1031,3 +1031,15 @@ def test_cruft_state_leaves_out_machine_details(post_gen: ModuleType, tmp_path: 
             "_commit": "a" * 40,
         }
     }
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_the_readme_is_short_and_tries_first(baked: dict[str, Path], name: str) -> None:
+    """At most 150 lines; "Try it without a key" right after Quick start, in one `bash try`
+    block (tests/test_newcomer.py runs it); no benchmark figures (the template's docs)."""
+    readme = (baked[name] / "README.md").read_text(encoding="utf-8")
+    headings = re.findall(r"^## (.+)$", readme, re.MULTILINE)
+    assert len(readme.splitlines()) <= 150
+    assert headings[:2] == ["Quick start", "Try it without a key"]
+    assert readme.count("```bash try\n") == 1
+    assert not re.search(r"\d x the ideal|peak RSS|\d MB\b", readme)
