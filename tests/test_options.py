@@ -496,6 +496,7 @@ def test_gunicorn_workers_come_from_the_environment(baked: dict[str, Path], tmp_
         env = {"PATH": "/usr/bin:/bin", **({"WEB_CONCURRENCY": value} if value else {})}
         env["PYTHONPATH"] = str(config.parent / "src")  # the config imports the package's logs
         env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path)  # else it makes one in /tmp
+        env["ALLTKN_API_KEY"] = "fake-key-for-the-fake-gateway"  # it checks the settings first
         done = subprocess.run(
             [sys.executable, "-c", code, str(config)],
             env=env,
