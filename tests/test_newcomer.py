@@ -86,8 +86,15 @@ def test_the_readme_path_works_as_written(cookies: Any, tmp_path: Path, framewor
     project = Path(str(result.project_path))
     readme = (project / "README.md").read_text(encoding="utf-8")
     port, fake_port = free_port(), free_port()
+    # A newcomer's shell (its proxy and CA settings reach uv and pip), without this run's venv
+    # or any gateway setting that would make the keyless path pass for the wrong reason.
+    shell = {
+        name: value
+        for name, value in os.environ.items()
+        if name != "VIRTUAL_ENV" and not name.startswith(("ALLTKN_", "OPENAI_", "OTEL_"))
+    }
     env = {
-        "PATH": os.environ["PATH"],
+        **shell,
         "HOME": os.environ.get("HOME", str(tmp_path)),
         "PRE_COMMIT_HOME": str(tmp_path / "pre-commit"),
         "PORT": str(port),
