@@ -86,6 +86,18 @@ def cookiecutter_defaults() -> dict[str, str]:
     return answers
 
 
+# Headless Chromium as the browser tests launch it: Debian's build, no network of its own.
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
 REPLAY_HINT = "To answer again with your other answers kept, run: cookiecutter --replay-file "
 
 

@@ -23,21 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import CHROMIUM, CHROMIUM_FLAGS
 
 pytestmark = pytest.mark.slow
 
 FAKE_KEY = "fake-key-for-the-fake-gateway"  # the README's documented key (doctor.FAKE_GATEWAY_KEY)
 ANSWER = "Hello from the fake gateway."
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 def free_port() -> int:

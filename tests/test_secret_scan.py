@@ -441,6 +441,18 @@ def write(root: Path, relative: str, content: str | bytes) -> None:
         path.write_text(content, encoding="utf-8")
 
 
+def test_scan_tree_skips_any_virtualenv_by_its_pyvenv_cfg(
+    scanner: ModuleType, tmp_path: Path
+) -> None:
+    write(tmp_path, ".venv-tools/pyvenv.cfg", "home = /usr/bin\n")
+    write(tmp_path, ".venv-tools/lib/site-packages/pkg/METADATA", f"{KEY}\n")
+    write(tmp_path, "env-named-like-code/app.py", f"{KEY}\n")
+
+    findings = scan_tree(scanner, tmp_path)
+
+    assert [(f.path, f.kind) for f in findings] == [("env-named-like-code/app.py", "gateway_key")]
+
+
 def test_scan_tree_reports_relative_posix_paths_in_order(
     scanner: ModuleType, tmp_path: Path
 ) -> None:

@@ -351,7 +351,13 @@ def iter_files(root: Path) -> list[Path]:
     """
     found: list[Path] = []
     for current, dirs, files in os.walk(root):
-        dirs[:] = [name for name in dirs if not is_skipped_dir(name)]
+        # Any virtualenv (`.venv-checkov`, `env`, ...) is installed packages, not project files.
+        dirs[:] = [
+            name
+            for name in dirs
+            if not is_skipped_dir(name)
+            and not os.path.isfile(os.path.join(current, name, "pyvenv.cfg"))
+        ]
         for name in files:
             candidate = Path(current, name)
             if not candidate.is_symlink() and candidate.is_file():
