@@ -40,17 +40,23 @@ def run(command: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_every_lock_layer_matches_its_bake() -> None:
-    """All the combinations of framework and caller_auth: uv.lock and the exports are current."""
+    """All the combinations of framework, caller_auth and worker: uv.lock and the exports are
+    current."""
     done = run([sys.executable, "tools/refresh_locks.py", "--check"], TEMPLATE_DIR)
     layers = re.findall(r"^(lock-[\w-]+): ok$", done.stdout, re.MULTILINE)
 
     assert done.returncode == 0, done.stdout + done.stderr
     assert sorted(layers) == [
         "lock-fastapi-keys",
+        "lock-fastapi-keys-celery",
         "lock-fastapi-none",
+        "lock-fastapi-none-celery",
         "lock-flask-keys",
+        "lock-flask-keys-celery",
         "lock-flask-none",
+        "lock-flask-none-celery",
         "lock-script-none",
+        "lock-script-none-celery",
     ]
 
 
@@ -80,6 +86,28 @@ def test_a_bake_under_another_name_is_locked_and_installs_only_hashed_files(
     assert "\nredis==" not in runtime  # no caller keys, no Redis
     assert "\npytest==" in dev
     assert "\nhatchling==" in dev
+
+
+@pytest.mark.parametrize("framework", ["fastapi", "script"])
+def test_a_celery_worker_bake_is_locked_and_installs_from_its_lock(
+    cookies: Any, framework: str
+) -> None:
+    """worker=celery adds Celery and Redis: the bake gets its own lock layer, current, and
+    `make dev` installs exactly that lock (with uv, or pip with the hashed export)."""
+    result = cookies.bake(extra_context={"framework": framework, "worker": "celery"})
+    assert result.exit_code == 0, result.exception
+    project = Path(str(result.project_path))
+
+    assert '\nname = "alltkn-service"\n' in (project / "uv.lock").read_text(encoding="utf-8")
+    done = run(["make", "--no-print-directory", "lock-check"], project)
+    assert done.returncode == 0, done.stdout + done.stderr
+    runtime = (project / "requirements.lock.txt").read_text(encoding="utf-8")
+    assert "\ncelery==" in runtime
+    assert "\nredis==" in runtime
+    dry = run(["make", "--no-print-directory", "-n", "dev"], project)
+    assert "uv sync --locked --extra dev" in dry.stdout, dry.stdout + dry.stderr
+    no_uv = run(["make", "--no-print-directory", "-n", "dev", "UV="], project)
+    assert "--require-hashes --no-deps -r requirements-dev.lock.txt" in no_uv.stdout, no_uv.stdout
 
 
 def test_lock_check_names_the_fix_when_a_dependency_changes(cookies: Any) -> None:

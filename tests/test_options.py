@@ -974,6 +974,7 @@ def test_the_deployment_mounts_the_callers_file_for_caller_keys(
                 "docker",
                 "k8s",
                 "k8s-worker",
+                "lock-fastapi-keys-celery",
             ],
             id="fastapi-celery-worker",
         ),

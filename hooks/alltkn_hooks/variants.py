@@ -32,10 +32,13 @@ _WEB_ONLY_LAYERS = frozenset({"worker-web", "worker-{web}"})
 # Layers only another option's answer brings in: layer -> (answer name, value).
 _ONLY_WITH = {"k8s-worker": ("worker", "celery")}
 # The answers that change the generated pyproject.toml's dependencies, in this order, name the
-# lock layer `lock-<framework>-<caller_auth>`: that combination's uv.lock and hashed requirements
-# files, written by tools/refresh_locks.py. An option that adds a dependency is one more name
-# here, then `python tools/refresh_locks.py` writes its layers.
-LOCK_ANSWERS = ("framework", "caller_auth")
+# lock layer `lock-<framework>-<caller_auth>[-<worker>]`: that combination's uv.lock and hashed
+# requirements files, written by tools/refresh_locks.py. An option that adds a dependency is one
+# more name here (with its no-dependency answer in LOCK_UNNAMED, so the existing layers keep
+# their names), then `python tools/refresh_locks.py` writes its layers.
+LOCK_ANSWERS = ("framework", "caller_auth", "worker")
+# Answers left out of the layer's name; a missing answer counts as this one.
+LOCK_UNNAMED = {"worker": "none"}
 LOCK_LAYER_PREFIX = "lock-"
 # uv.lock names the project; the layers hold this placeholder (they are copied, not rendered).
 LOCK_FILE = "uv.lock"
@@ -71,17 +74,16 @@ def layers_for(framework: str, options: Mapping[str, object] | None = None) -> l
 
 def lock_layer(answers: Mapping[str, object]) -> str:
     """The lock layer's name for these answers (`LOCK_ANSWERS`)."""
-    return LOCK_LAYER_PREFIX + "-".join(str(answers.get(name, "")) for name in LOCK_ANSWERS)
+    parts = [str(answers.get(name, LOCK_UNNAMED.get(name, ""))) for name in LOCK_ANSWERS]
+    named = [p for name, p in zip(LOCK_ANSWERS, parts, strict=True) if LOCK_UNNAMED.get(name) != p]
+    return LOCK_LAYER_PREFIX + "-".join(named)
 
 
 def lock_layers(answers: Mapping[str, object]) -> list[str]:
     """The lock layer when every `LOCK_ANSWERS` is answered (a layer that does not exist, such as
     one for answers the pre-gen hook refuses, adds nothing)."""
-    if (
-        answers.get("worker") == "celery"
-    ):  # no lock with Celery yet: refresh_locks.py knows no worker
-        return []
-    return [lock_layer(answers)] if all(name in answers for name in LOCK_ANSWERS) else []
+    answered = all(name in answers or name in LOCK_UNNAMED for name in LOCK_ANSWERS)
+    return [lock_layer(answers)] if answered else []
 
 
 def name_the_lock(project_dir: Path, project_slug: str) -> None:

