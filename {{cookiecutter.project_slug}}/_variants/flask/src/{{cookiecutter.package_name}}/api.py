@@ -44,7 +44,11 @@ def admit() -> Admission:
     body (422), cap (422), the caller's limits (429, 503){% else %}: body (415, 413, 400, 422), model (403), cap (422){% endif %}."""
     gate = cast(Gate, current_app.extensions["gate"])
 {%- if cookiecutter.caller_auth == "keys" %}
-    who = gate.authenticate(request.headers.get("Authorization"))
+    try:
+        who = gate.authenticate(request.headers.get("Authorization"))
+    except GatewayError:
+        discard_after_the_answer()  # the body was not read: keep the connection usable
+        raise
     g.caller = who[0]  # named when a later check refuses the request
     payload = json_body(gate.settings.max_body_bytes, gate.settings.client_timeout_s)
     gate.check_named_model(payload, who)  # the model before the rest of the body
