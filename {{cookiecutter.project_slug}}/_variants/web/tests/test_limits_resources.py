@@ -197,7 +197,9 @@ def test_past_max_streams_a_chat_request_gets_503_and_healthz_still_answers(
         for stream in streams:
             held.callback(stream.close)
             assert stream.recv(65536).startswith(b"HTTP/1.1 200")  # both flowing
-        busy = server.post("/v1/chat", {"prompt": "hi"})
+        # Flask never reads a refused request's body, so it closes that connection: a caller
+        # reconnects. `Connection: close` keeps this closed connection out of the client's pool.
+        busy = server.post("/v1/chat", {"prompt": "hi"}, headers={"Connection": "close"})
         assert server.request("GET", "/healthz").status_code == 200
         held.close()  # the streams hang up: their slots come back
         assert gateway.wait_for(lambda: gateway.aborted_streams == 2, timeout=3)
