@@ -25,7 +25,7 @@ the same record) and the answers the clients got; the scrape times (wall: p50, p
 directory held. The targets, PASS/FAIL: totals exact, scrape under 100 ms (CPU p95; wall p95
 while recycling, less /healthz, and with no request in flight), directory bounded (at most 2
 files per worker, the 2 merged files and the lock). Writes bench/results/metrics_recycle.json.
-About 25 minutes on the 2-core development machine (each uvicorn worker boots a new
+About 10 minutes on the 2-core development machine at load 17 (each uvicorn worker boots a new
 interpreter), `--recycles 20` about 3.
 """
 
