@@ -897,6 +897,24 @@ def test_the_worker_pods_are_probed_fenced_and_reach_redis(cookies: Any, caller_
         assert egress == dns_https_redis
     assert "ingress" not in docs["alltkn-service-worker/NetworkPolicy"]["spec"]  # none let in
 
+    # docs/WORKER.md's scaling examples: valid, and aimed at this Deployment and queue.
+    guide = (project / "docs" / "WORKER.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"^```yaml\n(.*?)^```$", guide, re.M | re.S)
+    examples = {doc["kind"]: doc for block in blocks for doc in yaml.safe_load_all(block)}
+    assert set(examples) == {"HorizontalPodAutoscaler", "TriggerAuthentication", "ScaledObject"}
+    hpa = project / "hpa-example.yaml"
+    hpa.write_text(yaml.safe_dump(examples["HorizontalPodAutoscaler"]), encoding="utf-8")
+    run_ok([tool("kubernetes-validate"), "--strict", str(hpa)], project)
+    worker = docs["alltkn-service-worker/Deployment"]["metadata"]
+    assert examples["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]["name"] == worker["name"]
+    scaled = examples["ScaledObject"]
+    assert scaled["spec"]["scaleTargetRef"]["name"] == worker["name"]
+    (trigger,) = scaled["spec"]["triggers"]
+    jobs = (project / "src" / "alltkn_service" / "jobs.py").read_text(encoding="utf-8")
+    assert f'QUEUE = "{trigger["metadata"]["listName"]}"' in jobs  # the Celery queue's list
+    auth = examples["TriggerAuthentication"]["spec"]["secretTargetRef"][0]
+    assert auth["name"] in (project / "k8s" / "worker-deployment.yaml").read_text()
+
 
 @pytest.mark.parametrize("name", WITH_K8S)
 def test_the_deployment_mounts_the_callers_file_for_caller_keys(
