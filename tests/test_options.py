@@ -173,6 +173,10 @@ def test_each_combination_has_exactly_its_files(
     assert (project / "src" / "alltkn_service" / "callers.py").exists() == keys
     assert (project / ".github").exists() == (options["ci"] == "github")
     assert (project / ".gitlab-ci.yml").exists() == (options["ci"] == "gitlab")
+    # A script serves no stream and has no callers: no SSE, nginx or caller-key snippet.
+    snippets = {path.name for path in (project / "docs" / "snippets").iterdir()}
+    web_snippets = {"alltkn_sse.py", "sse_fastapi.py", "nginx_sse.conf", "caller_keys.py"}
+    assert snippets & web_snippets == (web_snippets if framework != "script" else set())
 
 
 @pytest.mark.parametrize(("answers", "line"), UNSUPPORTED)
