@@ -886,6 +886,69 @@ def test_the_pods_ask_prometheus_to_scrape_their_metrics(baked: dict[str, Path],
     assert "# - name: ALLTKN_METRICS_TOKEN" in (baked[name] / "k8s" / "deployment.yaml").read_text()
 
 
+@pytest.mark.parametrize("caller_auth", ["none", "keys"])
+def test_the_worker_pods_are_probed_fenced_and_reach_redis(cookies: Any, caller_auth: str) -> None:
+    """worker=celery with kubernetes=yes: the worker Deployment is probed by the heartbeat check
+    the package ships, under the web pods' security context; both NetworkPolicies let out Redis
+    (the web pods enqueue, the workers take jobs), and nothing in to the workers."""
+    options = {"caller_auth": caller_auth, "worker": "celery", "kubernetes": "yes"}
+    project = bake(cookies, "fastapi", options)
+    manifests = sorted(str(p) for p in (project / "k8s").glob("*.yaml"))
+    run_ok([tool("kubernetes-validate"), "--strict", *manifests], project)
+    docs = {
+        doc["metadata"]["name"] + "/" + doc["kind"]: doc
+        for path in manifests
+        for doc in yaml.safe_load_all(Path(path).read_text())
+    }
+    web = docs["alltkn-service/Deployment"]["spec"]["template"]["spec"]
+    pod = docs["alltkn-service-worker/Deployment"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    (web_container,) = web["containers"]
+    env = {item["name"]: item.get("value") for item in container["env"]}
+
+    assert env["WORKER_HEARTBEAT_FILE"].startswith("/tmp/")  # the writable emptyDir
+    assert (project / "src" / "alltkn_service" / "heartbeat.py").is_file()
+    for probe in ("readinessProbe", "livenessProbe"):
+        command = container[probe]["exec"]["command"]
+        assert command[:3] == ["python", "-m", "alltkn_service.heartbeat"]
+        assert command[3] == "--max-age"
+    assert set(container["resources"]) == {"requests", "limits"}
+    assert container["securityContext"] == web_container["securityContext"]
+    shared = {"runAsNonRoot", "runAsUser", "seccompProfile"}
+    assert {k: pod["securityContext"][k] for k in shared} == {
+        k: web["securityContext"][k] for k in shared
+    }
+    assert "ports" not in container
+
+    dns_https_redis = [("UDP", 53), ("TCP", 53), ("TCP", 443), ("TCP", 6379)]
+    for name in ("alltkn-service", "alltkn-service-worker"):
+        policy = docs[f"{name}/NetworkPolicy"]["spec"]
+        selected = docs[f"{name}/Deployment"]["spec"]["selector"]
+        assert policy["podSelector"] == selected
+        assert policy["policyTypes"] == ["Ingress", "Egress"]
+        egress = [(p["protocol"], p["port"]) for rule in policy["egress"] for p in rule["ports"]]
+        assert egress == dns_https_redis
+    assert "ingress" not in docs["alltkn-service-worker/NetworkPolicy"]["spec"]  # none let in
+
+    # docs/WORKER.md's scaling examples: valid, and aimed at this Deployment and queue.
+    guide = (project / "docs" / "WORKER.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"^```yaml\n(.*?)^```$", guide, re.M | re.S)
+    examples = {doc["kind"]: doc for block in blocks for doc in yaml.safe_load_all(block)}
+    assert set(examples) == {"HorizontalPodAutoscaler", "TriggerAuthentication", "ScaledObject"}
+    hpa = project / "hpa-example.yaml"
+    hpa.write_text(yaml.safe_dump(examples["HorizontalPodAutoscaler"]), encoding="utf-8")
+    run_ok([tool("kubernetes-validate"), "--strict", str(hpa)], project)
+    worker = docs["alltkn-service-worker/Deployment"]["metadata"]
+    assert examples["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]["name"] == worker["name"]
+    scaled = examples["ScaledObject"]
+    assert scaled["spec"]["scaleTargetRef"]["name"] == worker["name"]
+    (trigger,) = scaled["spec"]["triggers"]
+    jobs = (project / "src" / "alltkn_service" / "jobs.py").read_text(encoding="utf-8")
+    assert f'QUEUE = "{trigger["metadata"]["listName"]}"' in jobs  # the Celery queue's list
+    auth = examples["TriggerAuthentication"]["spec"]["secretTargetRef"][0]
+    assert auth["name"] in (project / "k8s" / "worker-deployment.yaml").read_text()
+
+
 @pytest.mark.parametrize("name", WITH_K8S)
 def test_the_deployment_mounts_the_callers_file_for_caller_keys(
     baked: dict[str, Path], name: str
