@@ -8,6 +8,7 @@ missing; unsupported combinations fail before anything is written, with one line
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import os
@@ -172,6 +173,10 @@ def test_each_combination_has_exactly_its_files(
     assert (project / "src" / "alltkn_service" / "callers.py").exists() == keys
     assert (project / ".github").exists() == (options["ci"] == "github")
     assert (project / ".gitlab-ci.yml").exists() == (options["ci"] == "gitlab")
+    # A script serves no stream and has no callers: no SSE, nginx or caller-key snippet.
+    snippets = {path.name for path in (project / "docs" / "snippets").iterdir()}
+    web_snippets = {"alltkn_sse.py", "sse_fastapi.py", "nginx_sse.conf", "caller_keys.py"}
+    assert snippets & web_snippets == (web_snippets if framework != "script" else set())
 
 
 @pytest.mark.parametrize(("answers", "line"), UNSUPPORTED)
@@ -257,6 +262,75 @@ def test_makefile_has_the_verbs_with_and_without_uv(baked: dict[str, Path], name
             assert ".venv/bin/python -m pytest" in plan
         assert "-m alltkn_service doctor" in plan
         assert "-m detect_secrets.pre_commit_hook --baseline .secrets.baseline" in plan
+
+
+@pytest.mark.parametrize("name", ["fastapi-defaults", "flask-defaults", "script-defaults"])
+def test_make_run_without_a_key_exits_2_with_one_line(baked: dict[str, Path], name: str) -> None:
+    """`make run` with no key (none in the environment, no .env): its command exits 2 at once
+    with the one-line config error, as `serve` does; FastAPI's reloader used to start first
+    (`Uvicorn running on ...`) and hang. make names the command's exit status (`Error 2`)."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    project = baked[name]
+    assert not (project / ".env").exists()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ALLTKN_", "OPENAI_"))}
+    env["PYTHONPATH"] = str(project / "src")
+    command = ["make", "--no-print-directory", f"PY={sys.executable}", f"PORT={free_port()}", "run"]
+    process = subprocess.Popen(
+        command, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        out, err = process.communicate(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # a server left running: the bug
+            os.killpg(process.pid, signal.SIGKILL)
+    config, made = err.splitlines()
+    assert config.startswith("error[config]: ALLTKN_API_KEY is not set."), err
+    assert re.fullmatch(r"make: \*\*\* \[Makefile:\d+: run\] Error 2", made), err
+    assert "Uvicorn running" not in out + err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("name", ["fastapi-defaults", "flask-defaults", "script-defaults"])
+def test_make_help_shows_the_addresses_it_serves(baked: dict[str, Path], name: str) -> None:
+    """`make` alone lists the targets with the host and ports filled in, the overridden ones
+    too; no `$(VARIABLE)` is printed as written."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    shown = run_ok(["make", "--no-print-directory", "PORT=8123", "FAKE_PORT=8911"], baked[name])
+    assert "$(" not in shown
+    assert "fake gateway on 127.0.0.1:8911" in shown
+    if name != "script-defaults":
+        assert "on http://127.0.0.1:8123/" in shown
+
+
+def test_the_next_steps_install_without_make_as_make_dev_does(
+    baked: dict[str, Path], post_gen: ModuleType
+) -> None:
+    """For people without make, "Next:" prints the pinned install `make dev` runs without uv:
+    the same commands (hashed lock file, no build isolation), -q aside."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    project = baked["script-defaults"]
+    (hint,) = [line for line in post_gen.next_steps({}, project) if "no make?" in line]
+    plan = run_ok(["make", "--no-print-directory", "-n", "UV=", "dev"], project)
+    assert hint.split(": ", 1)[1] == plan.splitlines()[0].replace(" -q", "")
+
+
+def test_make_test_in_the_background_passes_its_ctrl_c_tests(baked: dict[str, Path]) -> None:
+    """A shell starts a background job (`make test &`) with SIGINT ignored; the tests that send
+    Ctrl-C to the CLI still see it exit 130 (they used to see `0 == 130`)."""
+    project = baked["script-defaults"]
+    pytest_run = f"{shlex.quote(sys.executable)} -m pytest -q -p no:cacheprovider -p no:xdist"
+    job = f"{pytest_run} tests -k 'ctrl_c or interrupt' & wait $!"
+    env = {**os.environ, "PYTHONPATH": str(project / "src")}
+    done = subprocess.run(
+        ["bash", "-c", job], cwd=project, env=env, capture_output=True, text=True, timeout=300,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(r"^\d+ passed", done.stdout.splitlines()[-1]), done.stdout
 
 
 @pytest.mark.parametrize("name", ["fastapi-defaults", "script-defaults"])
