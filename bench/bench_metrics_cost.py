@@ -25,15 +25,15 @@ and the ratio is B's over A's. Duels:
   parentbased_traceidratio`, `OTEL_TRACES_SAMPLER_ARG=0.1`; metrics still count every call).
 
 Each duel also gives the spread of its turn-pair ratios (p10, p90). TTFT: metrics off against
-Prometheus, and Prometheus against Prometheus + OTLP, at one client taking turns stream by
-stream (bench_stream.ttft_duel). Instructions: with valgrind installed (and not
-`--no-instructions`), each configuration is run once more under callgrind (instrumented only
-while it serves the measured streams: `--instr-atstart=no`, `callgrind_control -i on`, then a
-dump) and the instructions per stream are counted, which the machine's load does not change;
-their ratios are the same duels' (FastAPI only, see `instructions`). Targets: at most 5% more
-CPU per stream (and instructions), TTFT p50 unchanged beyond noise (at most 1 ms added). Writes
-bench/results/metrics_cost.json. About 40 minutes on the 2-core development machine at load 12
-to 20 (`--no-instructions` and `--only-instructions` split it in two), `--quick` about 12.
+Prometheus, and Prometheus against Prometheus + OTLP, at one client taking turns stream by stream
+(bench_stream.ttft_duel). Instructions: with valgrind installed (and not `--no-instructions`), each
+configuration is run once more under callgrind (instrumented only while it serves the measured
+streams: `--instr-atstart=no`, `callgrind_control -i on`, then a dump) and the instructions per
+stream are counted, which the machine's load does not change; their ratios are the same duels'
+(Flask in one process on werkzeug: see `instructions`). Targets: at most 5% more CPU per stream (and
+instructions), TTFT p50 unchanged beyond noise (at most 1 ms added). Writes
+bench/results/metrics_cost.json. About 40 minutes on the 2-core development machine at load 12 to 20
+(`--no-instructions` and `--only-instructions` split it in two), `--quick` about 12.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def main() -> int:
             for name, project in projects.items():
                 relays = {config: Relay(name, project, env) for config, env in configs.items()}
                 row: dict[str, Any] = {}
-                if counting and name == "fastapi":  # see `instructions`
+                if counting:  # see `instructions`
                     row["instructions"] = instructions(relays, base_url, workdir)
                 if args.only_instructions:
                     results[name] = row
@@ -180,8 +180,10 @@ def instructions(relays: dict[str, Relay], base_url: str, workdir: Path) -> dict
     Callgrind runs a service some 50 times slower, so what OpenTelemetry does on a timer would
     count many times over: no timed export here; the spans go out when a batch is full (320: the
     160 streams counted make 320 spans, one batch exported); the metrics' export, once a minute
-    by default, is not counted. Sampling is left out (the CPU duel measures it). FastAPI only:
-    gunicorn's worker, forked under callgrind, dumped nothing (not worked out yet)."""
+    by default, is not counted. Sampling is left out (the CPU duel measures it). Flask is counted
+    in one process on werkzeug's threaded server (bench_stream.FLASK_SINGLE), its metrics in
+    memory: gunicorn's worker, forked under callgrind, dumped nothing; so Flask's counts are the
+    app's and werkzeug's, not gunicorn's."""
     per_stream = {}
     untimed = {"OTEL_BSP_SCHEDULE_DELAY": "3600000", "OTEL_METRIC_EXPORT_INTERVAL": "3600000",
                "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "320"}  # fmt: skip
@@ -193,7 +195,8 @@ def instructions(relays: dict[str, Relay], base_url: str, workdir: Path) -> dict
         wrapper = ("valgrind", "--tool=callgrind", "--instr-atstart=no",
                    f"--callgrind-out-file={out}/out.%p")  # fmt: skip
         env = {**relay.env, **(untimed if "OTEL_EXPORTER_OTLP_ENDPOINT" in relay.env else {})}
-        counted = Relay(relay.kind, relay.project, env, relay.headers, wrapper)
+        kind = "flask_single" if relay.kind == "flask" else relay.kind
+        counted = Relay(kind, relay.project, env, relay.headers, wrapper)
         with service(counted, base_url) as (url, pid):
             asyncio.run(run_level(config, url, Level(CLIENTS, 1), None))  # warm, not counted
             tree = [str(p) for p in process_tree(pid)]

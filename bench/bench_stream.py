@@ -103,6 +103,16 @@ class Relay:
 
 # -- processes ---------------------------------------------------------------------------------
 
+# The Flask app in one process, on werkzeug's threaded server (Flask's own dependency), its
+# request lines off: what callgrind can count (gunicorn's forked worker dumped nothing).
+FLASK_SINGLE = """
+import logging, sys
+from werkzeug.serving import run_simple
+from alltkn_service.app import app
+logging.getLogger("werkzeug").setLevel(logging.WARNING)
+run_simple("127.0.0.1", int(sys.argv[1]), app, threaded=True)
+"""
+
 
 def service_command(name: str, port: int) -> list[str]:
     if name == "fastapi":
@@ -135,6 +145,8 @@ def service_command(name: str, port: int) -> list[str]:
             "1",
             "alltkn_service.app:app",
         ]
+    if name == "flask_single":  # bench_metrics_cost.py's instruction counts (see there)
+        return [sys.executable, "-c", FLASK_SINGLE, str(port)]
     # What `pip install fastapi uvicorn` runs (h11, asyncio), pinned so that the generated
     # service's extra (httptools) being installed here does not change the baseline.
     return [
