@@ -6,10 +6,7 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from flask import Blueprint, Flask, current_app
-{%- if cookiecutter.caller_auth == "keys" %}
-from flask import g, request
-{%- endif %}
+from flask import Blueprint, Flask, current_app{{ ", g, request" if cookiecutter.caller_auth == "keys" else "" }}
 
 from . import api, jobs_http
 {%- if cookiecutter.caller_auth == "keys" %}
