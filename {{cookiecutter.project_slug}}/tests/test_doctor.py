@@ -37,6 +37,9 @@ from {{ cookiecutter.package_name }}.settings import ENV_NAMES, KEY_ENV_VAR
 
 from .conftest import SENTINEL_KEY
 from .fake_gateway import MODELS, FakeGateway
+{%- if cookiecutter.worker == "celery" %}
+from .redis_server import RedisServer, redis_server  # noqa: F401
+{%- endif %}
 
 CHECK_IDS = list(doctor.CHECKS)
 CHECK_FIELDS = {"id", "title", "status", "duration_ms", "detail", "hint", "category", "error"}
@@ -53,10 +56,15 @@ TIMEOUT_S = 2.0
 
 @pytest.fixture
 def doctor_env(
-    gateway: FakeGateway, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    gateway: FakeGateway,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+{%- if cookiecutter.worker == "celery" %}
+    redis_server: RedisServer,  # noqa: F811
+{%- endif %}
 ) -> Callable[..., None]:
-    """Point the settings at the fake, from an empty directory outside any git work tree;
-    call the result with overrides (`None` unsets a variable)."""
+    """Point the settings at the fake{% if cookiecutter.worker == "celery" %} (the queue at a real Redis){% endif %}, from an empty directory
+    outside any git work tree; call the result with overrides (`None` unsets a variable)."""
     monkeypatch.setattr(gateway, "models", LISTED)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
@@ -72,6 +80,11 @@ def doctor_env(
         # Decoys: the doctor must name them, never use them.
         "OPENAI_API_KEY": "decoy-openai-key-value",  # pragma: allowlist secret
         "OPENAI_BASE_URL": "http://127.0.0.1:9/never-used",
+{%- if cookiecutter.worker == "celery" %}
+        "ALLTKN_QUEUE_URL": redis_server.url,
+        "ALLTKN_QUEUE_VISIBILITY_TIMEOUT_S": None,
+        "ALLTKN_QUEUE_RETRY_AFTER_CAP_S": None,
+{%- endif %}
     }
 
     def apply(**overrides: str | None) -> None:
@@ -186,6 +199,11 @@ def test_all_pass_verdicts_in_json(
 {%- if cookiecutter.framework != "script" %}
         "allowed_hosts": "warn",  # the default: loopback names only
 {%- endif %}
+{%- if cookiecutter.worker == "celery" %}
+        "queue_url": "pass",
+        "queue": "pass",
+        "visibility": "pass",
+{%- endif %}
         "base_url": "warn",  # plain http, but to loopback
         "auth": "pass",
         "model_listed": "pass",
@@ -216,7 +234,7 @@ def test_json_shape_of_a_failed_run(
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z", document["time"])
     assert document["key"] == f"****{SENTINEL_KEY[-4:]}"
     assert document["versions"]["template"] == TEMPLATE_VERSION
-    passed = {{ 6 if cookiecutter.caller_auth == "keys" else 4 }}
+    passed = {{ 6 if cookiecutter.caller_auth == "keys" else 4 }}{% if cookiecutter.worker == "celery" %} + 3  # the queue's rows as well{% endif %}
     warned = {{ 3 if cookiecutter.framework != "script" else 2 }}  # web: allowed_hosts as well
     assert document["summary"] == {"pass": passed, "warn": warned, "fail": 1, "skip": 3}
     for check in document["checks"]:

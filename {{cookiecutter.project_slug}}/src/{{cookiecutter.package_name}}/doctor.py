@@ -48,6 +48,9 @@ from .support import Check, Report, failed
 {%- if cookiecutter.framework != "script" %}
 from .web_doctor import WEB_CHECKS, WebChecks
 {%- endif %}
+{%- if cookiecutter.worker == "celery" %}
+from .worker_doctor import WORKER_CHECKS, WorkerChecks
+{%- endif %}
 
 T = TypeVar("T")
 # Shares of ALLTKN_TIMEOUT_S: each step's own limit, and the whole run's.
@@ -71,6 +74,9 @@ CHECKS = {  # id: (title, the checks it needs), in the order they run
 {%- endif %}
 {%- if cookiecutter.framework != "script" %}
     **WEB_CHECKS,  # the Host names the service answers to
+{%- endif %}
+{%- if cookiecutter.worker == "celery" %}
+    **WORKER_CHECKS,  # the queue's Redis, the visibility timeout
 {%- endif %}
     "base_url": ("base URL", ("settings",)), "auth": ("auth (GET /models)", ("key", "base_url")),
     "model_listed": ("model listed", ("auth",)), "completion": ("completion", ("auth",)),
@@ -123,7 +129,7 @@ def _read(chat: ChatService, r: ChatRequest, c: CallInfo, ts: list[float]) -> Ch
 {%- endif %}
 
 
-{% set mixins = (["CallerChecks"] if cookiecutter.caller_auth == "keys" else []) + (["WebChecks"] if cookiecutter.framework != "script" else []) %}class _Doctor{% if mixins %}({{ mixins | join(", ") }}){% endif %}:
+{% set mixins = (["CallerChecks"] if cookiecutter.caller_auth == "keys" else []) + (["WebChecks"] if cookiecutter.framework != "script" else []) + (["WorkerChecks"] if cookiecutter.worker == "celery" else []) %}class _Doctor{% if mixins %}({{ mixins | join(", ") }}){% endif %}:
     def __init__(self) -> None:
         self.started, self.started_at = time.monotonic(), datetime.now(timezone.utc)
         try:

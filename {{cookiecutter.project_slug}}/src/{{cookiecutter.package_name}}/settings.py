@@ -39,6 +39,23 @@ class ConfigError(Exception):
     """A setting is missing or invalid; the message is one line and never holds the key."""
 
 
+{% if cookiecutter.caller_auth == "keys" or cookiecutter.worker == "celery" -%}
+def redis_url(value: object) -> object:
+    """A Redis URL setting, before validation: empty is unset (None); else redis://, rediss://
+    or unix://, with a port that is a number. The message never repeats it (a password)."""
+    if isinstance(value, str) and not value.strip():
+        return None
+    if isinstance(value, str) and not value.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("must start with redis://, rediss:// or unix://")
+    if isinstance(value, str):
+        try:
+            urlsplit(value).port  # noqa: B018 - raises for a port that is not a number
+        except ValueError:
+            raise ValueError("has a port that is not a number: redis://host:6379/0") from None
+    return value
+
+
+{% endif -%}
 {% if cookiecutter.caller_auth == "keys" -%}
 class CallerSettings(BaseSettings):
     """What the callers need (the `keys` command reads only these: it needs no gateway key)."""
@@ -56,16 +73,7 @@ class CallerSettings(BaseSettings):
     @field_validator("limits_redis_url", mode="before")
     @classmethod
     def _check_redis_url(cls, value: object) -> object:
-        if isinstance(value, str) and not value.strip():
-            return None
-        if isinstance(value, str) and not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://")
-        if isinstance(value, str):
-            try:
-                urlsplit(value).port  # noqa: B018 - raises for a port that is not a number
-            except ValueError:
-                raise ValueError("has a port that is not a number: redis://host:6379/0") from None
-        return value
+        return redis_url(value)
 
 
 class Settings(CallerSettings):

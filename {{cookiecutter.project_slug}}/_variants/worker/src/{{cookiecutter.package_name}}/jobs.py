@@ -22,6 +22,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .limiter import REDIS_ERRORS, REDIS_TIMEOUT_S
 from .request import ChatRequest
+from .settings import redis_url
 
 PREFIX = "alltkn:queue"
 QUEUE = "alltkn"  # the Celery queue: a Redis list of that name
@@ -30,6 +31,7 @@ UNACKED = "unacked"  # kombu's hash of the messages delivered and not yet acknow
 RESULT_META = "celery-task-meta-"  # the Celery result backend's key prefix
 JOB_TTL_S = 7 * 86_400  # how long a job and its result are kept
 JOB_ID_CHARS = 32
+DEFAULT_QUEUE_URL = "redis://127.0.0.1:6379/0"  # this host's Redis
 # KEYS: the job, PENDING. ARGV: the new state, its field, its body, the job id.
 FINISH = """
 if redis.call('HGET', KEYS[1], 'state') ~= 'pending' then return 0 end
@@ -47,9 +49,7 @@ class QueueSettings(BaseSettings):
     )
 
     # The broker, the result backend and the jobs' hashes (a password in it is never logged).
-    queue_url: SecretStr = Field(
-        SecretStr("redis://127.0.0.1:6379/0"), validation_alias="ALLTKN_QUEUE_URL"
-    )
+    queue_url: SecretStr = Field(SecretStr(DEFAULT_QUEUE_URL), validation_alias="ALLTKN_QUEUE_URL")
     # The gateway's limits for the whole queue, every worker together (limiter.Pacer).
     rpm: int | None = Field(None, gt=0, validation_alias="ALLTKN_QUEUE_RPM")
     tpm: int | None = Field(None, gt=0, validation_alias="ALLTKN_QUEUE_TPM")
@@ -66,11 +66,8 @@ class QueueSettings(BaseSettings):
     @field_validator("queue_url", mode="before")
     @classmethod
     def _check_url(cls, value: object) -> object:
-        if isinstance(value, str) and not value.strip():
-            return SecretStr("redis://127.0.0.1:6379/0")
-        if isinstance(value, str) and not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://")
-        return value
+        checked = redis_url(value)
+        return SecretStr(DEFAULT_QUEUE_URL) if checked is None else checked
 
     @field_validator("rpm", "tpm", mode="before")
     @classmethod

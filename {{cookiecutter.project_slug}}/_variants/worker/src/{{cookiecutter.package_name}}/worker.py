@@ -105,6 +105,19 @@ def worst_call_s(settings: Settings, queue: QueueSettings) -> float:
     return queue.retry_after_cap_s + PACE_WAIT_S + models * settings.timeout_s
 
 
+def visibility_problem(settings: Settings, queue: QueueSettings) -> str | None:
+    """Why the visibility timeout is too short for the worst call (one line), or None: the
+    worker refuses to start with one, `doctor` fails its row."""
+    worst, timeout = worst_call_s(settings, queue), queue.visibility_timeout_s
+    if timeout > worst:
+        return None
+    return (
+        f"ALLTKN_QUEUE_VISIBILITY_TIMEOUT_S is {timeout:g} s, not longer than the worst call "
+        f"({worst:g} s: ALLTKN_QUEUE_RETRY_AFTER_CAP_S + {PACE_WAIT_S:g} s + ALLTKN_TIMEOUT_S "
+        "per model); raise it, or jobs still running would be delivered again"
+    )
+
+
 def enqueue(
     store: JobStore,
     request: ChatRequest,
@@ -255,15 +268,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"error[config]: --concurrency / WORKER_CONCURRENCY must be 1 to "
               f"{MAX_CONCURRENCY}", file=sys.stderr)  # fmt: skip
         return 2
-    worst = worst_call_s(settings, queue)
-    if queue.visibility_timeout_s <= worst:
-        print(
-            f"error[config]: ALLTKN_QUEUE_VISIBILITY_TIMEOUT_S is {queue.visibility_timeout_s:g}"
-            f" s, not longer than the worst call ({worst:g} s: ALLTKN_QUEUE_RETRY_AFTER_CAP_S"
-            f" + {PACE_WAIT_S:g} s + ALLTKN_TIMEOUT_S per model); raise it, or jobs still "
-            "running would be delivered again",
-            file=sys.stderr,
-        )
+    if problem := visibility_problem(settings, queue):
+        print(f"error[config]: {problem}", file=sys.stderr)
         return 2
     try:
         JobStore(queue.queue_url.get_secret_value()).check()
