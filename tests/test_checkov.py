@@ -33,6 +33,14 @@ BAKES = [
     ),
     pytest.param({"framework": "flask", "kubernetes": "yes", "ci": "gitlab"}, id="flask-gitlab"),
     pytest.param({"framework": "script"}, id="script-github"),
+    # The worker's Deployment and NetworkPolicy next to the web ones.
+    pytest.param(
+        {"framework": "fastapi", "kubernetes": "yes", "worker": "celery"}, id="fastapi-celery"
+    ),
+    pytest.param(
+        {"framework": "flask", "kubernetes": "yes", "caller_auth": "none", "worker": "celery"},
+        id="flask-open-celery",
+    ),
 ]
 
 

@@ -18,11 +18,14 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -338,30 +341,55 @@ def ci_commands(project: Path, ci: str) -> list[str]:
     return [*job.get("before_script", []), *job["script"]]
 
 
+def needed_by(name: str) -> set[str]:
+    """`name` and every distribution it needs, by this venv's metadata (no extras)."""
+    found, todo = set(), [name]
+    while todo:
+        if (dist := canonicalize_name(todo.pop())) not in found:
+            found.add(dist)
+            needs = (Requirement(line) for line in metadata.requires(dist) or [])
+            todo += [r.name for r in needs if not r.marker or r.marker.evaluate({"extra": ""})]
+    return found
+
+
+def hashed_pins(requirements: str) -> dict[str, str]:
+    """`name==version` lines of a hashed requirements file by name, each with its hashes."""
+    blocks = re.split(r"\n(?=\S)", requirements.strip())
+    assert all("--hash=sha256:" in block for block in blocks), requirements
+    return {canonicalize_name(b.split("==")[0]): b.split()[0] for b in blocks}
+
+
 @pytest.mark.parametrize("ci", ["github", "gitlab"])
 def test_the_ci_job_installs_detect_secrets_and_runs_the_check(
     baked: Callable[..., Path], tmp_path: Path, ci: str
 ) -> None:
-    """The job's commands run for real in a checkout (the install, at the version the project
-    pins, is the one command not run: this venv has it); they pass, then fail on a key."""
+    """The job's commands run for real in a checkout but for pip (this venv has detect-secrets):
+    the requirements it installs with `--require-hashes --no-deps` are detect-secrets, at the
+    version the project pins, and all it imports, with their hashes from the dev lock; the scan
+    passes, then fails on a key."""
     project = copy(baked("flask", ci), tmp_path)
-    environ = env(tmp_path)
+    environ = {**env(tmp_path), "RUNNER_TEMP": str(tmp_path)}
     git_add_all(project, environ)
     pyproject = tomllib.loads((project / "pyproject.toml").read_text(encoding="utf-8"))
-    commands = ci_commands(project, ci)
-    installs = [c for c in commands if "pip install" in c]
-    scans = [c for c in commands if c not in installs]
+    lines = [line for command in ci_commands(project, ci) for line in command.splitlines()]
+    *installs, scan = (line.replace(" /tmp/", f" {tmp_path}/") for line in lines)
+    pip = f"python -m pip install{' -q' * (ci == 'gitlab')} --require-hashes --no-deps -r "
+    wanted = tmp_path / "detect-secrets.txt"
 
     assert PIN in pyproject["project"]["optional-dependencies"]["dev"]
-    assert len(installs) == 1
-    assert installs[0].split()[-1] == PIN
-    assert scans == ["make PY=python secrets"]
+    assert installs[-1].replace('"$RUNNER_TEMP', str(tmp_path)).rstrip('"') == pip + str(wanted)
+    for line in installs[:-1]:
+        assert run(["sh", "-c", line], project, environ).returncode == 0
+    pins = hashed_pins(wanted.read_text(encoding="utf-8"))
+    assert set(pins) == needed_by("detect-secrets")
+    assert pins["detect-secrets"] == PIN
+    assert scan == "make PY=python secrets"
     need("make")
-    done = run(["sh", "-c", scans[0]], project, environ)
+    done = run(["sh", "-c", scan], project, environ)
     assert done.returncode == 0, done.stdout + done.stderr
     plant(project, "sk-" + body(64))
     run(["git", "add", "-A"], project, environ)
-    done = run(["sh", "-c", scans[0]], project, environ)
+    done = run(["sh", "-c", scan], project, environ)
     assert done.returncode != 0
     assert GATEWAY in done.stdout
 

@@ -5,6 +5,8 @@ without build isolation; then `make check`: ruff, mypy
 --strict, the secret scan, pytest), on the Python version the team picked, so it proves the
 generated project installs and passes on its own. Each variant also carries a different
 docker / kubernetes / ci combination; those options add no Python, so three bakes cover them.
+The FastAPI one also carries the Celery worker, so the queue's suite runs here, its load proofs
+(marked `slow` in the project) included.
 """
 
 from __future__ import annotations
@@ -21,7 +23,12 @@ import pytest
 pytestmark = pytest.mark.slow
 
 VARIANTS = [
-    pytest.param("fastapi", "3.12", {"kubernetes": "yes"}, id="fastapi-py3.12-docker-k8s-github"),
+    pytest.param(
+        "fastapi",
+        "3.12",
+        {"kubernetes": "yes", "worker": "celery"},
+        id="fastapi-py3.12-docker-k8s-github-celery",
+    ),
     pytest.param("flask", "3.10", {"kubernetes": "no", "ci": "gitlab"}, id="flask-py3.10-gitlab"),
     pytest.param("script", "3.13", {"docker": "no", "ci": "none"}, id="script-py3.13-bare"),
 ]

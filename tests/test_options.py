@@ -8,6 +8,7 @@ missing; unsupported combinations fail before anything is written, with one line
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import os
@@ -172,6 +173,10 @@ def test_each_combination_has_exactly_its_files(
     assert (project / "src" / "alltkn_service" / "callers.py").exists() == keys
     assert (project / ".github").exists() == (options["ci"] == "github")
     assert (project / ".gitlab-ci.yml").exists() == (options["ci"] == "gitlab")
+    # A script serves no stream and has no callers: no SSE, nginx or caller-key snippet.
+    snippets = {path.name for path in (project / "docs" / "snippets").iterdir()}
+    web_snippets = {"alltkn_sse.py", "sse_fastapi.py", "nginx_sse.conf", "caller_keys.py"}
+    assert snippets & web_snippets == (web_snippets if framework != "script" else set())
 
 
 @pytest.mark.parametrize(("answers", "line"), UNSUPPORTED)
@@ -257,6 +262,34 @@ def test_makefile_has_the_verbs_with_and_without_uv(baked: dict[str, Path], name
             assert ".venv/bin/python -m pytest" in plan
         assert "-m alltkn_service doctor" in plan
         assert "-m detect_secrets.pre_commit_hook --baseline .secrets.baseline" in plan
+
+
+@pytest.mark.parametrize("name", ["fastapi-defaults", "flask-defaults", "script-defaults"])
+def test_make_run_without_a_key_exits_2_with_one_line(baked: dict[str, Path], name: str) -> None:
+    """`make run` with no key (none in the environment, no .env): its command exits 2 at once
+    with the one-line config error, as `serve` does; FastAPI's reloader used to start first
+    (`Uvicorn running on ...`) and hang. make names the command's exit status (`Error 2`)."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    project = baked[name]
+    assert not (project / ".env").exists()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ALLTKN_", "OPENAI_"))}
+    env["PYTHONPATH"] = str(project / "src")
+    command = ["make", "--no-print-directory", f"PY={sys.executable}", f"PORT={free_port()}", "run"]
+    process = subprocess.Popen(
+        command, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        out, err = process.communicate(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # a server left running: the bug
+            os.killpg(process.pid, signal.SIGKILL)
+    config, made = err.splitlines()
+    assert config.startswith("error[config]: ALLTKN_API_KEY is not set."), err
+    assert re.fullmatch(r"make: \*\*\* \[Makefile:\d+: run\] Error 2", made), err
+    assert "Uvicorn running" not in out + err
+    assert "Traceback" not in err
 
 
 @pytest.mark.parametrize("name", ["fastapi-defaults", "script-defaults"])
@@ -851,6 +884,69 @@ def test_the_pods_ask_prometheus_to_scrape_their_metrics(baked: dict[str, Path],
     }
     assert "ALLTKN_METRICS_TOKEN" not in {item["name"] for item in container["env"]}
     assert "# - name: ALLTKN_METRICS_TOKEN" in (baked[name] / "k8s" / "deployment.yaml").read_text()
+
+
+@pytest.mark.parametrize("caller_auth", ["none", "keys"])
+def test_the_worker_pods_are_probed_fenced_and_reach_redis(cookies: Any, caller_auth: str) -> None:
+    """worker=celery with kubernetes=yes: the worker Deployment is probed by the heartbeat check
+    the package ships, under the web pods' security context; both NetworkPolicies let out Redis
+    (the web pods enqueue, the workers take jobs), and nothing in to the workers."""
+    options = {"caller_auth": caller_auth, "worker": "celery", "kubernetes": "yes"}
+    project = bake(cookies, "fastapi", options)
+    manifests = sorted(str(p) for p in (project / "k8s").glob("*.yaml"))
+    run_ok([tool("kubernetes-validate"), "--strict", *manifests], project)
+    docs = {
+        doc["metadata"]["name"] + "/" + doc["kind"]: doc
+        for path in manifests
+        for doc in yaml.safe_load_all(Path(path).read_text())
+    }
+    web = docs["alltkn-service/Deployment"]["spec"]["template"]["spec"]
+    pod = docs["alltkn-service-worker/Deployment"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    (web_container,) = web["containers"]
+    env = {item["name"]: item.get("value") for item in container["env"]}
+
+    assert env["WORKER_HEARTBEAT_FILE"].startswith("/tmp/")  # the writable emptyDir
+    assert (project / "src" / "alltkn_service" / "heartbeat.py").is_file()
+    for probe in ("readinessProbe", "livenessProbe"):
+        command = container[probe]["exec"]["command"]
+        assert command[:3] == ["python", "-m", "alltkn_service.heartbeat"]
+        assert command[3] == "--max-age"
+    assert set(container["resources"]) == {"requests", "limits"}
+    assert container["securityContext"] == web_container["securityContext"]
+    shared = {"runAsNonRoot", "runAsUser", "seccompProfile"}
+    assert {k: pod["securityContext"][k] for k in shared} == {
+        k: web["securityContext"][k] for k in shared
+    }
+    assert "ports" not in container
+
+    dns_https_redis = [("UDP", 53), ("TCP", 53), ("TCP", 443), ("TCP", 6379)]
+    for name in ("alltkn-service", "alltkn-service-worker"):
+        policy = docs[f"{name}/NetworkPolicy"]["spec"]
+        selected = docs[f"{name}/Deployment"]["spec"]["selector"]
+        assert policy["podSelector"] == selected
+        assert policy["policyTypes"] == ["Ingress", "Egress"]
+        egress = [(p["protocol"], p["port"]) for rule in policy["egress"] for p in rule["ports"]]
+        assert egress == dns_https_redis
+    assert "ingress" not in docs["alltkn-service-worker/NetworkPolicy"]["spec"]  # none let in
+
+    # docs/WORKER.md's scaling examples: valid, and aimed at this Deployment and queue.
+    guide = (project / "docs" / "WORKER.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"^```yaml\n(.*?)^```$", guide, re.M | re.S)
+    examples = {doc["kind"]: doc for block in blocks for doc in yaml.safe_load_all(block)}
+    assert set(examples) == {"HorizontalPodAutoscaler", "TriggerAuthentication", "ScaledObject"}
+    hpa = project / "hpa-example.yaml"
+    hpa.write_text(yaml.safe_dump(examples["HorizontalPodAutoscaler"]), encoding="utf-8")
+    run_ok([tool("kubernetes-validate"), "--strict", str(hpa)], project)
+    worker = docs["alltkn-service-worker/Deployment"]["metadata"]
+    assert examples["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]["name"] == worker["name"]
+    scaled = examples["ScaledObject"]
+    assert scaled["spec"]["scaleTargetRef"]["name"] == worker["name"]
+    (trigger,) = scaled["spec"]["triggers"]
+    jobs = (project / "src" / "alltkn_service" / "jobs.py").read_text(encoding="utf-8")
+    assert f'QUEUE = "{trigger["metadata"]["listName"]}"' in jobs  # the Celery queue's list
+    auth = examples["TriggerAuthentication"]["spec"]["secretTargetRef"][0]
+    assert auth["name"] in (project / "k8s" / "worker-deployment.yaml").read_text()
 
 
 @pytest.mark.parametrize("name", WITH_K8S)

@@ -172,6 +172,35 @@ def test_missing_key_exits_2_with_one_line(monkeypatch: pytest.MonkeyPatch) -> N
     assert ".env.example" in done.stderr
 
 
+# What a command's help has no use for: the SDK and its HTTP stacks (`--help` took about a second
+# with them), the settings and request models, the servers, the queue.
+HEAVY = {"openai", "httpx2", "aiohttp", "pydantic", "pydantic_settings", "fastapi", "uvicorn"}
+HEAVY |= {"flask", "gunicorn", "prometheus_client", "opentelemetry", "redis", "celery", "rich"}
+
+
+@pytest.mark.parametrize(
+    ("args", "allowed"),
+    [
+        pytest.param(("--help",), set(), id="help"),
+        pytest.param(("ask", "--help"), {"pydantic"}, id="ask-help"),  # its options' model
+    ],
+)
+def test_help_loads_no_sdk(args: tuple[str, ...], allowed: set[str]) -> None:
+    """Help answers at once: the modules a command needs are imported when it runs (`-X
+    importtime` lists every module the process imported)."""
+    command = [sys.executable, "-X", "importtime", *COMMAND[1:], *args]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: ")
+    imported = {
+        line.rsplit("|", 1)[-1].strip().split(".")[0]
+        for line in done.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+    assert "{{ cookiecutter.package_name }}" in imported  # the listing is there
+    assert imported & HEAVY <= allowed
+
+
 def test_ctrl_c_closes_the_stream_and_exits_130(gateway: FakeGateway) -> None:
     process = subprocess.Popen(
         [*COMMAND, "ask", "hi", "--model", "fake-slow"],

@@ -25,9 +25,6 @@ Exit codes: 0 answered, 1 the gateway call failed, 2 bad usage or configuration,
 from __future__ import annotations
 
 import argparse
-{%- if cookiecutter.framework == "fastapi" %}
-import asyncio
-{%- endif %}
 import contextlib
 import json
 import logging
@@ -35,37 +32,23 @@ import os
 import re
 import stat
 import sys
-from collections.abc import Sequence
-from dataclasses import asdict
-from importlib import metadata
-from typing import Any, NoReturn
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from pydantic import ValidationError
+from . import CLIENT_NAME, DESCRIPTION
 
-{% if cookiecutter.framework == "script" -%}
-from . import CLIENT_NAME, batch, doctor{{ ", queue_cli" if cookiecutter.worker == "celery" else "" }}, telemetry
-{%- elif cookiecutter.caller_auth == "keys" -%}
-from . import CLIENT_NAME, doctor, keys{{ ", queue_cli" if cookiecutter.worker == "celery" else "" }}, telemetry
-{%- else -%}
-from . import CLIENT_NAME, doctor{{ ", queue_cli" if cookiecutter.worker == "celery" else "" }}, telemetry
-{%- endif %}
-from .chat import CallInfo, ChatResult
-{%- if cookiecutter.framework == "fastapi" %}
-from .chat_async import AsyncChatService, create_async_client
-{%- else %}
-from .chat_sync import ChatService, create_client
-{%- endif %}
-from .errors import GatewayError, error_body
-from .logs import CALL_LOGGER, configure_logging
-from .request import MAX_CONTENT_CHARS, ChatRequest, Parameters
-from .settings import Settings, load_settings_or_exit
+# The commands' modules (and the SDK, pydantic, the servers behind them) are imported by the
+# command that runs, inside the functions below: `--help`, and a command's own `--help`, answer
+# without loading what they do not use (tests/test_cli.py, test_help_loads_no_sdk).
+if TYPE_CHECKING:
+    from .chat import CallInfo, ChatResult
+    from .request import ChatRequest
+    from .settings import Settings
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what the shell reports for a tool killed by it
-# More bytes than this are more characters than one message takes (UTF-8: at most 4 a character).
-MAX_STDIN_BYTES = 4 * MAX_CONTENT_CHARS
 {%- if cookiecutter.framework == "fastapi" %}
 MAX_WORKERS = 64
 {%- endif %}
@@ -102,10 +85,21 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=CLIENT_NAME, description=_description())
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Every command, with the arguments of `command` only: adding a command's arguments imports
+    its module, which neither `--help` nor the other commands need."""
+    parser = _Parser(prog=CLIENT_NAME, description=DESCRIPTION)
     commands = parser.add_subparsers(dest="command", required=True)
-    ask = commands.add_parser("ask", help="send one prompt and print the answer")
+    for name, (summary, add_arguments) in _COMMANDS.items():
+        sub = commands.add_parser(name, help=summary)
+        if name == command:
+            add_arguments(sub)
+    return parser
+
+
+def _ask_arguments(ask: argparse.ArgumentParser) -> None:
+    from .request import Parameters
+
     ask.add_argument(
         "prompt", nargs="?", help="the message to send, after any piped input ('-': stdin alone)"
     )
@@ -126,16 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
     for name, field in Parameters.model_fields.items():  # --max-tokens, --temperature, ...
         ask.add_argument(f"--{name.replace('_', '-')}", dest=name, help=field.description)
     ask.set_defaults(usage_error=ask.error)  # for an `ask` with nothing to send
-    doctor.add_arguments(
-        commands.add_parser(
-            "doctor",
-            help="check the key, base URL, network, model and streaming live against the gateway",
-        )
-    )
+
+
+def _doctor_arguments(parser: argparse.ArgumentParser) -> None:
+    from . import doctor
+
+    doctor.add_arguments(parser)
 {%- if cookiecutter.framework == "fastapi" %}
-    serve = commands.add_parser(
-        "serve", help="run the service (uvicorn, WEB_CONCURRENCY worker processes)"
-    )
+
+
+def _serve_arguments(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     serve.add_argument(
@@ -143,29 +137,70 @@ def build_parser() -> argparse.ArgumentParser:
     )
 {%- endif %}
 {%- if cookiecutter.framework == "script" %}
-    batch.add_arguments(
-        commands.add_parser("batch", help="run a JSONL file of prompts through the gateway")
-    )
+
+
+def _batch_arguments(parser: argparse.ArgumentParser) -> None:
+    from . import batch
+
+    batch.add_arguments(parser)
 {%- endif %}
 {%- if cookiecutter.caller_auth == "keys" %}
-    keys.add_arguments(commands.add_parser("keys", help="create, list and revoke caller keys"))
+
+
+def _keys_arguments(parser: argparse.ArgumentParser) -> None:
+    from . import keys
+
+    keys.add_arguments(parser)
 {%- endif %}
 {%- if cookiecutter.worker == "celery" %}
-    queue_cli.add_commands(commands)
+
+
+def _queue_arguments(command: str) -> Callable[[argparse.ArgumentParser], None]:
+    def add(parser: argparse.ArgumentParser) -> None:
+        from . import queue_cli
+
+        queue_cli.add_arguments(command, parser)
+
+    return add
 {%- endif %}
-    return parser
 
 
-def _description() -> str:  # pyproject.toml's, written in one place
-    with contextlib.suppress(metadata.PackageNotFoundError):  # a source tree, not installed
-        return metadata.metadata(CLIENT_NAME)["Summary"] or ""
-    return ""
+# name: (the help line, what adds its arguments)
+_COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
+    "ask": ("send one prompt and print the answer", _ask_arguments),
+    "doctor": (
+        "check the key, base URL, network, model and streaming live against the gateway",
+        _doctor_arguments,
+    ),
+{%- if cookiecutter.framework == "fastapi" %}
+    "serve": ("run the service (uvicorn, WEB_CONCURRENCY worker processes)", _serve_arguments),
+{%- endif %}
+{%- if cookiecutter.framework == "script" %}
+    "batch": ("run a JSONL file of prompts through the gateway", _batch_arguments),
+{%- endif %}
+{%- if cookiecutter.caller_auth == "keys" %}
+    "keys": ("create, list and revoke caller keys", _keys_arguments),
+{%- endif %}
+{%- if cookiecutter.worker == "celery" %}
+    "worker": ("answer queued jobs (a Celery worker)", _queue_arguments("worker")),
+    "enqueue": ("queue a JSONL file of prompts, print job ids", _queue_arguments("enqueue")),
+    "collect": ("write the results of queued jobs", _queue_arguments("collect")),
+{%- endif %}
+}
+
+
+def _command(argv: Sequence[str]) -> str | None:
+    """The command `argv` names: its first word (the program itself has no option but --help)."""
+    return next((word for word in argv if not word.startswith("-")), None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(_command(argv)).parse_args(argv)
     try:
         if args.command == "doctor":
+            from . import doctor
+
             return doctor.main(args)
 {%- if cookiecutter.framework == "fastapi" %}
         if args.command == "serve":
@@ -173,14 +208,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 {%- endif %}
 {%- if cookiecutter.framework == "script" %}
         if args.command == "batch":
+            from . import batch
+
             return batch.main(args, _setup())
 {%- endif %}
 {%- if cookiecutter.caller_auth == "keys" %}
         if args.command == "keys":
+            from . import keys
+
             return keys.main(args)
 {%- endif %}
 {%- if cookiecutter.worker == "celery" %}
-        if args.command in queue_cli.COMMANDS:
+        if args.command in ("worker", "enqueue", "collect"):
+            from . import queue_cli
+
             return queue_cli.main(args)
 {%- endif %}
         return _ask(args)
@@ -195,6 +236,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _setup() -> Settings:
+    from . import telemetry
+    from .logs import configure_logging
+    from .settings import load_settings_or_exit
+
     settings = load_settings_or_exit()
     configure_logging(settings.log_level, secrets=settings.secret_values)
     telemetry.start_or_exit(settings)  # spans and metrics over OTLP, if configured
@@ -209,16 +254,20 @@ def _usage_error(where: str, message: str) -> NoReturn:
 def _read_stdin(*, even_a_terminal: bool) -> str:
     """Piped input: stdin when it is a pipe, a file or a socket (`-`: whatever it is), else "".
     A terminal, /dev/null or no stdin at all (a job's, a test runner's) is no input."""
+    from .request import MAX_CONTENT_CHARS
+
+    # More bytes than this are more characters than one message takes (UTF-8: at most 4 each).
+    max_bytes = 4 * MAX_CONTENT_CHARS
     try:
         mode = os.fstat(sys.stdin.fileno()).st_mode
     except (AttributeError, OSError, ValueError):  # closed, or a stand-in with no file behind
         return ""
     if not (even_a_terminal or stat.S_ISFIFO(mode) or stat.S_ISREG(mode) or stat.S_ISSOCK(mode)):
         return ""
-    data = sys.stdin.buffer.read(MAX_STDIN_BYTES + 1)  # bounded: `cat huge.log | ask` is refused
-    if len(data) > MAX_STDIN_BYTES:
+    data = sys.stdin.buffer.read(max_bytes + 1)  # bounded: `cat huge.log | ask` is refused
+    if len(data) > max_bytes:
         most = f"more than the {MAX_CONTENT_CHARS} characters one message takes"
-        _usage_error("stdin", f"over {MAX_STDIN_BYTES} bytes, {most}; send less (head -c)")
+        _usage_error("stdin", f"over {max_bytes} bytes, {most}; send less (head -c)")
     try:
         return data.decode("utf-8-sig")  # without the byte order mark some editors write
     except UnicodeDecodeError as exc:
@@ -229,6 +278,10 @@ def _read_stdin(*, even_a_terminal: bool) -> str:
 def _request(args: argparse.Namespace) -> ChatRequest:
     """The request `ask` sends, or exit 2 with one line naming what is wrong. The user's message
     is the piped input, then the prompt; with --system a system message comes first."""
+    from pydantic import ValidationError
+
+    from .request import ChatRequest, Parameters
+
     piped = _read_stdin(even_a_terminal=args.prompt == "-").rstrip()
     prompt = None if args.prompt == "-" else args.prompt
     text = "\n\n".join(part for part in (piped, prompt) if part and part.strip())
@@ -260,6 +313,12 @@ def _request(args: argparse.Namespace) -> ChatRequest:
 
 
 def _ask(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from .chat import CallInfo
+    from .errors import GatewayError, error_body
+    from .logs import CALL_LOGGER
+
     request = _request(args)
     settings = _setup()
     if sys.stderr.isatty() and not args.verbose:  # a person reading: a failed call's line only
@@ -271,6 +330,8 @@ def _ask(args: argparse.Namespace) -> int:
     stream, echo = not args.no_stream, not args.json  # --json: the one object, at the end
     try:
 {%- if cookiecutter.framework == "fastapi" %}
+        import asyncio
+
         result = asyncio.run(_answer(settings, request, call, stream=stream, echo=echo))
 {%- else %}
         result = _answer(settings, request, call, stream=stream, echo=echo)
@@ -297,6 +358,8 @@ async def _answer(
     settings: Settings, request: ChatRequest, call: CallInfo, *, stream: bool, echo: bool
 ) -> ChatResult:
     """The whole answer; streamed, each delta is printed as it comes when `echo`."""
+    from .chat_async import AsyncChatService, create_async_client
+
     async with create_async_client(settings) as client:
         service = AsyncChatService(client, settings)
         if not stream:
@@ -315,6 +378,8 @@ def _answer(
     settings: Settings, request: ChatRequest, call: CallInfo, *, stream: bool, echo: bool
 ) -> ChatResult:
     """The whole answer; streamed, each delta is printed as it comes when `echo`."""
+    from .chat_sync import ChatService, create_client
+
     service = ChatService(create_client(settings), settings)
     if not stream:
         return service.complete(request, call)

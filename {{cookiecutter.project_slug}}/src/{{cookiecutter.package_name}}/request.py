@@ -4,10 +4,12 @@ add a field to `Parameters` and a line to `sdk_arguments`: HTTP, CLI and batch t
 
 from __future__ import annotations
 
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
-from openai.types.chat import ChatCompletionMessageParam
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+if TYPE_CHECKING:  # the SDK's types only: `ask --help` does not import the SDK
+    from openai.types.chat import ChatCompletionMessageParam
 
 MAX_MESSAGES = 200
 # Characters of content in one request, all messages together: its JSON fits under

@@ -8,6 +8,9 @@ from collections.abc import Callable
 
 import pytest
 
+{% if cookiecutter.worker == "celery" -%}
+from .redis_server import redis_server  # noqa: F401 - doctor_env points the queue at it
+{% endif -%}
 from .test_doctor import (
     checks_of,
     doctor_env,  # noqa: F401

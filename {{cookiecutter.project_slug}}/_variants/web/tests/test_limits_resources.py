@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
+import httpx2
 import pytest
 {%- if cookiecutter.framework == "flask" and cookiecutter.caller_auth == "keys" %}
 
@@ -73,6 +74,12 @@ def answer_of(sock: socket.socket) -> bytes:
     except OSError:
         pass
     return bytes(answer)
+
+
+def local_address(response: httpx2.Response) -> tuple[str, int]:
+    """The client's end of the connection `response` came on, while it is open."""
+    address = response.extensions["network_stream"].get_extra_info("client_addr")
+    return str(address[0]), int(address[1])
 
 
 def healthz_seconds(server: Server) -> float:
@@ -197,18 +204,24 @@ def test_past_max_streams_a_chat_request_gets_503_and_healthz_still_answers(
         for stream in streams:
             held.callback(stream.close)
             assert stream.recv(65536).startswith(b"HTTP/1.1 200")  # both flowing
-        # Flask never reads a refused request's body, so it closes that connection: a caller
-        # reconnects. `Connection: close` keeps this closed connection out of the client's pool.
-        busy = server.post("/v1/chat", {"prompt": "hi"}, headers={"Connection": "close"})
-        assert server.request("GET", "/healthz").status_code == 200
+        # A body past the 64 KiB a server drains by itself: the refusal reads it, so the
+        # client's pooled connection carries on (a closed one: "Server disconnected").
+        busy = server.post("/v1/chat", {"prompt": "x" * 200_000})
+        connections = {local_address(busy)}
+        health = server.request("GET", "/healthz")
+        connections.add(local_address(health))
         held.close()  # the streams hang up: their slots come back
         assert gateway.wait_for(lambda: gateway.aborted_streams == 2, timeout=3)
         again = server.post("/v1/chat", {"prompt": "hi"})
+        connections.add(local_address(again))
     assert busy.status_code == 503
     assert busy.headers["retry-after"] == "1"
+    assert busy.headers.get("connection", "keep-alive") == "keep-alive"
     assert busy.json()["error"]["category"] == "server_busy"
     assert "ALLTKN_MAX_STREAMS" in busy.json()["error"]["message"]
+    assert health.status_code == 200
     assert again.status_code == 200
+    assert len(connections) == 1, connections  # the one pooled connection served all three
 
 
 def test_a_client_that_stops_sending_its_body_gets_408(

@@ -190,16 +190,20 @@ def test_an_unreachable_queue_is_one_line_naming_alltkn_queue_url(tmp_path: Path
 
 
 def test_a_lost_result_is_named(tmp_path: Path) -> None:
-    """The result backend knows the job ran, but its record is gone (evicted, flushed)."""
-    jobs = enqueue(tmp_path, [{"id": 1, "prompt": "x"}])
-    job_id = jobs.read_text(encoding="utf-8").strip()
+    """The result backend knows the job ran, but its record is gone (evicted, flushed): that
+    job is named, and no OUT is half written."""
+    jobs = enqueue(tmp_path, [{"id": 1, "prompt": "x"}, {"id": 2, "prompt": "y"}])
+    kept, lost = jobs.read_text(encoding="utf-8").split()
     with workers(tmp_path):
         assert run("collect", str(jobs), str(tmp_path / "a.jsonl"), "--wait").returncode == 0
-    JobStore(queue_url()).redis.delete(JobStore.key(job_id))
-    done = run("collect", str(jobs), str(tmp_path / "out.jsonl"))
-    assert done.returncode == 1
-    (line,) = done.stderr.splitlines()
-    assert line.startswith(f"error: job {job_id}: its result is lost")
+    JobStore(queue_url()).redis.delete(JobStore.key(lost))
+    for wait in ([], ["--wait"]):
+        done = run("collect", str(jobs), str(tmp_path / "out.jsonl"), *wait)
+        assert done.returncode == 1
+        (line,) = done.stderr.splitlines()
+        assert line.startswith(f"error: job {lost}: its result is lost")
+        assert kept not in line
+        assert not (tmp_path / "out.jsonl").exists()
 
 
 def test_a_visibility_timeout_shorter_than_the_worst_call_stops_the_worker() -> None:

@@ -27,6 +27,9 @@ from .sse import event_stream
 
 bp = Blueprint("api", __name__)
 DISCARD_BYTES = 64 * 1024 * 1024  # of a refused body: discard_after_the_answer()
+# The time a request refused as busy gets to send the rest of its body (a body sent at once
+# arrives well within it): its thread is one of those kept for /healthz.
+BUSY_DISCARD_S = 0.5
 
 
 def chat_service() -> ChatService:
@@ -47,7 +50,7 @@ def admit() -> Admission:
     try:
         who = gate.authenticate(request.headers.get("Authorization"))
     except GatewayError:
-        discard_after_the_answer()  # the body was not read: keep the connection usable
+        discard_after_the_answer(gate.settings.client_timeout_s)  # the body was not read
         raise
     g.caller = who[0]  # named when a later check refuses the request
     payload = json_body(gate.settings.max_body_bytes, gate.settings.client_timeout_s)
@@ -81,7 +84,7 @@ def json_body(limit: int, timeout_s: float) -> dict[str, Any]:
         stop_reading()
         raise contract.too_slow(timeout_s) from None
     except contract.BadBody:
-        discard_after_the_answer()
+        discard_after_the_answer(timeout_s)
         raise
     return contract.parse_body(bytes(body))
 
@@ -104,17 +107,24 @@ def read_piece() -> bytes:
         raise
 
 
-def discard_after_the_answer() -> None:
-    """Once the answer is out, read and drop what is left of the body, up to DISCARD_BYTES: a
-    client still sending it would get a connection reset instead of the answer, as gunicorn
-    closes a connection with more than 64 KiB of a body unread."""
-    stream = request.stream
+def discard_after_the_answer(timeout_s: float) -> None:
+    """Once the answer is out, read and drop what is left of the body, up to DISCARD_BYTES
+    within `timeout_s` (ALLTKN_CLIENT_TIMEOUT_S), so the client's connection stays usable:
+    gunicorn drains at most 64 KiB itself, then closes a connection it announced as kept
+    alive. A client past either bound is read no further: its connection closes."""
+    stream, sock = request.stream, request.environ.get("gunicorn.socket")
 
     def discard() -> None:
+        deadline = time.monotonic() + timeout_s
         with suppress(Exception):  # the answer is out; whatever the client does now
             for _ in range(DISCARD_BYTES // 65536):
+                if sock is not None:
+                    sock.settimeout(max(deadline - time.monotonic(), 0.01))
                 if not stream.read(65536):
                     return
+        if sock is not None:
+            with suppress(OSError):
+                sock.shutdown(socket.SHUT_RD)
 
     def after(response: Response) -> Response:
         response.call_on_close(discard)

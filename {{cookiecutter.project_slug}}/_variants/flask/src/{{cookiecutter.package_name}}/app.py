@@ -76,7 +76,7 @@ def create_app(settings: Settings) -> Flask:
             try:
                 slots.take()
             except GatewayError:
-                api.stop_reading()  # its body is never read
+                api.discard_after_the_answer(api.BUSY_DISCARD_S)  # its body is unread
                 raise
             g.slot = True
 

@@ -36,16 +36,18 @@ class QueueUsageError(Exception):
     """Bad input; the message is one line naming the file, the line and the fix."""
 
 
-def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    worker.add_arguments(commands.add_parser("worker", help="answer queued jobs (a Celery worker)"))
-    enqueue = commands.add_parser("enqueue", help="queue a JSONL file of prompts, print job ids")
-    enqueue.add_argument("input", type=Path, metavar="IN.jsonl", help="the batch line format")
-    collect = commands.add_parser("collect", help="write the results of queued jobs")
-    collect.add_argument(
-        "jobs", metavar="JOBS", help="job ids, one a line (enqueue's output; -: stdin)"
-    )
-    collect.add_argument("output", type=Path, metavar="OUT.jsonl", help="one result row a job")
-    collect.add_argument("--wait", action="store_true", help="wait until every job has finished")
+def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
+    """The arguments of `command`, one of `COMMANDS` (their help lines are the CLI's)."""
+    if command == "worker":
+        worker.add_arguments(parser)
+    elif command == "enqueue":
+        parser.add_argument("input", type=Path, metavar="IN.jsonl", help="the batch line format")
+    else:
+        parser.add_argument(
+            "jobs", metavar="JOBS", help="job ids, one a line (enqueue's output; -: stdin)"
+        )
+        parser.add_argument("output", type=Path, metavar="OUT.jsonl", help="one result row a job")
+        parser.add_argument("--wait", action="store_true", help="wait until every job has finished")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -31,10 +31,10 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from celery import Celery, Task, signals
+from celery import Celery, Task, bootsteps, signals
 from kombu.exceptions import OperationalError
 
-from . import retry, telemetry
+from . import heartbeat, retry, telemetry
 from .chat import CallInfo
 from .chat_sync import ChatService, create_client
 from .errors import GatewayError, error_body
@@ -244,6 +244,27 @@ def sweep(queue: QueueSettings, stop: threading.Event) -> None:
             return
 
 
+class Heartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
+    """Touches WORKER_HEARTBEAT_FILE every `heartbeat.EVERY_S` from the worker's event loop (its
+    timer fires only while the loop runs), for the probes of `heartbeat.py`."""
+
+    requires = ("celery.worker.components:Timer",)
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.target, self.timer = heartbeat.path(), None
+
+    def start(self, parent: Any) -> None:
+        if self.target is not None:
+            heartbeat.touch(self.target)
+            every, args = heartbeat.EVERY_S, (self.target,)
+            self.timer = parent.timer.call_repeatedly(every, heartbeat.touch, args, priority=10)
+
+    def stop(self, parent: Any) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--concurrency",
@@ -289,6 +310,8 @@ def main(args: argparse.Namespace) -> int:
         logger.info("worker ready: %s jobs at once (%s), queue %s", raw, args.pool, QUEUE)
 
     signals.worker_ready.connect(ready, weak=False)
+    if heartbeat.path() is not None:
+        app.steps["worker"].add(Heartbeat)
     argv = ["--quiet", "worker", f"--concurrency={raw}", f"--pool={args.pool}", f"--queues={QUEUE}",
             f"--hostname={__package__}-{os.getpid()}@%h", f"--loglevel={settings.log_level}",
             "--without-gossip", "--without-mingle",
