@@ -292,6 +292,47 @@ def test_make_run_without_a_key_exits_2_with_one_line(baked: dict[str, Path], na
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("name", ["fastapi-defaults", "flask-defaults", "script-defaults"])
+def test_make_help_shows_the_addresses_it_serves(baked: dict[str, Path], name: str) -> None:
+    """`make` alone lists the targets with the host and ports filled in, the overridden ones
+    too; no `$(VARIABLE)` is printed as written."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    shown = run_ok(["make", "--no-print-directory", "PORT=8123", "FAKE_PORT=8911"], baked[name])
+    assert "$(" not in shown
+    assert "fake gateway on 127.0.0.1:8911" in shown
+    if name != "script-defaults":
+        assert "on http://127.0.0.1:8123/" in shown
+
+
+def test_the_next_steps_install_without_make_as_make_dev_does(
+    baked: dict[str, Path], post_gen: ModuleType
+) -> None:
+    """For people without make, "Next:" prints the pinned install `make dev` runs without uv:
+    the same commands (hashed lock file, no build isolation), -q aside."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    project = baked["script-defaults"]
+    (hint,) = [line for line in post_gen.next_steps({}, project) if "no make?" in line]
+    plan = run_ok(["make", "--no-print-directory", "-n", "UV=", "dev"], project)
+    assert hint.split(": ", 1)[1] == plan.splitlines()[0].replace(" -q", "")
+
+
+def test_make_test_in_the_background_passes_its_ctrl_c_tests(baked: dict[str, Path]) -> None:
+    """A shell starts a background job (`make test &`) with SIGINT ignored; the tests that send
+    Ctrl-C to the CLI still see it exit 130 (they used to see `0 == 130`)."""
+    project = baked["script-defaults"]
+    pytest_run = f"{shlex.quote(sys.executable)} -m pytest -q -p no:cacheprovider -p no:xdist"
+    job = f"{pytest_run} tests -k 'ctrl_c or interrupt' & wait $!"
+    env = {**os.environ, "PYTHONPATH": str(project / "src")}
+    done = subprocess.run(
+        ["bash", "-c", job], cwd=project, env=env, capture_output=True, text=True, timeout=300,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(r"^\d+ passed", done.stdout.splitlines()[-1]), done.stdout
+
+
 @pytest.mark.parametrize("name", ["fastapi-defaults", "script-defaults"])
 def test_make_lint_passes_in_the_baked_project(baked: dict[str, Path], name: str) -> None:
     if shutil.which("make") is None:

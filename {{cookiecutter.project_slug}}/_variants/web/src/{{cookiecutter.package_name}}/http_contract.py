@@ -179,6 +179,7 @@ def too_slow(seconds: float, what: str = "body") -> BadBody:
 def too_large(limit: int) -> BadBody:
     message = f"the body is over {limit} bytes, the server's limit (ALLTKN_MAX_BODY_BYTES)"
     return BadBody(413, message, TOO_LARGE_HINT)
+{%- if cookiecutter.framework == "flask" %}
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
@@ -188,6 +189,7 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     except (ValueError, RecursionError) as error:
         raise not_json(raw, error) from None
     return json_object(raw, payload)
+{%- endif %}
 
 
 def not_json(raw: bytes, error: ValueError | RecursionError) -> BadBody:
