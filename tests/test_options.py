@@ -46,9 +46,9 @@ COMBINATIONS = [
     pytest.param("script", {}, id="script-defaults"),
     pytest.param("fastapi", {"docker": "no"}, id="fastapi-no-docker"),
     pytest.param("flask", {"kubernetes": "yes"}, id="flask-k8s"),
-    pytest.param("script", {"docker": "no"}, id="script-no-docker"),
+    pytest.param("script", {"docker": "no", "worker": "celery"}, id="script-no-docker-celery"),
     pytest.param("fastapi", {"ci": "gitlab", "kubernetes": "yes"}, id="fastapi-k8s-ci-gitlab"),
-    pytest.param("script", {"ci": "gitlab"}, id="script-ci-gitlab"),
+    pytest.param("script", {"ci": "gitlab", "worker": "celery"}, id="script-celery-ci-gitlab"),
     pytest.param("flask", {"ci": "none"}, id="flask-ci-none"),
     pytest.param("fastapi", {"ci": "none", "docker": "no"}, id="fastapi-bare"),
     pytest.param("fastapi", {"caller_auth": "none", "kubernetes": "yes"}, id="fastapi-open-k8s"),
@@ -154,6 +154,12 @@ def caller_keys(name: str) -> bool:
     """Whether the combination `name` bakes caller keys (caller_auth=keys)."""
     (param,) = [p for p in COMBINATIONS if p.id == name]
     return options_for(*param.values)["caller_auth"] == "keys"
+
+
+def needs_redis(name: str) -> bool:
+    """Whether the combination's tests start a Redis: the caller limits' or the queue's."""
+    (param,) = [p for p in COMBINATIONS if p.id == name]
+    return caller_keys(name) or options_for(*param.values).get("worker") == "celery"
 
 
 # --- files per combination ---------------------------------------------------------------------
@@ -740,7 +746,7 @@ def test_github_ci_is_least_privilege_pinned_and_runs_make(
     assert set(calls) <= make_targets(project)
     checks_steps = [step.get("run", "") for step in ci["jobs"]["checks"]["steps"]]
     redis = [n for n, run in enumerate(checks_steps) if "redis-server" in run]
-    if caller_keys(name):  # the limiter tests start Debian's redis-server themselves
+    if needs_redis(name):  # the limiter and queue tests start Debian's redis-server themselves
         assert [checks_steps[n] for n in redis] == [
             "sudo apt-get update && sudo apt-get install -y redis-server"
         ]
@@ -803,7 +809,7 @@ def test_gitlab_ci_validates_and_calls_make_targets(baked: dict[str, Path], name
     assert {"lint", "typecheck", "test", "secrets", "doctor"} <= set(calls)
     assert set(calls) <= make_targets(project)
     install = "apt-get update -qq && apt-get install -y -qq --no-install-recommends redis-server"
-    expected = [install] if caller_keys(name) else []  # before the tests that start it
+    expected = [install] if needs_redis(name) else []  # before the tests that start it
     assert jobs["test"]["script"] == [*expected, "make PY=python test"]
     others = [
         line for job_name, job in jobs.items() if job_name != "test" for line in job["script"]

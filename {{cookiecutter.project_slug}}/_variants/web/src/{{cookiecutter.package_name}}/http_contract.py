@@ -35,7 +35,12 @@ TOO_LARGE_HINT = "Send a shorter prompt or fewer messages."
 # The deepest a body's JSON may nest; the schema needs 3 levels: {"messages": [{...}]}.
 MAX_JSON_DEPTH = 32
 ENDPOINTS_HINT = (
+{%- if cookiecutter.worker == "celery" %}
+    "The API is POST /v1/chat, POST /v1/chat/stream, POST /v1/jobs and GET /v1/jobs/{id}; "
+    "GET /healthz is the health check, "
+{%- else %}
     "The API is POST /v1/chat and POST /v1/chat/stream; GET /healthz is the health check, "
+{%- endif %}
     "GET /metrics the Prometheus metrics and GET / the demo page (with ALLTKN_DEV_UI=on)."
 )
 _STATUSES = {
@@ -50,6 +55,10 @@ _STATUSES = {
     Category.CALLER_RATE_LIMITED: 429,
     Category.CALLER_BUDGET_EXHAUSTED: 429,
     Category.LIMITER_UNAVAILABLE: 503,
+{%- endif %}
+{%- if cookiecutter.worker == "celery" %}
+    Category.JOB_NOT_FOUND: 404,
+    Category.QUEUE_UNAVAILABLE: 503,
 {%- endif %}
 }
 DEMO_PAGE = (resources.files(__package__) / "static" / "index.html").read_bytes()
