@@ -8,6 +8,7 @@ missing; unsupported combinations fail before anything is written, with one line
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import os
@@ -172,6 +173,10 @@ def test_each_combination_has_exactly_its_files(
     assert (project / "src" / "alltkn_service" / "callers.py").exists() == keys
     assert (project / ".github").exists() == (options["ci"] == "github")
     assert (project / ".gitlab-ci.yml").exists() == (options["ci"] == "gitlab")
+    # A script serves no stream and has no callers: no SSE, nginx or caller-key snippet.
+    snippets = {path.name for path in (project / "docs" / "snippets").iterdir()}
+    web_snippets = {"alltkn_sse.py", "sse_fastapi.py", "nginx_sse.conf", "caller_keys.py"}
+    assert snippets & web_snippets == (web_snippets if framework != "script" else set())
 
 
 @pytest.mark.parametrize(("answers", "line"), UNSUPPORTED)
@@ -257,6 +262,34 @@ def test_makefile_has_the_verbs_with_and_without_uv(baked: dict[str, Path], name
             assert ".venv/bin/python -m pytest" in plan
         assert "-m alltkn_service doctor" in plan
         assert "-m detect_secrets.pre_commit_hook --baseline .secrets.baseline" in plan
+
+
+@pytest.mark.parametrize("name", ["fastapi-defaults", "flask-defaults", "script-defaults"])
+def test_make_run_without_a_key_exits_2_with_one_line(baked: dict[str, Path], name: str) -> None:
+    """`make run` with no key (none in the environment, no .env): its command exits 2 at once
+    with the one-line config error, as `serve` does; FastAPI's reloader used to start first
+    (`Uvicorn running on ...`) and hang. make names the command's exit status (`Error 2`)."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    project = baked[name]
+    assert not (project / ".env").exists()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ALLTKN_", "OPENAI_"))}
+    env["PYTHONPATH"] = str(project / "src")
+    command = ["make", "--no-print-directory", f"PY={sys.executable}", f"PORT={free_port()}", "run"]
+    process = subprocess.Popen(
+        command, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        out, err = process.communicate(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # a server left running: the bug
+            os.killpg(process.pid, signal.SIGKILL)
+    config, made = err.splitlines()
+    assert config.startswith("error[config]: ALLTKN_API_KEY is not set."), err
+    assert re.fullmatch(r"make: \*\*\* \[Makefile:\d+: run\] Error 2", made), err
+    assert "Uvicorn running" not in out + err
+    assert "Traceback" not in err
 
 
 @pytest.mark.parametrize("name", ["fastapi-defaults", "script-defaults"])

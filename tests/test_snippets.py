@@ -15,6 +15,8 @@ SSE bytes and error answers against the generated FastAPI and Flask services ser
 stream (their entry points: `<package>.app:app` under uvicorn, gunicorn with `gunicorn.conf.py`;
 baked with `caller_auth=none` and run with every model allowed, as open as the SSE snippets),
 and the caller-keys snippet against a `caller_auth=keys` bake's callers file and error words.
+Each snippet runs from a bake that ships it: the script bake ships the client, error, terminal,
+logging and fixture snippets; the web bakes ship those and the SSE, nginx and caller-key ones.
 Servers are real processes on loopback, Redis a real `redis-server`; the fake gateway is the
 project's own.
 """
@@ -50,6 +52,17 @@ TEMPLATE_SNIPPETS = TEMPLATE_DIR / "snippets"
 KEY = "sk-" + secrets.token_hex(24)
 KEEPALIVE_S = 0.3
 SNIPPET_MODULES = ("alltkn_client", "alltkn_errors", "alltkn_sse", "redacting_logs")
+# What only the web bakes ship (the web layer's docs/snippets/): a script serves no stream and
+# has no callers. Every bake ships the others.
+WEB_ONLY = {
+    "alltkn_sse.py",
+    "sse_fastapi.py",
+    "sse_flask.py",
+    "nginx_sse.conf",
+    "caller_keys.py",
+    "caller_keys_fastapi.py",
+    "caller_keys_flask.py",
+}
 
 
 # --- baking and the code under test -------------------------------------------------------------
@@ -64,11 +77,12 @@ def bake(tmp_path: Path, framework: str, **answers: str) -> Path:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The script bake: the sync core (`chat_sync`) and the async one (`chat_async`) together,
-    and the CLI; the snippets are the same in every bake."""
+    the CLI, and the snippets every bake ships."""
     return bake(tmp_path_factory.mktemp("script"), "script")
 
 
 # The services the SSE snippets are compared with: open, like the snippets (no caller keys).
+# The FastAPI bake is also where the web-only snippets run from.
 @pytest.fixture(scope="module")
 def fastapi_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return bake(tmp_path_factory.mktemp("fastapi"), "fastapi", caller_auth="none")
@@ -97,9 +111,10 @@ def _fresh_gateway(request: pytest.FixtureRequest) -> None:
 
 
 @pytest.fixture(scope="module")
-def modules(project: Path) -> Iterator[dict[str, ModuleType]]:
-    """The baked core (`core.chat_sync`, ...) and the snippets, imported in this process."""
-    paths = [str(project / "src"), str(project / SNIPPETS)]
+def modules(project: Path, fastapi_project: Path) -> Iterator[dict[str, ModuleType]]:
+    """The baked core (`core.chat_sync`, ...) and the snippets, imported in this process: each
+    from the script bake when it ships it, else from the FastAPI bake."""
+    paths = [str(project / "src"), str(project / SNIPPETS), str(fastapi_project / SNIPPETS)]
     sys.path[:0] = paths
     try:
         names = ["settings", "request", "errors", "retry", "redaction", "chat_sync", "chat_async"]
@@ -183,8 +198,8 @@ def snippet_files(root: Path) -> dict[str, bytes]:
     }
 
 
-def test_template_snippets_are_the_rendered_defaults(project: Path) -> None:
-    rendered = snippet_files(project / SNIPPETS)
+def test_template_snippets_are_the_rendered_defaults(fastapi_project: Path) -> None:
+    rendered = snippet_files(fastapi_project / SNIPPETS)  # the default framework's: all of them
     assert rendered, "the project template has no docs/snippets"
     stale = sorted(
         name
@@ -194,12 +209,34 @@ def test_template_snippets_are_the_rendered_defaults(project: Path) -> None:
     assert stale == [], f"snippets/ is stale: run `python tests/test_snippets.py --sync` ({stale})"
 
 
-def test_every_snippet_says_when_to_use_it(project: Path) -> None:
-    for name, content in snippet_files(project / SNIPPETS).items():
-        if name == "README.md":  # the index: it lists every other file
+def test_each_bake_ships_the_snippets_it_runs(project: Path, fastapi_project: Path) -> None:
+    """The script bake ships no SSE, nginx or caller-key snippet, and its index and docs name
+    none; the web bakes ship every snippet. The snippets both ship are the same files."""
+    script, web = snippet_files(project / SNIPPETS), snippet_files(fastapi_project / SNIPPETS)
+    assert set(script) == set(web) - WEB_ONLY
+    assert set(web) >= WEB_ONLY
+    assert {name: web[name] for name in script if name != "README.md"} == {
+        name: content for name, content in script.items() if name != "README.md"
+    }
+    script_docs = [project / "README.md", *(project / "docs").rglob("*.md")]
+    for path in script_docs:
+        text = path.read_text(encoding="utf-8")
+        named = [n for n in (*WEB_ONLY, "nginx", "/v1/chat/stream") if n in text]
+        assert named == [], f"{path.relative_to(project)} names {named}"
+
+
+@pytest.mark.parametrize("bake_name", ["script", "fastapi"])
+def test_every_snippet_says_when_to_use_it(request: pytest.FixtureRequest, bake_name: str) -> None:
+    baked = request.getfixturevalue("project" if bake_name == "script" else "fastapi_project")
+    index = (baked / SNIPPETS / "README.md").read_text(encoding="utf-8")
+    for name, content in snippet_files(baked / SNIPPETS).items():
+        if name == "README.md":  # the index: it lists every file it ships, and no other
             continue
         assert b"When to use: " in content[:1500], name
-        assert f"({name})" in (project / SNIPPETS / "README.md").read_text(encoding="utf-8"), name
+        assert f"({name})" in index, name
+    assert set(re.findall(r"\]\(([\w.]+)\)", index)) == set(snippet_files(baked / SNIPPETS)) - {
+        "README.md"
+    }
 
 
 # --- 2. the client ------------------------------------------------------------------------------
@@ -411,10 +448,12 @@ def test_a_snippet_run_with_a_bad_setting_says_which_in_one_line(
 
 
 @pytest.mark.parametrize("variable", ["ALLTKN_SSE_KEEPALIVE_S", "ALLTKN_SSE_SEND_TIMEOUT_S"])
-def test_the_sse_snippet_names_a_bad_interval(project: Path, gateway: Any, variable: str) -> None:
-    env = process_env(gateway, [project / "src"], **{variable: "soon"})
+def test_the_sse_snippet_names_a_bad_interval(
+    fastapi_project: Path, gateway: Any, variable: str
+) -> None:
+    env = process_env(gateway, [], **{variable: "soon"})
     code = "import alltkn_sse"
-    done = run_python(["-c", code], project / SNIPPETS, env)
+    done = run_python(["-c", code], fastapi_project / SNIPPETS, env)
 
     assert done.returncode != 0
     last = done.stderr.strip().splitlines()[-1]
@@ -857,9 +896,9 @@ http {{
 
 
 def test_the_nginx_read_timeout_outlasts_the_keep_alive_interval(
-    project: Path, modules: dict[str, ModuleType]
+    fastapi_project: Path, modules: dict[str, ModuleType]
 ) -> None:
-    text = (project / SNIPPETS / "nginx_sse.conf").read_text(encoding="utf-8")
+    text = (fastapi_project / SNIPPETS / "nginx_sse.conf").read_text(encoding="utf-8")
     keepalive = modules["core.settings"].Settings.model_fields["sse_keepalive_s"].default
     match = re.search(r"^\s*proxy_read_timeout (\d+)s;", text, re.MULTILINE)
     assert match is not None
@@ -868,10 +907,13 @@ def test_the_nginx_read_timeout_outlasts_the_keep_alive_interval(
 
 
 @pytest.mark.skipif(NGINX is None, reason="nginx is not installed (Debian package nginx)")
-def test_sse_streams_through_the_nginx_snippet(project: Path, gateway: Any, tmp_path: Path) -> None:
+def test_sse_streams_through_the_nginx_snippet(
+    fastapi_project: Path, gateway: Any, tmp_path: Path
+) -> None:
     import httpx2
 
     assert NGINX is not None
+    project = fastapi_project  # a bake that ships the nginx and SSE snippets
     app_port, proxy_port = free_port(), free_port()
     conf = nginx_conf(tmp_path, proxy_port, nginx_location(project, app_port))
     checked = subprocess.run(
@@ -992,36 +1034,40 @@ def test_an_unmarked_python_block_is_refused() -> None:
     assert python_blocks("```python run\nprint(1)\n```\n", "x") == [("run", "print(1)\n")]
 
 
-def documents(project: Path) -> list[tuple[str, Path]]:
-    """(name, markdown file); their blocks run, or are type-checked, in the snippets' directory."""
-    found = [("template README.md", TEMPLATE_DIR / "README.md")]
+def documents(projects: list[Path]) -> list[tuple[str, Path, Path]]:
+    """(name, markdown file, the bake whose snippets it uses): the template's docs, and each
+    bake's README and docs; their blocks run, or are type-checked, in the snippets' directory."""
+    found = [("template README.md", TEMPLATE_DIR / "README.md", projects[-1])]
     for path in sorted(TEMPLATE_DIR.glob("docs/*.md")):
-        found.append((f"template docs/{path.name}", path))
-    for path in sorted([project / "README.md", *(project / "docs").rglob("*.md")]):
-        found.append((path.relative_to(project).as_posix(), path))
+        found.append((f"template docs/{path.name}", path, projects[-1]))
+    for project in projects:
+        for path in sorted([project / "README.md", *(project / "docs").rglob("*.md")]):
+            name = f"{project.parent.name} {path.relative_to(project).as_posix()}"
+            found.append((name, path, project))
     return found
 
 
-def doc_blocks(project: Path, marker: str) -> list[tuple[str, str]]:
-    """(where, code) of every python block of the docs marked `marker`."""
-    return [
-        (f"{name} block {number}", code)
-        for name, path in documents(project)
-        for number, (mark, code) in enumerate(python_blocks(path.read_text("utf-8"), name))
-        if mark == marker
-    ]
+def doc_blocks(projects: list[Path], marker: str) -> list[tuple[str, str, Path]]:
+    """(where, code, bake) of every python block of the docs marked `marker`, each once."""
+    blocks: dict[str, tuple[str, str, Path]] = {}
+    for name, path, project in documents(projects):
+        for number, (mark, code) in enumerate(python_blocks(path.read_text("utf-8"), name)):
+            if mark == marker:
+                blocks.setdefault(code, (f"{name} block {number}", code, project))
+    return list(blocks.values())
 
 
 def test_every_python_block_in_the_docs_runs_against_the_fake(
-    project: Path, gateway: Any, tmp_path: Path
+    project: Path, fastapi_project: Path, gateway: Any, tmp_path: Path
 ) -> None:
-    """`run` blocks; the `typecheck` ones go through mypy with the snippets (below)."""
-    blocks = doc_blocks(project, "run")
+    """`run` blocks, in the snippets' directory of the bake whose docs hold them; the
+    `typecheck` ones go through mypy with the snippets (below)."""
+    blocks = doc_blocks([project, fastapi_project], "run")
     assert blocks
-    for number, (where, code) in enumerate(blocks):
+    for number, (where, code, baked) in enumerate(blocks):
         script = tmp_path / f"block_{number}.py"
         script.write_text(code, encoding="utf-8")
-        cwd = project / SNIPPETS
+        cwd = baked / SNIPPETS
         done = run_python([str(script)], cwd, process_env(gateway, [cwd]))
         assert done.returncode == 0, f"{where}:\n{code}\n{done.stderr}"
 
@@ -1083,7 +1129,7 @@ Answer = tuple[int, dict[str, str], dict[str, Any]]  # status, headers (lower ca
 @pytest.fixture(params=["fastapi", "flask"])
 def guarded(
     request: pytest.FixtureRequest,
-    project: Path,
+    fastapi_project: Path,
     gateway: Any,
     redis_server: RedisServer,
     tmp_path: Path,
@@ -1093,7 +1139,7 @@ def guarded(
     counters and callers: `alice` (3 requests and 2000 tokens a minute), `narrow` (one model,
     no limits), `budget` (one call's tokens a day). Yields (post, keys by caller)."""
     assert redis_server.flush()
-    monkeypatch.syspath_prepend(str(project / SNIPPETS))
+    monkeypatch.syspath_prepend(str(fastapi_project / SNIPPETS))  # a bake that ships them
     for name, value in gateway_env(gateway).items():
         monkeypatch.setenv(name, value)
     callers_file = tmp_path / "callers.json"
@@ -1279,9 +1325,12 @@ def template_scanner_findings(project: Path, directory: Path) -> list[str]:
     ],
 )
 def test_no_snippet_holds_a_secret(
-    project: Path, tmp_path: Path, findings: Callable[[Path, Path], list[str]]
+    project: Path,
+    fastapi_project: Path,
+    tmp_path: Path,
+    findings: Callable[[Path, Path], list[str]],
 ) -> None:
-    for target in (project / SNIPPETS, TEMPLATE_SNIPPETS):
+    for target in (project / SNIPPETS, fastapi_project / SNIPPETS, TEMPLATE_SNIPPETS):
         assert findings(project, target) == []
 
     # The same scan does catch a key pasted into a snippet.
@@ -1293,13 +1342,15 @@ def test_no_snippet_holds_a_secret(
 
 
 def test_the_snippets_and_the_typecheck_blocks_pass_mypy_strict(
-    project: Path, tmp_path: Path
+    project: Path, fastapi_project: Path, tmp_path: Path
 ) -> None:
-    """One mypy run (it is the slow part) over the snippets and every `typecheck` block."""
-    blocks = doc_blocks(project, "typecheck")
+    """One mypy run (it is the slow part) over every snippet, in the FastAPI bake (which ships
+    them all; the script bake's are the same files), and every `typecheck` block of both."""
+    blocks = doc_blocks([project, fastapi_project], "typecheck")
     assert blocks
+    project = fastapi_project
     files = {}
-    for number, (where, code) in enumerate(blocks):
+    for number, (where, code, _) in enumerate(blocks):
         files[f"typecheck_block_{number}.py"] = where
         (tmp_path / f"typecheck_block_{number}.py").write_text(code, encoding="utf-8")
     done = run_python(
