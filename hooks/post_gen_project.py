@@ -31,6 +31,12 @@ from collections.abc import Mapping
 from pathlib import Path
 
 SKIP_SCAN_ENV = "_ALLTKN_TEMPLATE_SKIP_SCAN"
+# The Makefile's install without uv (its INSTALL_DEV): the hashed lock file, then the project.
+NO_MAKE_INSTALL = (
+    "python3 -m venv .venv && .venv/bin/python -m pip install --require-hashes --no-deps "
+    "-r requirements-dev.lock.txt && .venv/bin/python -m pip install --no-deps "
+    "--no-build-isolation -e ."
+)
 
 
 def next_steps(answers: Mapping[str, object], project_dir: Path) -> list[str]:
@@ -40,6 +46,7 @@ def next_steps(answers: Mapping[str, object], project_dir: Path) -> list[str]:
         f"Next: cd {project_dir}",
         "  git init && make dev && make test    (uv if installed, else a .venv with pip)",
         "  make fake & make try                 (against the bundled fake gateway: no key needed)",
+        f"  no make? install as `make dev` does without uv: {NO_MAKE_INSTALL}",
         (
             f"  cp .env.example .env, then set {key_var} in .env or your environment "
             "(never in code or in cookiecutter answers)"

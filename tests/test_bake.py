@@ -94,10 +94,12 @@ def test_the_celery_worker_bake_has_exactly_its_files(
     options = {**default_options(framework), "worker": "celery", **k8s}
 
     assert baked_files(project) == expected_files(post_gen, "alltkn_service", framework, options)
-    package = project / "src" / "alltkn_service"
-    assert {"worker.py", "jobs.py", "queue_cli.py", "chat_sync.py", "limiter.py", "rows.py"} <= {
-        path.name for path in package.glob("*.py")
-    }
+    modules = {path.name for path in (project / "src" / "alltkn_service").glob("*.py")}
+    queue = {"worker.py", "jobs.py", "queue_cli.py", "chat_sync.py", "limiter.py", "rows.py"}
+    assert queue <= modules
+    # POST /v1/jobs and GET /v1/jobs/{id}: web bakes only.
+    web = {"jobs_http.py", "jobs_api.py"}
+    assert web & modules == (web if framework != "script" else set())
     assert (project / "k8s" / "worker-deployment.yaml").is_file() == (framework != "script")
 
 

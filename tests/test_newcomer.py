@@ -13,6 +13,7 @@ the README's Makefile takes.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -150,6 +151,11 @@ def test_the_readme_path_works_as_written(cookies: Any, tmp_path: Path, framewor
         report = run(".venv/bin/alltkn-service doctor", project, doctor, timeout=120)
         assert re.search(r"PASS  key not in git ", report), report
         assert "OK: 0 failed" in report, report
+        if framework == "script":  # its "Use the real gateway" block, as written, at the fake
+            shown = run(block(readme, "Use the real gateway", "bash"), project, doctor)
+            assert ANSWER in shown, shown
+            result = json.loads((project / "results.jsonl").read_text(encoding="utf-8"))
+            assert (result["id"], result["content"]) == (1, ANSWER)
     finally:
         with contextlib.suppress(ProcessLookupError):  # the fake and the service, with make
             os.killpg(session.pid, signal.SIGTERM)

@@ -46,9 +46,9 @@ COMBINATIONS = [
     pytest.param("script", {}, id="script-defaults"),
     pytest.param("fastapi", {"docker": "no"}, id="fastapi-no-docker"),
     pytest.param("flask", {"kubernetes": "yes"}, id="flask-k8s"),
-    pytest.param("script", {"docker": "no"}, id="script-no-docker"),
+    pytest.param("script", {"docker": "no", "worker": "celery"}, id="script-no-docker-celery"),
     pytest.param("fastapi", {"ci": "gitlab", "kubernetes": "yes"}, id="fastapi-k8s-ci-gitlab"),
-    pytest.param("script", {"ci": "gitlab"}, id="script-ci-gitlab"),
+    pytest.param("script", {"ci": "gitlab", "worker": "celery"}, id="script-celery-ci-gitlab"),
     pytest.param("flask", {"ci": "none"}, id="flask-ci-none"),
     pytest.param("fastapi", {"ci": "none", "docker": "no"}, id="fastapi-bare"),
     pytest.param("fastapi", {"caller_auth": "none", "kubernetes": "yes"}, id="fastapi-open-k8s"),
@@ -154,6 +154,12 @@ def caller_keys(name: str) -> bool:
     """Whether the combination `name` bakes caller keys (caller_auth=keys)."""
     (param,) = [p for p in COMBINATIONS if p.id == name]
     return options_for(*param.values)["caller_auth"] == "keys"
+
+
+def needs_redis(name: str) -> bool:
+    """Whether the combination's tests start a Redis: the caller limits' or the queue's."""
+    (param,) = [p for p in COMBINATIONS if p.id == name]
+    return caller_keys(name) or options_for(*param.values).get("worker") == "celery"
 
 
 # --- files per combination ---------------------------------------------------------------------
@@ -290,6 +296,47 @@ def test_make_run_without_a_key_exits_2_with_one_line(baked: dict[str, Path], na
     assert re.fullmatch(r"make: \*\*\* \[Makefile:\d+: run\] Error 2", made), err
     assert "Uvicorn running" not in out + err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("name", ["fastapi-defaults", "flask-defaults", "script-defaults"])
+def test_make_help_shows_the_addresses_it_serves(baked: dict[str, Path], name: str) -> None:
+    """`make` alone lists the targets with the host and ports filled in, the overridden ones
+    too; no `$(VARIABLE)` is printed as written."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    shown = run_ok(["make", "--no-print-directory", "PORT=8123", "FAKE_PORT=8911"], baked[name])
+    assert "$(" not in shown
+    assert "fake gateway on 127.0.0.1:8911" in shown
+    if name != "script-defaults":
+        assert "on http://127.0.0.1:8123/" in shown
+
+
+def test_the_next_steps_install_without_make_as_make_dev_does(
+    baked: dict[str, Path], post_gen: ModuleType
+) -> None:
+    """For people without make, "Next:" prints the pinned install `make dev` runs without uv:
+    the same commands (hashed lock file, no build isolation), -q aside."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    project = baked["script-defaults"]
+    (hint,) = [line for line in post_gen.next_steps({}, project) if "no make?" in line]
+    plan = run_ok(["make", "--no-print-directory", "-n", "UV=", "dev"], project)
+    assert hint.split(": ", 1)[1] == plan.splitlines()[0].replace(" -q", "")
+
+
+def test_make_test_in_the_background_passes_its_ctrl_c_tests(baked: dict[str, Path]) -> None:
+    """A shell starts a background job (`make test &`) with SIGINT ignored; the tests that send
+    Ctrl-C to the CLI still see it exit 130 (they used to see `0 == 130`)."""
+    project = baked["script-defaults"]
+    pytest_run = f"{shlex.quote(sys.executable)} -m pytest -q -p no:cacheprovider -p no:xdist"
+    job = f"{pytest_run} tests -k 'ctrl_c or interrupt' & wait $!"
+    env = {**os.environ, "PYTHONPATH": str(project / "src")}
+    done = subprocess.run(
+        ["bash", "-c", job], cwd=project, env=env, capture_output=True, text=True, timeout=300,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(r"^\d+ passed", done.stdout.splitlines()[-1]), done.stdout
 
 
 @pytest.mark.parametrize("name", ["fastapi-defaults", "script-defaults"])
@@ -699,7 +746,7 @@ def test_github_ci_is_least_privilege_pinned_and_runs_make(
     assert set(calls) <= make_targets(project)
     checks_steps = [step.get("run", "") for step in ci["jobs"]["checks"]["steps"]]
     redis = [n for n, run in enumerate(checks_steps) if "redis-server" in run]
-    if caller_keys(name):  # the limiter tests start Debian's redis-server themselves
+    if needs_redis(name):  # the limiter and queue tests start Debian's redis-server themselves
         assert [checks_steps[n] for n in redis] == [
             "sudo apt-get update && sudo apt-get install -y redis-server"
         ]
@@ -762,7 +809,7 @@ def test_gitlab_ci_validates_and_calls_make_targets(baked: dict[str, Path], name
     assert {"lint", "typecheck", "test", "secrets", "doctor"} <= set(calls)
     assert set(calls) <= make_targets(project)
     install = "apt-get update -qq && apt-get install -y -qq --no-install-recommends redis-server"
-    expected = [install] if caller_keys(name) else []  # before the tests that start it
+    expected = [install] if needs_redis(name) else []  # before the tests that start it
     assert jobs["test"]["script"] == [*expected, "make PY=python test"]
     others = [
         line for job_name, job in jobs.items() if job_name != "test" for line in job["script"]

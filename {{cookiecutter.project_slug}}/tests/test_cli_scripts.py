@@ -222,7 +222,8 @@ JSON_FAILURES = [
 ]
 SERVICE_REFUSALS = {
     "model_not_allowed", "caller_auth", "caller_rate_limited", "caller_budget_exhausted",
-    "limiter_unavailable", "metrics_auth", "server_busy", "host_not_allowed",
+    "limiter_unavailable", "metrics_auth", "server_busy", "host_not_allowed", "job_not_found",
+    "queue_unavailable",
 }  # fmt: skip
 
 

@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
-from opentelemetry import context, propagate
 
 from {{ cookiecutter.package_name }} import metrics, telemetry
 from {{ cookiecutter.package_name }}.cli import main
@@ -67,14 +66,17 @@ def exported(otlp: OtlpReceiver) -> list[Span]:
 
 
 @contextmanager
-def caller_span() -> Iterator[tuple[str, str]]:
-    """Inside the span of a caller (as a web request carries it): its (trace id, span id)."""
-    trace_id, span_id = secrets.token_hex(16), secrets.token_hex(8)
-    token = context.attach(propagate.extract({"traceparent": f"00-{trace_id}-{span_id}-01"}))
+def caller_span(sampled: bool = True, **headers: str) -> Iterator[tuple[str, str]]:
+    """Inside the SERVER span of a request that continues a caller's trace (as the web variants
+    make one): (the caller's trace id, the server span's id)."""
+    trace_id = secrets.token_hex(16)
+    headers["traceparent"] = f"00-{trace_id}-{secrets.token_hex(8)}-{'01' if sampled else '00'}"
+    assert telemetry.tracing is not None
+    request = telemetry.tracing.server_span("POST", "http", "/v1/chat", headers)
     try:
-        yield trace_id, span_id
+        yield trace_id, f"{request.span.span_id:016x}"
     finally:
-        context.detach(token)
+        request.detach()
 
 
 def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -142,6 +144,27 @@ def test_each_attempt_is_a_span_of_its_own_under_the_same_parent(
     to_first, to_second = (request.headers["traceparent"] for request in gateway.requests)
     assert first.named_by(to_first)
     assert second.named_by(to_second)
+
+
+def test_a_trace_the_caller_did_not_sample_goes_on_to_the_gateway_and_is_not_exported(
+    driver: Driver, exporting: OtlpReceiver, gateway: FakeGateway
+) -> None:
+    """The default sampler (parentbased_always_on) follows the caller's W3C flags; their
+    tracestate goes on with the trace; the metrics count every call, sampled or not."""
+    chat = driver.chat()
+    with caller_span(sampled=False, tracestate="vendor=opaque") as (trace_id, _):
+        chat.complete(ask())
+    chat.complete(ask())  # a trace of its own: sampled
+
+    [span] = exported(exporting)
+    unsampled, sampled = (request.headers for request in gateway.requests)
+    assert unsampled["traceparent"].startswith(f"00-{trace_id}-")
+    assert unsampled["traceparent"].endswith("-00")
+    assert unsampled["tracestate"] == "vendor=opaque"
+    assert span.named_by(sampled["traceparent"])
+    assert "tracestate" not in sampled
+    [duration] = exporting.points("gen_ai.client.operation.duration")
+    assert duration.count == 2
 
 
 def test_a_consumer_that_leaves_ends_the_span_as_a_client_disconnect(
@@ -290,6 +313,18 @@ def test_the_cli_exports_its_calls_before_it_exits(
             "OTEL_TRACES_EXPORTER must be otlp or none",
             id="zipkin",
         ),
+        pytest.param(
+            "OTEL_TRACES_SAMPLER",
+            "jaeger_remote",
+            "OTEL_TRACES_SAMPLER must be always_on, always_off, traceidratio",
+            id="sampler",
+        ),
+        pytest.param(
+            "OTEL_TRACES_SAMPLER_ARG",
+            "1.5",
+            "OTEL_TRACES_SAMPLER_ARG must be a number from 0 to 1",
+            id="ratio",
+        ),
     ],
 )
 def test_a_bad_otel_variable_stops_the_command_with_one_line_naming_it(
@@ -302,6 +337,7 @@ def test_a_bad_otel_variable_stops_the_command_with_one_line_naming_it(
     problem: str,
 ) -> None:
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")  # ARG is read
     monkeypatch.setenv(variable, value)
     with pytest.raises(SystemExit) as stopped:
         main(["ask", "hi"])

@@ -31,9 +31,6 @@ if TYPE_CHECKING:
 UPSTREAM_ERRORS = (openai.OpenAIError, httpx2.HTTPError, ValueError, InStreamError)
 # include_usage: the last chunk, with empty `choices`, carries the token counts.
 STREAM_ARGUMENTS: dict[str, Any] = {"stream": True, "stream_options": {"include_usage": True}}
-# How long the bytes after [DONE] may take: read, they put the connection back in the pool (an
-# unread body closes it, and the next call pays a new TCP and TLS handshake).
-DRAIN_S = 0.1
 
 
 def new_request_id() -> str:

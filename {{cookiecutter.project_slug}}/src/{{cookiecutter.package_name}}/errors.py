@@ -41,6 +41,10 @@ class Category(str, Enum):
     CALLER_BUDGET_EXHAUSTED = "caller_budget_exhausted"
     LIMITER_UNAVAILABLE = "limiter_unavailable"
 {%- endif %}
+{%- if cookiecutter.worker == "celery" and cookiecutter.framework != "script" %}
+    JOB_NOT_FOUND = "job_not_found"  # `GET /v1/jobs/{id}`: no such job for this caller
+    QUEUE_UNAVAILABLE = "queue_unavailable"  # the queue's Redis (ALLTKN_QUEUE_URL) is down
+{%- endif %}
 
 
 # category -> (message for clients, one-line hint for whoever operates the service)
@@ -88,6 +92,12 @@ _EXPLANATIONS: dict[Category, tuple[str, str]] = {
         "Retry after midnight UTC (Retry-After), or ask for a larger daily budget."),
     Category.LIMITER_UNAVAILABLE: ("The service cannot check its limits right now.",
         "Check that ALLTKN_LIMITS_REDIS_URL points at a running Redis; retry later."),
+{%- endif %}
+{%- if cookiecutter.worker == "celery" and cookiecutter.framework != "script" %}
+    Category.JOB_NOT_FOUND: ("There is no such job.",
+        "Use a job id that POST /v1/jobs returned to this caller; jobs are kept 7 days."),
+    Category.QUEUE_UNAVAILABLE: ("The service cannot reach its job queue right now.",
+        "Retry later; operators: check that ALLTKN_QUEUE_URL points at a running Redis."),
 {%- endif %}
 }  # fmt: skip
 _BY_STATUS = {404: Category.BAD_BASE_URL, 408: Category.TIMEOUT, 429: Category.RATE_LIMITED}

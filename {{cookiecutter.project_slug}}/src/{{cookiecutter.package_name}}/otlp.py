@@ -2,38 +2,59 @@
 `telemetry.start` imports it, when the environment asks for an export (see `telemetry.py`).
 
 Attributes are the OpenTelemetry semantic conventions' (HTTP server, GenAI client) and this
-service's request ids; never a prompt, an answer, an end user or a key. The providers are this
-module's, not OpenTelemetry's global ones: with a global provider FastAPI would add spans of its
-own, and any library the team adds would export through it unasked.
+service's request ids; never a prompt, an answer, an end user or a key.
+
+What a request pays is kept small (measured in docs/performance.md): a span here is a few
+fields, its attributes a dict this module built (no per-call checks: every value is ours), its
+context a context variable of this module; only a sampled span, once ended, becomes the SDK's
+`ReadableSpan`, which the SDK's batch processor queues and its OTLP exporter encodes and sends
+on its own thread (OTEL_BSP_*). The metrics are counted here, in plain numbers under one lock,
+and handed to the SDK's OTLP exporter as cumulative points every OTEL_METRIC_EXPORT_INTERVAL.
+So no provider is global: FastAPI adds no spans, and a library the team adds exports nothing
+unasked. The caller's W3C `traceparent` (and `tracestate`) is continued and sent upstream;
+their `baggage` is not (it may name an end user). OTEL_TRACES_SAMPLER: the specification's
+always_on, always_off, traceidratio and their parentbased_ forms (the default:
+parentbased_always_on).
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import logging
+import os
+import random
+import re
 import threading
 import time
+from bisect import bisect_left
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
-from opentelemetry import context, propagate, trace
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
-from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
+from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
+    Histogram,
+    HistogramDataPoint,
+    Metric,
+    MetricsData,
+    NumberDataPoint,
+    ResourceMetrics,
+    ScopeMetrics,
+    Sum,
+)
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.trace import Span, SpanKind, StatusCode, Tracer
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 
-from . import CLIENT_NAME, __version__, metrics
+from . import CLIENT_NAME, __version__, metrics, telemetry
 from .settings import Settings
 
 if TYPE_CHECKING:
-    from opentelemetry.context import Context
-    from opentelemetry.metrics import Meter
-
     from .chat import CallInfo, CallRecord
     from .request import ChatRequest
 
@@ -44,6 +65,9 @@ EXIT_WAIT_S = 3.0
 METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"}
 )
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
+_ERROR = Status(StatusCode.ERROR)
+_logger = logging.getLogger(__name__)
 
 
 class Headers(Protocol):
@@ -55,46 +79,61 @@ class Headers(Protocol):
 
 
 class Exporting:
-    """This process's providers and what records on them. A forked worker (gunicorn) gets its
-    own `service.instance.id` and export threads from the SDK."""
+    """This process's exports. A forked worker (gunicorn's preloaded app) gets its own
+    `service.instance.id`, counts and export threads (the SDK's batch processor restarts its
+    own)."""
 
     def __init__(self, settings: Settings, signals: frozenset[str]) -> None:
-        resource = service_resource()
+        self.scope = InstrumentationScope(__package__, __version__)
+        self.resource = service_resource()
         self.tracing: Tracing | None = None
         self.sink: OtlpSink | None = None
-        self.providers: list[TracerProvider | MeterProvider] = []
+        self._spans: BatchSpanProcessor | None = None
+        self._metrics: MetricExport | None = None
         if "traces" in signals:
-            # Sampled as OTEL_TRACES_SAMPLER says; shut down by `stop`, at exit (telemetry.py).
-            spans = TracerProvider(resource=resource, shutdown_on_exit=False)
-            spans.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-            self.providers.append(spans)
-            self.tracing = Tracing(spans.get_tracer(__package__, __version__), settings)
+            sampled = telemetry.sampler(os.environ)
+            self._spans = BatchSpanProcessor(OTLPSpanExporter())
+            self.tracing = Tracing(self, settings, sampled)
         if "metrics" in signals:
-            meters = meter_provider(resource)
-            self.providers.append(meters)
-            self.sink = OtlpSink(meters.get_meter(__package__, __version__))
+            self.sink = OtlpSink()
+            self._metrics = MetricExport(self, self.sink, OTLPMetricExporter())
             metrics.configure(settings)
             metrics.install(self.sink)
+        os.register_at_fork(after_in_child=self._forked)
+
+    def _forked(self) -> None:
+        if self.sink is not None or self.tracing is not None:  # not stopped
+            self.resource = service_resource()  # a new service.instance.id
+            if self.sink is not None and self._metrics is not None:
+                self.sink.forget()
+                self._metrics.restart()
+
+    def export(self, span: ReadableSpan) -> None:
+        if self._spans is not None:
+            self._spans.on_end(span)
 
     def stop(self, wait_s: float = EXIT_WAIT_S) -> None:
         """Export what is pending, both signals at once, for at most `wait_s`."""
         if self.sink is not None:
             metrics.uninstall(self.sink)
-        stopping = [threading.Thread(target=p.shutdown, daemon=True) for p in self.providers]
+        self.sink = self.tracing = None
+        stops = [part.shutdown for part in (self._spans, self._metrics) if part is not None]
+        stopping = [threading.Thread(target=stop, daemon=True) for stop in stops]
         try:
             for thread in stopping:
                 thread.start()
         except RuntimeError:  # Python 3.12 starts no thread at exit: one after the other
             stopping = []
-            for provider in self.providers:
-                provider.shutdown()
+            for stop in stops:
+                stop()
         deadline = time.monotonic() + wait_s
         for thread in stopping:
             thread.join(max(deadline - time.monotonic(), 0))
 
 
 def service_resource() -> Resource:
-    """OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES, else this project's name and version."""
+    """OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES, else this project's name and version;
+    this process's `service.instance.id`."""
     detected = Resource.create()
     attributes = {"service.version": __version__, **detected.attributes}
     if str(attributes["service.name"]).startswith("unknown_service"):  # the SDK's default
@@ -102,84 +141,103 @@ def service_resource() -> Resource:
     return Resource(attributes, detected.schema_url)
 
 
-def meter_provider(resource: Resource) -> MeterProvider:
-    """Exported every OTEL_METRIC_EXPORT_INTERVAL ms; histograms in the conventions' buckets."""
-    views = [
-        View(instrument_name=histogram.name,
-             aggregation=ExplicitBucketHistogramAggregation(histogram.buckets))
-        for histogram in metrics.HISTOGRAMS
-    ]  # fmt: skip
-    reader = PeriodicExportingMetricReader(OTLPMetricExporter())
-    return MeterProvider([reader], resource=resource, views=views, shutdown_on_exit=False)
+class SpanRef:
+    """A span as its children and the gateway see it: ids, sampled, the caller's tracestate."""
+
+    __slots__ = ("remote", "sampled", "span_id", "trace_id", "tracestate")
+
+    def __init__(
+        self, trace_id: int, span_id: int, sampled: bool, tracestate: str, remote: bool = False
+    ) -> None:
+        self.trace_id, self.span_id, self.sampled = trace_id, span_id, sampled
+        self.tracestate, self.remote = tracestate, remote
+
+    def context(self) -> SpanContext:
+        state = TraceState.from_header([self.tracestate]) if self.tracestate else None
+        flags = TraceFlags(TraceFlags.SAMPLED if self.sampled else TraceFlags.DEFAULT)
+        return SpanContext(self.trace_id, self.span_id, self.remote, flags, state)
 
 
-class OtlpSink:
-    """`metrics.py`'s measurements on instruments of the same names, units and attributes. The
-    attributes each instrument gets from an attribute set are worked out once, then kept."""
-
-    def __init__(self, meter: Meter) -> None:
-        histograms = {
-            h: meter.create_histogram(h.name, h.unit, h.description) for h in metrics.HISTOGRAMS
-        }
-        self._duration = histograms[metrics.DURATION]
-        self._first_chunk = histograms[metrics.TIME_TO_FIRST_CHUNK]
-        self._tokens = histograms[metrics.TOKEN_USAGE]
-        self._counters = {
-            c: meter.create_counter(c.name, c.unit, c.description) for c in metrics.COUNTERS
-        }
-        # An attribute set's: duration, time to first chunk, input and output tokens.
-        self._calls: dict[tuple[tuple[str, str], ...], tuple[dict[str, str], ...]] = {}
-
-    def record(self, measurement: metrics.Measurement) -> None:
-        attributes = measurement.attributes
-        key = tuple(attributes.items())
-        sets = self._calls.get(key)
-        if sets is None:
-            typed = [{**attributes, "gen_ai.token.type": kind} for kind in ("input", "output")]
-            sets = self._calls[key] = (
-                _only(metrics.DURATION, attributes),
-                _only(metrics.TIME_TO_FIRST_CHUNK, attributes),
-                *(_only(metrics.TOKEN_USAGE, each) for each in typed),
-            )
-        duration, first_chunk, input_tokens, output_tokens = sets
-        self._duration.record(measurement.duration_s, duration)
-        if (first := measurement.time_to_first_chunk_s) is not None:
-            self._first_chunk.record(first, first_chunk)
-        if (tokens := measurement.input_tokens) is not None:
-            self._tokens.record(tokens, input_tokens)
-        if (tokens := measurement.output_tokens) is not None:
-            self._tokens.record(tokens, output_tokens)
-
-    def add(self, counter: metrics.Instrument, attributes: metrics.Attributes) -> None:
-        self._counters[counter].add(1, _only(counter, attributes))
+# The span current in this request's context: the parent of the spans of its upstream calls.
+_current: contextvars.ContextVar[SpanRef | None] = contextvars.ContextVar(
+    f"{__package__}.span", default=None
+)
 
 
-def _only(instrument: metrics.Instrument, attributes: metrics.Attributes) -> dict[str, str]:
-    """The instrument's attributes that have a value (OTLP needs no empty one)."""
-    names = metrics.ATTRIBUTES[instrument]
-    return {name: value for name in names if (value := attributes.get(name))}
+def traceparent(headers: Headers) -> SpanRef | None:
+    """The caller's span, from a valid W3C `traceparent` (version 00, or a later one read as
+    00), with its `tracestate`."""
+    found = _TRACEPARENT.fullmatch((headers.get("traceparent") or "").strip().lower())
+    if not found:
+        return None
+    version, trace_id, span_id, flags, rest = found.groups()
+    if version == "ff" or (version == "00" and rest) or int(trace_id, 16) * int(span_id, 16) == 0:
+        return None
+    sampled = bool(int(flags, 16) & 1)
+    state = (headers.get("tracestate") or "").strip()
+    return SpanRef(int(trace_id, 16), int(span_id, 16), sampled, state, remote=True)
 
 
 class Tracing:
     """Makes the spans: `server_span` for an inbound request, `call` for the upstream attempts
     of one call."""
 
-    def __init__(self, tracer: Tracer, settings: Settings) -> None:
-        self._tracer = tracer
+    def __init__(
+        self, exporting: Exporting, settings: Settings, sampled: tuple[bool, float | None]
+    ) -> None:
+        self.exporting = exporting
+        self._parent_based, ratio = sampled
+        self._bound = None if ratio is None else round(ratio * 2**64)  # of a trace id's low half
         gateway = urlsplit(settings.base_url)
         port = None
         with contextlib.suppress(ValueError):  # not a number: every call fails, and says so
             port = gateway.port or (443 if gateway.scheme == "https" else 80)
-        self._gateway = {"server.address": gateway.hostname or "", "server.port": port}
+        self._gateway = {
+            name: value
+            for name, value in (("server.address", gateway.hostname), ("server.port", port))
+            if value
+        }
+
+    def start(self, parent: SpanRef | None) -> SpanRef:
+        """A new span's ids and whether it is sampled: a new trace if no parent."""
+        if parent is None:
+            trace_id = random.getrandbits(128) or 1
+            bound = self._bound
+            sampled = bound is None or (trace_id & 0xFFFFFFFFFFFFFFFF) < bound
+            return SpanRef(trace_id, random.getrandbits(64) or 1, sampled, "")
+        sampled = parent.sampled
+        if not self._parent_based:  # the root sampler, on the same trace id: the same answer
+            sampled = self._bound is None or (parent.trace_id & 0xFFFFFFFFFFFFFFFF) < self._bound
+        return SpanRef(parent.trace_id, random.getrandbits(64) or 1, sampled, parent.tracestate)
+
+    def end(
+        self,
+        name: str,
+        kind: SpanKind,
+        span: SpanRef,
+        parent: SpanRef | None,
+        started_ns: int,
+        attributes: dict[str, Any],
+        error: bool,
+    ) -> None:
+        """Hand a sampled span to the SDK's batch processor, as the SDK's own span would be."""
+        if not span.sampled:
+            return
+        self.exporting.export(ReadableSpan(
+            name, span.context(), parent.context() if parent else None,
+            self.exporting.resource, attributes, kind=kind,
+            status=_ERROR if error else Status(), start_time=started_ns,
+            end_time=time.time_ns(), instrumentation_scope=self.exporting.scope,
+        ))  # fmt: skip
 
     def server_span(self, method: str, scheme: str, path: str, headers: Headers) -> ServerSpan:
-        return ServerSpan(self._tracer, method, scheme, path, headers)
+        return ServerSpan(self, method, scheme, path, headers)
 
     def call(self, request: ChatRequest, max_tokens: int, info: CallInfo) -> CallTrace:
         attributes: dict[str, Any] = {
             "gen_ai.operation.name": metrics.OPERATION,
             "gen_ai.provider.name": metrics.PROVIDER,
-            **{name: value for name, value in self._gateway.items() if value},
+            **self._gateway,
             "gen_ai.request.max_tokens": request.max_tokens or max_tokens,  # what is sent
             "alltkn.request_id": info.request_id,
         }
@@ -189,7 +247,7 @@ class Tracing:
         if info.caller:
             attributes["alltkn.caller"] = info.caller
 {%- endif %}
-        return CallTrace(self._tracer, context.get_current(), attributes)
+        return CallTrace(self, _current.get(), attributes)
 
 
 class ServerSpan:
@@ -197,60 +255,72 @@ class ServerSpan:
     `detach`, ended by `end`, for a stream once its response has ended."""
 
     def __init__(
-        self, tracer: Tracer, method: str, scheme: str, path: str, headers: Headers
+        self, tracing: Tracing, method: str, scheme: str, path: str, headers: Headers
     ) -> None:
-        parent = propagate.extract(headers)  # the caller's traceparent, if any
+        self._tracing, self._started = tracing, time.time_ns()
+        self._parent = traceparent(headers)  # the caller's, if any
+        self.span = tracing.start(self._parent)
         known = method if method in METHODS else "_OTHER"
         self._name = method if known == method else "HTTP"
-        attributes = {"http.request.method": known, "url.scheme": scheme, "url.path": path}
+        self._attributes: dict[str, Any] = {
+            "http.request.method": known, "url.scheme": scheme, "url.path": path
+        }  # fmt: skip
         if known != method:
-            attributes["http.request.method_original"] = method
-        self.span = tracer.start_span(self._name, parent, SpanKind.SERVER, attributes)
-        self._token = context.attach(trace.set_span_in_context(self.span, parent))
+            self._attributes["http.request.method_original"] = method
+        self._token = _current.set(self.span)
         self.status: int | None = None  # the response's, once it started
 
     def detach(self) -> None:
-        context.detach(self._token)
+        _current.reset(self._token)
 
     def end(self, route: str | None, request_id: str) -> None:
-        span, status = self.span, self.status
-        attributes: dict[str, Any] = {"alltkn.request_id": request_id}
+        name, status, attributes = self._name, self.status, self._attributes
+        attributes["alltkn.request_id"] = request_id
         if route:  # none: no route matched
-            span.update_name(f"{self._name} {route}")
+            name = f"{name} {route}"
             attributes["http.route"] = route
         if status is not None:
             attributes["http.response.status_code"] = status
-        if status is None or status >= 500:  # a 4xx is the caller's error, not the server's
+        error = status is None or status >= 500  # a 4xx is the caller's error, not the server's
+        if error:
             attributes["error.type"] = str(status or "incomplete_response")
-            span.set_status(StatusCode.ERROR)
-        span.set_attributes(attributes)
-        span.end()
+        span, parent = self.span, self._parent
+        self._tracing.end(name, SpanKind.SERVER, span, parent, self._started, attributes, error)
 
 
 class CallTrace:
     """The spans of one call's attempts: children of the span current when the call was made,
     also for a stream's later attempts, made in another task or thread."""
 
-    def __init__(self, tracer: Tracer, parent: Context, attributes: dict[str, Any]) -> None:
-        self._tracer, self._parent, self._attributes = tracer, parent, attributes
+    def __init__(
+        self, tracing: Tracing, parent: SpanRef | None, attributes: dict[str, Any]
+    ) -> None:
+        self._tracing, self._parent, self._attributes = tracing, parent, attributes
 
     def attempt(self, model: str) -> UpstreamSpan:
         attributes = {**self._attributes, "gen_ai.request.model": model}
-        span = self._tracer.start_span(f"chat {model}", self._parent, SpanKind.CLIENT, attributes)
-        return UpstreamSpan(span, self._parent)
+        return UpstreamSpan(self._tracing, f"chat {model}", self._parent, attributes)
 
 
 class UpstreamSpan:
     """One upstream attempt's CLIENT span; `headers` are what tells the gateway about it."""
 
-    def __init__(self, span: Span, parent: Context) -> None:
-        self.span = span
-        self.headers: dict[str, str] = {}  # traceparent (tracestate, baggage: if the caller's)
-        propagate.inject(self.headers, trace.set_span_in_context(span, parent))
+    def __init__(
+        self, tracing: Tracing, name: str, parent: SpanRef | None, attributes: dict[str, Any]
+    ) -> None:
+        self._tracing, self._name, self._parent = tracing, name, parent
+        self._attributes, self._started = attributes, time.time_ns()
+        self.span = span = tracing.start(parent)
+        flags = "01" if span.sampled else "00"
+        self.headers = {"traceparent": f"00-{span.trace_id:032x}-{span.span_id:016x}-{flags}"}
+        if span.tracestate:  # the caller's
+            self.headers["tracestate"] = span.tracestate
 
     def end(self, record: CallRecord, error_type: str | None) -> None:
-        span, usage = self.span, record.usage
-        attributes: dict[str, Any] = {"gen_ai.response.model": record.model}
+        if not self.span.sampled:
+            return
+        usage, attributes = record.usage, self._attributes
+        attributes["gen_ai.response.model"] = record.model
         if usage is not None:
             attributes["gen_ai.usage.input_tokens"] = usage.prompt_tokens
             attributes["gen_ai.usage.output_tokens"] = usage.completion_tokens
@@ -260,6 +330,141 @@ class UpstreamSpan:
             attributes["alltkn.upstream_request_id"] = record.upstream_request_id
         if error_type:
             attributes["error.type"] = error_type
-            span.set_status(StatusCode.ERROR)
-        span.set_attributes(attributes)
-        span.end()
+        self._tracing.end(
+            self._name, SpanKind.CLIENT, self.span, self._parent, self._started, attributes,
+            bool(error_type),
+        )  # fmt: skip
+
+
+class Series:
+    """One instrument's counts for one attribute set, cumulative since `start`."""
+
+    __slots__ = ("attributes", "bounds", "buckets", "count", "high", "low", "total")
+
+    def __init__(self, attributes: dict[str, str], bounds: tuple[float, ...]) -> None:
+        self.attributes, self.bounds = attributes, bounds
+        self.buckets = [0] * (len(bounds) + 1)  # a counter: none
+        self.count, self.total, self.low, self.high = 0, 0.0, float("inf"), float("-inf")
+
+    def observe(self, value: float) -> None:
+        self.buckets[bisect_left(self.bounds, value)] += 1  # (lower, upper], as OTLP's
+        self.count += 1
+        self.total += value
+        self.low, self.high = min(self.low, value), max(self.high, value)
+
+
+class OtlpSink:
+    """`metrics.py`'s measurements, counted under one lock on the series of each instrument and
+    attribute set, which are worked out once, then kept (the sets are few: `metrics.py` bounds
+    them); `points` reads them for an export."""
+
+    def __init__(self) -> None:
+        self.forget()
+
+    def forget(self) -> None:
+        """Nothing counted yet (and a new lock: a forked worker starts from here)."""
+        self._lock = threading.Lock()
+        self.start_ns = time.time_ns()
+        self._series: dict[tuple[metrics.Instrument, tuple[tuple[str, str], ...]], Series] = {}
+        # An attribute set's: duration, time to first chunk, input and output tokens.
+        self._calls: dict[tuple[tuple[str, str], ...], tuple[Series, ...]] = {}
+
+    def _of(self, instrument: metrics.Instrument, attributes: metrics.Attributes) -> Series:
+        names = metrics.ATTRIBUTES[instrument]  # those with a value: OTLP needs no empty one
+        only = {name: value for name in names if (value := attributes.get(name))}
+        key = (instrument, tuple(only.items()))
+        if (series := self._series.get(key)) is None:
+            series = self._series[key] = Series(only, instrument.buckets)
+        return series
+
+    def record(self, measurement: metrics.Measurement) -> None:
+        attributes = measurement.attributes
+        key = tuple(attributes.items())
+        with self._lock:
+            sets = self._calls.get(key)
+            if sets is None:
+                typed = [{**attributes, "gen_ai.token.type": kind} for kind in ("input", "output")]
+                sets = self._calls[key] = (
+                    self._of(metrics.DURATION, attributes),
+                    self._of(metrics.TIME_TO_FIRST_CHUNK, attributes),
+                    *(self._of(metrics.TOKEN_USAGE, each) for each in typed),
+                )
+            duration, first_chunk, input_tokens, output_tokens = sets
+            duration.observe(measurement.duration_s)
+            if (first := measurement.time_to_first_chunk_s) is not None:
+                first_chunk.observe(first)
+            if (tokens := measurement.input_tokens) is not None:
+                input_tokens.observe(tokens)
+            if (tokens := measurement.output_tokens) is not None:
+                output_tokens.observe(tokens)
+
+    def add(self, counter: metrics.Instrument, attributes: metrics.Attributes) -> None:
+        with self._lock:
+            series = self._of(counter, attributes)
+            series.count += 1
+
+    def metrics(self) -> list[Metric]:
+        """Every instrument with a count, as cumulative OTLP points, now."""
+        now, start = time.time_ns(), self.start_ns
+        points: dict[metrics.Instrument, list[Any]] = {}
+        with self._lock:
+            for (instrument, _), series in self._series.items():
+                if not series.count:
+                    continue
+                if instrument.buckets:
+                    point: Any = HistogramDataPoint(
+                        series.attributes, start, now, series.count, series.total,
+                        list(series.buckets), instrument.buckets, series.low, series.high,
+                    )  # fmt: skip
+                else:
+                    point = NumberDataPoint(series.attributes, start, now, series.count)
+                points.setdefault(instrument, []).append(point)
+        cumulative = AggregationTemporality.CUMULATIVE
+        return [
+            Metric(instrument.name, instrument.description, instrument.unit,
+                   Histogram(found, cumulative) if instrument.buckets
+                   else Sum(found, cumulative, is_monotonic=True))
+            for instrument, found in points.items()
+        ]  # fmt: skip
+
+
+class MetricExport:
+    """The sink's counts to the SDK's OTLP exporter every OTEL_METRIC_EXPORT_INTERVAL ms (60 s),
+    on a thread of its own, and once more at `shutdown`."""
+
+    def __init__(self, exporting: Exporting, sink: OtlpSink, exporter: OTLPMetricExporter) -> None:
+        self._exporting, self._sink, self._exporter = exporting, sink, exporter
+        self._interval_s = _milliseconds("OTEL_METRIC_EXPORT_INTERVAL", 60000) / 1000
+        self._timeout_ms = _milliseconds("OTEL_METRIC_EXPORT_TIMEOUT", 30000)
+        self.restart()
+
+    def restart(self) -> None:
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="OtlpMetrics", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopping.wait(self._interval_s):
+            self.export()
+
+    def export(self) -> None:
+        found = self._sink.metrics()
+        if not found:
+            return
+        resource, scope = self._exporting.resource, self._exporting.scope
+        data = MetricsData([ResourceMetrics(resource, [ScopeMetrics(scope, found, "")], "")])
+        try:
+            self._exporter.export(data, timeout_millis=self._timeout_ms)
+        except Exception:  # the exporter logs its own failures; anything else, here, once
+            _logger.exception("OTLP metrics export failed")
+
+    def shutdown(self) -> None:
+        self._stopping.set()
+        self._thread.join(EXIT_WAIT_S)
+        self.export()
+        self._exporter.shutdown()
+
+
+def _milliseconds(name: str, default: float) -> float:
+    """An OTEL_* number of milliseconds (telemetry.signals checked it is one)."""
+    return float(os.environ.get(name, "").strip() or default)

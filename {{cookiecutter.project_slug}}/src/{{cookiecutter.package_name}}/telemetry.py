@@ -8,11 +8,13 @@ OpenTelemetry variables, read from the environment (not .env), as every OpenTele
 - `OTEL_SERVICE_NAME` (default: the project's name), `OTEL_RESOURCE_ATTRIBUTES`,
   `OTEL_EXPORTER_OTLP_HEADERS` (a collector's key: masked in the logs), `..._TIMEOUT`,
   `..._COMPRESSION`, `OTEL_TRACES_SAMPLER`, `OTEL_BSP_SCHEDULE_DELAY`,
-  `OTEL_METRIC_EXPORT_INTERVAL`...: as the OpenTelemetry SDK reads them.
+  `OTEL_METRIC_EXPORT_INTERVAL`...: as the OpenTelemetry SDK reads them. `OTEL_TRACES_SAMPLER`:
+  always_on, always_off, traceidratio (`OTEL_TRACES_SAMPLER_ARG`), each also parentbased_.
 
 What is exported (`otlp.py`): a SERVER span per request to the web service, continuing the
 caller's W3C `traceparent`; a CLIENT span per upstream attempt, whose `traceparent` goes to the
-gateway; `metrics.py`'s instruments. Never a prompt, an answer, an end user or a key.
+gateway (with the caller's `tracestate`, never their `baggage`); `metrics.py`'s instruments.
+Never a prompt, an answer, an end user or a key.
 
 Off, opentelemetry's SDK is not even imported and `tracing` is None: all the chat path checks.
 What is pending goes out at exit (`stop`); a collector that is down costs log lines, never a
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
 
 PROTOCOL = "http/protobuf"  # the exporter this project ships
 SIGNALS = ("TRACES", "METRICS")
+SAMPLERS = ("always_on", "always_off", "traceidratio")  # and parentbased_ each
 # Numbers the SDK would replace by its default, with a traceback in the log: refused at start.
 _NUMBERS = (
     "OTEL_BSP_SCHEDULE_DELAY", "OTEL_BSP_EXPORT_TIMEOUT", "OTEL_BSP_MAX_QUEUE_SIZE",
@@ -76,7 +79,29 @@ def signals(environ: Mapping[str, str] = os.environ) -> frozenset[str]:
             if value and not (value if whole else value.replace(".", "", 1)).isdigit():
                 raise ConfigError(f"{name} must be a {'whole ' if whole else ''}number, 0 or more")
         header_values(environ)
+    if "traces" in on:
+        sampler(environ)
     return frozenset(on)
+
+
+def sampler(environ: Mapping[str, str] = os.environ) -> tuple[bool, float | None]:
+    """OTEL_TRACES_SAMPLER (and _ARG), the specification's samplers: (parent-based, the ratio of
+    new traces kept, or None for all)."""
+    name = environ.get("OTEL_TRACES_SAMPLER", "").strip().lower() or "parentbased_always_on"
+    root = name.removeprefix("parentbased_")
+    if root not in SAMPLERS:
+        raise ConfigError(f"OTEL_TRACES_SAMPLER must be {', '.join(SAMPLERS)}, or one of them "
+                          "after parentbased_ (the default: parentbased_always_on)")  # fmt: skip
+    if root != "traceidratio":
+        return name != root, None if root == "always_on" else 0.0
+    value = environ.get("OTEL_TRACES_SAMPLER_ARG", "").strip() or "1"
+    try:
+        ratio = float(value)
+    except ValueError:
+        ratio = -1.0
+    if not 0.0 <= ratio <= 1.0:
+        raise ConfigError("OTEL_TRACES_SAMPLER_ARG must be a number from 0 to 1, such as 0.1")
+    return name != root, ratio
 
 
 def _check_endpoint(name: str, url: str) -> None:

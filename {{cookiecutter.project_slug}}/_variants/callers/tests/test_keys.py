@@ -268,7 +268,7 @@ def test_usage_without_redis_exits_2_with_the_one_line_explanation(
 ) -> None:
     code, out, err = keys(capsys, "usage")
     assert (code, out) == (2, "")
-    assert err.startswith("error: usage is counted in the service's own memory without ")
+    assert err.startswith("error[config]: usage is counted in the service's own memory without ")
     assert "ALLTKN_LIMITS_REDIS_URL" in err
     assert err.count("\n") == 1
 
@@ -276,11 +276,16 @@ def test_usage_without_redis_exits_2_with_the_one_line_explanation(
 @pytest.mark.parametrize(
     ("url", "code", "expected"),
     [
-        pytest.param("http://127.0.0.1:6379", 2, "must start with redis://", id="not-redis"),
+        pytest.param(
+            "http://127.0.0.1:6379",
+            2,
+            "error[config]: ALLTKN_LIMITS_REDIS_URL must start with redis://",
+            id="not-redis",
+        ),
         pytest.param(
             "redis://127.0.0.1:port/0",
             2,
-            "ALLTKN_LIMITS_REDIS_URL has a port that is not a number",
+            "error[config]: ALLTKN_LIMITS_REDIS_URL has a port that is not a number",
             id="bad-port",
         ),
         pytest.param(

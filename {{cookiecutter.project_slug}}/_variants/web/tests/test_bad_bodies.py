@@ -25,7 +25,7 @@ from .conftest import SENTINEL_KEY
 from .fake_gateway import FakeGateway
 from .live_server import Server, run_server
 
-PATHS = ["/v1/chat", "/v1/chat/stream"]
+PATHS = ["/v1/chat", "/v1/chat/stream"{{ ', "/v1/jobs"' if cookiecutter.worker == "celery" else "" }}]
 JSON = "application/json"
 LIMIT = 1_048_576  # ALLTKN_MAX_BODY_BYTES's default, which the module's server runs with
 

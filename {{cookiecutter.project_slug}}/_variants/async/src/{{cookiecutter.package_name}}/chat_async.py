@@ -12,9 +12,13 @@ import httpx2
 from openai import AsyncOpenAI, DefaultAioHttpClient
 
 from . import retry
-from .chat import DRAIN_S, UPSTREAM_ERRORS, Call, CallInfo, ChatResult, StreamProtocol
+from .chat import UPSTREAM_ERRORS, Call, CallInfo, ChatResult, StreamProtocol
 from .request import ChatRequest
 from .settings import Settings
+
+# How long the bytes after [DONE] may take: read, they put the connection back in the pool (an
+# unread body closes it, and the next call pays a new TCP and TLS handshake).
+DRAIN_S = 0.1
 
 
 def create_async_client(settings: Settings) -> AsyncOpenAI:

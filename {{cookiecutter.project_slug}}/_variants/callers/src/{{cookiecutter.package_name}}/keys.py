@@ -49,13 +49,16 @@ def main(args: argparse.Namespace) -> int:
         redis_url = settings.limits_redis_url
         if redis_url is None:
             print(
-                "error: usage is counted in the service's own memory without "
+                "error[config]: usage is counted in the service's own memory without "
                 "ALLTKN_LIMITS_REDIS_URL; set it to read usage here (the call log names the "
                 "caller of every call)",
                 file=sys.stderr,
             )
             return EXIT_USAGE
-    except (ConfigError, callers.CallersError) as exc:
+    except ConfigError as exc:
+        print(f"error[config]: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except callers.CallersError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     limiter = Limiter(redis_url.get_secret_value())

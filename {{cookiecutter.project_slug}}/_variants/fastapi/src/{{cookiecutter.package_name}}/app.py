@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import CLIENT_NAME, __version__, api, metrics, telemetry
+from . import CLIENT_NAME, __version__, api{{ ", jobs_api" if cookiecutter.worker == "celery" else "" }}, metrics, telemetry
 {%- if cookiecutter.caller_auth == "keys" %}
 from .admission import Gate, limit_headers, load_callers_or_exit, workers_from_environment
 {%- else %}
@@ -156,6 +156,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(guard, slots=Slots(settings.max_streams), hosts=settings.allowed_host_set)
     app.add_middleware(request_ids)  # the outer one: it runs first
     app.include_router(api.router)
+{%- if cookiecutter.worker == "celery" %}
+    jobs_api.install(app)  # POST /v1/jobs, GET /v1/jobs/{id}
+{%- endif %}
     if settings.metrics == "on":
         app.include_router(api.metrics_router)
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
-from . import api, metrics, telemetry
+from . import api{{ ", jobs_api" if cookiecutter.worker == "celery" else "" }}, metrics, telemetry
 from . import http_contract as contract
 {%- if cookiecutter.caller_auth == "keys" %}
 from .admission import Gate, load_callers_or_exit
@@ -51,6 +51,9 @@ def create_app(settings: Settings) -> Flask:
     app.extensions["gate"] = Gate(settings)
 {%- endif %}
     app.register_blueprint(api.bp)
+{%- if cookiecutter.worker == "celery" %}
+    jobs_api.install(app)  # POST /v1/jobs, GET /v1/jobs/{id}
+{%- endif %}
     if settings.metrics == "on":
         app.register_blueprint(api.metrics_bp)
 

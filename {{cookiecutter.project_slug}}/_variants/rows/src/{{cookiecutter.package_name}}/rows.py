@@ -25,11 +25,13 @@ class BatchLine(ChatRequest):
     model_config = ConfigDict(extra="allow")  # the file's own fields, never sent: `model_extra`
 
     id: str | int
+{%- if cookiecutter.worker == "celery" %}
 
 
 def request_of(line: BatchLine) -> ChatRequest:
     """The request alone: without the id and the file's own fields."""
     return ChatRequest.model_validate(line.model_dump(exclude={"id", *(line.model_extra or {})}))
+{%- endif %}
 
 
 def read_lines(lines: Iterable[bytes]) -> Lines:

@@ -6,11 +6,15 @@ cannot be checked: `limiter.py`). A request refused by one check counts against 
 from __future__ import annotations
 
 import logging
+{%- if cookiecutter.framework == "fastapi" %}
 import multiprocessing
 import os
+{%- endif %}
 import sys
 from dataclasses import dataclass
+{%- if cookiecutter.framework == "fastapi" %}
 from typing import Any
+{%- endif %}
 
 from .callers import Callers, CallersError, Who
 from .chat import ChatResult, check_limits
@@ -107,6 +111,7 @@ def check_model(
         why = f"model {model[:100]} is not allowed here; allowed: {shown}"
         raise GatewayError(Category.MODEL_NOT_ALLOWED, detail=why)
     return allowed
+{%- if cookiecutter.framework == "fastapi" %}
 
 
 def limit_headers(state: dict[str, Any]) -> list[tuple[bytes, bytes]]:
@@ -123,6 +128,7 @@ def workers_from_environment() -> int:
     raw = os.environ.get("WEB_CONCURRENCY", "").strip()
     spawned = multiprocessing.parent_process() is not None
     return max(int(raw) if raw.isdigit() else 1, 2 if spawned else 1)
+{%- endif %}
 
 
 def limits_split(settings: Settings, workers: int) -> bool:

@@ -35,7 +35,12 @@ TOO_LARGE_HINT = "Send a shorter prompt or fewer messages."
 # The deepest a body's JSON may nest; the schema needs 3 levels: {"messages": [{...}]}.
 MAX_JSON_DEPTH = 32
 ENDPOINTS_HINT = (
+{%- if cookiecutter.worker == "celery" %}
+    "The API is POST /v1/chat, POST /v1/chat/stream, POST /v1/jobs and GET /v1/jobs/{id}; "
+    "GET /healthz is the health check, "
+{%- else %}
     "The API is POST /v1/chat and POST /v1/chat/stream; GET /healthz is the health check, "
+{%- endif %}
     "GET /metrics the Prometheus metrics and GET / the demo page (with ALLTKN_DEV_UI=on)."
 )
 _STATUSES = {
@@ -50,6 +55,10 @@ _STATUSES = {
     Category.CALLER_RATE_LIMITED: 429,
     Category.CALLER_BUDGET_EXHAUSTED: 429,
     Category.LIMITER_UNAVAILABLE: 503,
+{%- endif %}
+{%- if cookiecutter.worker == "celery" %}
+    Category.JOB_NOT_FOUND: 404,
+    Category.QUEUE_UNAVAILABLE: 503,
 {%- endif %}
 }
 DEMO_PAGE = (resources.files(__package__) / "static" / "index.html").read_bytes()
@@ -170,6 +179,7 @@ def too_slow(seconds: float, what: str = "body") -> BadBody:
 def too_large(limit: int) -> BadBody:
     message = f"the body is over {limit} bytes, the server's limit (ALLTKN_MAX_BODY_BYTES)"
     return BadBody(413, message, TOO_LARGE_HINT)
+{%- if cookiecutter.framework == "flask" %}
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
@@ -179,6 +189,7 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     except (ValueError, RecursionError) as error:
         raise not_json(raw, error) from None
     return json_object(raw, payload)
+{%- endif %}
 
 
 def not_json(raw: bytes, error: ValueError | RecursionError) -> BadBody:

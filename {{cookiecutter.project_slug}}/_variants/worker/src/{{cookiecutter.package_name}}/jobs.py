@@ -98,6 +98,14 @@ class Job:
     body: dict[str, Any] | None  # the result (done) or the error body (failed)
 
 
+def result_of(job: Job) -> dict[str, Any]:
+    """A done job's result as `collect` writes it (without the line's id) and `GET /v1/jobs`
+    answers it."""
+    body = job.body or {}
+    fields = ("content", "model", "usage", "duration_ms")
+    return {name: body.get(name) for name in fields}
+
+
 def is_job_id(text: str) -> bool:
     return len(text) == JOB_ID_CHARS and all(c in "0123456789abcdef" for c in text)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import IO
 
 from . import worker
-from .jobs import Job, JobStore, QueueUnavailable, is_job_id
+from .jobs import Job, JobStore, QueueUnavailable, is_job_id, result_of
 from .limiter import REDIS_ERRORS
 from .rows import BatchLine, Row, error_row, read_lines, request_of
 
@@ -161,9 +161,7 @@ def _row(job: Job) -> Row:
     if job.state == "failed":
         error = body.get("error", {})
         return error_row(job.line_id, error.get("category", ""), error.get("message", ""))
-    usage = body.get("usage")
-    row = {"id": job.line_id, "content": body.get("content"), "model": body.get("model")}
-    return {**row, "usage": usage, "duration_ms": body.get("duration_ms")}
+    return {"id": job.line_id, **result_of(job)}
 
 
 class _Progress:
