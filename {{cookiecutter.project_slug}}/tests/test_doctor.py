@@ -95,6 +95,9 @@ def doctor_env(
                 monkeypatch.setenv(name, value)
 
     apply()
+{%- if cookiecutter.worker == "celery" %}
+    redis_server.flush()  # no job, and no worker running
+{%- endif %}
 {%- if cookiecutter.caller_auth == "keys" %}
     add_caller(tmp_path / "callers.json", "tests")  # the callers file: one caller, no limits
 {%- endif %}
@@ -203,6 +206,7 @@ def test_all_pass_verdicts_in_json(
         "queue_url": "pass",
         "queue": "pass",
         "visibility": "pass",
+        "workers": "warn",  # none running
 {%- endif %}
         "base_url": "warn",  # plain http, but to loopback
         "auth": "pass",
@@ -235,7 +239,7 @@ def test_json_shape_of_a_failed_run(
     assert document["key"] == f"****{SENTINEL_KEY[-4:]}"
     assert document["versions"]["template"] == TEMPLATE_VERSION
     passed = {{ 6 if cookiecutter.caller_auth == "keys" else 4 }}{% if cookiecutter.worker == "celery" %} + 3  # the queue's rows as well{% endif %}
-    warned = {{ 3 if cookiecutter.framework != "script" else 2 }}  # web: allowed_hosts as well
+    warned = {{ 3 if cookiecutter.framework != "script" else 2 }}{% if cookiecutter.worker == "celery" %} + 1{% endif %}  # web: allowed_hosts as well{% if cookiecutter.worker == "celery" %}; no worker running{% endif %}
     assert document["summary"] == {"pass": passed, "warn": warned, "fail": 1, "skip": 3}
     for check in document["checks"]:
         assert set(check) == CHECK_FIELDS

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from .queue_processes import run
+from .queue_processes import run, workers
 from .redis_server import RedisServer, redis_server  # noqa: F401
 from .test_doctor import (
     TIMEOUT_S,
@@ -67,6 +67,26 @@ def test_a_queue_behind_a_password_passes_without_showing_it(
     code, out, err = run_doctor(capsys, "--support")
     assert code == 0
     assert_no_password(out, err, json.dumps(document))
+
+
+def test_the_workers_running_are_counted(
+    doctor_env: Callable[..., None],  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    row = checks_of(doctor_json(capsys))["workers"]
+    assert (row["status"], row["detail"]) == (
+        "warn",
+        "no worker seen in the last 30 s: queued jobs wait for one",
+    )
+    assert row["hint"].endswith(" worker")
+
+    with workers(tmp_path, count=2, concurrency=3):
+        row = checks_of(doctor_json(capsys))["workers"]
+    assert (row["status"], row["detail"]) == ("pass", "2 workers running, 6 jobs at once in all")
+
+    row = checks_of(doctor_json(capsys))["workers"]  # stopped: each took its key away
+    assert row["status"] == "warn"
 
 
 def test_an_unset_queue_url_is_a_warning_naming_the_default(

@@ -28,6 +28,7 @@ PREFIX = "alltkn:queue"
 QUEUE = "alltkn"  # the Celery queue: a Redis list of that name
 PENDING = f"{PREFIX}:pending"  # job ids by the time their message was (last) sent
 UNACKED = "unacked"  # kombu's hash of the messages delivered and not yet acknowledged
+WORKER = f"{PREFIX}:worker:"  # + a running worker's name: its concurrency, expiring
 RESULT_META = "celery-task-meta-"  # the Celery result backend's key prefix
 JOB_TTL_S = 7 * 86_400  # how long a job and its result are kept
 JOB_ID_CHARS = 32
@@ -188,6 +189,18 @@ class JobStore:
         carried = {_task_id(raw) for raw in self.redis.lrange(QUEUE, 0, -1)}
         carried |= {_task_id(raw, delivered=True) for raw in self.redis.hvals(UNACKED)}
         return [job_id for job_id in stale if job_id not in carried]
+
+    def announce(self, name: str, concurrency: int, ttl_s: float) -> None:
+        """The worker `name` runs (for `ttl_s`), taking `concurrency` jobs at once."""
+        self.redis.set(WORKER + name, concurrency, px=int(ttl_s * 1000))
+
+    def retire(self, name: str) -> None:
+        self.redis.delete(WORKER + name)
+
+    def workers(self) -> list[int]:
+        """The concurrency of each worker running (announced within its ttl)."""
+        names = list(self.redis.scan_iter(match=WORKER + "*", count=1000))
+        return [int(value) for value in self.redis.mget(names) if value] if names else []
 
     def sent(self, job_id: str) -> None:
         """A job's message was sent again: it is not lost for another visibility timeout."""

@@ -23,8 +23,10 @@ metrics; no event loop per task).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import socket
 import sys
 import threading
 import time
@@ -46,7 +48,7 @@ from .jobs import (
     QueueSettings,
     QueueUnavailable,
 )
-from .limiter import REDIS_ERRORS, Pacer, prompt_tokens
+from .limiter import REDIS_ERRORS, REDIS_TIMEOUT_S, Pacer, prompt_tokens
 from .logs import configure_logging
 from .request import ChatRequest
 from .settings import ConfigError, Settings, build, load_settings_or_exit
@@ -56,6 +58,7 @@ TASK = f"{__package__}.chat"
 # asked for again from a Celery countdown, so a worker never holds a slot idle for long.
 PACE_WAIT_S = 10.0
 MAX_CONCURRENCY = 256
+ANNOUNCE_S = 10.0  # how often a running worker renews its key (`announce`)
 logger = logging.getLogger(__name__)
 app = Celery(__package__, set_as_current=False)
 
@@ -265,6 +268,18 @@ class Heartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
             self.timer.cancel()
 
 
+def announce(queue: QueueSettings, name: str, concurrency: int, stop: threading.Event) -> None:
+    """While the worker runs, its key in Redis, renewed every ANNOUNCE_S and living three times
+    as long: `doctor` counts the workers running from them."""
+    store = JobStore(queue.queue_url.get_secret_value())
+    while not stop.is_set():
+        with contextlib.suppress(*REDIS_ERRORS):
+            store.announce(name, concurrency, 3 * ANNOUNCE_S)
+        stop.wait(ANNOUNCE_S)
+    with contextlib.suppress(*REDIS_ERRORS):
+        store.retire(name)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--concurrency",
@@ -303,23 +318,27 @@ def main(args: argparse.Namespace) -> int:
     else:  # exporters do not survive a fork: each child starts its own
         signals.worker_process_init.connect(_start_telemetry, weak=False)
     configure(queue)
-    stop = threading.Event()
+    stop, name = threading.Event(), f"{__package__}-{os.getpid()}@{socket.gethostname()}"
+    announcing = threading.Thread(target=announce, args=(queue, name, int(raw), stop), daemon=True)
 
     def ready(**_: Any) -> None:
         threading.Thread(target=sweep, args=(queue, stop), daemon=True).start()
+        announcing.start()
         logger.info("worker ready: %s jobs at once (%s), queue %s", raw, args.pool, QUEUE)
 
     signals.worker_ready.connect(ready, weak=False)
     if heartbeat.path() is not None:
         app.steps["worker"].add(Heartbeat)
     argv = ["--quiet", "worker", f"--concurrency={raw}", f"--pool={args.pool}", f"--queues={QUEUE}",
-            f"--hostname={__package__}-{os.getpid()}@%h", f"--loglevel={settings.log_level}",
+            f"--hostname={name}", f"--loglevel={settings.log_level}",
             "--without-gossip", "--without-mingle",
             "--without-heartbeat"]  # fmt: skip
     try:
         app.worker_main(argv)
     finally:
         stop.set()
+        if announcing.is_alive():
+            announcing.join(timeout=REDIS_TIMEOUT_S)
         telemetry.stop()
     return 0
 

@@ -1,5 +1,7 @@
-"""`doctor`'s checks of the queue: ALLTKN_QUEUE_URL, its Redis, and the visibility timeout
-against the worst call (the check `worker` makes at start: `worker.visibility_problem`).
+"""`doctor`'s checks of the queue: ALLTKN_QUEUE_URL, its Redis, the visibility timeout against
+the worst call (the check `worker` makes at start: `worker.visibility_problem`), and the workers
+running (each keeps a key in Redis: `worker.announce`; Celery's `inspect ping` would need remote
+control, which the workers run without).
 
 Mixed into the doctor (`doctor._Doctor`) like the callers' checks: one row each, no password.
 """
@@ -8,16 +10,18 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from .jobs import QueueSettings
+from .jobs import JobStore, QueueSettings
+from .limiter import REDIS_ERRORS
 from .redis_doctor import ping, where
 from .settings import ConfigError, Settings, build
 from .support import Check
-from .worker import visibility_problem, worst_call_s
+from .worker import ANNOUNCE_S, visibility_problem, worst_call_s
 
 WORKER_CHECKS = {  # id: (title, the checks it needs), as in doctor.CHECKS
     "queue_url": ("queue URL", ()),
     "queue": ("queue Redis", ("queue_url",)),
     "visibility": ("visibility timeout", ("settings", "queue_url")),
+    "workers": ("workers running", ("queue",)),
 }
 QUEUE_HINT = (
     "Check the host, port and password in ALLTKN_QUEUE_URL, and that Redis runs: workers, "
@@ -60,3 +64,14 @@ class WorkerChecks:
         worst = worst_call_s(self.settings, self.queue)
         detail = f"{self.queue.visibility_timeout_s:g} s, longer than the worst call ({worst:g} s)"
         return Check("pass", detail)
+
+    def check_workers(self) -> Check:
+        try:
+            seen = JobStore(self.queue.queue_url.get_secret_value()).workers()
+        except REDIS_ERRORS as exc:
+            return Check("warn", f"the workers could not be counted ({type(exc).__name__})")
+        if not seen:
+            detail = f"no worker seen in the last {3 * ANNOUNCE_S:g} s: queued jobs wait for one"
+            return Check("warn", detail, f"Start one: python -m {__package__} worker")
+        count = f"{len(seen)} worker{'s' * (len(seen) > 1)}"
+        return Check("pass", f"{count} running, {sum(seen)} jobs at once in all")
