@@ -234,7 +234,7 @@ DISTRIBUTION_IMPORTS = {
     "gunicorn": "gunicorn",
     "prometheus-client": "prometheus_client",
     "rich": "rich",
-    "opentelemetry-sdk": "TracerProvider",  # OTLP export (otlp.py)
+    "opentelemetry-sdk": "BatchSpanProcessor",  # OTLP export (otlp.py)
     "opentelemetry-exporter-otlp-proto-http": "OTLPSpanExporter",
 }
 
