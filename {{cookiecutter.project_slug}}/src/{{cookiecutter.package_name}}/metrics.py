@@ -12,6 +12,7 @@ for any other), error categories{% if cookiecutter.caller_auth == "keys" %}, cal
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -101,6 +102,37 @@ class Sink(Protocol):
     def record(self, measurement: Measurement) -> None: ...
 
     def add(self, counter: Instrument, attributes: Attributes) -> None: ...
+
+
+class Histogram(Protocol):
+    def observe(self, value: float, /) -> None: ...
+
+
+CallSeries = tuple[Histogram, Histogram, Histogram, Histogram]
+
+
+def call_series(
+    attributes: Attributes, series: Callable[[Instrument, Attributes], Histogram]
+) -> CallSeries:
+    """The four series of one attribute set: duration, first chunk, input and output tokens."""
+    return (
+        series(DURATION, attributes),
+        series(TIME_TO_FIRST_CHUNK, attributes),
+        series(TOKEN_USAGE, {**attributes, "gen_ai.token.type": "input"}),
+        series(TOKEN_USAGE, {**attributes, "gen_ai.token.type": "output"}),
+    )
+
+
+def observe(measurement: Measurement, series: CallSeries) -> None:
+    """One attempt's figures into its series (a sink caches them per attribute set)."""
+    duration, first_chunk, input_tokens, output_tokens = series
+    duration.observe(measurement.duration_s)
+    if (first := measurement.time_to_first_chunk_s) is not None:
+        first_chunk.observe(first)
+    if (tokens := measurement.input_tokens) is not None:
+        input_tokens.observe(tokens)
+    if (tokens := measurement.output_tokens) is not None:
+        output_tokens.observe(tokens)
 
 
 _sinks: list[Sink] = []

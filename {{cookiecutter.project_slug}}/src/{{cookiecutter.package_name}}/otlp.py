@@ -367,7 +367,7 @@ class OtlpSink:
         self.start_ns = time.time_ns()
         self._series: dict[tuple[metrics.Instrument, tuple[tuple[str, str], ...]], Series] = {}
         # An attribute set's: duration, time to first chunk, input and output tokens.
-        self._calls: dict[tuple[tuple[str, str], ...], tuple[Series, ...]] = {}
+        self._calls: dict[tuple[tuple[str, str], ...], metrics.CallSeries] = {}
 
     def _of(self, instrument: metrics.Instrument, attributes: metrics.Attributes) -> Series:
         names = metrics.ATTRIBUTES[instrument]  # those with a value: OTLP needs no empty one
@@ -381,22 +381,9 @@ class OtlpSink:
         attributes = measurement.attributes
         key = tuple(attributes.items())
         with self._lock:
-            sets = self._calls.get(key)
-            if sets is None:
-                typed = [{**attributes, "gen_ai.token.type": kind} for kind in ("input", "output")]
-                sets = self._calls[key] = (
-                    self._of(metrics.DURATION, attributes),
-                    self._of(metrics.TIME_TO_FIRST_CHUNK, attributes),
-                    *(self._of(metrics.TOKEN_USAGE, each) for each in typed),
-                )
-            duration, first_chunk, input_tokens, output_tokens = sets
-            duration.observe(measurement.duration_s)
-            if (first := measurement.time_to_first_chunk_s) is not None:
-                first_chunk.observe(first)
-            if (tokens := measurement.input_tokens) is not None:
-                input_tokens.observe(tokens)
-            if (tokens := measurement.output_tokens) is not None:
-                output_tokens.observe(tokens)
+            if (series := self._calls.get(key)) is None:
+                series = self._calls[key] = metrics.call_series(attributes, self._of)
+            metrics.observe(measurement, series)
 
     def add(self, counter: metrics.Instrument, attributes: metrics.Attributes) -> None:
         with self._lock:

@@ -58,7 +58,7 @@ class PrometheusSink:
             **{i: self._metric(Counter, i) for i in metrics.COUNTERS},
         }
         # An attribute set's children: duration, time to first chunk, input and output tokens.
-        self._calls: dict[tuple[tuple[str, str], ...], tuple[Histogram, ...]] = {}
+        self._calls: dict[tuple[tuple[str, str], ...], metrics.CallSeries] = {}
         self._counted: dict[tuple[metrics.Instrument, tuple[str, ...]], Counter] = {}
         if directory is not None:
             self.registry = CollectorRegistry()
@@ -76,22 +76,9 @@ class PrometheusSink:
     def record(self, measurement: metrics.Measurement) -> None:
         attributes = measurement.attributes
         key = tuple(attributes.items())
-        children = self._calls.get(key)
-        if children is None:
-            typed = [{**attributes, "gen_ai.token.type": kind} for kind in ("input", "output")]
-            children = self._calls[key] = (
-                self._child(metrics.DURATION, attributes),
-                self._child(metrics.TIME_TO_FIRST_CHUNK, attributes),
-                *(self._child(metrics.TOKEN_USAGE, each) for each in typed),
-            )
-        duration, first_chunk, input_tokens, output_tokens = children
-        duration.observe(measurement.duration_s)
-        if (first := measurement.time_to_first_chunk_s) is not None:
-            first_chunk.observe(first)
-        if (tokens := measurement.input_tokens) is not None:
-            input_tokens.observe(tokens)
-        if (tokens := measurement.output_tokens) is not None:
-            output_tokens.observe(tokens)
+        if (children := self._calls.get(key)) is None:
+            children = self._calls[key] = metrics.call_series(attributes, self._child)
+        metrics.observe(measurement, children)
 
     def add(self, counter: metrics.Instrument, attributes: metrics.Attributes) -> None:
         key = (counter, tuple(attributes.values()))
