@@ -78,14 +78,17 @@ def get(path):
         raise SystemExit(f"GET {path}: {response.status}")
     return (time.perf_counter() - started) * 1000
 for line in sys.stdin:
-    if line.strip() == "cpu":
-        started = time.thread_time()
-        sink.exposition()
-        print((time.thread_time() - started) * 1000, flush=True)
-    elif line.strip() == "metrics":
-        print(get("/metrics"), flush=True)
-    else:
-        print(get("/healthz"), get("/metrics"), flush=True)
+    try:
+        if line.strip() == "cpu":
+            started = time.thread_time()
+            sink.exposition()
+            print((time.thread_time() - started) * 1000, flush=True)
+        elif line.strip() == "metrics":
+            print(get("/metrics"), flush=True)
+        else:
+            print(get("/healthz"), get("/metrics"), flush=True)
+    except (OSError, http.client.HTTPException) as exc:  # a failed scrape: counted, not fatal
+        print("failed", type(exc).__name__, exc, flush=True)
 """
 CLOSE = {"Connection": "close"}  # a new connection per request: the workers share the traffic
 TIMEOUT = 120  # no answer given up on by the client: each one it missed would count as extra
@@ -169,6 +172,8 @@ class Run:
         answer = stdout.readline()
         if not answer:
             raise httpx2.HTTPError(f"the side scraper stopped ({what})")
+        if answer.startswith("failed "):
+            raise httpx2.HTTPError(answer.removeprefix("failed ").strip())
         return [float(value) for value in answer.split()]
 
     def timed_scrape(self) -> None:

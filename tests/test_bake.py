@@ -234,8 +234,6 @@ DISTRIBUTION_IMPORTS = {
     "gunicorn": "gunicorn",
     "prometheus-client": "prometheus_client",
     "rich": "rich",
-    "opentelemetry-sdk": "BatchSpanProcessor",  # OTLP export (otlp.py)
-    "opentelemetry-exporter-otlp-proto-http": "OTLPSpanExporter",
 }
 
 

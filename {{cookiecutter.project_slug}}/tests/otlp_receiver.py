@@ -91,6 +91,8 @@ class OtlpReceiver:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.raw: list[bytes] = []  # every request body, uncompressed
+        self.headers: list[dict[str, str]] = []  # every request's headers, names lower-case
+        self.refusals: list[tuple[int, dict[str, str]]] = []  # answers to give first, in turn
         self._spans: list[Span] = []
         self._points: dict[tuple[str, str, str], Point] = {}
         receiver = self
@@ -98,6 +100,16 @@ class OtlpReceiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with receiver._lock:
+                    receiver.headers.append({k.lower(): v for k, v in self.headers.items()})
+                    refusal = receiver.refusals.pop(0) if receiver.refusals else None
+                if refusal is not None:
+                    status, headers = refusal
+                    self.send_response(status)
+                    for name, value in {**headers, "Content-Length": "0"}.items():
+                        self.send_header(name, value)
+                    self.end_headers()
+                    return
                 if self.headers.get("Content-Encoding") == "gzip":
                     body = gzip.decompress(body)
                 answer = receiver._receive(self.path, body)
@@ -210,5 +222,7 @@ class OtlpReceiver:
     def reset(self) -> None:
         with self._lock:
             self.raw.clear()
+            self.headers.clear()
+            self.refusals.clear()
             self._spans.clear()
             self._points.clear()

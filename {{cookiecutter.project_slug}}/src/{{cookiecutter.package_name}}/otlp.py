@@ -1,27 +1,25 @@
-"""Spans and metrics over OTLP/HTTP: the one module that imports opentelemetry's SDK, and only
-`telemetry.start` imports it, when the environment asks for an export (see `telemetry.py`).
+"""Spans and metrics over OTLP/HTTP, made here and sent by `otlp_wire.py`; only `telemetry.start`
+imports them, when the environment asks for an export (see `telemetry.py`).
 
 Attributes are the OpenTelemetry semantic conventions' (HTTP server, GenAI client) and this
 service's request ids; never a prompt, an answer, an end user or a key.
 
 What a request pays is kept small (measured in docs/performance.md): a span here is a few
 fields, its attributes a dict this module built (no per-call checks: every value is ours), its
-context a context variable of this module; only a sampled span, once ended, becomes the SDK's
-`ReadableSpan`, which the SDK's batch processor queues and its OTLP exporter encodes and sends
-on its own thread (OTEL_BSP_*). The metrics are counted here, in plain numbers under one lock,
-and handed to the SDK's OTLP exporter as cumulative points every OTEL_METRIC_EXPORT_INTERVAL.
-So no provider is global: FastAPI adds no spans, and a library the team adds exports nothing
-unasked. The caller's W3C `traceparent` (and `tracestate`) is continued and sent upstream;
-their `baggage` is not (it may name an end user). OTEL_TRACES_SAMPLER: the specification's
-always_on, always_off, traceidratio and their parentbased_ forms (the default:
-parentbased_always_on).
+context a context variable of this module; only a sampled span, once ended, is queued, and
+`otlp_wire.py` encodes and sends it on a thread of its own (OTEL_BSP_*). The metrics are counted
+here, in plain numbers under one lock, and sent as cumulative points every
+OTEL_METRIC_EXPORT_INTERVAL. This is not OpenTelemetry's SDK, and nothing is global: FastAPI
+adds no spans, and a library the team adds exports nothing unasked. The caller's W3C
+`traceparent` (and `tracestate`) is continued and sent upstream; their `baggage` is not (it may
+name an end user). OTEL_TRACES_SAMPLER: the specification's always_on, always_off,
+traceidratio and their parentbased_ forms (the default: parentbased_always_on).
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
-import logging
 import os
 import random
 import re
@@ -32,26 +30,8 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
-from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-from opentelemetry.sdk.metrics.export import (
-    AggregationTemporality,
-    Histogram,
-    HistogramDataPoint,
-    Metric,
-    MetricsData,
-    NumberDataPoint,
-    ResourceMetrics,
-    ScopeMetrics,
-    Sum,
-)
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
-
-from . import CLIENT_NAME, __version__, metrics, telemetry
+from . import __version__, metrics, otlp_wire, telemetry
+from .otlp_wire import CLIENT, SERVER, SpanData
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -59,15 +39,13 @@ if TYPE_CHECKING:
     from .request import ChatRequest
 
 # What the last export may take at exit: a collector that is down would hold it for the
-# exporter's timeout (OTEL_EXPORTER_OTLP_TIMEOUT, 10 s) and its retries, per signal.
+# exporter's timeout (OTEL_EXPORTER_OTLP_TIMEOUT, 10 s, retries included).
 EXIT_WAIT_S = 3.0
 # Any other is "_OTHER" (the conventions' bound on a value the client chose).
 METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"}
 )
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
-_ERROR = Status(StatusCode.ERROR)
-_logger = logging.getLogger(__name__)
 
 
 class Headers(Protocol):
@@ -79,66 +57,57 @@ class Headers(Protocol):
 
 
 class Exporting:
-    """This process's exports. A forked worker (gunicorn's preloaded app) gets its own
-    `service.instance.id`, counts and export threads (the SDK's batch processor restarts its
-    own)."""
+    """This process's exports, each signal on a thread of its own. A forked worker (gunicorn's
+    preloaded app) gets its own `service.instance.id`, counts, queue and threads."""
 
     def __init__(self, settings: Settings, signals: frozenset[str]) -> None:
-        self.scope = InstrumentationScope(__package__, __version__)
-        self.resource = service_resource()
+        self.scope = otlp_wire.scope(__package__, __version__)
+        self.resource = otlp_wire.resource(otlp_wire.resource_attributes())
         self.tracing: Tracing | None = None
         self.sink: OtlpSink | None = None
-        self._spans: BatchSpanProcessor | None = None
+        self._spans: otlp_wire.SpanQueue | None = None
         self._metrics: MetricExport | None = None
         if "traces" in signals:
             sampled = telemetry.sampler(os.environ)
-            self._spans = BatchSpanProcessor(OTLPSpanExporter())
+            self._traces = otlp_wire.Sender("traces")
+            self._spans = otlp_wire.SpanQueue(self._send_spans)
             self.tracing = Tracing(self, settings, sampled)
         if "metrics" in signals:
             self.sink = OtlpSink()
-            self._metrics = MetricExport(self, self.sink, OTLPMetricExporter())
+            self._metrics = MetricExport(self, self.sink, otlp_wire.Sender("metrics"))
             metrics.configure(settings)
             metrics.install(self.sink)
         os.register_at_fork(after_in_child=self._forked)
 
     def _forked(self) -> None:
         if self.sink is not None or self.tracing is not None:  # not stopped
-            self.resource = service_resource()  # a new service.instance.id
+            # a new service.instance.id
+            self.resource = otlp_wire.resource(otlp_wire.resource_attributes())
+            if self._spans is not None:
+                self._spans.restart()
             if self.sink is not None and self._metrics is not None:
                 self.sink.forget()
                 self._metrics.restart()
 
-    def export(self, span: ReadableSpan) -> None:
+    def export(self, span: SpanData) -> None:
         if self._spans is not None:
-            self._spans.on_end(span)
+            self._spans.add(span)
+
+    def _send_spans(self, spans: list[SpanData]) -> None:
+        body = otlp_wire.traces_request(self.resource, self.scope, spans)
+        self._traces.send(body, f"{len(spans)} spans")
 
     def stop(self, wait_s: float = EXIT_WAIT_S) -> None:
         """Export what is pending, both signals at once, for at most `wait_s`."""
         if self.sink is not None:
             metrics.uninstall(self.sink)
         self.sink = self.tracing = None
-        stops = [part.shutdown for part in (self._spans, self._metrics) if part is not None]
-        stopping = [threading.Thread(target=stop, daemon=True) for stop in stops]
-        try:
-            for thread in stopping:
-                thread.start()
-        except RuntimeError:  # Python 3.12 starts no thread at exit: one after the other
-            stopping = []
-            for stop in stops:
-                stop()
+        parts = [part for part in (self._spans, self._metrics) if part is not None]
+        for part in parts:
+            part.stop()
         deadline = time.monotonic() + wait_s
-        for thread in stopping:
-            thread.join(max(deadline - time.monotonic(), 0))
-
-
-def service_resource() -> Resource:
-    """OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES, else this project's name and version;
-    this process's `service.instance.id`."""
-    detected = Resource.create()
-    attributes = {"service.version": __version__, **detected.attributes}
-    if str(attributes["service.name"]).startswith("unknown_service"):  # the SDK's default
-        attributes["service.name"] = CLIENT_NAME
-    return Resource(attributes, detected.schema_url)
+        for part in parts:
+            part.thread.join(max(deadline - time.monotonic(), 0))
 
 
 class SpanRef:
@@ -151,11 +120,6 @@ class SpanRef:
     ) -> None:
         self.trace_id, self.span_id, self.sampled = trace_id, span_id, sampled
         self.tracestate, self.remote = tracestate, remote
-
-    def context(self) -> SpanContext:
-        state = TraceState.from_header([self.tracestate]) if self.tracestate else None
-        flags = TraceFlags(TraceFlags.SAMPLED if self.sampled else TraceFlags.DEFAULT)
-        return SpanContext(self.trace_id, self.span_id, self.remote, flags, state)
 
 
 # The span current in this request's context: the parent of the spans of its upstream calls.
@@ -213,21 +177,20 @@ class Tracing:
     def end(
         self,
         name: str,
-        kind: SpanKind,
+        kind: int,
         span: SpanRef,
         parent: SpanRef | None,
         started_ns: int,
         attributes: dict[str, Any],
         error: bool,
     ) -> None:
-        """Hand a sampled span to the SDK's batch processor, as the SDK's own span would be."""
+        """Queue a sampled span for export."""
         if not span.sampled:
             return
-        self.exporting.export(ReadableSpan(
-            name, span.context(), parent.context() if parent else None,
-            self.exporting.resource, attributes, kind=kind,
-            status=_ERROR if error else Status(), start_time=started_ns,
-            end_time=time.time_ns(), instrumentation_scope=self.exporting.scope,
+        parent_id, remote = (parent.span_id, parent.remote) if parent else (0, False)
+        self.exporting.export(SpanData(
+            name, kind, span.trace_id, span.span_id, parent_id, remote, span.tracestate,
+            started_ns, time.time_ns(), attributes, error,
         ))  # fmt: skip
 
     def server_span(self, method: str, scheme: str, path: str, headers: Headers) -> ServerSpan:
@@ -285,7 +248,7 @@ class ServerSpan:
         if error:
             attributes["error.type"] = str(status or "incomplete_response")
         span, parent = self.span, self._parent
-        self._tracing.end(name, SpanKind.SERVER, span, parent, self._started, attributes, error)
+        self._tracing.end(name, SERVER, span, parent, self._started, attributes, error)
 
 
 class CallTrace:
@@ -331,7 +294,7 @@ class UpstreamSpan:
         if error_type:
             attributes["error.type"] = error_type
         self._tracing.end(
-            self._name, SpanKind.CLIENT, self.span, self._parent, self._started, attributes,
+            self._name, CLIENT, self.span, self._parent, self._started, attributes,
             bool(error_type),
         )  # fmt: skip
 
@@ -390,68 +353,49 @@ class OtlpSink:
             series = self._of(counter, attributes)
             series.count += 1
 
-    def metrics(self) -> list[Metric]:
-        """Every instrument with a count, as cumulative OTLP points, now."""
+    def metrics(self) -> list[bytes]:
+        """Every instrument with a count, encoded as cumulative OTLP points, now."""
         now, start = time.time_ns(), self.start_ns
-        points: dict[metrics.Instrument, list[Any]] = {}
+        points: dict[metrics.Instrument, list[otlp_wire.Point]] = {}
         with self._lock:
             for (instrument, _), series in self._series.items():
-                if not series.count:
-                    continue
-                if instrument.buckets:
-                    point: Any = HistogramDataPoint(
-                        series.attributes, start, now, series.count, series.total,
-                        list(series.buckets), instrument.buckets, series.low, series.high,
-                    )  # fmt: skip
-                else:
-                    point = NumberDataPoint(series.attributes, start, now, series.count)
-                points.setdefault(instrument, []).append(point)
-        cumulative = AggregationTemporality.CUMULATIVE
+                if series.count:
+                    points.setdefault(instrument, []).append(otlp_wire.Point(
+                        series.attributes, series.count, series.total, list(series.buckets),
+                        series.low, series.high,
+                    ))  # fmt: skip
         return [
-            Metric(instrument.name, instrument.description, instrument.unit,
-                   Histogram(found, cumulative) if instrument.buckets
-                   else Sum(found, cumulative, is_monotonic=True))
+            otlp_wire.metric(instrument.name, instrument.description, instrument.unit,
+                             instrument.buckets, found, start, now)
             for instrument, found in points.items()
         ]  # fmt: skip
 
 
 class MetricExport:
-    """The sink's counts to the SDK's OTLP exporter every OTEL_METRIC_EXPORT_INTERVAL ms (60 s),
-    on a thread of its own, and once more at `shutdown`."""
+    """The sink's counts, sent every OTEL_METRIC_EXPORT_INTERVAL ms (60 s) on a thread of its
+    own, and once more when stopped."""
 
-    def __init__(self, exporting: Exporting, sink: OtlpSink, exporter: OTLPMetricExporter) -> None:
-        self._exporting, self._sink, self._exporter = exporting, sink, exporter
-        self._interval_s = _milliseconds("OTEL_METRIC_EXPORT_INTERVAL", 60000) / 1000
-        self._timeout_ms = _milliseconds("OTEL_METRIC_EXPORT_TIMEOUT", 30000)
+    def __init__(self, exporting: Exporting, sink: OtlpSink, sender: otlp_wire.Sender) -> None:
+        self._exporting, self._sink, self._sender = exporting, sink, sender
+        interval_ms = otlp_wire.number(os.environ, "OTEL_METRIC_EXPORT_INTERVAL", 60000)
+        self._interval_s = interval_ms / 1000
         self.restart()
 
     def restart(self) -> None:
         self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="OtlpMetrics", daemon=True)
-        self._thread.start()
+        self.thread = threading.Thread(target=self._run, name="OtlpMetrics", daemon=True)
+        self.thread.start()
 
     def _run(self) -> None:
         while not self._stopping.wait(self._interval_s):
             self.export()
+        self.export()  # stopped: the last counts
 
     def export(self) -> None:
-        found = self._sink.metrics()
-        if not found:
-            return
-        resource, scope = self._exporting.resource, self._exporting.scope
-        data = MetricsData([ResourceMetrics(resource, [ScopeMetrics(scope, found, "")], "")])
-        try:
-            self._exporter.export(data, timeout_millis=self._timeout_ms)
-        except Exception:  # the exporter logs its own failures; anything else, here, once
-            _logger.exception("OTLP metrics export failed")
+        if found := self._sink.metrics():
+            exporting = self._exporting
+            body = otlp_wire.metrics_request(exporting.resource, exporting.scope, found)
+            self._sender.send(body, f"{len(found)} metrics")
 
-    def shutdown(self) -> None:
+    def stop(self) -> None:
         self._stopping.set()
-        self._thread.join(EXIT_WAIT_S)
-        self.export()
-        self._exporter.shutdown()
-
-
-def _milliseconds(name: str, default: float) -> float:
-    """An OTEL_* number of milliseconds (telemetry.signals checked it is one)."""
-    return float(os.environ.get(name, "").strip() or default)

@@ -7,19 +7,18 @@ OpenTelemetry variables, read from the environment (not .env), as every OpenTele
   `OTEL_METRICS_EXPORTER=none`, turn it off.
 - `OTEL_SERVICE_NAME` (default: the project's name), `OTEL_RESOURCE_ATTRIBUTES`,
   `OTEL_EXPORTER_OTLP_HEADERS` (a collector's key: masked in the logs), `..._TIMEOUT`,
-  `..._COMPRESSION`, `OTEL_TRACES_SAMPLER`, `OTEL_BSP_SCHEDULE_DELAY`,
-  `OTEL_METRIC_EXPORT_INTERVAL`...: as the OpenTelemetry SDK reads them. `OTEL_TRACES_SAMPLER`:
-  always_on, always_off, traceidratio (`OTEL_TRACES_SAMPLER_ARG`), each also parentbased_.
+  `..._COMPRESSION`, `..._CERTIFICATE`, `OTEL_BSP_*`, `OTEL_METRIC_EXPORT_INTERVAL`: as
+  OpenTelemetry's Python SDK reads them (`otlp_wire.py`). `OTEL_TRACES_SAMPLER`: always_on,
+  always_off, traceidratio (`OTEL_TRACES_SAMPLER_ARG`), each also parentbased_.
 
 What is exported (`otlp.py`): a SERVER span per request to the web service, continuing the
 caller's W3C `traceparent`; a CLIENT span per upstream attempt, whose `traceparent` goes to the
 gateway (with the caller's `tracestate`, never their `baggage`); `metrics.py`'s instruments.
 Never a prompt, an answer, an end user or a key.
 
-Off, opentelemetry's SDK is not even imported and `tracing` is None: all the chat path checks.
-What is pending goes out at exit (`stop`); a collector that is down costs log lines, never a
-request, and holds an exit up for at most `otlp.EXIT_WAIT_S` (on Python 3.12, which starts no
-thread at exit, for the exporter's timeout per signal).
+Off, the exporting modules are not even imported and `tracing` is None: all the chat path
+checks. What is pending goes out at exit (`stop`); a collector that is down costs log lines,
+never a request, and holds an exit up for at most `otlp.EXIT_WAIT_S`.
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ import os
 import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 from .logs import configure_logging
 from .settings import ConfigError, Settings
@@ -37,17 +36,16 @@ from .settings import ConfigError, Settings
 if TYPE_CHECKING:
     from .otlp import Exporting, Tracing
 
-PROTOCOL = "http/protobuf"  # the exporter this project ships
+PROTOCOL = "http/protobuf"  # the one this project sends
 SIGNALS = ("TRACES", "METRICS")
 SAMPLERS = ("always_on", "always_off", "traceidratio")  # and parentbased_ each
-# Numbers the SDK would replace by its default, with a traceback in the log: refused at start.
+# Numbers, refused at start when they are not.
 _NUMBERS = (
     "OTEL_BSP_SCHEDULE_DELAY", "OTEL_BSP_EXPORT_TIMEOUT", "OTEL_BSP_MAX_QUEUE_SIZE",
     "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "OTEL_METRIC_EXPORT_INTERVAL", "OTEL_METRIC_EXPORT_TIMEOUT",
     "OTEL_EXPORTER_OTLP_TIMEOUT", "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
     "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
 )  # fmt: skip
-_HEADERS = ("OTEL_EXPORTER_OTLP_HEADERS", *(f"OTEL_EXPORTER_OTLP_{s}_HEADERS" for s in SIGNALS))
 
 tracing: Tracing | None = None  # the spans' maker, while traces are exported
 _exporting: Exporting | None = None
@@ -71,14 +69,14 @@ def signals(environ: Mapping[str, str] = os.environ) -> frozenset[str]:
         protocol = f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL"
         protocol = protocol if environ.get(protocol) else "OTEL_EXPORTER_OTLP_PROTOCOL"
         if environ.get(protocol, PROTOCOL).strip() != PROTOCOL:
-            raise ConfigError(f"{protocol} must be {PROTOCOL}, the one OTLP exporter installed")
+            raise ConfigError(f"{protocol} must be {PROTOCOL}, the one OTLP protocol sent")
         on.add(signal.lower())
     if on:
         for name in _NUMBERS:
             value, whole = environ.get(name, "").strip(), name.startswith("OTEL_BSP_")
             if value and not (value if whole else value.replace(".", "", 1)).isdigit():
                 raise ConfigError(f"{name} must be a {'whole ' if whole else ''}number, 0 or more")
-        header_values(environ)
+        header_values(frozenset(on), environ)
     if "traces" in on:
         sampler(environ)
     return frozenset(on)
@@ -115,17 +113,12 @@ def _check_endpoint(name: str, url: str) -> None:
         raise ConfigError(problem)  # the value is not shown: it may hold a password
 
 
-def header_values(environ: Mapping[str, str] = os.environ) -> list[str]:
-    """The values of the exporter's headers (a collector's key, say), to mask in the logs."""
-    values = []
-    for name in _HEADERS:
-        for pair in filter(None, (part.strip() for part in environ.get(name, "").split(","))):
-            key, equals, value = pair.partition("=")
-            if not equals or not key.strip():
-                raise ConfigError(f"{name} must be name=value pairs separated by commas, such "
-                                  "as x-api-key=KEY (URL-encode a comma in a value)")  # fmt: skip
-            values += [value.strip(), unquote(value).strip()]
-    return values
+def header_values(on: frozenset[str], environ: Mapping[str, str] = os.environ) -> list[str]:
+    """The values of the headers sent with the signals `on` (a collector's key, say), to mask in
+    the logs; `ConfigError` names a variable that is not name=value pairs."""
+    from .otlp_wire import headers  # only when exporting
+
+    return [value for signal in on for value in headers(signal, environ).values()]
 
 
 def start(settings: Settings) -> None:
@@ -135,19 +128,11 @@ def start(settings: Settings) -> None:
     on = signals()
     if not on or _exporting is not None:
         return
-    if secrets := header_values():  # masked in the lines the SDK logs
+    if secrets := header_values(on):  # masked in any line that would show one
         configure_logging(settings.log_level, secrets=secrets)
-    try:
-        from . import otlp  # imports opentelemetry's SDK: only now
-    except ImportError as exc:
-        raise ConfigError(
-            f"an OTLP endpoint is set, but {exc.name or 'opentelemetry'} is not installed: "
-            "pip install opentelemetry-sdk opentelemetry-exporter-otlp-proto-http"
-        ) from None
-    try:
-        _exporting = otlp.Exporting(settings, on)
-    except (ValueError, TypeError, RuntimeError, OSError) as exc:  # the SDK's own checks
-        raise ConfigError(f"OpenTelemetry: {exc}") from None
+    from . import otlp  # only now
+
+    _exporting = otlp.Exporting(settings, on)
     tracing = _exporting.tracing
     atexit.register(stop)
 
