@@ -410,7 +410,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn  # only this command needs the server
 
     from . import metrics_dir
-    from .head_timeout import PROTOCOL
+    from .http_protocol import PROTOCOL
     from .logs import logging_config
 
     # Where the workers count for /metrics, before any imports prometheus_client. One worker
@@ -427,7 +427,7 @@ def _serve(args: argparse.Namespace) -> int:
             reload=args.reload,
             # Not uvloop: a relay under it was measured missing client hang-ups (README).
             loop="asyncio",
-            http=PROTOCOL,  # httptools, plus a deadline for a request's head (408)
+            http=PROTOCOL,  # httptools, a deadline for a request's head (408), a stop losing none
             # Past ALLTKN_MAX_STREAMS chat requests the app answers 503 itself; uvicorn's own
             # 503 beyond this bounds the connections and requests a worker holds at all.
             limit_concurrency=settings.max_streams + 100,

@@ -1,8 +1,15 @@
-"""uvicorn's HTTP protocol with a deadline for a request's head: a client gets
-ALLTKN_CLIENT_TIMEOUT_S from its connection (or, on a kept-alive one, from the next request's
-first byte) to send the request line and headers, then 408 and the connection is closed.
-uvicorn has no such timeout: one header a second would hold a connection for ever. `serve`
-runs uvicorn with it (`http=PROTOCOL`)."""
+"""uvicorn's HTTP protocol, with two changes; `serve` runs uvicorn with it (`http=PROTOCOL`).
+
+- A deadline for a request's head: a client gets ALLTKN_CLIENT_TIMEOUT_S from its connection
+  (or, on a kept-alive one, from the next request's first byte) to send the request line and
+  headers, then 408 and the connection is closed. uvicorn has no such timeout: one header a
+  second would hold a connection for ever.
+- A stop that loses no request: told to stop (SIGTERM: a rolling update, a worker replaced),
+  uvicorn closes at once every connection between requests, resetting one whose request is
+  already on its way (a connection it just accepted, a kept-alive one the client just reused).
+  Here such a connection gets STOP_GRACE_S for its request, which is answered with
+  `connection: close`; a request in flight ends as uvicorn ends it.
+"""
 
 from __future__ import annotations
 
@@ -14,12 +21,14 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from .errors import error_body
 from .http_contract import request_id_from, too_slow
 
-PROTOCOL = f"{__name__}:HeadTimeoutProtocol"  # by name: uvicorn's worker processes import it
+PROTOCOL = f"{__name__}:HttpProtocol"  # by name: uvicorn's worker processes import it
+STOP_GRACE_S = 1.0  # a request on its way arrives within milliseconds
 
 
-class HeadTimeoutProtocol(HttpToolsProtocol):
+class HttpProtocol(HttpToolsProtocol):
     timeout_s: float | None = None  # ALLTKN_CLIENT_TIMEOUT_S, read once per process
     _head_timer: asyncio.TimerHandle | None = None
+    _stopping = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -33,16 +42,29 @@ class HeadTimeoutProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._disarm()
         super().on_headers_complete()
+        if self._stopping and self.cycle is not None:
+            self.cycle.keep_alive = False  # answered, then closed
+
+    def shutdown(self) -> None:
+        if self.cycle is not None and not self.cycle.response_complete:
+            super().shutdown()  # in flight: closed once answered
+            return
+        self._stopping = True
+        self.loop.call_later(STOP_GRACE_S, self._close_if_idle)
+
+    def _close_if_idle(self) -> None:
+        if (self.cycle is None or self.cycle.response_complete) and not self.transport.is_closing():
+            self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         super().connection_lost(exc)
 
     def _arm(self) -> None:
-        if HeadTimeoutProtocol.timeout_s is None:
+        if HttpProtocol.timeout_s is None:
             from .settings import load_settings  # checked by `serve` before it started us
 
-            HeadTimeoutProtocol.timeout_s = load_settings().client_timeout_s
+            HttpProtocol.timeout_s = load_settings().client_timeout_s
         self._head_timer = self.loop.call_later(self.timeout_s or 0, self._timed_out)
 
     def _disarm(self) -> None:
