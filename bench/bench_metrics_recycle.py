@@ -120,10 +120,14 @@ class Run:
         self.go.set()
         self.in_flight = 0
 
-    def client(self, number: int) -> None:
-        """Chats and streams until stopped, on one client object (a new connection each)."""
+    def client(self, number: int, interval_s: float) -> None:
+        """Chats and streams until stopped, one every `interval_s` (at once when late), on one
+        client object (a new connection each)."""
         sent, http = number, httpx2.Client(headers=CLOSE, timeout=TIMEOUT)
+        due = time.monotonic() + interval_s * number / CLIENTS  # the clients spread out
         while not self.stop.is_set():
+            self.stop.wait(max(due - time.monotonic(), 0))
+            due = max(due + interval_s, time.monotonic() - interval_s)  # no burst after a stall
             self.go.wait()
             sent += 1
             with self.lock:
@@ -253,14 +257,16 @@ def uvicorn_workers(supervisor: int) -> list[int]:
     return workers
 
 
-def recycle_uvicorn(process: subprocess.Popen[bytes], recycles: int) -> int:
+def recycle_uvicorn(process: subprocess.Popen[bytes], recycles: int, every_s: float) -> int:
     stopped: set[int] = set()
+    last = 0.0
     while len(stopped) < recycles:
+        time.sleep(max(last + every_s - time.monotonic(), 0.05))
         live = [pid for pid in uvicorn_workers(process.pid) if pid not in stopped]
         if len(live) == WORKERS:  # one down at a time: three serve while it boots
             os.kill(live[0], signal.SIGTERM)
             stopped.add(live[0])
-        time.sleep(0.05)
+            last = time.monotonic()
     deadline = time.monotonic() + 60
     while len(uvicorn_workers(process.pid)) < WORKERS and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -279,7 +285,7 @@ def recycle_gunicorn(log: Path, recycles: int) -> int:
 
 
 def measure(
-    kind: str, project: Path, base_url: str, recycles: int, workdir: Path
+    kind: str, project: Path, base_url: str, args: argparse.Namespace, workdir: Path
 ) -> dict[str, Any]:
     directory = workdir / f"metrics-{kind}"
     port, log = free_port(), workdir / f"{kind}.log"
@@ -325,15 +331,18 @@ def measure(
         baseline = sorted(run.scrape_ms)
         run.scrape_ms.clear()
         run.healthz_ms.clear()
-        threads = [threading.Thread(target=run.client, args=(n,)) for n in range(CLIENTS)]
+        interval_s = CLIENTS / args.rate
+        threads = [
+            threading.Thread(target=run.client, args=(n, interval_s)) for n in range(CLIENTS)
+        ]
         threads.append(threading.Thread(target=run.scraper))
         started = time.perf_counter()
         for thread in threads:
             thread.start()
         if kind == "fastapi":
-            replaced = recycle_uvicorn(process, recycles)
+            replaced = recycle_uvicorn(process, args.recycles, args.recycle_every)
         else:
-            replaced = recycle_gunicorn(log, recycles)
+            replaced = recycle_gunicorn(log, args.recycles)
         run.stop.set()
         for thread in threads:
             thread.join()
@@ -410,8 +419,12 @@ def targets(row: dict[str, Any]) -> list[tuple[str, str, bool]]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recycles", type=int, default=200, help="workers to replace (200)")
+    parser.add_argument("--rate", type=float, default=12, help="client requests a second (12)")
+    parser.add_argument("--recycle-every", type=float, default=1.5,
+                        help="FastAPI: seconds between two replacements (1.5)")  # fmt: skip
     args = parser.parse_args()
-    results: dict[str, Any] = {"workers": WORKERS, "clients": CLIENTS}
+    results: dict[str, Any] = {"workers": WORKERS, "clients": CLIENTS, "rate": args.rate,
+                               "recycle_every_s": args.recycle_every}  # fmt: skip
     results["load_average_at_start"] = [round(x, 1) for x in os.getloadavg()]
     print(f"load average at the start: {results['load_average_at_start']}", flush=True)
     workdir = Path(tempfile.mkdtemp(prefix="bench-metrics-"))
@@ -419,7 +432,7 @@ def main() -> int:
         projects = {kind: bake(kind, workdir, caller_auth="none") for kind in ("fastapi", "flask")}
         with fake_gateway(projects["flask"], deltas=5, first_token_delay=0.01) as (base_url, _):
             for kind, project in projects.items():
-                results[kind] = measure(kind, project, base_url, args.recycles, workdir)
+                results[kind] = measure(kind, project, base_url, args, workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
