@@ -3,17 +3,23 @@
 Run from the template root, in an environment with the web variants' dependencies
 (`pip install -r requirements-dev.txt`); Linux (it finds uvicorn's workers in /proc):
 
-    python bench/bench_metrics_recycle.py [--recycles N]
+    python bench/bench_metrics_recycle.py [--recycles N] [--rate R] [--recycle-every S]
 
 It bakes both web variants (`caller_auth=none`), starts the bundled fake gateway in its own
 process, and runs each service as its README says with 4 workers and PROMETHEUS_MULTIPROC_DIR
-in a temporary directory, while 8 clients send chats (every 5th streamed), each on a new
-connection, until N (200) workers were replaced:
+in a temporary directory, while 8 clients send R (12) chats a second between them (every 5th
+streamed), each on a new connection, until N (200) workers were replaced, one every S (1.5)
+seconds:
 
-- Flask: gunicorn's `--max-requests 8` (GUNICORN_CMD_ARGS) recycles each worker after 8
-  requests;
 - FastAPI: one worker at a time is stopped with SIGTERM (its requests finish) and `serve`'s
-  supervisor starts another, as it does for any worker that exits; the next once it serves.
+  supervisor starts another, as it does for any worker that exits (each a new interpreter,
+  about 1.2 s of CPU to boot);
+- Flask: gunicorn's `--max-requests` (GUNICORN_CMD_ARGS), set from the traffic so that a worker
+  is replaced about every S seconds, with `--max-requests-jitter` as gunicorn advises.
+
+The traffic is set, not as fast as the clients can go: a service saturated by the benchmark
+itself would time its own queue, not the scrape (an earlier version's clients and replacements,
+as fast as they could go, kept the 2-core machine at load 8 and /healthz at seconds).
 
 Every 100 ms a scraper in its own process (out of the clients' GIL) times GET /healthz then
 GET /metrics, and reads the same directory as a scrape does to report the scrape's CPU time
@@ -25,8 +31,7 @@ the same record) and the answers the clients got; the scrape times (wall: p50, p
 directory held. The targets, PASS/FAIL: totals exact, scrape under 100 ms (CPU p95; wall p95
 while recycling, less /healthz, and with no request in flight), directory bounded (at most 2
 files per worker, the 2 merged files and the lock). Writes bench/results/metrics_recycle.json.
-About 10 minutes on the 2-core development machine at load 17 (each uvicorn worker boots a new
-interpreter), `--recycles 20` about 3.
+About 12 minutes on the 2-core development machine, `--recycles 20` about 2.
 """
 
 from __future__ import annotations
@@ -54,7 +59,8 @@ RESULTS = TEMPLATE_DIR / "bench" / "results" / "metrics_recycle.json"
 KEY = "bench-" + "k" * 40
 WORKERS = 4
 CLIENTS = 8
-MAX_REQUESTS = 8
+# The scraper's requests a second: /healthz and /metrics every 0.1 s, a quiet scrape every 0.5 s.
+SCRAPER_RATE = 22
 BOUND = 2 * WORKERS + 3
 # The scraper, in its own process (the clients' threads share this one's GIL, which would stretch
 # its timings): per line read, "http" times GET /healthz then GET /metrics over a new connection
@@ -303,7 +309,11 @@ def measure(
         "PROMETHEUS_MULTIPROC_DIR": str(directory),
     }
     if kind == "flask":
-        env["GUNICORN_CMD_ARGS"] = f"--max-requests {MAX_REQUESTS}"
+        # Replaced at FastAPI's pace: gunicorn counts every request, the scraper's too. The
+        # jitter, as gunicorn advises, keeps the workers from all leaving at once (and adds a
+        # quarter to a worker's life on average).
+        most = round((args.rate + SCRAPER_RATE) * args.recycle_every / 1.25)
+        env["GUNICORN_CMD_ARGS"] = f"--max-requests {most} --max-requests-jitter {most // 2}"
     with log.open("wb") as sink:
         process = subprocess.Popen(
             service_command(kind, port), cwd=project, env=env, stdout=sink, stderr=sink
@@ -421,7 +431,7 @@ def main() -> int:
     parser.add_argument("--recycles", type=int, default=200, help="workers to replace (200)")
     parser.add_argument("--rate", type=float, default=12, help="client requests a second (12)")
     parser.add_argument("--recycle-every", type=float, default=1.5,
-                        help="FastAPI: seconds between two replacements (1.5)")  # fmt: skip
+                        help="seconds between two replacements (1.5)")  # fmt: skip
     args = parser.parse_args()
     results: dict[str, Any] = {"workers": WORKERS, "clients": CLIENTS, "rate": args.rate,
                                "recycle_every_s": args.recycle_every}  # fmt: skip

@@ -56,7 +56,7 @@ class Span:
 
 @dataclass(frozen=True)
 class Point:
-    """A metric's series as last exported (cumulative) by one process."""
+    """A metric's series as exported by one process (cumulative, or the last interval's)."""
 
     metric: str
     unit: str
@@ -65,6 +65,7 @@ class Point:
     count: int  # a histogram's count (0 for a counter)
     bounds: tuple[float, ...]  # a histogram's bucket boundaries
     instance: str  # the exporting process's service.instance.id
+    delta: bool = False  # the counts of the interval it closes, not since the start
 
 
 def wait_for(found: Callable[[], T], timeout: float = 10.0, why: Callable[[], str] = str) -> T:
@@ -94,7 +95,8 @@ class OtlpReceiver:
         self.headers: list[dict[str, str]] = []  # every request's headers, names lower-case
         self.refusals: list[tuple[int, dict[str, str]]] = []  # answers to give first, in turn
         self._spans: list[Span] = []
-        self._points: dict[tuple[str, str, str], Point] = {}
+        self._points: dict[tuple[str, str, str], Point] = {}  # the last of each series
+        self._history: list[Point] = []  # every point received
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -199,9 +201,12 @@ class OtlpReceiver:
             else:
                 value, count, bounds = getattr(point, point.WhichOneof("value")), 0, ()
             key = (instance, metric.name, repr(sorted(attributes.items())))
-            self._points[key] = Point(
-                metric.name, metric.unit, attributes, value, count, bounds, instance
+            delta = getattr(metric, kind).aggregation_temporality == 1  # DELTA
+            point = Point(
+                metric.name, metric.unit, attributes, value, count, bounds, instance, delta
             )
+            self._points[key] = point
+            self._history.append(point)
 
     def spans(self) -> list[Span]:
         with self._lock:
@@ -210,6 +215,11 @@ class OtlpReceiver:
     def points(self, metric: str) -> list[Point]:
         with self._lock:
             return [point for point in self._points.values() if point.metric == metric]
+
+    def every_point(self, metric: str) -> list[Point]:
+        """Every point of `metric` received, in order: a delta series' intervals add up."""
+        with self._lock:
+            return [point for point in self._history if point.metric == metric]
 
     def sent(self) -> bytes:
         """Every byte the service sent here, uncompressed."""
@@ -226,3 +236,4 @@ class OtlpReceiver:
             self.refusals.clear()
             self._spans.clear()
             self._points.clear()
+            self._history.clear()

@@ -166,7 +166,8 @@ def test_a_signal_s_own_headers_replace_the_shared_ones() -> None:
 def test_a_retryable_answer_is_retried_and_the_spans_arrive_once(
     otlp: OtlpReceiver, status: int
 ) -> None:
-    otlp.refusals += [(status, {"Retry-After": "0"}), (status, {})]
+    # a Retry-After in the past (a skewed clock) is no pause, then the backoff's
+    otlp.refusals += [(status, {"Retry-After": "-3"}), (status, {})]
     sender = Sender("traces", otlp.env())
     assert sender.send(otlp_wire.traces_request(RESOURCE, SCOPE, [span()]), "1 spans")
     assert len(otlp.headers) == 3
@@ -261,6 +262,8 @@ def test_the_resource_is_the_standard_variables_and_one_instance_per_process() -
                      "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION must be gzip or none", id="brotli"),
         pytest.param({"OTEL_EXPORTER_OTLP_HEADERS": "x-key=a\nb"},
                      "OTEL_EXPORTER_OTLP_HEADERS must be name=value pairs", id="header-newline"),
+        pytest.param({"OTEL_EXPORTER_OTLP_HEADERS": "x-key=clé"},
+                     "OTEL_EXPORTER_OTLP_HEADERS must be name=value pairs", id="header-not-ascii"),
         pytest.param({"OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE": "/nonexistent.pem"},
                      "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE and _CLIENT_KEY:", id="client-cert"),
     ],
@@ -272,3 +275,31 @@ def test_a_bad_exporter_setting_is_one_line_naming_it(
         Sender("traces", {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", **environ})
     assert str(refused.value).startswith(problem)
     assert "\n" not in str(refused.value)
+
+
+def test_a_value_the_protocol_cannot_carry_is_left_out_not_the_span() -> None:
+    """A gateway may send null for a token count, or a lone surrogate in a model name."""
+    attributes = {"tokens": None, "thing": object(), "kept": 1, "model": "gpt-\ud800x"}
+    body = otlp_wire.traces_request(RESOURCE, SCOPE, [span(attributes=attributes)])
+    [sent] = ExportTraceServiceRequest.FromString(body).resource_spans[0].scope_spans[0].spans
+    assert _attributes(sent.attributes) == {"kept": 1, "model": "gpt-?x"}
+
+
+def test_a_failed_batch_is_said_and_the_queue_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    sent: list[int] = []
+
+    def send(batch: list[SpanData]) -> None:
+        sent.append(len(batch))
+        if len(sent) == 1:
+            raise RuntimeError("a bug")
+
+    environ = {"OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "1", "OTEL_BSP_SCHEDULE_DELAY": "60000"}
+    with caplog.at_level(logging.WARNING, WIRE_LOGGER):
+        queue = SpanQueue(send, environ)
+        queue.add(span(1))
+        wait_for(lambda: caplog.messages)
+        queue.add(span(2))
+        queue.stop()
+        queue.thread.join(10)
+    assert caplog.messages == ["OTLP spans not sent: 1 dropped"]
+    assert sent == [1, 1]

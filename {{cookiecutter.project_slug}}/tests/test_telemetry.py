@@ -220,6 +220,24 @@ def test_the_metrics_go_out_under_the_conventions_names_units_and_buckets(
     )
 
 
+@pytest.mark.parametrize("preference", ["delta", "lowmemory"])
+def test_delta_temporality_sends_each_call_once(
+    driver: Driver, exporting: OtlpReceiver, monkeypatch: pytest.MonkeyPatch, preference: str
+) -> None:
+    """What a backend that wants deltas (Datadog, say) is sent: each interval's counts, none
+    twice, nothing for an interval without calls (cumulative would resend every total)."""
+    telemetry.stop()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", preference)
+    telemetry.start(load_settings())
+    chat, name = driver.chat(), metrics.DURATION.name
+    chat.complete(ask())
+    exporting.wait_for(lambda: exporting.every_point(name))
+    chat.complete(ask())
+    telemetry.stop()
+    points = exporting.every_point(name)
+    assert [(point.delta, point.count) for point in points] == [(True, 1), (True, 1)]
+
+
 def test_no_prompt_answer_end_user_or_key_is_in_any_byte_exported(
     driver: Driver, exporting: OtlpReceiver
 ) -> None:
@@ -321,10 +339,28 @@ def test_the_cli_exports_its_calls_before_it_exits(
             id="resource",
         ),
         pytest.param(
+            "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
+            "monthly",
+            "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE must be cumulative, delta or",
+            id="temporality",
+        ),
+        pytest.param(
             "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
             "4096",
             "OTEL_BSP_MAX_EXPORT_BATCH_SIZE must be 1 to OTEL_BSP_MAX_QUEUE_SIZE (2048)",
             id="batch",
+        ),
+        pytest.param(
+            "OTEL_BSP_SCHEDULE_DELAY",
+            "0",
+            "OTEL_BSP_SCHEDULE_DELAY must be above 0",
+            id="no-delay",
+        ),
+        pytest.param(
+            "OTEL_METRIC_EXPORT_INTERVAL",
+            "0",
+            "OTEL_METRIC_EXPORT_INTERVAL must be above 0",
+            id="no-interval",
         ),
         pytest.param(
             "OTEL_BSP_SCHEDULE_DELAY",

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
 import os
 import random
 import re
@@ -32,7 +33,7 @@ from urllib.parse import urlsplit
 
 from . import __version__, metrics, otlp_wire, telemetry
 from .otlp_wire import CLIENT, SERVER, SpanData
-from .settings import Settings
+from .settings import ConfigError, Settings
 
 if TYPE_CHECKING:
     from .chat import CallInfo, CallRecord
@@ -46,6 +47,7 @@ METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"}
 )
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
+_logger = logging.getLogger(__name__)
 
 
 class Headers(Protocol):
@@ -300,13 +302,16 @@ class UpstreamSpan:
 
 
 class Series:
-    """One instrument's counts for one attribute set, cumulative since `start`."""
+    """One instrument's counts for one attribute set, since the sink's `start_ns`."""
 
     __slots__ = ("attributes", "bounds", "buckets", "count", "high", "low", "total")
 
     def __init__(self, attributes: dict[str, str], bounds: tuple[float, ...]) -> None:
         self.attributes, self.bounds = attributes, bounds
-        self.buckets = [0] * (len(bounds) + 1)  # a counter: none
+        self.reset()
+
+    def reset(self) -> None:
+        self.buckets = [0] * (len(self.bounds) + 1)  # a counter: none
         self.count, self.total, self.low, self.high = 0, 0.0, float("inf"), float("-inf")
 
     def observe(self, value: float) -> None:
@@ -353,8 +358,9 @@ class OtlpSink:
             series = self._of(counter, attributes)
             series.count += 1
 
-    def metrics(self) -> list[bytes]:
-        """Every instrument with a count, encoded as cumulative OTLP points, now."""
+    def metrics(self, delta: bool = False) -> list[bytes]:
+        """Every instrument with a count, encoded as OTLP points, now: cumulative, or `delta`
+        (the counts since the last call, which starts the next interval)."""
         now, start = time.time_ns(), self.start_ns
         points: dict[metrics.Instrument, list[otlp_wire.Point]] = {}
         with self._lock:
@@ -364,21 +370,29 @@ class OtlpSink:
                         series.attributes, series.count, series.total, list(series.buckets),
                         series.low, series.high,
                     ))  # fmt: skip
+                    if delta:
+                        series.reset()
+            if delta:
+                self.start_ns = now
         return [
             otlp_wire.metric(instrument.name, instrument.description, instrument.unit,
-                             instrument.buckets, found, start, now)
+                             instrument.buckets, found, start, now, delta)
             for instrument, found in points.items()
         ]  # fmt: skip
 
 
 class MetricExport:
     """The sink's counts, sent every OTEL_METRIC_EXPORT_INTERVAL ms (60 s) on a thread of its
-    own, and once more when stopped."""
+    own, and once more when stopped; cumulative, or delta as
+    OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE asks."""
 
     def __init__(self, exporting: Exporting, sink: OtlpSink, sender: otlp_wire.Sender) -> None:
         self._exporting, self._sink, self._sender = exporting, sink, sender
         interval_ms = otlp_wire.number(os.environ, "OTEL_METRIC_EXPORT_INTERVAL", 60000)
+        if interval_ms <= 0:  # the thread would send without pause
+            raise ConfigError("OTEL_METRIC_EXPORT_INTERVAL must be above 0 (milliseconds)")
         self._interval_s = interval_ms / 1000
+        self._delta = otlp_wire.delta_temporality(os.environ)
         self.restart()
 
     def restart(self) -> None:
@@ -392,10 +406,13 @@ class MetricExport:
         self.export()  # stopped: the last counts
 
     def export(self) -> None:
-        if found := self._sink.metrics():
-            exporting = self._exporting
-            body = otlp_wire.metrics_request(exporting.resource, exporting.scope, found)
-            self._sender.send(body, f"{len(found)} metrics")
+        try:
+            if found := self._sink.metrics(self._delta):
+                exporting = self._exporting
+                body = otlp_wire.metrics_request(exporting.resource, exporting.scope, found)
+                self._sender.send(body, f"{len(found)} metrics")
+        except Exception:  # a bug of ours: said, and the next export is tried
+            _logger.exception("OTLP metrics not sent")
 
     def stop(self) -> None:
         self._stopping.set()

@@ -46,10 +46,10 @@ class HttpProtocol(HttpToolsProtocol):
             self.cycle.keep_alive = False  # answered, then closed
 
     def shutdown(self) -> None:
+        self._stopping = True  # a request read from here on is the connection's last
         if self.cycle is not None and not self.cycle.response_complete:
             super().shutdown()  # in flight: closed once answered
             return
-        self._stopping = True
         self.loop.call_later(STOP_GRACE_S, self._close_if_idle)
 
     def _close_if_idle(self) -> None:
