@@ -352,13 +352,13 @@ def test_the_cli_exports_its_calls_before_it_exits(
         ),
         pytest.param(
             "OTEL_BSP_SCHEDULE_DELAY",
-            "0",
+            "000",
             "OTEL_BSP_SCHEDULE_DELAY must be above 0",
             id="no-delay",
         ),
         pytest.param(
             "OTEL_METRIC_EXPORT_INTERVAL",
-            "0",
+            "000",
             "OTEL_METRIC_EXPORT_INTERVAL must be above 0",
             id="no-interval",
         ),
