@@ -199,6 +199,22 @@ def test_a_collector_that_is_down_costs_log_lines_never_a_request(
         assert {line["level"] for line in wait_for(failed)} <= {"WARNING", "ERROR"}
 
 
+def test_a_server_told_to_stop_sends_what_it_holds(gateway: FakeGateway, tmp_path: Path) -> None:
+    """A rolling update's SIGTERM: the spans and counts not yet sent (a minute's delay here) go
+    out before the server exits."""
+    with OtlpReceiver() as collector:
+        minute = {"OTEL_BSP_SCHEDULE_DELAY": "60000", "OTEL_METRIC_EXPORT_INTERVAL": "60000"}
+        with run_server(gateway, tmp_path, **collector.env(**minute)) as live:
+            answer = live.post("/v1/chat", {"prompt": "hi"})
+            assert answer.status_code == 200
+            assert not collector.spans()
+        request_id = answer.headers["x-request-id"]
+        mine = [s for s in collector.spans() if s.attributes.get("alltkn.request_id") == request_id]
+        assert sorted(span.kind for span in mine) == ["CLIENT", "SERVER"]
+        [calls] = collector.points("gen_ai.client.operation.duration")
+        assert calls.count == 1
+
+
 def test_unset_nothing_that_exports_is_even_imported(gateway: FakeGateway, tmp_path: Path) -> None:
     """Every module the server imports, at start and while it serves, is listed by Python
     (PYTHONPROFILEIMPORTTIME) in its output: nothing of opentelemetry for a request."""

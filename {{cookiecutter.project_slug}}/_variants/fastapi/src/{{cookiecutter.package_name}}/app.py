@@ -134,6 +134,7 @@ def create_app(settings: Settings) -> FastAPI:
             chat = AsyncChatService(client, settings)  # all three in every `request.state`
             yield {"chat": chat, "gate": gate, "limiter": limiter}
         await limiter.aclose()
+        telemetry.stop()  # uvicorn ends on SIGTERM without running atexit: what is pending, now
 {%- else %}
     warn_open()
     gate = Gate(settings)
@@ -142,6 +143,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, object]]:
         async with create_async_client(settings) as client:  # one per process: the connections
             yield {"chat": AsyncChatService(client, settings), "gate": gate}  # `request.state`
+        telemetry.stop()  # uvicorn ends on SIGTERM without running atexit: what is pending, now
 {%- endif %}
 
     dev = settings.dev_ui == "on"  # off: /docs, /redoc and /openapi.json answer 404
