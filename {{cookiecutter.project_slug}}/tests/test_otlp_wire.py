@@ -198,6 +198,23 @@ def test_a_collector_that_keeps_failing_is_given_up_on_within_the_timeout(
     assert caplog.messages[-1].endswith("failed (HTTP 503): 2 metrics dropped")
 
 
+@pytest.mark.parametrize(
+    ("environ", "timeout_s"),
+    [
+        pytest.param({}, 10.0, id="default"),
+        pytest.param({"OTEL_EXPORTER_OTLP_TIMEOUT": "2.5"}, 2.5, id="seconds"),
+        pytest.param({"OTEL_EXPORTER_OTLP_METRICS_TIMEOUT": "4", "OTEL_EXPORTER_OTLP_TIMEOUT": "2"},
+                     4.0, id="own"),
+        pytest.param({"OTEL_METRIC_EXPORT_TIMEOUT": "1500"}, 1.5, id="export-timeout-ms"),
+    ],
+)  # fmt: skip
+def test_an_export_is_bounded_by_the_standard_timeouts(
+    environ: dict[str, str], timeout_s: float
+) -> None:
+    sender = Sender("metrics", {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", **environ})
+    assert sender.timeout_s == timeout_s
+
+
 def test_spans_past_a_full_queue_are_dropped_and_counted(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -38,6 +38,7 @@ from .settings import ConfigError
 
 SERVER, CLIENT = 2, 3  # Span.SpanKind
 RETRIED = frozenset({429, 502, 503, 504})  # OTLP/HTTP's retryable answers
+EXPORT_TIMEOUTS = {"traces": "OTEL_BSP_EXPORT_TIMEOUT", "metrics": "OTEL_METRIC_EXPORT_TIMEOUT"}
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP header's name
 _Q, _q, _D, _I = struct.Struct("<Q"), struct.Struct("<q"), struct.Struct("<d"), struct.Struct("<I")
 _BYTE = [bytes((value,)) for value in range(128)]
@@ -260,7 +261,8 @@ def number(environ: Mapping[str, str], name: str, default: float) -> float:
 
 
 class Sender:
-    """POSTs one signal's requests to the collector."""
+    """POSTs one signal's requests to the collector, each within the exporter's timeout and the
+    signal's export timeout (OTEL_BSP_EXPORT_TIMEOUT, OTEL_METRIC_EXPORT_TIMEOUT: 30000 ms)."""
 
     def __init__(self, signal: str, environ: Mapping[str, str] = os.environ) -> None:
         self.signal = signal
@@ -268,7 +270,8 @@ class Sender:
         shared = environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip().removesuffix("/")
         self.url = own or f"{shared}/v1/{signal}"
         self.where = urlsplit(self.url).netloc.rpartition("@")[2]  # for the logs: no password
-        self.timeout_s = float(_setting(environ, signal, "TIMEOUT")[1] or 10)
+        export_timeout_s = number(environ, EXPORT_TIMEOUTS[signal], 30000) / 1000
+        self.timeout_s = min(float(_setting(environ, signal, "TIMEOUT")[1] or 10), export_timeout_s)
         variable, compression = _setting(environ, signal, "COMPRESSION")
         if compression.lower() not in ("", "none", "gzip"):
             raise ConfigError(f"{variable} must be gzip or none")
