@@ -12,6 +12,7 @@ queued (spans) and sent to the collector as the standard variables say.
   connection failures are retried within the timeout, with `retry.py`'s pauses and Retry-After.
 - Spans (`SpanQueue`): OTEL_BSP_SCHEDULE_DELAY (5000 ms), OTEL_BSP_MAX_QUEUE_SIZE (2048: past
   it a span is dropped, and the drop logged), OTEL_BSP_MAX_EXPORT_BATCH_SIZE (512).
+- Metrics: OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE (`delta_temporality`).
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ class SpanData(NamedTuple):
 
 
 class Point(NamedTuple):
-    """One attribute set's counts of an instrument, cumulative: a counter's value is `counted`."""
+    """One attribute set's counts of an instrument since the point's start: a counter's value
+    is `counted`."""
 
     attributes: dict[str, str]
     counted: int
