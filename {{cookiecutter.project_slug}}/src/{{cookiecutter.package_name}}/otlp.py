@@ -8,8 +8,8 @@ What a request pays is kept small (measured in docs/performance.md): a span here
 fields, its attributes a dict this module built (no per-call checks: every value is ours), its
 context a context variable of this module; only a sampled span, once ended, is queued, and
 `otlp_wire.py` encodes and sends it on a thread of its own (OTEL_BSP_*). The metrics are counted
-here, in plain numbers under one lock, and sent as cumulative points every
-OTEL_METRIC_EXPORT_INTERVAL. This is not OpenTelemetry's SDK, and nothing is global: FastAPI
+here, in plain numbers under one lock, and sent every OTEL_METRIC_EXPORT_INTERVAL (cumulative,
+or delta). This is not OpenTelemetry's SDK, and nothing is global: FastAPI
 adds no spans, and a library the team adds exports nothing unasked. The caller's W3C
 `traceparent` (and `tracestate`) is continued and sent upstream; their `baggage` is not (it may
 name an end user). OTEL_TRACES_SAMPLER: the specification's always_on, always_off,
@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 
 from . import __version__, metrics, otlp_wire, telemetry
 from .otlp_wire import CLIENT, SERVER, SpanData
-from .settings import ConfigError, Settings
+from .settings import Settings
 
 if TYPE_CHECKING:
     from .chat import CallInfo, CallRecord
@@ -83,8 +83,7 @@ class Exporting:
 
     def _forked(self) -> None:
         if self.sink is not None or self.tracing is not None:  # not stopped
-            # a new service.instance.id
-            self.resource = otlp_wire.resource(otlp_wire.resource_attributes())
+            self.resource = otlp_wire.resource(otlp_wire.resource_attributes())  # a new instance id
             if self._spans is not None:
                 self._spans.restart()
             if self.sink is not None and self._metrics is not None:
@@ -389,8 +388,6 @@ class MetricExport:
     def __init__(self, exporting: Exporting, sink: OtlpSink, sender: otlp_wire.Sender) -> None:
         self._exporting, self._sink, self._sender = exporting, sink, sender
         interval_ms = otlp_wire.number(os.environ, "OTEL_METRIC_EXPORT_INTERVAL", 60000)
-        if interval_ms <= 0:  # the thread would send without pause
-            raise ConfigError("OTEL_METRIC_EXPORT_INTERVAL must be above 0 (milliseconds)")
         self._interval_s = interval_ms / 1000
         self._delta = otlp_wire.delta_temporality(os.environ)
         self.restart()

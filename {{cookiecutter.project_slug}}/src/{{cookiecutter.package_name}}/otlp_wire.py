@@ -255,7 +255,7 @@ def delta_temporality(environ: Mapping[str, str] = os.environ) -> bool:
 
 
 def number(environ: Mapping[str, str], name: str, default: float) -> float:
-    """An OTEL_* number (`telemetry.signals` checked it is one)."""
+    """An OTEL_* number (`telemetry.signals` checked it is one, and an interval above 0)."""
     return float(environ.get(name, "").strip() or default)
 
 
@@ -354,8 +354,6 @@ class SpanQueue:
         self.delay_s = number(environ, "OTEL_BSP_SCHEDULE_DELAY", 5000) / 1000
         self.limit = int(number(environ, "OTEL_BSP_MAX_QUEUE_SIZE", 2048))
         self.batch = int(number(environ, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512))
-        if self.delay_s <= 0:  # the thread would spin
-            raise ConfigError("OTEL_BSP_SCHEDULE_DELAY must be above 0 (milliseconds)")
         if not 0 < self.batch <= self.limit:
             raise ConfigError("OTEL_BSP_MAX_EXPORT_BATCH_SIZE must be 1 to OTEL_BSP_MAX_QUEUE_SIZE "
                               f"({self.limit})")  # fmt: skip

@@ -46,6 +46,7 @@ _NUMBERS = (
     "OTEL_EXPORTER_OTLP_TIMEOUT", "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
     "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
 )  # fmt: skip
+_INTERVALS = ("OTEL_BSP_SCHEDULE_DELAY", "OTEL_METRIC_EXPORT_INTERVAL")  # 0: a thread would spin
 
 tracing: Tracing | None = None  # the spans' maker, while traces are exported
 _exporting: Exporting | None = None
@@ -76,6 +77,8 @@ def signals(environ: Mapping[str, str] = os.environ) -> frozenset[str]:
             value, whole = environ.get(name, "").strip(), name.startswith("OTEL_BSP_")
             if value and not (value if whole else value.replace(".", "", 1)).isdigit():
                 raise ConfigError(f"{name} must be a {'whole ' if whole else ''}number, 0 or more")
+            if value and name in _INTERVALS and not float(value):
+                raise ConfigError(f"{name} must be above 0 (milliseconds)")
         header_values(frozenset(on), environ)
     if "traces" in on:
         sampler(environ)
